@@ -1,0 +1,413 @@
+/* broker.c: the pool policy. Owns the process-wide pool, the table of lent handles and the
+ * life of each physical connection (PsPhysState and phys_enter). Knows nothing of MYSQL
+ * internals (conn.c) and finds no symbols (interpose.c). No lock is held across I/O. */
+#include "broker.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <mysqld_error.h>
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "pool.h"
+
+/* The life of one physical connection. */
+typedef enum {
+  PS_PHYS_LENT,      /* inside an application handle */
+  PS_PHYS_RESETTING, /* returned; its session is being cleaned in a pool-owned shell */
+  PS_PHYS_IDLE,      /* clean, in the pool, waiting for the next borrower */
+  PS_PHYS_CLOSED,    /* closed with a reason; the struct is about to be freed */
+} PsPhysState;
+
+static const char *const state_names[] = {"lent", "resetting", "idle", "closed"};
+
+typedef struct {
+  PsPhysState state;
+  PsItem *item;          /* the pool's record: slot, age, idle time */
+  PsPool *pool;          /* the generation it belongs to (a forked child has a new one) */
+  MYSQL *shell;          /* pool-owned struct that holds it while not lent; kept for reuse */
+  MYSQL *handle;         /* the application's struct while lent */
+  const PsConnProfile *profile;
+  gboolean identity_changed; /* mysql_change_user while lent: never pool again */
+} PsPhys;
+
+static struct {
+  GMutex lock;           /* guards `lent`, `pool` and `forked` */
+  PsConfig config;
+  gboolean active;
+  PsPool *pool;
+  GHashTable *lent;      /* MYSQL* handle -> PsPhys* */
+  gboolean forked;       /* set in a child: the pool is the parent's */
+  gint64 last_sweep_us;
+  guint64 resets, unpooled;
+} B;
+
+static void
+phys_enter(PsPhys *p, PsPhysState to, const char *reason)
+{
+  static const gboolean allowed[4][4] = {
+    /* from \ to:      LENT   RESETTING IDLE   CLOSED */
+    [PS_PHYS_LENT] = {FALSE, TRUE, FALSE, TRUE},
+    [PS_PHYS_RESETTING] = {FALSE, FALSE, TRUE, TRUE},
+    [PS_PHYS_IDLE] = {TRUE, FALSE, FALSE, TRUE},
+    [PS_PHYS_CLOSED] = {FALSE, FALSE, FALSE, FALSE},
+  };
+  g_return_if_fail(allowed[p->state][to]);
+  if (to == PS_PHYS_CLOSED)
+    ps_debug("closing a connection of %s (%s -> closed): %s",
+             ps_pool_key_label(p->item->owner), state_names[p->state], reason);
+  p->state = to;
+}
+
+static void
+phys_free(PsPhys *p)
+{
+  ps_pool_item_free(p->item);
+  g_free(p);
+}
+
+/* Closes victims the pool handed back (expired, evicted), outside every lock. */
+static void
+close_victims(GSList *victims, gboolean inherited)
+{
+  for (GSList *l = victims; l; l = l->next) {
+    PsItem *item = l->data;
+    PsPhys *p = item->conn;
+    phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
+    if (inherited)
+      ps_conn_abandon(p->shell);
+    else
+      ps_conn_close(p->shell);
+    phys_free(p);
+  }
+  g_slist_free(victims);
+}
+
+static PsPool *
+new_pool(void)
+{
+  PsPoolLimits limits = {
+    .per_key = B.config.pool_size,
+    .total = B.config.max_connections,
+    .max_lifetime_us = B.config.max_lifetime_us,
+    .idle_timeout_us = B.config.idle_timeout_us,
+  };
+  return ps_pool_new(&limits);
+}
+
+static void
+exit_drain(void)
+{
+  ps_broker_drain();
+}
+
+static void
+before_fork(void)
+{
+  g_mutex_lock(&B.lock);
+  if (B.pool)
+    ps_pool_lock_for_fork(B.pool);
+}
+
+static void
+after_fork_parent(void)
+{
+  if (B.pool)
+    ps_pool_unlock_after_fork(B.pool);
+  g_mutex_unlock(&B.lock);
+}
+
+static void
+after_fork_child(void)
+{
+  if (B.pool)
+    ps_pool_unlock_after_fork(B.pool);
+  B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
+  g_mutex_unlock(&B.lock);
+}
+
+/* In a forked child: the inherited connections carry the parent's sessions. Close ours
+ * without a word to the server and start an empty pool of the child's own. */
+static void
+adopt_fork(void)
+{
+  if (!B.forked)
+    return;
+  PsPool *old = NULL;
+  g_mutex_lock(&B.lock);
+  if (B.forked) {
+    old = B.pool;
+    B.pool = new_pool();
+    B.forked = FALSE;
+  }
+  g_mutex_unlock(&B.lock);
+  if (old) {
+    ps_debug("fork detected: abandoning the parent's idle connections");
+    close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
+    /* `old` itself stays allocated: the parent's lent handles still point into it. */
+  }
+}
+
+static void
+init_once(void)
+{
+  static gsize done = 0;
+  if (!g_once_init_enter(&done))
+    return;
+  ps_config_from_environ(&B.config);
+  const char *why = NULL;
+  if (B.config.disable) {
+    ps_info("POOLSHIM_DISABLE is set: pooling is off");
+  } else if (!ps_real.real_connect || !ps_real.close) {
+    ps_warn("the client library's functions were not found; pooling is off");
+  } else if (!ps_conn_library_ok(&why)) {
+    ps_warn("%s; pooling is off, every call passes through", why);
+  } else {
+    B.pool = new_pool();
+    B.lent = g_hash_table_new(g_direct_hash, g_direct_equal);
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    /* Registered after the client library initialised itself (and its TLS library), so it
+     * runs before their exit handlers tear them down. */
+    atexit(exit_drain);
+    B.active = TRUE;
+  }
+  g_once_init_leave(&done, 1);
+}
+
+gboolean
+ps_broker_active(void)
+{
+  init_once();
+  return B.active;
+}
+
+static void
+maybe_sweep(void)
+{
+  gint64 now = g_get_monotonic_time();
+  gint64 last = __atomic_load_n(&B.last_sweep_us, __ATOMIC_RELAXED);
+  if (now - last < G_USEC_PER_SEC ||
+      !__atomic_compare_exchange_n(&B.last_sweep_us, &last, now, FALSE, __ATOMIC_RELAXED,
+                                   __ATOMIC_RELAXED))
+    return;
+  close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+}
+
+static PsPhys *
+take_lease(MYSQL *m)
+{
+  g_mutex_lock(&B.lock);
+  PsPhys *p = g_hash_table_lookup(B.lent, m);
+  if (p)
+    g_hash_table_remove(B.lent, m);
+  g_mutex_unlock(&B.lock);
+  return p;
+}
+
+static void
+lend(PsPhys *p, MYSQL *m)
+{
+  p->handle = m;
+  p->identity_changed = FALSE;
+  phys_enter(p, PS_PHYS_LENT, NULL);
+  g_mutex_lock(&B.lock);
+  g_hash_table_insert(B.lent, m, p);
+  g_mutex_unlock(&B.lock);
+}
+
+MYSQL *
+ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *passwd,
+                  const char *db, unsigned int port, const char *unix_socket,
+                  unsigned long client_flag)
+{
+  adopt_fork();
+  /* A handle the application freed without mysql_close (mysql_init(&local) out of scope)
+   * may come back at the same address: its old lease is a leak, not a live connection. */
+  PsPhys *stale = take_lease(m);
+  if (stale && !m->net.pvio) {
+    ps_warn("a handle of %s was reused without mysql_close; its connection is leaked",
+            ps_pool_key_label(stale->item->owner));
+    if (stale->pool == B.pool) {
+      phys_enter(stale, PS_PHYS_CLOSED, "leaked by the application");
+      ps_pool_discard(stale->pool, stale->item, PS_CLOSE_UNCLEAN);
+      if (stale->shell)
+        ps_conn_close(stale->shell);
+      phys_free(stale);
+    }
+  } else if (stale) {
+    lend(stale, m); /* still connected: the real connect will refuse; keep the lease */
+    __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
+    return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+  }
+
+  PsConnKey key;
+  const char *why = NULL;
+  if (!ps_conn_key(m, host, user, passwd, db, port, unix_socket, client_flag, &key, &why)) {
+    ps_debug("not pooled: %s", why);
+    __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
+    return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+  }
+
+  PsPool *pool = B.pool;
+  PsPoolKey *pk = ps_pool_key(pool, key.digest, key.label);
+  gint64 started = g_get_monotonic_time();
+  gint64 deadline = started + B.config.timeout_us;
+  for (;;) {
+    PsGrant grant;
+    ps_pool_acquire(pool, pk, deadline, &grant);
+    close_victims(grant.victims, FALSE);
+    if (grant.kind == PS_GRANT_TIMEOUT) {
+      char msg[MYSQL_ERRMSG_SIZE];
+      g_snprintf(msg, sizeof msg,
+                 "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
+                 " ms for a free connection (POOLSHIM_TIMEOUT)",
+                 key.label, ps_pool_size_of(pool), (g_get_monotonic_time() - started) / 1000);
+      ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
+      ps_info("%s", msg);
+      ps_conn_key_clear(&key);
+      return NULL;
+    }
+    if (grant.kind == PS_GRANT_IDLE) {
+      PsPhys *p = grant.item->conn;
+      if (!ps_conn_idle_alive(p->shell)) {
+        /* Killed, timed out or restarted while idle: replace it, the caller sees nothing. */
+        phys_enter(p, PS_PHYS_CLOSED, "closed by the server while idle");
+        ps_pool_discard(pool, p->item, PS_CLOSE_DEAD);
+        ps_conn_abandon(p->shell); /* nothing can be said to a closed session */
+        phys_free(p);
+        continue;
+      }
+      ps_conn_move(m, p->shell);
+      ps_conn_adopt(m);
+      lend(p, m);
+      ps_conn_key_clear(&key);
+      return m;
+    }
+    /* PS_GRANT_OPEN: a slot is ours; open it with the application's own handle, so its
+     * every option applies exactly as without the pool. */
+    MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+    if (!r) {
+      ps_pool_open_failed(pool, pk);
+      ps_conn_key_clear(&key);
+      return NULL;
+    }
+    const PsConnProfile *profile = ps_pool_key_data(pk);
+    if (!profile) {
+      PsConnProfile *mine = ps_conn_profile_new(m, key.db);
+      profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
+      if (profile == mine)
+        ps_info("new pool %s (size %u)", key.label, ps_pool_size_of(pool));
+    }
+    PsPhys *p = g_new0(PsPhys, 1);
+    p->pool = pool;
+    p->profile = profile;
+    p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
+    p->item = ps_pool_opened(pool, pk, p);
+    lend(p, m);
+    ps_conn_key_clear(&key);
+    return r;
+  }
+}
+
+void
+ps_broker_note_change_user(MYSQL *m)
+{
+  g_mutex_lock(&B.lock);
+  PsPhys *p = B.lent ? g_hash_table_lookup(B.lent, m) : NULL;
+  if (p)
+    p->identity_changed = TRUE;
+  g_mutex_unlock(&B.lock);
+}
+
+void
+ps_broker_close(MYSQL *m)
+{
+  adopt_fork();
+  PsPhys *p = take_lease(m);
+  if (!p) {
+    ps_real.close(m);
+    return;
+  }
+  if (p->pool != B.pool) {
+    /* Lent by the parent before fork(): its session is the parent's. Free the handle as
+     * mysql_close would, without COM_QUIT. */
+    ps_conn_abandon(m);
+    return;
+  }
+  const char *why = NULL;
+  if (p->identity_changed)
+    why = "mysql_change_user changed its identity";
+  else
+    ps_conn_returnable(m, &why);
+  if (why) {
+    phys_enter(p, PS_PHYS_CLOSED, why);
+    ps_pool_discard(p->pool, p->item, PS_CLOSE_UNCLEAN);
+    ps_real.close(m);
+    if (p->shell)
+      ps_conn_close(p->shell);
+    phys_free(p);
+    return;
+  }
+  if (!p->shell && !(p->shell = ps_conn_shell_new())) {
+    phys_enter(p, PS_PHYS_CLOSED, "out of memory for a shell");
+    ps_pool_discard(p->pool, p->item, PS_CLOSE_UNCLEAN);
+    ps_real.close(m);
+    phys_free(p);
+    return;
+  }
+  phys_enter(p, PS_PHYS_RESETTING, NULL);
+  ps_conn_move(p->shell, m);
+  p->handle = NULL;
+  /* The emptied handle is freed exactly as the real close frees it: its options, its
+   * statements (invalidated), and the struct itself when mysql_init allocated it. */
+  ps_real.close(m);
+  if (!ps_conn_reset(p->shell, B.config.reset, p->profile, &why)) {
+    phys_enter(p, PS_PHYS_CLOSED, why);
+    ps_pool_discard(p->pool, p->item, PS_CLOSE_RESET_FAILED);
+    ps_conn_close(p->shell);
+    phys_free(p);
+    return;
+  }
+  __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
+  phys_enter(p, PS_PHYS_IDLE, NULL);
+  if (!ps_pool_release(p->pool, p->item)) {
+    phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
+    ps_conn_close(p->shell);
+    phys_free(p);
+  }
+  maybe_sweep();
+}
+
+void
+ps_broker_drain(void)
+{
+  if (!B.active)
+    return;
+  adopt_fork();
+  close_victims(ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN), FALSE);
+}
+
+void
+ps_broker_stats(poolshim_stats_t *out)
+{
+  memset(out, 0, sizeof *out);
+  if (!ps_broker_active())
+    return;
+  PsPoolCounts c;
+  ps_pool_counts(B.pool, &c);
+  out->borrowed = c.borrowed;
+  out->served_idle = c.served_idle;
+  out->opened = c.opened;
+  out->closed = c.closed;
+  out->waits = c.waits;
+  out->wait_timeouts = c.wait_timeouts;
+  out->resets = __atomic_load_n(&B.resets, __ATOMIC_RELAXED);
+  out->unpooled = __atomic_load_n(&B.unpooled, __ATOMIC_RELAXED);
+  out->open = c.open;
+  out->idle = c.idle;
+  out->lent = c.lent;
+  out->waiting = c.waiting;
+  out->pools = c.keys;
+}

@@ -1,0 +1,95 @@
+/* conn.h: everything that knows MariaDB Connector/C's internals: the pool key of a connect,
+ * moving a live connection between MYSQL structs, reset, liveness and closing. Callers see
+ * MYSQL pointers and these functions only; no pool policy lives here. */
+#pragma once
+#include <glib.h>
+#include <mysql.h>
+
+#include "config.h"
+#include "pool.h"
+
+/* The real client-library entry points, resolved by interpose.c. */
+typedef struct {
+  MYSQL *(*real_connect)(MYSQL *, const char *, const char *, const char *, const char *,
+                         unsigned int, const char *, unsigned long);
+  void (*close)(MYSQL *);
+  my_bool (*change_user)(MYSQL *, const char *, const char *, const char *);
+  void (*server_end)(void);
+  MYSQL *(*init)(MYSQL *);
+  int (*optionsv)(MYSQL *, enum mysql_option, const void *, ...);
+  int (*get_optionv)(MYSQL *, enum mysql_option, void *, ...);
+  int (*reset_connection)(MYSQL *);
+  int (*select_db)(MYSQL *, const char *);
+  int (*real_query)(MYSQL *, const char *, unsigned long);
+  MYSQL_RES *(*store_result)(MYSQL *);
+  void (*free_result)(MYSQL_RES *);
+  int (*next_result)(MYSQL *);
+  int (*set_character_set)(MYSQL *, const char *);
+  unsigned long (*get_client_version)(void);
+  my_socket (*get_socket)(MYSQL *);
+  int (*ssl_set_ex_data)(void *ssl, int idx, void *data); /* OpenSSL, may be NULL */
+} PsClientApi;
+
+extern PsClientApi ps_real;
+
+/* Checks once that the loaded library is a version and layout this code was verified
+ * with. On FALSE, *why says what differs and the caller must pass everything through. */
+gboolean ps_conn_library_ok(const char **why);
+
+/* What makes two connects interchangeable: a SHA-256 over every setting that shapes the
+ * session (the password only enters the digest), and a label without secrets. */
+typedef struct {
+  guint8 digest[PS_KEY_DIGEST_LEN];
+  char label[256];
+  char *db;                 /* requested database, NULL for none (owned) */
+} PsConnKey;
+
+/* Fills *key for a connect on m with these arguments, resolving defaults from m's options
+ * as mysql_real_connect does. Returns FALSE (and *why) for handles that must not be pooled. */
+gboolean ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd,
+                     const char *db, unsigned int port, const char *unix_socket,
+                     unsigned long client_flag, PsConnKey *key, const char **why);
+void ps_conn_key_clear(PsConnKey *key);
+
+/* What a fresh connection of one key looks like; shared by all its connections. */
+typedef struct {
+  char *db;                               /* NULL: no default database */
+  const struct ma_charset_info_st *charset; /* the handshake charset */
+  char **init_commands;                   /* NULL-terminated */
+} PsConnProfile;
+
+/* Captures the profile from a handle that has just really connected. */
+PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
+void ps_conn_profile_free(gpointer profile);
+
+/* A pool-owned MYSQL that holds a connection while it is idle. */
+MYSQL *ps_conn_shell_new(void);
+
+/* The transplant: the live connection in `from` moves to `to`, and `to`'s (empty) state
+ * moves to `from`. Each struct keeps its own options, statements and allocation flag.
+ * Every back-pointer is repaired; this mirrors mariadb_reconnect's `*mysql = tmp_mysql`. */
+void ps_conn_move(MYSQL *to, MYSQL *from);
+
+/* Whether the connection in m may go back to a pool; *why names what prevents it. */
+gboolean ps_conn_returnable(MYSQL *m, const char **why);
+
+/* Makes the session in m look exactly like a fresh connection of `profile`. */
+gboolean ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile,
+                       const char **why);
+
+/* Without a round trip: FALSE when the server has closed the idle connection or sent it
+ * something unsolicited (an error before closing). */
+gboolean ps_conn_idle_alive(MYSQL *m);
+
+/* Makes a freshly lent handle behave as if it had connected itself: its own read/write
+ * timeouts on the socket, the session-tracking callback, a clean error state. */
+void ps_conn_adopt(MYSQL *m);
+
+/* Sets the error a failed connect reports (mysql_errno/mysql_sqlstate/mysql_error). */
+void ps_conn_set_error(MYSQL *m, unsigned int errnum, const char *sqlstate, const char *msg);
+
+/* Closes politely (COM_QUIT) and frees a pool-owned shell. */
+void ps_conn_close(MYSQL *m);
+/* Closes without sending anything: for connections inherited across fork(), whose
+ * session belongs to the parent. The TLS state is abandoned, not shut down. */
+void ps_conn_abandon(MYSQL *m);

@@ -1,0 +1,181 @@
+/* interpose.c: the exported mysql_* symbols. Finds the real functions (also when an
+ * interpreter loaded the client library RTLD_LOCAL), passes the library's calls to itself
+ * straight through, and hands the application's calls to broker.c. No pool policy here. */
+#include <dlfcn.h>
+#include <glib.h>
+#include <mysql.h>
+#include <string.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "log.h"
+#include "ps-version.h"
+
+#define PS_EXPORT __attribute__((visibility("default")))
+
+static const char *const client_sonames[] = {"libmariadb.so.3", "libmysqlclient.so.18",
+                                             "libmysqlclient.so.21", NULL};
+
+/* The real library's own text range: calls from inside it (mariadb_reconnect, the
+ * non-blocking API's coroutines) must reach the real functions untouched. */
+static struct {
+  gsize once;
+  void *base; /* dli_fbase of the client library */
+} R;
+
+static void *
+find_symbol(const char *name)
+{
+  /* Linked programs: the next definition after ours. */
+  void *f = dlsym(RTLD_NEXT, name);
+  if (f)
+    return f;
+  /* Python's MySQLdb and Perl's DBD::mysql dlopen the driver RTLD_LOCAL: ask the library. */
+  for (const char *const *so = client_sonames; *so; so++) {
+    void *h = dlopen(*so, RTLD_LAZY | RTLD_NOLOAD);
+    if (h) {
+      f = dlsym(h, name);
+      dlclose(h);
+      if (f)
+        return f;
+    }
+  }
+  return NULL;
+}
+
+static void
+resolve(void)
+{
+  if (!g_once_init_enter(&R.once))
+    return;
+#define RESOLVE(field, sym) ps_real.field = (__typeof__(ps_real.field))find_symbol(sym)
+  RESOLVE(real_connect, "mysql_real_connect");
+  RESOLVE(close, "mysql_close");
+  RESOLVE(change_user, "mysql_change_user");
+  RESOLVE(server_end, "mysql_server_end");
+  RESOLVE(init, "mysql_init");
+  RESOLVE(optionsv, "mysql_optionsv");
+  RESOLVE(get_optionv, "mysql_get_optionv");
+  RESOLVE(reset_connection, "mysql_reset_connection");
+  RESOLVE(select_db, "mysql_select_db");
+  RESOLVE(real_query, "mysql_real_query");
+  RESOLVE(store_result, "mysql_store_result");
+  RESOLVE(free_result, "mysql_free_result");
+  RESOLVE(next_result, "mysql_next_result");
+  RESOLVE(set_character_set, "mysql_set_character_set");
+  RESOLVE(get_client_version, "mysql_get_client_version");
+  RESOLVE(get_socket, "mysql_get_socket");
+#undef RESOLVE
+  ps_real.ssl_set_ex_data = (__typeof__(ps_real.ssl_set_ex_data))dlsym(RTLD_DEFAULT, "SSL_set_ex_data");
+  if (!ps_real.ssl_set_ex_data) {
+    void *h = dlopen("libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
+    if (h) {
+      ps_real.ssl_set_ex_data = (__typeof__(ps_real.ssl_set_ex_data))dlsym(h, "SSL_set_ex_data");
+      dlclose(h);
+    }
+  }
+  Dl_info info;
+  if (ps_real.real_connect && dladdr((void *)ps_real.real_connect, &info))
+    R.base = info.dli_fbase;
+  gboolean complete = ps_real.real_connect && ps_real.close && ps_real.change_user &&
+                      ps_real.init && ps_real.optionsv && ps_real.get_optionv &&
+                      ps_real.reset_connection && ps_real.select_db && ps_real.real_query &&
+                      ps_real.store_result && ps_real.free_result && ps_real.next_result &&
+                      ps_real.set_character_set && ps_real.get_client_version &&
+                      ps_real.get_socket && ps_real.server_end;
+  if (!complete && ps_real.real_connect) {
+    /* Keep the two calls we must forward; the broker will see an incomplete table. */
+    ps_warn("the client library lacks functions poolshim needs; pooling is off");
+    void *(*keep_connect) = (void *)ps_real.real_connect, *keep_close = (void *)ps_real.close;
+    void *keep_cu = (void *)ps_real.change_user, *keep_end = (void *)ps_real.server_end;
+    memset(&ps_real, 0, sizeof ps_real);
+    ps_real.real_connect = (__typeof__(ps_real.real_connect))keep_connect;
+    ps_real.close = (__typeof__(ps_real.close))keep_close;
+    ps_real.change_user = (__typeof__(ps_real.change_user))keep_cu;
+    ps_real.server_end = (__typeof__(ps_real.server_end))keep_end;
+    ps_real.init = NULL; /* marks the table unusable for pooling */
+  }
+  g_once_init_leave(&R.once, 1);
+}
+
+/* TRUE when the call comes from inside the client library itself. */
+static gboolean
+called_by_library(void *caller)
+{
+  Dl_info info;
+  return R.base && dladdr(caller, &info) && info.dli_fbase == R.base;
+}
+
+static gboolean
+pooling(void *caller)
+{
+  return ps_real.init && !called_by_library(caller) && ps_broker_active();
+}
+
+PS_EXPORT MYSQL *
+mysql_real_connect(MYSQL *m, const char *host, const char *user, const char *passwd,
+                   const char *db, unsigned int port, const char *unix_socket,
+                   unsigned long client_flag)
+{
+  resolve();
+  if (!ps_real.real_connect)
+    return NULL; /* no client library in this process: nothing could have worked */
+  if (!m || !pooling(__builtin_return_address(0)))
+    return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+  return ps_broker_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+}
+
+PS_EXPORT void
+mysql_close(MYSQL *m)
+{
+  resolve();
+  if (!ps_real.close)
+    return;
+  if (!m || !pooling(__builtin_return_address(0))) {
+    ps_real.close(m);
+    return;
+  }
+  ps_broker_close(m);
+}
+
+PS_EXPORT my_bool
+mysql_change_user(MYSQL *m, const char *user, const char *passwd, const char *db)
+{
+  resolve();
+  if (!ps_real.change_user)
+    return 1;
+  if (m && pooling(__builtin_return_address(0)))
+    ps_broker_note_change_user(m);
+  return ps_real.change_user(m, user, passwd, db);
+}
+
+PS_EXPORT void
+mysql_server_end(void)
+{
+  resolve();
+  /* The library tears down its plugins and TLS: no pooled connection may outlive that. */
+  if (ps_real.init && !called_by_library(__builtin_return_address(0)) && ps_broker_active())
+    ps_broker_drain();
+  if (ps_real.server_end)
+    ps_real.server_end();
+}
+
+PS_EXPORT const char *
+poolshim_version(void)
+{
+  return POOLSHIM_VERSION;
+}
+
+PS_EXPORT int
+poolshim_stats(poolshim_stats_t *out, size_t size)
+{
+  if (!out || size < sizeof *out)
+    return -1;
+  resolve();
+  if (!ps_real.init) {
+    memset(out, 0, sizeof *out);
+    return 0;
+  }
+  ps_broker_stats(out);
+  return 0;
+}

@@ -1,0 +1,24 @@
+/* log.h: the one place that writes messages. Prefix "poolshim:", silent below the
+ * configured level, one write(2) per line so lines from threads never interleave. */
+#pragma once
+#include <glib.h>
+
+typedef enum {
+  PS_LOG_ERROR = 0,
+  PS_LOG_WARN = 1,
+  PS_LOG_INFO = 2,
+  PS_LOG_DEBUG = 3,
+} PsLogLevel;
+
+void ps_log_set_level(PsLogLevel level);
+gboolean ps_log_enabled(PsLogLevel level);
+void ps_log(PsLogLevel level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+#define ps_error(...) ps_log(PS_LOG_ERROR, __VA_ARGS__)
+#define ps_warn(...) ps_log(PS_LOG_WARN, __VA_ARGS__)
+#define ps_info(...) ps_log(PS_LOG_INFO, __VA_ARGS__)
+#define ps_debug(...)                                                                              \
+  do {                                                                                             \
+    if (ps_log_enabled(PS_LOG_DEBUG))                                                              \
+      ps_log(PS_LOG_DEBUG, __VA_ARGS__);                                                           \
+  } while (0)

@@ -1,0 +1,445 @@
+/* pool.c: keys, idle queues, counts, limits and FIFO waiters under one mutex. No MySQL
+ * call, no I/O and no blocking other than a waiter's condition variable. */
+#include "pool.h"
+
+#include <string.h>
+
+struct PsPoolKey {
+  guint8 digest[PS_KEY_DIGEST_LEN];
+  char *label;
+  PsPool *pool;
+  GQueue idle;   /* of PsItem.link; head = most recently returned */
+  guint open;    /* idle + lent + slots being opened */
+  guint lent;
+  guint waiting;
+  gpointer data;
+  GDestroyNotify data_destroy;
+};
+
+typedef struct {
+  PsPoolKey *key;
+  GCond cond;
+  gboolean served;
+  PsGrant *grant;
+  GList link;
+} PsWaiter;
+
+struct PsPool {
+  GMutex lock;
+  PsPoolLimits limits;
+  GHashTable *keys; /* digest -> PsPoolKey* */
+  GQueue waiters;   /* of PsWaiter.link, in arrival order */
+  guint total_open;
+  gint64 (*now)(void);
+  PsPoolCounts counts; /* the cumulative part; gauges are computed on demand */
+};
+
+static const char *const reason_names[PS_CLOSE_REASONS] = {
+  [PS_CLOSE_LIFETIME] = "lifetime",         [PS_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
+  [PS_CLOSE_DEAD] = "dead",                 [PS_CLOSE_UNCLEAN] = "unclean",
+  [PS_CLOSE_RESET_FAILED] = "reset_failed", [PS_CLOSE_OVER_LIMIT] = "over_limit",
+  [PS_CLOSE_SHUTDOWN] = "shutdown",
+};
+
+const char *
+ps_close_reason_name(PsCloseReason reason)
+{
+  return reason < PS_CLOSE_REASONS ? reason_names[reason] : "unknown";
+}
+
+static guint
+digest_hash(gconstpointer p)
+{
+  guint h;
+  memcpy(&h, p, sizeof h); /* already a cryptographic digest: any 4 bytes are uniform */
+  return h;
+}
+
+static gboolean
+digest_equal(gconstpointer a, gconstpointer b)
+{
+  return memcmp(a, b, PS_KEY_DIGEST_LEN) == 0;
+}
+
+static void
+key_free(gpointer p)
+{
+  PsPoolKey *key = p;
+  if (key->data_destroy)
+    key->data_destroy(key->data);
+  g_free(key->label);
+  g_free(key);
+}
+
+PsPool *
+ps_pool_new(const PsPoolLimits *limits)
+{
+  PsPool *pool = g_new0(PsPool, 1);
+  g_mutex_init(&pool->lock);
+  pool->limits = *limits;
+  if (pool->limits.per_key == 0)
+    pool->limits.per_key = 1;
+  pool->keys = g_hash_table_new_full(digest_hash, digest_equal, NULL, key_free);
+  g_queue_init(&pool->waiters);
+  pool->now = g_get_monotonic_time;
+  return pool;
+}
+
+void
+ps_pool_set_clock(PsPool *pool, gint64 (*now)(void))
+{
+  pool->now = now;
+}
+
+guint
+ps_pool_size_of(const PsPool *pool)
+{
+  return pool->limits.per_key;
+}
+
+/* Removes an idle item from its queue and from every count: it becomes a victim. */
+static PsItem *
+unlink_idle(PsPool *pool, PsItem *item, PsCloseReason reason)
+{
+  PsPoolKey *key = item->owner;
+  g_queue_unlink(&key->idle, &item->link);
+  key->open--;
+  pool->total_open--;
+  item->close_reason = reason;
+  pool->counts.closed++;
+  pool->counts.closed_by[reason]++;
+  return item;
+}
+
+static gboolean
+expired(const PsPool *pool, const PsItem *item, gint64 now, PsCloseReason *why)
+{
+  if (now >= item->expires_us) {
+    *why = PS_CLOSE_LIFETIME;
+    return TRUE;
+  }
+  if (pool->limits.idle_timeout_us > 0 &&
+      now - item->idle_since_us >= pool->limits.idle_timeout_us) {
+    *why = PS_CLOSE_IDLE_TIMEOUT;
+    return TRUE;
+  }
+  return FALSE;
+}
+
+/* Drops expired items from the cold end of a key's idle queue. */
+static void
+sweep_key(PsPool *pool, PsPoolKey *key, gint64 now, GSList **victims)
+{
+  GList *l = key->idle.tail;
+  while (l) {
+    GList *prev = l->prev;
+    PsItem *item = l->data;
+    PsCloseReason why;
+    if (expired(pool, item, now, &why))
+      *victims = g_slist_prepend(*victims, unlink_idle(pool, item, why));
+    l = prev;
+  }
+}
+
+static PsItem *
+oldest_idle_elsewhere(PsPool *pool, PsPoolKey *except)
+{
+  PsItem *oldest = NULL;
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    if (key == except || !key->idle.tail)
+      continue;
+    PsItem *cand = key->idle.tail->data;
+    if (!oldest || cand->idle_since_us < oldest->idle_since_us)
+      oldest = cand;
+  }
+  return oldest;
+}
+
+/* Serves one request for `key` if the limits allow it now. */
+static gboolean
+try_serve(PsPool *pool, PsPoolKey *key, gint64 now, PsGrant *grant)
+{
+  while (key->idle.head) {
+    PsItem *item = key->idle.head->data;
+    PsCloseReason why;
+    if (expired(pool, item, now, &why)) {
+      grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
+      continue;
+    }
+    g_queue_unlink(&key->idle, &item->link);
+    key->lent++;
+    pool->counts.borrowed++;
+    pool->counts.served_idle++;
+    grant->kind = PS_GRANT_IDLE;
+    grant->item = item;
+    return TRUE;
+  }
+  if (key->open >= pool->limits.per_key)
+    return FALSE;
+  if (pool->limits.total && pool->total_open >= pool->limits.total) {
+    PsItem *victim = oldest_idle_elsewhere(pool, key);
+    if (!victim)
+      return FALSE;
+    grant->victims =
+      g_slist_prepend(grant->victims, unlink_idle(pool, victim, PS_CLOSE_OVER_LIMIT));
+  }
+  key->open++;
+  pool->total_open++;
+  grant->kind = PS_GRANT_OPEN;
+  grant->item = NULL;
+  return TRUE;
+}
+
+/* Serves waiters in arrival order after anything that may have freed capacity. */
+static void
+dispatch(PsPool *pool, gint64 now)
+{
+  GList *l = pool->waiters.head;
+  while (l) {
+    GList *next = l->next;
+    PsWaiter *w = l->data;
+    if (try_serve(pool, w->key, now, w->grant)) {
+      g_queue_unlink(&pool->waiters, &w->link);
+      w->key->waiting--;
+      w->served = TRUE;
+      g_cond_signal(&w->cond);
+    }
+    l = next;
+  }
+}
+
+static gboolean
+has_waiter_for(PsPool *pool, PsPoolKey *key)
+{
+  return key->waiting > 0;
+}
+
+PsPoolKey *
+ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label)
+{
+  g_mutex_lock(&pool->lock);
+  PsPoolKey *key = g_hash_table_lookup(pool->keys, digest);
+  if (!key) {
+    key = g_new0(PsPoolKey, 1);
+    memcpy(key->digest, digest, PS_KEY_DIGEST_LEN);
+    key->label = g_strdup(label);
+    key->pool = pool;
+    g_queue_init(&key->idle);
+    g_hash_table_insert(pool->keys, key->digest, key);
+  }
+  g_mutex_unlock(&pool->lock);
+  return key;
+}
+
+const char *
+ps_pool_key_label(const PsPoolKey *key)
+{
+  return key->label;
+}
+
+gpointer
+ps_pool_key_data(PsPoolKey *key)
+{
+  return g_atomic_pointer_get(&key->data);
+}
+
+gpointer
+ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
+{
+  PsPool *pool = key->pool;
+  g_mutex_lock(&pool->lock);
+  if (key->data) {
+    g_mutex_unlock(&pool->lock);
+    if (destroy)
+      destroy(data);
+    return key->data;
+  }
+  key->data_destroy = destroy;
+  g_atomic_pointer_set(&key->data, data);
+  g_mutex_unlock(&pool->lock);
+  return data;
+}
+
+void
+ps_pool_lock_for_fork(PsPool *pool)
+{
+  g_mutex_lock(&pool->lock);
+}
+
+void
+ps_pool_unlock_after_fork(PsPool *pool)
+{
+  g_mutex_unlock(&pool->lock);
+}
+
+void
+ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
+{
+  memset(grant, 0, sizeof *grant);
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  sweep_key(pool, key, now, &grant->victims);
+  /* Nobody overtakes a waiter of the same key: arrival order is the contract. */
+  if (!has_waiter_for(pool, key) && try_serve(pool, key, now, grant)) {
+    g_mutex_unlock(&pool->lock);
+    return;
+  }
+  PsWaiter w = {.key = key, .grant = grant};
+  w.link.data = &w;
+  g_cond_init(&w.cond);
+  g_queue_push_tail_link(&pool->waiters, &w.link);
+  key->waiting++;
+  pool->counts.waits++;
+  gint64 started = now;
+  while (!w.served) {
+    if (!g_cond_wait_until(&w.cond, &pool->lock, deadline_us) && !w.served) {
+      g_queue_unlink(&pool->waiters, &w.link);
+      key->waiting--;
+      grant->kind = PS_GRANT_TIMEOUT;
+      pool->counts.wait_timeouts++;
+      break;
+    }
+  }
+  grant->waited_us = pool->now() - started;
+  g_mutex_unlock(&pool->lock);
+  g_cond_clear(&w.cond);
+}
+
+PsItem *
+ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
+{
+  PsItem *item = g_new0(PsItem, 1);
+  item->conn = conn;
+  item->owner = key;
+  item->link.data = item;
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  item->created_us = now;
+  item->idle_since_us = now;
+  if (pool->limits.max_lifetime_us > 0) {
+    /* Up to 2.5% earlier, so connections opened together do not all expire together. */
+    gint64 jitter = g_random_int_range(0, 1000) * (pool->limits.max_lifetime_us / 40000);
+    item->expires_us = now + pool->limits.max_lifetime_us - jitter;
+  } else {
+    item->expires_us = G_MAXINT64;
+  }
+  key->lent++;
+  pool->counts.borrowed++;
+  pool->counts.opened++;
+  g_mutex_unlock(&pool->lock);
+  return item;
+}
+
+void
+ps_pool_open_failed(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  key->open--;
+  pool->total_open--;
+  dispatch(pool, pool->now());
+  g_mutex_unlock(&pool->lock);
+}
+
+gboolean
+ps_pool_release(PsPool *pool, PsItem *item)
+{
+  PsPoolKey *key = item->owner;
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  key->lent--;
+  gboolean kept = now < item->expires_us;
+  if (kept) {
+    item->idle_since_us = now;
+    g_queue_push_head_link(&key->idle, &item->link);
+  } else {
+    key->open--;
+    pool->total_open--;
+    item->close_reason = PS_CLOSE_LIFETIME;
+    pool->counts.closed++;
+    pool->counts.closed_by[PS_CLOSE_LIFETIME]++;
+  }
+  dispatch(pool, now);
+  g_mutex_unlock(&pool->lock);
+  return kept;
+}
+
+void
+ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason)
+{
+  PsPoolKey *key = item->owner;
+  g_mutex_lock(&pool->lock);
+  key->lent--;
+  key->open--;
+  pool->total_open--;
+  item->close_reason = reason;
+  pool->counts.closed++;
+  pool->counts.closed_by[reason]++;
+  dispatch(pool, pool->now());
+  g_mutex_unlock(&pool->lock);
+}
+
+GSList *
+ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
+{
+  GSList *victims = NULL;
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    if (!all) {
+      sweep_key(pool, key, now, &victims);
+      continue;
+    }
+    while (key->idle.head)
+      victims = g_slist_prepend(victims, unlink_idle(pool, key->idle.head->data, reason));
+  }
+  if (victims)
+    dispatch(pool, now);
+  g_mutex_unlock(&pool->lock);
+  return victims;
+}
+
+void
+ps_pool_item_free(PsItem *item)
+{
+  g_free(item);
+}
+
+void
+ps_pool_counts(PsPool *pool, PsPoolCounts *out)
+{
+  g_mutex_lock(&pool->lock);
+  *out = pool->counts;
+  out->open = pool->total_open;
+  out->keys = g_hash_table_size(pool->keys);
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    out->idle += key->idle.length;
+    out->lent += key->lent;
+    out->waiting += key->waiting;
+  }
+  g_mutex_unlock(&pool->lock);
+}
+
+void
+ps_pool_free(PsPool *pool, GSList **victims)
+{
+  GSList *idle = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
+  if (victims)
+    *victims = g_slist_concat(*victims, idle);
+  else
+    g_slist_free_full(idle, (GDestroyNotify)ps_pool_item_free);
+  g_hash_table_unref(pool->keys);
+  g_mutex_clear(&pool->lock);
+  g_free(pool);
+}

@@ -1,0 +1,104 @@
+/* pool.h: the pool as a plain data structure: keys, idle lists, open/lent counts, FIFO
+ * waiters and limits. No MySQL calls and no I/O: a connection is an opaque pointer, and
+ * everything the caller must close is handed back to it to close outside the lock. */
+#pragma once
+#include <glib.h>
+
+#define PS_KEY_DIGEST_LEN 32
+
+typedef struct PsPool PsPool;
+typedef struct PsPoolKey PsPoolKey;
+
+/* Why a physical connection left the pool: reaches the debug log and the counters. */
+typedef enum {
+  PS_CLOSE_LIFETIME,      /* reached POOLSHIM_MAX_LIFETIME */
+  PS_CLOSE_IDLE_TIMEOUT,  /* idle longer than POOLSHIM_IDLE_TIMEOUT */
+  PS_CLOSE_DEAD,          /* the server closed it or it failed a liveness check */
+  PS_CLOSE_UNCLEAN,       /* returned with an error, pending results or an unknown state */
+  PS_CLOSE_RESET_FAILED,  /* the session reset failed */
+  PS_CLOSE_OVER_LIMIT,    /* evicted to make room under POOLSHIM_MAX_CONNECTIONS */
+  PS_CLOSE_SHUTDOWN,      /* process exit or mysql_server_end */
+  PS_CLOSE_REASONS
+} PsCloseReason;
+
+const char *ps_close_reason_name(PsCloseReason reason);
+
+/* One physical connection, from its open to its close. */
+typedef struct PsItem {
+  gpointer conn;         /* caller's object (a pool-owned MYSQL shell) */
+  PsPoolKey *owner;
+  gint64 created_us;
+  gint64 expires_us;     /* G_MAXINT64 when there is no lifetime */
+  gint64 idle_since_us;
+  PsCloseReason close_reason; /* set when the pool hands it back as a victim */
+  GList link;            /* in the owner's idle queue while idle */
+} PsItem;
+
+typedef enum {
+  PS_GRANT_IDLE,    /* grant.item is an idle connection, now lent to the caller */
+  PS_GRANT_OPEN,    /* a slot is reserved: open a connection, then ps_pool_opened/open_failed */
+  PS_GRANT_TIMEOUT, /* the pool stayed full until the deadline */
+} PsGrantKind;
+
+typedef struct {
+  PsGrantKind kind;
+  PsItem *item;
+  GSList *victims; /* PsItem*s no longer counted: the caller closes them, then frees them */
+  gint64 waited_us;
+} PsGrant;
+
+typedef struct {
+  guint per_key;           /* >= 1 */
+  guint total;             /* 0 = unlimited */
+  gint64 max_lifetime_us;  /* 0 = unlimited */
+  gint64 idle_timeout_us;  /* 0 = never */
+} PsPoolLimits;
+
+typedef struct {
+  guint64 borrowed, served_idle, opened, closed, waits, wait_timeouts;
+  guint64 closed_by[PS_CLOSE_REASONS];
+  guint open, idle, lent, waiting, keys;
+} PsPoolCounts;
+
+PsPool *ps_pool_new(const PsPoolLimits *limits);
+/* Frees the structure; idle connections are handed back in *victims. */
+void ps_pool_free(PsPool *pool, GSList **victims);
+
+/* Finds or creates the sub-pool of a key. `label` (user@host:port/db, no secrets) names it
+ * in messages. The returned pointer lives as long as the pool. */
+PsPoolKey *ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label);
+const char *ps_pool_key_label(const PsPoolKey *key);
+/* One caller-owned pointer per key, set once (the first caller wins; a later one is
+ * destroyed with `destroy`). Returns the pointer in place. */
+gpointer ps_pool_key_data(PsPoolKey *key);
+gpointer ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy);
+
+/* Waits (FIFO) until the key can lend or open a connection, or until deadline_us
+ * (g_get_monotonic_time clock). */
+void ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant);
+
+/* After PS_GRANT_OPEN: the connection is open and lent. */
+PsItem *ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn);
+/* After PS_GRANT_OPEN: opening failed; the slot is freed. */
+void ps_pool_open_failed(PsPool *pool, PsPoolKey *key);
+
+/* Gives a lent connection back. Returns FALSE when it has expired instead: it is then no
+ * longer counted (reason in item->close_reason) and the caller closes and frees it. */
+gboolean ps_pool_release(PsPool *pool, PsItem *item);
+/* A lent connection is being closed by the caller; frees its slot. */
+void ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason);
+
+/* Takes out every idle connection (reason in close_reason), or only those past their
+ * idle timeout or lifetime when `all` is FALSE. */
+GSList *ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason);
+
+void ps_pool_item_free(PsItem *item);
+void ps_pool_counts(PsPool *pool, PsPoolCounts *out);
+guint ps_pool_size_of(const PsPool *pool);
+
+/* Held across fork() so that the child never inherits a lock taken by another thread. */
+void ps_pool_lock_for_fork(PsPool *pool);
+void ps_pool_unlock_after_fork(PsPool *pool);
+
+/* For unit tests: replaces g_get_monotonic_time. */
+void ps_pool_set_clock(PsPool *pool, gint64 (*now)(void));
