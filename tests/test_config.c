@@ -1,0 +1,426 @@
+/* test_config.c: the POOLSHIM_* table, seen through ps_config_parse with a fake
+ * environment: defaults, valid and bad values, warnings and name suggestions. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <glib.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+TestSuite(config, .timeout = 30);
+
+#define SEC ((gint64)G_USEC_PER_SEC)
+
+/* ---- helpers ---------------------------------------------------------------------- */
+
+static const char *
+table_lookup(const char *name, gpointer user_data)
+{
+  return g_hash_table_lookup(user_data, name);
+}
+
+/* Parses an environment given as NULL-terminated name/value pairs; every name set is
+ * also reported present. `extra_names` (may be NULL) are present but unset. */
+static void
+parse_env(PsConfig *cfg, const char *const *pairs, const char *const *extra_names)
+{
+  GHashTable *env = g_hash_table_new(g_str_hash, g_str_equal);
+  GPtrArray *names = g_ptr_array_new();
+  for (gsize i = 0; pairs && pairs[i]; i += 2) {
+    g_hash_table_insert(env, (gpointer)pairs[i], (gpointer)pairs[i + 1]);
+    g_ptr_array_add(names, (gpointer)pairs[i]);
+  }
+  for (gsize i = 0; extra_names && extra_names[i]; i++)
+    g_ptr_array_add(names, (gpointer)extra_names[i]);
+  g_ptr_array_add(names, NULL);
+  ps_config_parse(cfg, table_lookup, env, (const char *const *)names->pdata);
+  g_ptr_array_unref(names);
+  g_hash_table_unref(env);
+}
+
+/* fd 2 redirected to a temporary file around a call. */
+typedef struct {
+  int saved;
+  FILE *file;
+} Capture;
+
+static void
+capture_start(Capture *c)
+{
+  fflush(stderr);
+  c->file = tmpfile();
+  cr_assert_not_null(c->file);
+  c->saved = dup(STDERR_FILENO);
+  cr_assert_geq(c->saved, 0);
+  cr_assert_geq(dup2(fileno(c->file), STDERR_FILENO), 0);
+}
+
+/* Restores fd 2 and returns what was written (caller frees). */
+static char *
+capture_end(Capture *c)
+{
+  fflush(stderr);
+  cr_assert_geq(dup2(c->saved, STDERR_FILENO), 0);
+  close(c->saved);
+  GString *out = g_string_new(NULL);
+  rewind(c->file);
+  char buf[512];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, c->file)) > 0)
+    g_string_append_len(out, buf, (gssize)n);
+  fclose(c->file);
+  return g_string_free(out, FALSE);
+}
+
+static guint
+count_lines(const char *text)
+{
+  guint n = 0;
+  for (const char *p = text; *p; p++)
+    n += *p == '\n';
+  return n;
+}
+
+static void
+assert_defaults_except(const PsConfig *cfg, const char *except)
+{
+  if (g_strcmp0(except, "POOLSHIM_DISABLE") != 0)
+    cr_assert_eq(cfg->disable, FALSE);
+  if (g_strcmp0(except, "POOLSHIM_POOL_SIZE") != 0)
+    cr_assert_eq(cfg->pool_size, 10, "pool_size %u", cfg->pool_size);
+  if (g_strcmp0(except, "POOLSHIM_MAX_CONNECTIONS") != 0)
+    cr_assert_eq(cfg->max_connections, 0);
+  if (g_strcmp0(except, "POOLSHIM_TIMEOUT") != 0)
+    cr_assert_eq(cfg->timeout_us, 30 * SEC, "timeout_us %" G_GINT64_FORMAT, cfg->timeout_us);
+  if (g_strcmp0(except, "POOLSHIM_MAX_LIFETIME") != 0)
+    cr_assert_eq(cfg->max_lifetime_us, 30 * 60 * SEC);
+  if (g_strcmp0(except, "POOLSHIM_IDLE_TIMEOUT") != 0)
+    cr_assert_eq(cfg->idle_timeout_us, 10 * 60 * SEC);
+  if (g_strcmp0(except, "POOLSHIM_RESET") != 0)
+    cr_assert_eq(cfg->reset, PS_RESET_RESET);
+  if (g_strcmp0(except, "POOLSHIM_LOG") != 0)
+    cr_assert_eq(cfg->log_level, PS_LOG_WARN);
+}
+
+/* ---- defaults and valid values ---------------------------------------------------- */
+
+Test(config, an_empty_environment_gives_the_defaults_silently)
+{
+  PsConfig cfg;
+  memset(&cfg, 0xa5, sizeof cfg);
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, NULL, NULL);
+  g_autofree char *out = capture_end(&cap);
+
+  cr_assert_eq(cfg.pool_size, 10);
+  cr_assert_eq(cfg.max_connections, 0);
+  cr_assert_eq(cfg.timeout_us, 30 * SEC);
+  cr_assert_eq(cfg.max_lifetime_us, 30 * 60 * SEC);
+  cr_assert_eq(cfg.idle_timeout_us, 10 * 60 * SEC);
+  cr_assert_eq(cfg.reset, PS_RESET_RESET);
+  cr_assert_eq(cfg.log_level, PS_LOG_WARN);
+  cr_assert_eq(cfg.disable, FALSE);
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+  cr_assert(ps_log_enabled(PS_LOG_WARN));
+  cr_assert_not(ps_log_enabled(PS_LOG_INFO));
+}
+
+Test(config, valid_values_are_applied)
+{
+  static const char *const env[] = {
+    "POOLSHIM_POOL_SIZE", "4",
+    "POOLSHIM_TIMEOUT", "300ms",
+    "POOLSHIM_RESET", "change_user",
+    "POOLSHIM_LOG", "debug",
+    "POOLSHIM_MAX_CONNECTIONS", "50",
+    "POOLSHIM_MAX_LIFETIME", "1h",
+    "POOLSHIM_IDLE_TIMEOUT", "0",
+    "POOLSHIM_DISABLE", "1",
+    NULL,
+  };
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, env, NULL);
+  g_autofree char *out = capture_end(&cap);
+
+  cr_assert_eq(cfg.pool_size, 4);
+  cr_assert_eq(cfg.timeout_us, 300000);
+  cr_assert_eq(cfg.reset, PS_RESET_CHANGE_USER);
+  cr_assert_eq(cfg.log_level, PS_LOG_DEBUG);
+  cr_assert_eq(cfg.max_connections, 50);
+  cr_assert_eq(cfg.max_lifetime_us, 3600 * SEC);
+  cr_assert_eq(cfg.idle_timeout_us, 0);
+  cr_assert_eq(cfg.disable, TRUE);
+  cr_assert(ps_log_enabled(PS_LOG_DEBUG), "the parsed level is put in force");
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+  ps_log_set_level(PS_LOG_WARN);
+  cr_assert_not(ps_log_enabled(PS_LOG_DEBUG));
+}
+
+Test(config, surrounding_spaces_are_trimmed)
+{
+  static const char *const env[] = {
+    "POOLSHIM_POOL_SIZE", " 5 ",
+    "POOLSHIM_TIMEOUT", "\t2s\n",
+    "POOLSHIM_RESET", " rollback",
+    NULL,
+  };
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, env, NULL);
+  g_autofree char *out = capture_end(&cap);
+  cr_assert_eq(cfg.pool_size, 5);
+  cr_assert_eq(cfg.timeout_us, 2 * SEC);
+  cr_assert_eq(cfg.reset, PS_RESET_ROLLBACK);
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+}
+
+Test(config, enum_values_ignore_case)
+{
+  static const char *const env[] = {"POOLSHIM_RESET", "NONE", "POOLSHIM_LOG", "Error", NULL};
+  PsConfig cfg;
+  parse_env(&cfg, env, NULL);
+  cr_assert_eq(cfg.reset, PS_RESET_NONE);
+  cr_assert_eq(cfg.log_level, PS_LOG_ERROR);
+  ps_log_set_level(PS_LOG_WARN);
+}
+
+Test(config, log_error_silences_warnings_about_other_variables)
+{
+  static const char *const env[] = {"POOLSHIM_LOG", "error", "POOLSHIM_POOL_SIZE", "abc", NULL};
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, env, NULL);
+  g_autofree char *out = capture_end(&cap);
+  cr_assert_eq(cfg.pool_size, 10, "the bad value still falls back to the default");
+  cr_assert_str_empty(out, "warnings obey the level parsed first: %s", out);
+  ps_log_set_level(PS_LOG_WARN);
+}
+
+/* ---- bad values ------------------------------------------------------------------- */
+
+typedef struct {
+  char name[40];
+  char value[40];
+} BadValue;
+
+ParameterizedTestParameters(config, a_bad_value_keeps_the_default_with_one_warning)
+{
+  static BadValue params[] = {
+    {"POOLSHIM_POOL_SIZE", "abc"},
+    {"POOLSHIM_POOL_SIZE", "-1"},
+    {"POOLSHIM_POOL_SIZE", "99999999999999"},
+    {"POOLSHIM_POOL_SIZE", "10x"},
+    {"POOLSHIM_POOL_SIZE", ""},
+    {"POOLSHIM_POOL_SIZE", "0"},
+    {"POOLSHIM_POOL_SIZE", "99999999999999999999999"},
+    {"POOLSHIM_TIMEOUT", "abc"},
+    {"POOLSHIM_TIMEOUT", "-1"},
+    {"POOLSHIM_TIMEOUT", "99999999999999"},
+    {"POOLSHIM_TIMEOUT", "10x"},
+    {"POOLSHIM_TIMEOUT", ""},
+    {"POOLSHIM_TIMEOUT", "1.5s"},
+    {"POOLSHIM_TIMEOUT", "86401"},
+    {"POOLSHIM_RESET", "sometimes"},
+    {"POOLSHIM_LOG", "verbose"},
+    {"POOLSHIM_DISABLE", "2"},
+    {"POOLSHIM_MAX_CONNECTIONS", "-5"},
+    {"POOLSHIM_IDLE_TIMEOUT", "10 m"},
+  };
+  return cr_make_param_array(BadValue, params, G_N_ELEMENTS(params));
+}
+
+ParameterizedTest(BadValue *p, config, a_bad_value_keeps_the_default_with_one_warning)
+{
+  const char *const env[] = {p->name, p->value, NULL};
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, env, NULL);
+  g_autofree char *out = capture_end(&cap);
+
+  assert_defaults_except(&cfg, NULL);
+  cr_assert_eq(count_lines(out), 1, "%s=\"%s\": expected one line, got: %s", p->name,
+               p->value, out);
+  cr_assert(g_str_has_suffix(out, "\n"));
+  cr_assert(g_str_has_prefix(out, "poolshim: warning: "), "got: %s", out);
+  g_autofree char *named = g_strdup_printf("%s=", p->name);
+  cr_assert_not_null(strstr(out, named), "the line names the variable: %s", out);
+  cr_assert_not_null(strstr(out, "expected"), "the line says what is accepted: %s", out);
+  cr_assert_not_null(strstr(out, "default"), "the line says the default is used: %s", out);
+}
+
+/* ---- parsers ---------------------------------------------------------------------- */
+
+typedef struct {
+  char text[32];
+  gint64 us;
+} GoodDuration;
+
+ParameterizedTestParameters(config, a_valid_duration_is_parsed)
+{
+  static GoodDuration params[] = {
+    {"250ms", 250000},
+    {"30s", 30 * SEC},
+    {"10m", 600 * SEC},
+    {"1h", 3600 * SEC},
+    {"7", 7 * SEC},
+    {"0", 0},
+    {"0ms", 0},
+    {"1ms", 1000},
+    {"007s", 7 * SEC},
+  };
+  return cr_make_param_array(GoodDuration, params, G_N_ELEMENTS(params));
+}
+
+ParameterizedTest(GoodDuration *p, config, a_valid_duration_is_parsed)
+{
+  gint64 us = -42;
+  cr_assert(ps_config_parse_duration(p->text, &us), "\"%s\" was rejected", p->text);
+  cr_assert_eq(us, p->us, "\"%s\" gave %" G_GINT64_FORMAT " us, expected %" G_GINT64_FORMAT,
+               p->text, us, p->us);
+}
+
+typedef struct {
+  char text[32];
+} BadDuration;
+
+ParameterizedTestParameters(config, an_invalid_duration_is_rejected)
+{
+  static BadDuration params[] = {
+    {"abc"}, {"-1"}, {"10x"}, {""}, {"1.5s"}, {"99999999999999h"},
+    {" 5"},  /* ps_config_parse trims; the parser itself does not */
+    {"5 "}, {"s"}, {"ms"}, {"+5"}, {"5S"}, {"5sec"}, {"99999999999999999999999"},
+  };
+  return cr_make_param_array(BadDuration, params, G_N_ELEMENTS(params));
+}
+
+ParameterizedTest(BadDuration *p, config, an_invalid_duration_is_rejected)
+{
+  gint64 us = -42;
+  cr_assert_not(ps_config_parse_duration(p->text, &us), "\"%s\" was accepted as %" G_GINT64_FORMAT,
+                p->text, us);
+}
+
+Test(config, a_null_duration_is_rejected)
+{
+  gint64 us = -42;
+  cr_assert_not(ps_config_parse_duration(NULL, &us));
+}
+
+Test(config, the_largest_durations_do_not_overflow)
+{
+  gint64 us;
+  /* 2562047788h is the largest whole number of hours within G_MAXINT64 microseconds. */
+  cr_assert(ps_config_parse_duration("2562047788h", &us));
+  cr_assert_eq(us, (gint64)2562047788 * 3600 * SEC);
+  cr_assert_not(ps_config_parse_duration("2562047789h", &us), "one hour more overflows");
+}
+
+Test(config, whole_numbers_are_parsed_strictly)
+{
+  guint64 v = 0;
+  cr_assert(ps_config_parse_uint("0", &v));
+  cr_assert_eq(v, 0);
+  cr_assert(ps_config_parse_uint("18446744073709551615", &v));
+  cr_assert_eq(v, G_MAXUINT64);
+  cr_assert_not(ps_config_parse_uint("18446744073709551616", &v));
+  cr_assert_not(ps_config_parse_uint("-1", &v));
+  cr_assert_not(ps_config_parse_uint(" 1", &v));
+  cr_assert_not(ps_config_parse_uint("1 ", &v));
+  cr_assert_not(ps_config_parse_uint("0x10", &v));
+  cr_assert_not(ps_config_parse_uint("", &v));
+  cr_assert_not(ps_config_parse_uint(NULL, &v));
+}
+
+/* ---- names ------------------------------------------------------------------------ */
+
+Test(config, an_unknown_name_gets_one_warning_with_a_suggestion)
+{
+  static const char *const extra[] = {"POOLSHIM_POOLSIZE", NULL};
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, NULL, extra);
+  g_autofree char *out = capture_end(&cap);
+
+  assert_defaults_except(&cfg, NULL);
+  cr_assert_eq(count_lines(out), 1, "got: %s", out);
+  cr_assert(g_str_has_prefix(out, "poolshim: warning: "), "got: %s", out);
+  cr_assert_not_null(strstr(out, "POOLSHIM_POOLSIZE"), "names the unknown variable: %s", out);
+  cr_assert_not_null(strstr(out, "did you mean POOLSHIM_POOL_SIZE?"), "got: %s", out);
+}
+
+Test(config, a_far_off_unknown_name_is_reported_without_a_suggestion)
+{
+  static const char *const extra[] = {"POOLSHIM_COMPLETELY_UNRELATED_SETTING", NULL};
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, NULL, extra);
+  g_autofree char *out = capture_end(&cap);
+  cr_assert_eq(count_lines(out), 1, "got: %s", out);
+  cr_assert(g_str_has_prefix(out, "poolshim: warning: "), "got: %s", out);
+  cr_assert_not_null(strstr(out, "POOLSHIM_COMPLETELY_UNRELATED_SETTING"), "got: %s", out);
+  cr_assert_null(strstr(out, "did you mean"), "got: %s", out);
+}
+
+Test(config, known_and_reserved_names_are_not_reported)
+{
+  static const char *const env[] = {"POOLSHIM_POOL_SIZE", "3", NULL};
+  static const char *const extra[] = {"POOLSHIM_TEST_ANYTHING", "POOLSHIM_LOG", NULL};
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  parse_env(&cfg, env, extra);
+  g_autofree char *out = capture_end(&cap);
+  cr_assert_eq(cfg.pool_size, 3);
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+}
+
+Test(config, the_closest_name_is_suggested_only_when_close)
+{
+  cr_assert_str_eq(ps_config_closest_name("POOLSHIM_TIMEOUTS"), "POOLSHIM_TIMEOUT");
+  cr_assert_str_eq(ps_config_closest_name("POOLSHIM_POOLSIZE"), "POOLSHIM_POOL_SIZE");
+  cr_assert_str_eq(ps_config_closest_name("poolshim_idle_timeout"), "POOLSHIM_IDLE_TIMEOUT",
+                   "case does not count as a difference");
+  cr_assert_null(ps_config_closest_name("POOLSHIM_COMPLETELY_UNRELATED_SETTING"));
+  cr_assert_null(ps_config_closest_name("LD_LIBRARY_PATH"));
+}
+
+Test(config, describe_enumerates_every_variable)
+{
+  static const char *const expected[] = {
+    "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MAX_CONNECTIONS", "POOLSHIM_TIMEOUT",
+    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_LOG",
+  };
+  GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+  guint n = 0;
+  const char *name, *def, *range, *help;
+  while (ps_config_describe(n, &name, &def, &range, &help)) {
+    cr_assert_not_null(name);
+    cr_assert(g_str_has_prefix(name, "POOLSHIM_"), "entry %u is named %s", n, name);
+    cr_assert_not_null(def, "%s has no default", name);
+    cr_assert_gt(strlen(def), 0, "%s has an empty default", name);
+    cr_assert_not_null(range, "%s has no range", name);
+    cr_assert_gt(strlen(range), 0, "%s has an empty range", name);
+    cr_assert_not_null(help, "%s has no help", name);
+    cr_assert_gt(strlen(help), 0, "%s has an empty help", name);
+    cr_assert_not(g_hash_table_contains(seen, name), "%s is listed twice", name);
+    g_hash_table_add(seen, (gpointer)name);
+    cr_assert_str_eq(ps_config_closest_name(name), name);
+    cr_assert_lt(++n, 100, "describe never returns FALSE");
+  }
+  cr_assert_eq(n, G_N_ELEMENTS(expected), "%u variables described", n);
+  for (guint i = 0; i < G_N_ELEMENTS(expected); i++)
+    cr_assert(g_hash_table_contains(seen, expected[i]), "%s is not described", expected[i]);
+  cr_assert_not(ps_config_describe(n, &name, &def, &range, &help));
+  cr_assert_not(ps_config_describe(n + 1000, &name, &def, &range, &help));
+  g_hash_table_unref(seen);
+}

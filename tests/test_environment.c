@@ -1,0 +1,113 @@
+/* Environment: bad values give one clear line and the default; the host never aborts;
+ * no credential reaches the log; POOLSHIM_DISABLE passes everything through. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <glib.h>
+#include <string.h>
+
+typedef struct {
+  char *out, *err;
+  int status;
+} Run;
+
+static Run
+run_probe(const char *const *extra_env, const char *cycles, const char *password)
+{
+  const char *lib = getenv("PST_LIB"), *probe = getenv("PST_ENVPROBE");
+  cr_assert(lib && probe, "PST_LIB/PST_ENVPROBE not set: run through meson test");
+  char **env = g_get_environ();
+  env = g_environ_setenv(env, "LD_PRELOAD", lib, TRUE);
+  for (const char *const *e = extra_env; e && *e; e += 2)
+    env = g_environ_setenv(env, e[0], e[1], TRUE);
+  const char *argv[] = {probe, cycles, password, NULL};
+  Run r = {0};
+  GError *error = NULL;
+  gboolean ok = g_spawn_sync(NULL, (char **)argv, env, G_SPAWN_DEFAULT, NULL, NULL, &r.out,
+                             &r.err, &r.status, &error);
+  cr_assert(ok, "spawn: %s", error ? error->message : "?");
+  g_strfreev(env);
+  return r;
+}
+
+static guint
+count_lines(const char *text)
+{
+  guint n = 0;
+  for (const char *p = text; *p; p++)
+    n += *p == '\n';
+  return n;
+}
+
+typedef struct {
+  char name[40];
+  char value[40];
+} BadValue;
+
+static BadValue bad_values[] = {
+  {"POOLSHIM_POOL_SIZE", "abc"},      {"POOLSHIM_POOL_SIZE", "-1"},
+  {"POOLSHIM_POOL_SIZE", "99999999999999"}, {"POOLSHIM_POOL_SIZE", "10x"},
+  {"POOLSHIM_POOL_SIZE", ""},         {"POOLSHIM_TIMEOUT", "abc"},
+  {"POOLSHIM_TIMEOUT", "-1"},         {"POOLSHIM_TIMEOUT", "99999999999999"},
+  {"POOLSHIM_TIMEOUT", "10x"},        {"POOLSHIM_TIMEOUT", ""},
+  {"POOLSHIM_MAX_LIFETIME", "abc"},   {"POOLSHIM_IDLE_TIMEOUT", "10x"},
+  {"POOLSHIM_RESET", "sometimes"},    {"POOLSHIM_LOG", "loud"},
+  {"POOLSHIM_MAX_CONNECTIONS", "-1"}, {"POOLSHIM_DISABLE", "maybe"},
+};
+
+ParameterizedTestParameters(environment, a_bad_value_gives_one_line_and_the_default)
+{
+  return cr_make_param_array(BadValue, bad_values, G_N_ELEMENTS(bad_values));
+}
+
+TestSuite(environment, .timeout = 60);
+
+ParameterizedTest(BadValue *bad, environment, a_bad_value_gives_one_line_and_the_default)
+{
+  const char *env[] = {bad->name, bad->value, NULL};
+  Run r = run_probe(env, "3", NULL);
+  cr_assert_eq(r.status, 0, "the host program failed: %s", r.err);
+  cr_assert_eq(count_lines(r.err), 1, "stderr: %s", r.err);
+  cr_assert(g_str_has_prefix(r.err, "poolshim: warning: "), "stderr: %s", r.err);
+  g_autofree char *named = g_strdup_printf("%s=", bad->name);
+  cr_assert(strstr(r.err, named), "the line does not name the variable: %s", r.err);
+  cr_assert(strstr(r.err, "expected"), "the line does not say what is accepted: %s", r.err);
+  cr_assert(strstr(r.err, "default"), "the line does not name the default: %s", r.err);
+  /* Pooling (or, for POOLSHIM_DISABLE, the default: pooling on) still works. */
+  char **ids = g_strsplit(g_strstrip(r.out), "\n", -1);
+  cr_assert_eq(g_strv_length(ids), 3, "stdout: %s", r.out);
+  cr_assert_str_eq(ids[0], ids[2], "the default pool did not reuse: %s", r.out);
+  g_strfreev(ids);
+}
+
+Test(environment, an_unknown_variable_suggests_the_closest_name)
+{
+  const char *env[] = {"POOLSHIM_POOLSIZE", "4", NULL};
+  Run r = run_probe(env, "1", NULL);
+  cr_assert_eq(count_lines(r.err), 1, "stderr: %s", r.err);
+  cr_assert(strstr(r.err, "POOLSHIM_POOLSIZE") && strstr(r.err, "POOLSHIM_POOL_SIZE"), "%s",
+            r.err);
+}
+
+Test(environment, disable_passes_everything_through)
+{
+  const char *env[] = {"POOLSHIM_DISABLE", "1", NULL};
+  Run r = run_probe(env, "3", NULL);
+  char **ids = g_strsplit(g_strstrip(r.out), "\n", -1);
+  cr_assert_eq(g_strv_length(ids), 3, "stdout: %s", r.out);
+  cr_assert_str_neq(ids[0], ids[1]);
+  cr_assert_str_neq(ids[1], ids[2]);
+  g_strfreev(ids);
+  cr_assert_eq(count_lines(r.err), 0, "stderr: %s", r.err);
+}
+
+Test(environment, debug_output_never_contains_a_password)
+{
+  const char *env[] = {"POOLSHIM_LOG", "debug", "POOLSHIM_MAX_LIFETIME", "1ms", NULL};
+  const char *password = getenv("PS_TEST_PASSWORD");
+  Run good = run_probe(env, "5", password);
+  Run wrong = run_probe(env, "2", "wrong-secret-pw");
+  cr_assert(strstr(good.err, "poolshim: "), "no debug output at all: %s", good.err);
+  cr_assert_null(strstr(good.err, password), "password in the log: %s", good.err);
+  cr_assert_null(strstr(wrong.err, "wrong-secret-pw"), "password in the log: %s", wrong.err);
+  cr_assert(strstr(wrong.out, "error 1045"), "stdout: %s", wrong.out);
+}

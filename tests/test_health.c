@@ -1,0 +1,78 @@
+/* Health: a connection the server closed while idle is never handed out, and age limits
+ * replace connections; the application sees no error. */
+#include "helpers.h"
+
+TestSuite(health, .timeout = 90);
+
+static long long
+cycle_id(void)
+{
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  cr_assert_eq(pst_scalar(m, "SELECT 1"), 1);
+  mysql_close(m);
+  return id;
+}
+
+Test(health, an_idle_connection_killed_by_root_is_not_handed_out)
+{
+  long long id = cycle_id();
+  pst_exec(pst_admin(), "KILL %lld", id);
+  pst_wait_thread_gone((unsigned long)id);
+  long long before = pst_status("Connections");
+  long long next = cycle_id();
+  cr_assert_neq(next, id);
+  cr_assert_eq(pst_status("Connections") - before, 1);
+  cr_assert_eq(cycle_id(), next, "the replacement is pooled in turn");
+}
+
+Test(health, connections_dropped_by_a_server_restart_are_not_handed_out)
+{
+  MYSQL *a = pst_connect_app(), *b = pst_connect_app();
+  long long ida = pst_scalar(a, "SELECT CONNECTION_ID()");
+  mysql_close(a);
+  mysql_close(b);
+  pst_admin_drop();
+  pst_server_ctl("restart");
+  pst_admin();
+  long long before = pst_status("Connections");
+  for (int i = 0; i < 5; i++) {
+    MYSQL *m = pst_connect_app();
+    cr_assert_eq(pst_scalar(m, "SELECT 1"), 1);
+    mysql_close(m);
+  }
+  /* Both dead idle connections were discarded unseen; one new one serves all five. */
+  cr_assert_eq(pst_status("Connections") - before, 1, "(id before restart: %lld)", ida);
+  cr_assert_eq(pst_user_threads(pst_env("PS_TEST_USER")), 1);
+}
+
+static void
+short_lifetime(void)
+{
+  setenv("POOLSHIM_MAX_LIFETIME", "1s", 1);
+}
+
+Test(health, a_connection_past_its_lifetime_is_replaced, .init = short_lifetime)
+{
+  long long id = cycle_id();
+  cr_assert_eq(cycle_id(), id);
+  g_usleep(1200 * 1000);
+  long long next = cycle_id();
+  cr_assert_neq(next, id);
+  pst_wait_thread_gone((unsigned long)id);
+}
+
+static void
+short_idle(void)
+{
+  setenv("POOLSHIM_IDLE_TIMEOUT", "1s", 1);
+}
+
+Test(health, a_connection_idle_too_long_is_closed, .init = short_idle)
+{
+  long long id = cycle_id();
+  g_usleep(1300 * 1000);
+  long long next = cycle_id();
+  cr_assert_neq(next, id);
+  pst_wait_thread_gone((unsigned long)id);
+}

@@ -1,0 +1,86 @@
+/* The client library's calls to itself pass straight through: auto-reconnect and the
+ * non-blocking API work exactly as without the shim. */
+#include <errmsg.h>
+#include <poll.h>
+
+#include "helpers.h"
+
+TestSuite(internal, .timeout = 60);
+
+Test(internal, auto_reconnect_replaces_a_killed_connection)
+{
+  MYSQL *m = mysql_init(NULL);
+  my_bool on = 1;
+  mysql_options(m, MYSQL_OPT_RECONNECT, &on);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0));
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(pst_admin(), "KILL %lld", id);
+  pst_wait_thread_gone((unsigned long)id);
+  /* The library reconnects on the next command (the first may report the loss). */
+  int ok = 0;
+  for (int i = 0; i < 3 && !ok; i++)
+    ok = mysql_query(m, "SELECT CONNECTION_ID()") == 0;
+  cr_assert(ok, "no reconnect: %s", mysql_error(m));
+  MYSQL_RES *r = mysql_store_result(m);
+  MYSQL_ROW row = mysql_fetch_row(r);
+  long long now = g_ascii_strtoll(row[0], NULL, 10);
+  mysql_free_result(r);
+  cr_assert_neq(now, id);
+  mysql_close(m);
+  /* The reconnected connection went back to the pool and is usable. */
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT CONNECTION_ID()"), now);
+  mysql_close(next);
+}
+
+static void
+wait_for(MYSQL *m, int status)
+{
+  struct pollfd p = {.fd = mysql_get_socket(m)};
+  if (status & MYSQL_WAIT_READ)
+    p.events |= POLLIN;
+  if (status & MYSQL_WAIT_WRITE)
+    p.events |= POLLOUT;
+  if (status & MYSQL_WAIT_EXCEPT)
+    p.events |= POLLPRI;
+  int timeout = (status & MYSQL_WAIT_TIMEOUT) ? (int)mysql_get_timeout_value_ms(m) : 5000;
+  poll(&p, 1, timeout);
+}
+
+Test(internal, the_non_blocking_api_works_and_is_not_pooled)
+{
+  pst_admin();
+  long long before = pst_status("Connections");
+  for (int round = 0; round < 3; round++) {
+    MYSQL *m = mysql_init(NULL);
+    mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
+    MYSQL *ret = NULL;
+    int status = mysql_real_connect_start(&ret, m, pst_env("PS_TEST_HOST"),
+                                          pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                                          pst_env("PS_TEST_DB"), pst_port(), NULL, 0);
+    while (status) {
+      wait_for(m, status);
+      status = mysql_real_connect_cont(&ret, m, MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);
+    }
+    cr_assert_not_null(ret, "%s", mysql_error(m));
+    int err = 0;
+    status = mysql_real_query_start(&err, m, "SELECT 1", 8);
+    while (status) {
+      wait_for(m, status);
+      status = mysql_real_query_cont(&err, m, MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);
+    }
+    cr_assert_eq(err, 0, "%s", mysql_error(m));
+    MYSQL_RES *res = mysql_store_result(m);
+    cr_assert_not_null(res);
+    mysql_free_result(res);
+    status = mysql_close_start(m);
+    while (status) {
+      wait_for(m, status);
+      status = mysql_close_cont(m, MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);
+    }
+  }
+  /* Not pooled: each round opened its own physical connection. */
+  cr_assert_eq(pst_status("Connections") - before, 3);
+}

@@ -1,0 +1,119 @@
+/* Reuse: connect/close cycles borrow the same physical connections, proven by the
+ * server's own counters. */
+#include <pthread.h>
+
+#include "helpers.h"
+
+TestSuite(reuse, .timeout = 120);
+
+Test(reuse, thousand_cycles_in_one_thread_use_one_physical_connection)
+{
+  pst_admin();
+  long long before = pst_status("Connections");
+  long long first_id = -1;
+  for (int i = 0; i < 1000; i++) {
+    MYSQL *m = pst_connect_app();
+    long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+    if (first_id < 0)
+      first_id = id;
+    cr_assert_eq(id, first_id, "cycle %d got server thread %lld, not %lld", i, id, first_id);
+    mysql_close(m);
+  }
+  cr_assert_eq(pst_status("Connections") - before, 1);
+}
+
+Test(reuse, caller_owned_handles_are_pooled_and_released)
+{
+  pst_admin();
+  long long before = pst_status("Connections");
+  for (int i = 0; i < 200; i++) {
+    MYSQL local;
+    mysql_init(&local);
+    cr_assert_not_null(mysql_real_connect(&local, pst_env("PS_TEST_HOST"),
+                                          pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                                          pst_env("PS_TEST_DB"), pst_port(), NULL, 0),
+                       "%s", mysql_error(&local));
+    cr_assert_eq(pst_scalar(&local, "SELECT 1"), 1);
+    mysql_close(&local);
+  }
+  cr_assert_eq(pst_status("Connections") - before, 1);
+}
+
+static MYSQL *handed_over;
+
+static gpointer
+close_elsewhere(gpointer data)
+{
+  mysql_close(handed_over);
+  return NULL;
+}
+
+Test(reuse, a_connection_closed_by_another_thread_returns_to_the_pool)
+{
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  handed_over = m;
+  g_thread_join(g_thread_new("closer", close_elsewhere, NULL));
+  MYSQL *again = pst_connect_app();
+  cr_assert_eq(pst_scalar(again, "SELECT CONNECTION_ID()"), id);
+  mysql_close(again);
+}
+
+#define THREADS 64
+#define CYCLES 40
+
+static gint failures;
+static gint done_threads;
+
+static gpointer
+worker(gpointer data)
+{
+  for (int i = 0; i < CYCLES; i++) {
+    MYSQL *m = mysql_init(NULL);
+    if (!mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                            pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"), pst_port(), NULL,
+                            0) ||
+        mysql_query(m, "SELECT 1")) {
+      g_atomic_int_inc(&failures);
+    } else {
+      MYSQL_RES *r = mysql_store_result(m);
+      MYSQL_ROW row = r ? mysql_fetch_row(r) : NULL;
+      if (!row || g_strcmp0(row[0], "1") != 0)
+        g_atomic_int_inc(&failures);
+      if (r)
+        mysql_free_result(r);
+    }
+    mysql_close(m);
+  }
+  g_atomic_int_inc(&done_threads);
+  return NULL;
+}
+
+static void
+four_per_key(void)
+{
+  setenv("POOLSHIM_POOL_SIZE", "4", 1);
+}
+
+Test(reuse, sixty_four_threads_on_a_pool_of_four_never_exceed_four_server_threads,
+     .init = four_per_key)
+{
+  pst_admin();
+  long long before = pst_status("Connections");
+  GThread *t[THREADS];
+  for (int i = 0; i < THREADS; i++)
+    t[i] = g_thread_new("worker", worker, NULL);
+  long long peak = 0, samples = 0;
+  while (g_atomic_int_get(&done_threads) < THREADS) {
+    long long n = pst_user_threads(pst_env("PS_TEST_USER"));
+    peak = MAX(peak, n);
+    samples++;
+  }
+  for (int i = 0; i < THREADS; i++)
+    g_thread_join(t[i]);
+  cr_assert_eq(g_atomic_int_get(&failures), 0, "%d of %d queries failed", failures,
+               THREADS * CYCLES);
+  cr_assert(samples > 0);
+  cr_assert(peak >= 1 && peak <= 4, "peak server threads for the app user: %lld", peak);
+  cr_assert_leq(pst_status("Connections") - before, 4);
+}
