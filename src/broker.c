@@ -223,10 +223,15 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
                   unsigned long client_flag)
 {
   adopt_fork();
+  if (m->net.pvio) {
+    /* Already connected: the real library refuses (CR_ALREADY_CONNECTED); a lease stays. */
+    __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
+    return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+  }
   /* A handle the application freed without mysql_close (mysql_init(&local) out of scope)
    * may come back at the same address: its old lease is a leak, not a live connection. */
   PsPhys *stale = take_lease(m);
-  if (stale && !m->net.pvio) {
+  if (stale) {
     ps_warn("a handle of %s was reused without mysql_close; its connection is leaked",
             ps_pool_key_label(stale->item->owner));
     if (stale->pool == B.pool) {
@@ -236,10 +241,6 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
         ps_conn_close(stale->shell);
       phys_free(stale);
     }
-  } else if (stale) {
-    lend(stale, m); /* still connected: the real connect will refuse; keep the lease */
-    __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
-    return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
   }
 
   PsConnKey key;

@@ -368,3 +368,40 @@ Test(isolation, init_commands_run_again_for_the_next_borrower)
   cr_assert_eq(pst_scalar(m, "SELECT @from_init"), 7);
   mysql_close(m);
 }
+
+static MYSQL *
+connect_with_read_timeout(unsigned int seconds)
+{
+  MYSQL *m = mysql_init(NULL);
+  if (seconds)
+    mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &seconds);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0));
+  return m;
+}
+
+/* Timeouts are the handle's, not the pooled connection's: each borrower gets its own. */
+Test(isolation, each_borrower_gets_its_own_read_timeout)
+{
+  MYSQL *patient = connect_with_read_timeout(0);
+  long long id = pst_scalar(patient, "SELECT CONNECTION_ID()");
+  mysql_close(patient);
+
+  MYSQL *hasty = connect_with_read_timeout(1);
+  cr_assert_eq(pst_scalar(hasty, "SELECT CONNECTION_ID()"), id);
+  gint64 t0 = g_get_monotonic_time();
+  cr_assert_neq(mysql_query(hasty, "SELECT SLEEP(4)"), 0, "the 1 s read timeout did not apply");
+  cr_assert_eq(mysql_errno(hasty), CR_SERVER_LOST, "%s", mysql_error(hasty));
+  cr_assert_lt(g_get_monotonic_time() - t0, 3500 * 1000);
+  mysql_close(hasty); /* lost: not returned */
+
+  /* A borrower with a 2 s timeout leaves; the next one, without, may wait longer. */
+  MYSQL *brief = connect_with_read_timeout(2);
+  long long second = pst_scalar(brief, "SELECT CONNECTION_ID()");
+  mysql_close(brief);
+  MYSQL *patient2 = connect_with_read_timeout(0);
+  cr_assert_eq(pst_scalar(patient2, "SELECT CONNECTION_ID()"), second);
+  cr_assert_eq(pst_scalar(patient2, "SELECT SLEEP(3)"), 0, "the previous borrower's timeout applied");
+  mysql_close(patient2);
+}
