@@ -231,8 +231,10 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
         } else {
           char accepted[200];
           describe_accepted(v, accepted, sizeof accepted);
+          /* Escaped: a value with a newline must not forge a second message line. */
+          g_autofree char *shown = g_strescape(text, NULL);
           ps_warn("%s=\"%.60s\" is not valid (expected %s); using the default %s", v->name,
-                  text, accepted, v->def);
+                  shown, accepted, v->def);
         }
       }
       store(out, v, value);

@@ -232,6 +232,7 @@ ParameterizedTestParameters(config, a_bad_value_keeps_the_default_with_one_warni
     {"POOLSHIM_DISABLE", "2"},
     {"POOLSHIM_MAX_CONNECTIONS", "-5"},
     {"POOLSHIM_IDLE_TIMEOUT", "10 m"},
+    {"POOLSHIM_POOL_SIZE", "abc\npoolshim: error: forged line"},
   };
   return cr_make_param_array(BadValue, params, G_N_ELEMENTS(params));
 }
