@@ -1,6 +1,10 @@
 /* Reuse: connect/close cycles borrow the same physical connections, proven by the
  * server's own counters. */
+#include <dlfcn.h>
 #include <pthread.h>
+
+#include "poolshim.h"
+#include "ps-version.h"
 
 #include "helpers.h"
 
@@ -116,4 +120,32 @@ Test(reuse, sixty_four_threads_on_a_pool_of_four_never_exceed_four_server_thread
   cr_assert(samples > 0);
   cr_assert(peak >= 1 && peak <= 4, "peak server threads for the app user: %lld", peak);
   cr_assert_leq(pst_status("Connections") - before, 4);
+}
+
+/* The public counters agree with the server's own count. */
+Test(reuse, public_stats_match_the_server_counters)
+{
+  const char *(*version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "poolshim_version");
+  int (*stats)(poolshim_stats_t *, size_t) =
+    (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats");
+  cr_assert(version && stats, "the preloaded library does not export its API");
+  cr_assert_str_eq(version(), POOLSHIM_VERSION);
+  pst_admin();
+  long long before = pst_status("Connections");
+  MYSQL *held = pst_connect_app();
+  for (int i = 0; i < 50; i++)
+    mysql_close(pst_connect_app());
+  poolshim_stats_t s;
+  cr_assert_eq(stats(&s, sizeof s), 0);
+  cr_assert_eq(stats(&s, sizeof s - 1), -1);
+  long long opened_by_server = pst_status("Connections") - before;
+  /* The admin connection was opened before `before`, through the pool as well. */
+  cr_assert_eq((long long)s.opened - 1, opened_by_server);
+  cr_assert_eq(opened_by_server, 2);
+  cr_assert_eq(s.lent, 2); /* admin + held */
+  cr_assert_eq(s.idle, 1);
+  cr_assert_eq(s.borrowed, 52);
+  cr_assert_eq(s.served_idle, 49);
+  cr_assert_eq(s.resets, 50);
+  mysql_close(held);
 }
