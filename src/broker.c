@@ -30,7 +30,8 @@ typedef struct {
   MYSQL *shell;          /* pool-owned struct that holds it while not lent; kept for reuse */
   MYSQL *handle;         /* the application's struct while lent */
   const PsConnProfile *profile;
-  gboolean identity_changed; /* mysql_change_user while lent: never pool again */
+  const char *unpoolable;   /* set while lent (change_user, replication): never pool again */
+  gboolean cloexec_done;
 } PsPhys;
 
 static struct {
@@ -210,7 +211,7 @@ static void
 lend(PsPhys *p, MYSQL *m)
 {
   p->handle = m;
-  p->identity_changed = FALSE;
+  p->unpoolable = NULL;
   phys_enter(p, PS_PHYS_LENT, NULL);
   g_mutex_lock(&B.lock);
   g_hash_table_insert(B.lent, m, p);
@@ -313,13 +314,45 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
 }
 
 void
-ps_broker_note_change_user(MYSQL *m)
+ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
 {
+  if (!B.active)
+    return;
   g_mutex_lock(&B.lock);
-  PsPhys *p = B.lent ? g_hash_table_lookup(B.lent, m) : NULL;
+  PsPhys *p = g_hash_table_lookup(B.lent, m);
   if (p)
-    p->identity_changed = TRUE;
+    p->unpoolable = reason;
   g_mutex_unlock(&B.lock);
+}
+
+/* Closes a lent connection for good: the slot is freed and its shell, if any, closed. */
+static void
+discard_lent(PsPhys *p, MYSQL *m, PsCloseReason reason, const char *why)
+{
+  phys_enter(p, PS_PHYS_CLOSED, why);
+  ps_pool_discard(p->pool, p->item, reason);
+  if (m)
+    ps_real.close(m);
+  if (p->shell)
+    ps_conn_close(p->shell);
+  phys_free(p);
+}
+
+void
+ps_broker_close_from_library(MYSQL *m)
+{
+  /* mariadb_reconnect closes the old connection of a handle after zeroing its options: the
+   * handle lives on with a new connection and keeps its lease. Any other close the library
+   * makes of a lent handle (mysql_close_start/_cont) ends it. */
+  PsPhys *p = NULL;
+  if (B.active && m && m->options.extension) {
+    adopt_fork();
+    p = take_lease(m);
+  }
+  if (p && p->pool == B.pool)
+    discard_lent(p, m, PS_CLOSE_UNCLEAN, "closed through the non-blocking API");
+  else
+    ps_real.close(m);
 }
 
 void
@@ -337,41 +370,35 @@ ps_broker_close(MYSQL *m)
     ps_conn_abandon(m);
     return;
   }
-  const char *why = NULL;
-  if (p->identity_changed)
-    why = "mysql_change_user changed its identity";
-  else
-    ps_conn_returnable(m, &why);
+  const char *why = p->unpoolable;
+  if (!why && ps_conn_returnable(m, &why) && p->profile->user &&
+      g_strcmp0(m->user, p->profile->user) != 0)
+    why = "the session's user changed";
   if (why) {
-    phys_enter(p, PS_PHYS_CLOSED, why);
-    ps_pool_discard(p->pool, p->item, PS_CLOSE_UNCLEAN);
-    ps_real.close(m);
-    if (p->shell)
-      ps_conn_close(p->shell);
-    phys_free(p);
+    discard_lent(p, m, PS_CLOSE_UNCLEAN, why);
     return;
   }
-  if (!p->shell && !(p->shell = ps_conn_shell_new())) {
-    phys_enter(p, PS_PHYS_CLOSED, "out of memory for a shell");
-    ps_pool_discard(p->pool, p->item, PS_CLOSE_UNCLEAN);
-    ps_real.close(m);
-    phys_free(p);
-    return;
-  }
+  /* The reset runs on the application's handle, whose options are the key's own. */
   phys_enter(p, PS_PHYS_RESETTING, NULL);
-  ps_conn_move(p->shell, m);
-  p->handle = NULL;
-  /* The emptied handle is freed exactly as the real close frees it: its options, its
-   * statements (invalidated), and the struct itself when mysql_init allocated it. */
-  ps_real.close(m);
-  if (!ps_conn_reset(p->shell, B.config.reset, p->profile, &why)) {
-    phys_enter(p, PS_PHYS_CLOSED, why);
-    ps_pool_discard(p->pool, p->item, PS_CLOSE_RESET_FAILED);
-    ps_conn_close(p->shell);
-    phys_free(p);
+  unsigned int timeout_s = (unsigned int)MAX(1, (B.config.reset_timeout_us + 999999) / 1000000);
+  if (!ps_conn_reset(m, B.config.reset, p->profile, timeout_s, &why)) {
+    discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
     return;
   }
   __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
+  if (!p->shell && !(p->shell = ps_conn_shell_new())) {
+    discard_lent(p, m, PS_CLOSE_UNCLEAN, "out of memory for a shell");
+    return;
+  }
+  ps_conn_move(p->shell, m);
+  p->handle = NULL;
+  if (!p->cloexec_done) {
+    ps_conn_set_cloexec(p->shell);
+    p->cloexec_done = TRUE;
+  }
+  /* The emptied handle is freed exactly as the real close frees it: its options, its
+   * statements (invalidated), and the struct itself when mysql_init allocated it. */
+  ps_real.close(m);
   phys_enter(p, PS_PHYS_IDLE, NULL);
   if (!ps_pool_release(p->pool, p->item)) {
     phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
@@ -394,7 +421,7 @@ void
 ps_broker_stats(poolshim_stats_t *out)
 {
   memset(out, 0, sizeof *out);
-  if (!ps_broker_active())
+  if (!__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
     return;
   PsPoolCounts c;
   ps_pool_counts(B.pool, &c);

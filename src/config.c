@@ -44,6 +44,10 @@ static const PsVar vars[] = {
   {"POOLSHIM_RESET", PS_T_ENUM, "reset", 0, 0, reset_choices, G_STRUCT_OFFSET(PsConfig, reset),
    "How a returned session is cleaned: reset (COM_RESET_CONNECTION), change_user, rollback "
    "or none."},
+  {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
+   G_STRUCT_OFFSET(PsConfig, reset_timeout_us),
+   "Bound on each server round trip of a reset (mysql_close never waits longer); a reset "
+   "that times out closes the connection."},
   {"POOLSHIM_LOG", PS_T_ENUM, "warn", 0, 0, log_choices, G_STRUCT_OFFSET(PsConfig, log_level),
    "Messages on stderr at or above this level: error, warn, info or debug."},
 };

@@ -20,6 +20,7 @@ typedef struct {
   gint64 max_lifetime_us;    /* 0 = unlimited */
   gint64 idle_timeout_us;    /* 0 = never */
   PsResetMode reset;
+  gint64 reset_timeout_us;   /* bound on each round trip of a reset */
   PsLogLevel log_level;
 } PsConfig;
 

@@ -4,6 +4,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 /* ma_pvio.h declares pvio->ctls as MARIADB_TLS only when told TLS exists; Debian's
  * library is built with OpenSSL. */
 #define HAVE_TLS 1
@@ -66,6 +67,19 @@ typedef struct {
 
 #define OPT_EXT(m) ((PsMirrorOptionsExt *)(m)->options.extension)
 
+/* Mirror of `struct st_mariadb_extension` (include/ma_common.h), also verified at start. */
+typedef struct {
+  void *list, *current;
+} PsMirrorSessionState;
+typedef struct {
+  void *conn_hdlr;
+  PsMirrorSessionState session_state[SESSION_TRACK_TYPES];
+  unsigned long mariadb_client_flag, mariadb_server_capabilities;
+  my_bool auto_local_infile; /* per handle: MYSQL_OPT_LOCAL_INFILE's mode, not per session */
+} PsMirrorExtension;
+
+#define EXT(m) ((PsMirrorExtension *)(m)->extension)
+
 /* A per-process salt so that the password digest in memory is useless elsewhere. */
 static guint8 key_salt[16];
 
@@ -92,6 +106,16 @@ probe_layout(const char **why)
   if (!ext || !a || ext->plugin_dir != a || ext->tls_fp != b || ext->tls_version != c ||
       ext->connection_handler != d || ext->status_data != (void *)m || !ext->status_callback) {
     *why = "the options layout differs from Connector/C 3.3";
+    ok = FALSE;
+  }
+  /* mysql_optionsv(MYSQL_OPT_LOCAL_INFILE, 2) sets WAIT_FOR_QUERY (1), 1 sets ALWAYS_ACCEPT. */
+  unsigned int mode = 2;
+  ps_real.optionsv(m, MYSQL_OPT_LOCAL_INFILE, &mode);
+  gboolean auto_ok = EXT(m) && EXT(m)->auto_local_infile == 1;
+  mode = 1;
+  ps_real.optionsv(m, MYSQL_OPT_LOCAL_INFILE, &mode);
+  if (ok && (!auto_ok || EXT(m)->auto_local_infile != 0)) {
+    *why = "the handle extension layout differs from Connector/C 3.3";
     ok = FALSE;
   }
   /* The handler name is only a string until connect: closing frees it normally. */
@@ -258,9 +282,10 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, NULL, NULL, &nattrs);
   add_u64(cs, ++t, nattrs);
   if (nattrs) {
+    /* The library fills caller-allocated arrays: it takes their addresses (mariadb_lib.c). */
     attr_keys = g_new0(char *, nattrs);
     attr_vals = g_new0(char *, nattrs);
-    ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, attr_keys, attr_vals, &nattrs);
+    ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, &attr_keys, &attr_vals, &nattrs);
     for (unsigned int i = 0; i < nattrs; i++) {
       add_str(cs, t, attr_keys[i]);
       add_str(cs, t, attr_vals[i]);
@@ -288,11 +313,41 @@ ps_conn_key_clear(PsConnKey *key)
   g_clear_pointer(&key->db, g_free);
 }
 
+static gboolean run_and_drain(MYSQL *m, const char *sql);
+
+/* CURRENT_ROLE() of the session in m; the handle's visible results are restored after. */
+static char *
+query_role(MYSQL *m)
+{
+  my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
+  unsigned int warnings = m->warning_count, status = m->server_status;
+  char *role = NULL;
+  if (ps_real.real_query(m, "SELECT CURRENT_ROLE()", 20) == 0) {
+    MYSQL_RES *res = ps_real.store_result(m);
+    if (res) {
+      MYSQL_ROW row = ps_real.fetch_row(res);
+      if (row && row[0])
+        role = g_strdup(row[0]);
+      ps_real.free_result(res);
+    }
+  }
+  m->affected_rows = affected;
+  m->insert_id = insert_id;
+  m->warning_count = warnings;
+  m->server_status = status;
+  m->net.last_errno = 0;
+  m->net.last_error[0] = '\0';
+  strcpy(m->net.sqlstate, "00000");
+  return role;
+}
+
 PsConnProfile *
 ps_conn_profile_new(MYSQL *m, const char *requested_db)
 {
   PsConnProfile *p = g_new0(PsConnProfile, 1);
   p->db = g_strdup(requested_db);
+  p->user = g_strdup(m->user);
+  p->role = query_role(m);
   p->charset = m->charset;
   char **cmds = NULL;
   unsigned int n = 0;
@@ -310,6 +365,8 @@ ps_conn_profile_free(gpointer profile)
   if (!p)
     return;
   g_free(p->db);
+  g_free(p->user);
+  g_free(p->role);
   g_strfreev(p->init_commands);
   g_free(p);
 }
@@ -366,6 +423,8 @@ ps_conn_move(MYSQL *to, MYSQL *from)
   SWAP(to->options, from->options);
   SWAP(to->free_me, from->free_me);
   SWAP(to->stmts, from->stmts);
+  if (EXT(to) && EXT(from))
+    SWAP(EXT(to)->auto_local_infile, EXT(from)->auto_local_infile);
   repair_back_pointers(to);
   repair_back_pointers(from);
 }
@@ -417,30 +476,83 @@ run_and_drain(MYSQL *m, const char *sql)
 static gboolean
 change_user(MYSQL *m, const PsConnProfile *profile)
 {
-  /* mysql_change_user strdup()s its arguments before freeing the struct's own copies. */
+  /* mysql_change_user strdup()s its arguments before freeing the struct's own copies. On
+   * the application's handle it sends the key's charset, auth options and attributes. */
   if (ps_real.change_user(m, m->user, m->passwd, profile->db))
     return FALSE;
-  /* COM_CHANGE_USER sends the shell's (default) charset: bring back the profile's. */
   if (profile->charset && m->charset != profile->charset &&
       ps_real.set_character_set(m, profile->charset->csname))
     return FALSE;
   return TRUE;
 }
 
-gboolean
-ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile, const char **why)
+/* Ends an open transaction without committing it. An XA transaction that is only started
+ * or ended can be dropped by a session reset; a prepared one belongs to its transaction
+ * manager and must survive: the caller then closes the connection, as mysql_close would. */
+static gboolean
+end_transaction(MYSQL *m, gboolean reset_follows, const char **why)
 {
-  switch (mode) {
-  case PS_RESET_NONE:
-    /* Even when trusting the application, an open transaction is never carried over. */
-    if ((m->server_status & SERVER_STATUS_IN_TRANS) && !run_and_drain(m, "ROLLBACK")) {
-      *why = "ROLLBACK failed";
+  if (run_and_drain(m, "ROLLBACK"))
+    return TRUE;
+  if (m->net.last_errno == ER_XAER_RMFAIL && reset_follows &&
+      (strstr(m->net.last_error, "ACTIVE") || strstr(m->net.last_error, "IDLE")))
+    return TRUE;
+  *why = m->net.last_errno == ER_XAER_RMFAIL ? "an XA transaction is prepared or open"
+                                              : "ROLLBACK failed";
+  return FALSE;
+}
+
+static gboolean
+restore_role(MYSQL *m, const PsConnProfile *profile)
+{
+  /* Neither COM_RESET_CONNECTION nor COM_CHANGE_USER drops a SET ROLE (MariaDB 10.11). */
+  if (!profile->role)
+    return run_and_drain(m, "SET ROLE NONE");
+  GString *sql = g_string_new("SET ROLE `");
+  for (const char *c = profile->role; *c; c++) {
+    if (*c == '`')
+      g_string_append_c(sql, '`');
+    g_string_append_c(sql, *c);
+  }
+  g_string_append_c(sql, '`');
+  gboolean ok = run_and_drain(m, sql->str);
+  g_string_free(sql, TRUE);
+  return ok;
+}
+
+static void
+bound_round_trips(MYSQL *m, unsigned int timeout_s)
+{
+  MARIADB_PVIO *pvio = m->net.pvio;
+  if (pvio && pvio->methods && pvio->methods->set_timeout) {
+    pvio->methods->set_timeout(pvio, PVIO_READ_TIMEOUT, (int)timeout_s);
+    pvio->methods->set_timeout(pvio, PVIO_WRITE_TIMEOUT, (int)timeout_s);
+  }
+  /* TLS reads take their timeout from the options (ma_tls_read in secure/openssl.c). */
+  m->options.read_timeout = timeout_s;
+  m->options.write_timeout = timeout_s;
+  /* A failed reset must fail, not reconnect behind the pool's back. */
+  m->options.reconnect = 0;
+}
+
+gboolean
+ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile, unsigned int timeout_s,
+              const char **why)
+{
+  bound_round_trips(m, timeout_s);
+  gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
+  if (mode == PS_RESET_NONE || mode == PS_RESET_ROLLBACK) {
+    /* These modes keep the session: server-side statements would outlive their handles. */
+    if (m->stmts) {
+      *why = "prepared statements are open and the reset mode keeps them";
       return FALSE;
     }
-    return TRUE;
-  case PS_RESET_ROLLBACK:
-    if (!run_and_drain(m, "ROLLBACK")) {
-      *why = "ROLLBACK failed";
+    if ((in_trans || mode == PS_RESET_ROLLBACK) && !end_transaction(m, FALSE, why))
+      return FALSE;
+    if (mode == PS_RESET_NONE)
+      return TRUE;
+    if (!run_and_drain(m, "UNLOCK TABLES") || !run_and_drain(m, "DO RELEASE_ALL_LOCKS()")) {
+      *why = "releasing locks failed";
       return FALSE;
     }
     if (profile->db && (!m->db || strcmp(m->db, profile->db) != 0) &&
@@ -448,39 +560,42 @@ ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile, const ch
       *why = "re-selecting the database failed";
       return FALSE;
     }
+    if (!restore_role(m, profile)) {
+      *why = "restoring the role failed";
+      return FALSE;
+    }
     return TRUE;
-  case PS_RESET_CHANGE_USER:
+  }
+  if (in_trans && !end_transaction(m, TRUE, why))
+    return FALSE;
+  /* Statement handles are invalidated exactly as mysql_close invalidates them. */
+  if (m->methods && m->methods->invalidate_stmts)
+    m->methods->invalidate_stmts(m, "mysql_close()");
+  /* COM_RESET_CONNECTION keeps the current database, so a pool without a default database
+   * cannot undo a USE with it: COM_CHANGE_USER resets that too. */
+  if (mode == PS_RESET_CHANGE_USER || !profile->db) {
     if (!change_user(m, profile)) {
       *why = "COM_CHANGE_USER failed";
       return FALSE;
     }
-    break;
-  case PS_RESET_RESET:
-    /* COM_RESET_CONNECTION keeps the current database, so a pool without a default
-     * database cannot undo a USE with it: COM_CHANGE_USER resets that too. */
-    if (!profile->db) {
-      if (!change_user(m, profile)) {
-        *why = "COM_CHANGE_USER failed";
-        return FALSE;
-      }
-      break;
+  } else if (ps_real.reset_connection(m)) {
+    if (m->net.last_errno != ER_UNKNOWN_COM_ERROR || !change_user(m, profile)) {
+      *why = "COM_RESET_CONNECTION failed";
+      return FALSE;
     }
-    if (ps_real.reset_connection(m)) {
-      if (m->net.last_errno != ER_UNKNOWN_COM_ERROR || !change_user(m, profile)) {
-        *why = "COM_RESET_CONNECTION failed";
-        return FALSE;
-      }
-      break;
-    }
-    /* The server is back at the handshake charset; the client side keeps whatever SET NAMES
-     * made it until told otherwise. */
+  } else {
+    /* The server is back at the handshake charset; the client side keeps whatever SET
+     * NAMES made it until told otherwise. */
     m->charset = profile->charset;
     /* Always re-select: the tracked m->db misses a USE done with session_track_schema=OFF. */
     if (ps_real.select_db(m, profile->db)) {
       *why = "re-selecting the database failed";
       return FALSE;
     }
-    break;
+  }
+  if (!restore_role(m, profile)) {
+    *why = "restoring the role failed";
+    return FALSE;
   }
   for (char **c = profile->init_commands; c && *c; c++) {
     if (!run_and_drain(m, *c)) {
@@ -493,6 +608,17 @@ ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile, const ch
   m->warning_count = 0;
   m->info = NULL;
   return TRUE;
+}
+
+void
+ps_conn_set_cloexec(MYSQL *m)
+{
+  my_socket fd = ps_real.get_socket(m);
+  if (fd == INVALID_SOCKET)
+    return;
+  int flags = fcntl(fd, F_GETFD);
+  if (flags >= 0 && !(flags & FD_CLOEXEC))
+    fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 }
 
 gboolean

@@ -22,6 +22,7 @@ typedef struct {
   int (*select_db)(MYSQL *, const char *);
   int (*real_query)(MYSQL *, const char *, unsigned long);
   MYSQL_RES *(*store_result)(MYSQL *);
+  MYSQL_ROW (*fetch_row)(MYSQL_RES *);
   void (*free_result)(MYSQL_RES *);
   int (*next_result)(MYSQL *);
   int (*set_character_set)(MYSQL *, const char *);
@@ -54,11 +55,14 @@ void ps_conn_key_clear(PsConnKey *key);
 /* What a fresh connection of one key looks like; shared by all its connections. */
 typedef struct {
   char *db;                               /* NULL: no default database */
+  char *user;                             /* the authenticated user, to catch a changed one */
+  char *role;                             /* CURRENT_ROLE() of a fresh session; NULL = none */
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
 } PsConnProfile;
 
-/* Captures the profile from a handle that has just really connected. */
+/* Captures the profile from a handle that has just really connected (one query for the
+ * role; the handle's visible state is left as the connect left it). */
 PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
 void ps_conn_profile_free(gpointer profile);
 
@@ -73,9 +77,16 @@ void ps_conn_move(MYSQL *to, MYSQL *from);
 /* Whether the connection in m may go back to a pool; *why names what prevents it. */
 gboolean ps_conn_returnable(MYSQL *m, const char **why);
 
-/* Makes the session in m look exactly like a fresh connection of `profile`. */
+/* Makes the session in m look exactly like a fresh connection of `profile`. Runs on the
+ * application's handle before the move, so that COM_CHANGE_USER uses the key's own auth
+ * options and connect attributes. Every round trip is bounded by `timeout_s` seconds:
+ * the real mysql_close never waits for the server, so neither may this. */
 gboolean ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile,
-                       const char **why);
+                       unsigned int timeout_s, const char **why);
+
+/* Marks the socket close-on-exec: a pooled connection the application believes closed
+ * must not live on in a program it execs. */
+void ps_conn_set_cloexec(MYSQL *m);
 
 /* Without a round trip: FALSE when the server has closed the idle connection or sent it
  * something unsolicited (an error before closing). */

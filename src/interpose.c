@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <glib.h>
 #include <mysql.h>
+#include <mariadb_rpl.h>
 #include <string.h>
 
 #include "broker.h"
@@ -19,8 +20,10 @@ static const char *const client_sonames[] = {"libmariadb.so.3", "libmysqlclient.
 /* The real library's own text range: calls from inside it (mariadb_reconnect, the
  * non-blocking API's coroutines) must reach the real functions untouched. */
 static struct {
-  gsize once;
-  void *base; /* dli_fbase of the client library */
+  GMutex lock;
+  gboolean done; /* latched only once the library was found: a driver may load it later */
+  void *base;    /* dli_fbase of the client library */
+  int (*rpl_open)(MARIADB_RPL *);
 } R;
 
 static void *
@@ -46,8 +49,13 @@ find_symbol(const char *name)
 static void
 resolve(void)
 {
-  if (!g_once_init_enter(&R.once))
+  if (__atomic_load_n(&R.done, __ATOMIC_ACQUIRE))
     return;
+  g_mutex_lock(&R.lock);
+  if (R.done || !find_symbol("mysql_real_connect")) {
+    g_mutex_unlock(&R.lock);
+    return;
+  }
 #define RESOLVE(field, sym) ps_real.field = (__typeof__(ps_real.field))find_symbol(sym)
   RESOLVE(real_connect, "mysql_real_connect");
   RESOLVE(close, "mysql_close");
@@ -60,12 +68,14 @@ resolve(void)
   RESOLVE(select_db, "mysql_select_db");
   RESOLVE(real_query, "mysql_real_query");
   RESOLVE(store_result, "mysql_store_result");
+  RESOLVE(fetch_row, "mysql_fetch_row");
   RESOLVE(free_result, "mysql_free_result");
   RESOLVE(next_result, "mysql_next_result");
   RESOLVE(set_character_set, "mysql_set_character_set");
   RESOLVE(get_client_version, "mysql_get_client_version");
   RESOLVE(get_socket, "mysql_get_socket");
 #undef RESOLVE
+  R.rpl_open = (__typeof__(R.rpl_open))find_symbol("mariadb_rpl_open");
   ps_real.ssl_set_ex_data = (__typeof__(ps_real.ssl_set_ex_data))dlsym(RTLD_DEFAULT, "SSL_set_ex_data");
   if (!ps_real.ssl_set_ex_data) {
     void *h = dlopen("libssl.so.3", RTLD_LAZY | RTLD_NOLOAD);
@@ -80,7 +90,7 @@ resolve(void)
   gboolean complete = ps_real.real_connect && ps_real.close && ps_real.change_user &&
                       ps_real.init && ps_real.optionsv && ps_real.get_optionv &&
                       ps_real.reset_connection && ps_real.select_db && ps_real.real_query &&
-                      ps_real.store_result && ps_real.free_result && ps_real.next_result &&
+                      ps_real.store_result && ps_real.fetch_row && ps_real.free_result && ps_real.next_result &&
                       ps_real.set_character_set && ps_real.get_client_version &&
                       ps_real.get_socket && ps_real.server_end;
   if (!complete && ps_real.real_connect) {
@@ -95,7 +105,8 @@ resolve(void)
     ps_real.server_end = (__typeof__(ps_real.server_end))keep_end;
     ps_real.init = NULL; /* marks the table unusable for pooling */
   }
-  g_once_init_leave(&R.once, 1);
+  __atomic_store_n(&R.done, TRUE, __ATOMIC_RELEASE);
+  g_mutex_unlock(&R.lock);
 }
 
 /* TRUE when the call comes from inside the client library itself. */
@@ -131,11 +142,14 @@ mysql_close(MYSQL *m)
   resolve();
   if (!ps_real.close)
     return;
-  if (!m || !pooling(__builtin_return_address(0))) {
+  if (!m || !ps_real.init || !ps_broker_active()) {
     ps_real.close(m);
     return;
   }
-  ps_broker_close(m);
+  if (called_by_library(__builtin_return_address(0)))
+    ps_broker_close_from_library(m);
+  else
+    ps_broker_close(m);
 }
 
 PS_EXPORT my_bool
@@ -144,9 +158,22 @@ mysql_change_user(MYSQL *m, const char *user, const char *passwd, const char *db
   resolve();
   if (!ps_real.change_user)
     return 1;
-  if (m && pooling(__builtin_return_address(0)))
-    ps_broker_note_change_user(m);
+  /* Also from inside the library: mysql_change_user_start calls this. */
+  if (m && ps_real.init && ps_broker_active())
+    ps_broker_mark_unpoolable(m, "mysql_change_user changed its identity");
   return ps_real.change_user(m, user, passwd, db);
+}
+
+PS_EXPORT int
+mariadb_rpl_open(MARIADB_RPL *rpl)
+{
+  resolve();
+  if (!R.rpl_open)
+    return 1;
+  /* A binlog stream never returns to a command-ready session. */
+  if (rpl && rpl->mysql && ps_real.init && ps_broker_active())
+    ps_broker_mark_unpoolable(rpl->mysql, "replication stream opened");
+  return R.rpl_open(rpl);
 }
 
 PS_EXPORT void
@@ -171,11 +198,7 @@ poolshim_stats(poolshim_stats_t *out, size_t size)
 {
   if (!out || size < sizeof *out)
     return -1;
-  resolve();
-  if (!ps_real.init) {
-    memset(out, 0, sizeof *out);
-    return 0;
-  }
+  /* Reading counters must not initialise anything: the pool may not exist yet. */
   ps_broker_stats(out);
   return 0;
 }

@@ -100,6 +100,8 @@ assert_defaults_except(const PsConfig *cfg, const char *except)
     cr_assert_eq(cfg->idle_timeout_us, 10 * 60 * SEC);
   if (g_strcmp0(except, "POOLSHIM_RESET") != 0)
     cr_assert_eq(cfg->reset, PS_RESET_RESET);
+  if (g_strcmp0(except, "POOLSHIM_RESET_TIMEOUT") != 0)
+    cr_assert_eq(cfg->reset_timeout_us, 5 * SEC);
   if (g_strcmp0(except, "POOLSHIM_LOG") != 0)
     cr_assert_eq(cfg->log_level, PS_LOG_WARN);
 }
@@ -232,6 +234,8 @@ ParameterizedTestParameters(config, a_bad_value_keeps_the_default_with_one_warni
     {"POOLSHIM_DISABLE", "2"},
     {"POOLSHIM_MAX_CONNECTIONS", "-5"},
     {"POOLSHIM_IDLE_TIMEOUT", "10 m"},
+    {"POOLSHIM_RESET_TIMEOUT", "0"},
+    {"POOLSHIM_RESET_TIMEOUT", "2h"},
     {"POOLSHIM_POOL_SIZE", "abc\npoolshim: error: forged line"},
   };
   return cr_make_param_array(BadValue, params, G_N_ELEMENTS(params));
@@ -399,7 +403,7 @@ Test(config, describe_enumerates_every_variable)
 {
   static const char *const expected[] = {
     "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MAX_CONNECTIONS", "POOLSHIM_TIMEOUT",
-    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_LOG",
+    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT", "POOLSHIM_LOG",
   };
   GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
   guint n = 0;
