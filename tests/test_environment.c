@@ -111,3 +111,33 @@ Test(environment, debug_output_never_contains_a_password)
   cr_assert_null(strstr(wrong.err, "wrong-secret-pw"), "password in the log: %s", wrong.err);
   cr_assert(strstr(wrong.out, "error 1045"), "stdout: %s", wrong.out);
 }
+
+/* Python's MySQLdb loads the client library RTLD_LOCAL, after the program started (and
+ * here after it already asked the shim for its counters): pooling still works. */
+Test(environment, an_interpreter_that_loads_the_driver_late_is_pooled)
+{
+  const char *lib = getenv("PST_LIB");
+  cr_assert(lib, "PST_LIB not set: run through meson test");
+  const char *script =
+    "import ctypes, os\n"
+    "buf = ctypes.create_string_buffer(256)\n"
+    "assert ctypes.CDLL(None).poolshim_stats(buf, 256) == 0\n"
+    "import MySQLdb\n"
+    "ids = set()\n"
+    "for i in range(20):\n"
+    "    c = MySQLdb.connect(host=os.environ['PS_TEST_HOST'], port=int(os.environ['PS_TEST_PORT']),\n"
+    "                        user=os.environ['PS_TEST_USER'], passwd=os.environ['PS_TEST_PASSWORD'],\n"
+    "                        db=os.environ['PS_TEST_DB'])\n"
+    "    cur = c.cursor(); cur.execute('SELECT CONNECTION_ID()'); ids.add(cur.fetchone()[0])\n"
+    "    c.close()\n"
+    "print(len(ids))\n";
+  char **env = g_environ_setenv(g_get_environ(), "LD_PRELOAD", lib, TRUE);
+  const char *argv[] = {"/usr/bin/python3", "-c", script, NULL};
+  char *out = NULL, *err = NULL;
+  int status = 0;
+  cr_assert(g_spawn_sync(NULL, (char **)argv, env, G_SPAWN_DEFAULT, NULL, NULL, &out, &err,
+                         &status, NULL));
+  g_strfreev(env);
+  cr_assert_eq(status, 0, "python failed: %s", err);
+  cr_assert_str_eq(g_strstrip(out), "1", "20 connects used %s server threads", out);
+}

@@ -76,3 +76,50 @@ Test(health, a_connection_idle_too_long_is_closed, .init = short_idle)
   cr_assert_neq(next, id);
   pst_wait_thread_gone((unsigned long)id);
 }
+
+static void
+short_reset_timeout(void)
+{
+  setenv("POOLSHIM_RESET_TIMEOUT", "1s", 1);
+}
+
+static char *
+server_pid(void)
+{
+  g_autofree char *cmd = g_strdup_printf("'%s' status '%s'", pst_env("PS_TEST_SERVER_CTL"),
+                                         pst_env("PS_TEST_SERVER_DIR"));
+  char *out = NULL;
+  int status = 0;
+  cr_assert(g_spawn_command_line_sync(cmd, &out, NULL, &status, NULL) && status == 0);
+  return g_strstrip(out);
+}
+
+static MYSQL *closing;
+
+static gpointer
+close_it(gpointer data)
+{
+  mysql_close(closing);
+  return NULL;
+}
+
+/* The real mysql_close never waits for the server: a stalled server must not hang it. */
+Test(health, close_returns_while_the_server_is_stalled, .init = short_reset_timeout,
+     .timeout = 60)
+{
+  closing = pst_connect_app();
+  g_autofree char *pid = server_pid();
+  g_autofree char *stop = g_strdup_printf("kill -STOP %s", pid);
+  g_autofree char *cont = g_strdup_printf("kill -CONT %s", pid);
+  cr_assert_eq(system(stop), 0);
+  gint64 t0 = g_get_monotonic_time();
+  GThread *t = g_thread_new("closer", close_it, NULL);
+  g_thread_join(t);
+  gint64 took_ms = (g_get_monotonic_time() - t0) / 1000;
+  cr_assert_eq(system(cont), 0);
+  /* One bounded read (1 s) and a write; never the infinite default. */
+  cr_assert_lt(took_ms, 10000, "mysql_close took %" G_GINT64_FORMAT " ms", took_ms);
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT 1"), 1);
+  mysql_close(m);
+}

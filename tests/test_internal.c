@@ -84,3 +84,48 @@ Test(internal, the_non_blocking_api_works_and_is_not_pooled)
   /* Not pooled: each round opened its own physical connection. */
   cr_assert_eq(pst_status("Connections") - before, 3);
 }
+
+static void
+pool_of_one(void)
+{
+  setenv("POOLSHIM_POOL_SIZE", "1", 1);
+  setenv("POOLSHIM_TIMEOUT", "1s", 1);
+}
+
+/* mysql_close_start/_cont on a lent handle close it through the library's own mysql_close:
+ * the pool must free the slot, or the next connect would wait for nothing. */
+Test(internal, a_lent_handle_closed_with_the_non_blocking_api_frees_its_slot,
+     .init = pool_of_one)
+{
+  for (int round = 0; round < 3; round++) {
+    MYSQL *m = pst_connect_app();
+    cr_assert_eq(pst_scalar(m, "SELECT 1"), 1);
+    mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
+    int status = mysql_close_start(m);
+    while (status) {
+      wait_for(m, status);
+      status = mysql_close_cont(m, MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);
+    }
+  }
+}
+
+/* mysql_change_user_start calls mysql_change_user from inside the library: the pool must
+ * still see the identity change and never give the connection to the old user. */
+Test(internal, change_user_through_the_non_blocking_api_is_seen)
+{
+  MYSQL *m = pst_connect_app();
+  mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
+  my_bool ret = 1;
+  int status = mysql_change_user_start(&ret, m, pst_env("PS_TEST_USER2"),
+                                       pst_env("PS_TEST_PASSWORD2"), pst_env("PS_TEST_DB"));
+  while (status) {
+    wait_for(m, status);
+    status = mysql_change_user_cont(&ret, m, MYSQL_WAIT_READ | MYSQL_WAIT_WRITE);
+  }
+  cr_assert_eq(ret, 0, "%s", mysql_error(m));
+  mysql_close(m);
+  MYSQL *next = pst_connect_app();
+  g_autofree char *who = pst_scalar_str(next, "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)");
+  cr_assert_str_eq(who, pst_env("PS_TEST_USER"));
+  mysql_close(next);
+}

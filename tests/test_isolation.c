@@ -268,7 +268,28 @@ check_c_api_statement(MYSQL *m)
   cr_assert_eq(pst_status("Prepared_stmt_count"), prepared_before);
 }
 
+static void
+dirty_role(MYSQL *m)
+{
+  MYSQL *a = pst_admin();
+  pst_exec(a, "CREATE ROLE IF NOT EXISTS poolshim_role");
+  pst_exec(a, "GRANT SELECT ON mysql.user TO poolshim_role");
+  pst_exec(a, "GRANT poolshim_role TO '%s'@'%%', '%s'@'localhost'", pst_env("PS_TEST_USER"),
+           pst_env("PS_TEST_USER"));
+  pst_exec(m, "SET ROLE poolshim_role");
+  g_autofree char *role = pst_scalar_str(m, "SELECT CURRENT_ROLE()");
+  cr_assert_str_eq(role, "poolshim_role");
+}
+static void
+check_role(MYSQL *m)
+{
+  g_autofree char *role = pst_scalar_str(m, "SELECT CURRENT_ROLE()");
+  cr_assert_null(role, "the previous borrower's role is active: %s", role);
+  cr_assert_neq(mysql_query(m, "SELECT COUNT(*) FROM mysql.user"), 0);
+}
+
 static Kind kinds[] = {
+  {"SET ROLE", dirty_role, check_role},
   {"user variable", dirty_user_variable, check_user_variable},
   {"temporary table", dirty_temporary_table, check_temporary_table},
   {"sql_mode", dirty_sql_mode, check_sql_mode},
@@ -404,4 +425,26 @@ Test(isolation, each_borrower_gets_its_own_read_timeout)
   cr_assert_eq(pst_scalar(patient2, "SELECT CONNECTION_ID()"), second);
   cr_assert_eq(pst_scalar(patient2, "SELECT SLEEP(3)"), 0, "the previous borrower's timeout applied");
   mysql_close(patient2);
+}
+
+/* A prepared XA transaction belongs to its transaction manager: the pool must neither roll
+ * it back nor keep it attached to a pooled session. Closed as mysql_close would. */
+Test(isolation, a_prepared_xa_transaction_survives_for_its_transaction_manager)
+{
+  long long v = 2000000 + g_random_int_range(0, 1000000);
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(m, "XA START 'poolshim_tm'");
+  pst_exec(m, "INSERT INTO t (v) VALUES (%lld)", v);
+  pst_exec(m, "XA END 'poolshim_tm'");
+  pst_exec(m, "XA PREPARE 'poolshim_tm'");
+  mysql_close(m);
+  pst_wait_thread_gone((unsigned long)id);
+  MYSQL *a = pst_admin();
+  pst_exec(a, "XA COMMIT 'poolshim_tm'");
+  cr_assert_eq(pst_scalar(a, "SELECT COUNT(*) FROM %s.t WHERE v = %lld", pst_env("PS_TEST_DB"), v),
+               1, "the prepared transaction's work was lost");
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT 1"), 1);
+  mysql_close(next);
 }

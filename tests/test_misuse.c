@@ -1,5 +1,6 @@
 /* Misuse the real library tolerates is tolerated the same way with the shim. */
 #include <errmsg.h>
+#include <fcntl.h>
 
 #include "helpers.h"
 
@@ -73,4 +74,18 @@ Test(misuse, a_handle_closed_with_an_unread_result_is_not_pooled)
   MYSQL *next = pst_connect_app();
   cr_assert_neq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
   mysql_close(next);
+}
+
+/* A connection the application closed must not live on in a program it execs. */
+Test(misuse, pooled_sockets_are_close_on_exec)
+{
+  MYSQL *m = pst_connect_app();
+  int fd = mysql_get_socket(m);
+  cr_assert_geq(fd, 0);
+  int before = fcntl(fd, F_GETFD);
+  cr_assert_eq(before & FD_CLOEXEC, 0, "a lent socket keeps the library's flags");
+  mysql_close(m); /* pooled: the socket stays open */
+  int after = fcntl(fd, F_GETFD);
+  cr_assert_geq(after, 0, "the pooled socket was closed");
+  cr_assert(after & FD_CLOEXEC);
 }

@@ -138,3 +138,18 @@ Test(security, identities_never_cross_under_concurrency, .init = small_pools)
     cr_assert_eq(ids[i].mismatches, 0, "%s/%s: %d wrong or failed sessions", ids[i].user,
                  ids[i].db, ids[i].mismatches);
 }
+
+Test(security, other_connect_attributes_never_get_the_connection)
+{
+  long long ids[2];
+  for (int i = 0; i < 2; i++) {
+    MYSQL *m = mysql_init(NULL);
+    mysql_optionsv(m, MYSQL_OPT_CONNECT_ATTR_ADD, "tenant", i == 0 ? "a" : "b");
+    cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                          pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                          pst_port(), NULL, 0));
+    ids[i] = pst_scalar(m, "SELECT CONNECTION_ID()");
+    mysql_close(m);
+  }
+  cr_assert_neq(ids[0], ids[1]);
+}
