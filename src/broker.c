@@ -29,7 +29,8 @@ typedef struct {
   PsPool *pool;          /* the generation it belongs to (a forked child has a new one) */
   MYSQL *shell;          /* pool-owned struct that holds it while not lent; kept for reuse */
   MYSQL *handle;         /* the application's struct while lent */
-  const PsConnProfile *profile;
+  PsConnProfile *profile;
+  int pending;             /* replies of a reset sent at return, read before lending */
   const char *unpoolable;   /* set while lent (change_user, replication): never pool again */
   gboolean cloexec_done;
 } PsPhys;
@@ -253,7 +254,12 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   }
 
   PsPool *pool = B.pool;
-  PsPoolKey *pk = ps_pool_key(pool, key.digest, key.label);
+  PsPoolKey *pk = ps_pool_key_find(pool, key.digest);
+  if (!pk) {
+    char label[256];
+    ps_conn_key_label(&key, label, sizeof label);
+    pk = ps_pool_key(pool, key.digest, label);
+  }
   gint64 started = g_get_monotonic_time();
   gint64 deadline = started + B.config.timeout_us;
   for (;;) {
@@ -265,14 +271,22 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       g_snprintf(msg, sizeof msg,
                  "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
                  " ms for a free connection (POOLSHIM_TIMEOUT)",
-                 key.label, ps_pool_size_of(pool), (g_get_monotonic_time() - started) / 1000);
+                 ps_pool_key_label(pk), ps_pool_size_of(pool),
+                 (g_get_monotonic_time() - started) / 1000);
       ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
       ps_info("%s", msg);
-      ps_conn_key_clear(&key);
       return NULL;
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
+      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, &why)) {
+        phys_enter(p, PS_PHYS_CLOSED, why);
+        ps_pool_discard(pool, p->item, PS_CLOSE_RESET_FAILED);
+        ps_conn_close(p->shell);
+        phys_free(p);
+        continue;
+      }
+      p->pending = 0;
       if (!ps_conn_idle_alive(p->shell)) {
         /* Killed, timed out or restarted while idle: replace it, the caller sees nothing. */
         phys_enter(p, PS_PHYS_CLOSED, "closed by the server while idle");
@@ -281,10 +295,21 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
         phys_free(p);
         continue;
       }
+      if (!ps_conn_same_identity(p->shell, &key)) {
+        /* Two keys with one digest: never lend across identities, connect unpooled. */
+        ps_warn("pool %s: digest collision; connecting without the pool",
+                ps_pool_key_label(pk));
+        if (!ps_pool_release(pool, p->item)) {
+          phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
+          ps_conn_close(p->shell);
+          phys_free(p);
+        }
+        __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
+        return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+      }
       ps_conn_move(m, p->shell);
       ps_conn_adopt(m);
       lend(p, m);
-      ps_conn_key_clear(&key);
       return m;
     }
     /* PS_GRANT_OPEN: a slot is ours; open it with the application's own handle, so its
@@ -292,15 +317,14 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
     if (!r) {
       ps_pool_open_failed(pool, pk);
-      ps_conn_key_clear(&key);
       return NULL;
     }
-    const PsConnProfile *profile = ps_pool_key_data(pk);
+    PsConnProfile *profile = ps_pool_key_data(pk);
     if (!profile) {
       PsConnProfile *mine = ps_conn_profile_new(m, key.db);
       profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
       if (profile == mine)
-        ps_info("new pool %s (size %u)", key.label, ps_pool_size_of(pool));
+        ps_info("new pool %s (size %u)", ps_pool_key_label(pk), ps_pool_size_of(pool));
     }
     PsPhys *p = g_new0(PsPhys, 1);
     p->pool = pool;
@@ -308,7 +332,6 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
     p->item = ps_pool_opened(pool, pk, p);
     lend(p, m);
-    ps_conn_key_clear(&key);
     return r;
   }
 }
@@ -381,12 +404,13 @@ ps_broker_close(MYSQL *m)
   /* The reset runs on the application's handle, whose options are the key's own. */
   phys_enter(p, PS_PHYS_RESETTING, NULL);
   unsigned int timeout_s = (unsigned int)MAX(1, (B.config.reset_timeout_us + 999999) / 1000000);
-  if (!ps_conn_reset(m, B.config.reset, p->profile, timeout_s, &why)) {
+  p->pending = ps_conn_reset_begin(m, B.config.reset, p->profile, timeout_s, &why);
+  if (p->pending < 0) {
     discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
     return;
   }
   __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
-  if (!p->shell && !(p->shell = ps_conn_shell_new())) {
+  if (!p->shell && !(p->shell = ps_conn_shell_new(timeout_s))) {
     discard_lent(p, m, PS_CLOSE_UNCLEAN, "out of memory for a shell");
     return;
   }

@@ -67,6 +67,9 @@ typedef struct {
 
 #define OPT_EXT(m) ((PsMirrorOptionsExt *)(m)->options.extension)
 
+/* The per-process key of the pool-key hash (see ps_conn_key). */
+static guint64 sip_k0, sip_k1;
+
 /* Mirror of `struct st_mariadb_extension` (include/ma_common.h), also verified at start. */
 typedef struct {
   void *list, *current;
@@ -80,8 +83,6 @@ typedef struct {
 
 #define EXT(m) ((PsMirrorExtension *)(m)->extension)
 
-/* A per-process salt so that the password digest in memory is useless elsewhere. */
-static guint8 key_salt[16];
 
 static gboolean
 probe_layout(const char **why)
@@ -132,56 +133,167 @@ ps_conn_library_ok(const char **why)
     *why = "unsupported client library version (poolshim is verified with Connector/C 3.3)";
     return FALSE;
   }
-  for (gsize i = 0; i < sizeof key_salt; i += 4) {
-    guint32 r = g_random_int();
-    memcpy(key_salt + i, &r, 4);
-  }
+  sip_k0 = ((guint64)g_random_int() << 32) | g_random_int();
+  sip_k1 = ((guint64)g_random_int() << 32) | g_random_int();
   return probe_layout(why);
 }
 
 /* ---- keys ---- */
 
+/* SipHash-1-3 with a 128-bit result (Aumasson & Bernstein; the variant Rust's HashMap
+ * uses), keyed with a per-process random key: GLib has no keyed hash, and a SHA-256 over
+ * every option cost ~30,000 instructions per connect. The digest only finds the pool;
+ * the password itself is compared with the one the pooled connection holds before it is
+ * lent (ps_conn_same_identity). */
+typedef struct {
+  guint64 v0, v1, v2, v3, tail, len;
+} PsSip;
+
+#define ROTL(x, b) (guint64)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND(s)                                                                                \
+  do {                                                                                             \
+    s->v0 += s->v1;                                                                                \
+    s->v1 = ROTL(s->v1, 13);                                                                       \
+    s->v1 ^= s->v0;                                                                                \
+    s->v0 = ROTL(s->v0, 32);                                                                       \
+    s->v2 += s->v3;                                                                                \
+    s->v3 = ROTL(s->v3, 16);                                                                       \
+    s->v3 ^= s->v2;                                                                                \
+    s->v0 += s->v3;                                                                                \
+    s->v3 = ROTL(s->v3, 21);                                                                       \
+    s->v3 ^= s->v0;                                                                                \
+    s->v2 += s->v1;                                                                                \
+    s->v1 = ROTL(s->v1, 17);                                                                       \
+    s->v1 ^= s->v2;                                                                                \
+    s->v2 = ROTL(s->v2, 32);                                                                       \
+  } while (0)
+
 static void
-add_bytes(GChecksum *cs, guint8 tag, const void *p, gsize len)
+sip_init(PsSip *s)
 {
-  guint64 l = len;
-  g_checksum_update(cs, &tag, 1);
-  g_checksum_update(cs, (const guchar *)&l, sizeof l);
-  g_checksum_update(cs, p, len);
+  s->v0 = sip_k0 ^ 0x736f6d6570736575ULL;
+  s->v1 = sip_k1 ^ 0x646f72616e646f6dULL ^ 0xee;
+  s->v2 = sip_k0 ^ 0x6c7967656e657261ULL;
+  s->v3 = sip_k1 ^ 0x7465646279746573ULL;
+  s->tail = 0;
+  s->len = 0;
+}
+
+static inline void
+sip_word(PsSip *s, guint64 m)
+{
+  s->v3 ^= m;
+  SIPROUND(s);
+  s->v0 ^= m;
 }
 
 static void
-add_str(GChecksum *cs, guint8 tag, const char *s)
+sip_feed(PsSip *s, const void *data, gsize n)
 {
-  if (!s) {
-    guint8 none[2] = {tag, 0xff};
-    g_checksum_update(cs, none, 2); /* NULL differs from "" */
+  const guint8 *p = data;
+  guint fill = s->len & 7;
+  s->len += n;
+  if (fill) {
+    while (n && fill < 8) {
+      s->tail |= (guint64)*p++ << (8 * fill++);
+      n--;
+    }
+    if (fill < 8)
+      return;
+    sip_word(s, s->tail);
+    s->tail = 0;
+  }
+  for (; n >= 8; p += 8, n -= 8) {
+    guint64 m;
+    memcpy(&m, p, 8);
+    sip_word(s, GUINT64_FROM_LE(m));
+  }
+  for (guint i = 0; i < n; i++)
+    s->tail |= (guint64)p[i] << (8 * i);
+}
+
+static void
+sip_final(PsSip *s, guint8 out[16])
+{
+  sip_word(s, s->tail | (s->len << 56));
+  s->v2 ^= 0xee;
+  SIPROUND(s);
+  SIPROUND(s);
+  SIPROUND(s);
+  guint64 a = GUINT64_TO_LE(s->v0 ^ s->v1 ^ s->v2 ^ s->v3);
+  s->v1 ^= 0xdd;
+  SIPROUND(s);
+  SIPROUND(s);
+  SIPROUND(s);
+  guint64 b = GUINT64_TO_LE(s->v0 ^ s->v1 ^ s->v2 ^ s->v3);
+  memcpy(out, &a, 8);
+  memcpy(out + 8, &b, 8);
+}
+
+/* The key's bytes are laid out in a buffer and hashed a word at a time: feeding the hash
+ * field by field cost more than the hash itself. */
+typedef struct {
+  PsSip sip;
+  gsize n;
+  guint8 buf[512];
+} PsKeyBuf;
+
+static void
+kb_flush(PsKeyBuf *kb)
+{
+  gsize whole = kb->n & ~(gsize)7;
+  sip_feed(&kb->sip, kb->buf, whole);
+  memmove(kb->buf, kb->buf + whole, kb->n - whole);
+  kb->n -= whole;
+}
+
+static void
+kb_put_slow(PsKeyBuf *kb, const void *p, gsize len)
+{
+  while (len) {
+    if (kb->n == sizeof kb->buf)
+      kb_flush(kb);
+    gsize take = MIN(len, sizeof kb->buf - kb->n);
+    memcpy(kb->buf + kb->n, p, take);
+    kb->n += take;
+    p = (const guint8 *)p + take;
+    len -= take;
+  }
+}
+
+static inline void
+kb_put(PsKeyBuf *kb, const void *p, gsize len)
+{
+  if (G_LIKELY(kb->n + len <= sizeof kb->buf)) {
+    memcpy(kb->buf + kb->n, p, len);
+    kb->n += len;
     return;
   }
-  add_bytes(cs, tag, s, strlen(s));
+  kb_put_slow(kb, p, len);
 }
 
+/* A string with its length, so that field boundaries cannot shift; NULL differs from "". */
+static inline void
+feed_str(PsKeyBuf *kb, const char *str)
+{
+  guint32 n = str ? (guint32)strlen(str) + 1 : 0;
+  kb_put(kb, &n, sizeof n);
+  if (n > 1)
+    kb_put(kb, str, n - 1);
+}
+
+/* Optional strings: a bit mask of which are set, then only those (most are NULL). */
 static void
-add_u64(GChecksum *cs, guint8 tag, guint64 v)
+feed_optional(PsKeyBuf *kb, const char *const *fields, guint count)
 {
-  add_bytes(cs, tag, &v, sizeof v);
-}
-
-static const char *
-opt_str(MYSQL *m, enum mysql_option opt)
-{
-  char *s = NULL;
-  if (ps_real.get_optionv(m, opt, &s))
-    return NULL;
-  return s;
-}
-
-static my_bool
-opt_bool(MYSQL *m, enum mysql_option opt)
-{
-  my_bool b = 0;
-  ps_real.get_optionv(m, opt, &b);
-  return b;
+  guint64 mask = 0;
+  for (guint i = 0; i < count; i++)
+    if (fields[i])
+      mask |= G_GUINT64_CONSTANT(1) << i;
+  kb_put(kb, &mask, sizeof mask);
+  for (guint i = 0; i < count; i++)
+    if (fields[i])
+      feed_str(kb, fields[i]);
 }
 
 static const char *
@@ -195,7 +307,6 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
             unsigned int port, const char *unix_socket, unsigned long client_flag,
             PsConnKey *key, const char **why)
 {
-  memset(key, 0, sizeof *key);
   if (m->net.pvio) {
     *why = "handle already connected";
     return FALSE;
@@ -205,7 +316,9 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     *why = "connection string or connection handler";
     return FALSE;
   }
-  if (opt_str(m, MARIADB_OPT_CONNECTION_HANDLER)) {
+  /* The options extension is read through the layout ps_conn_library_ok() verified. */
+  PsMirrorOptionsExt *ext = OPT_EXT(m);
+  if (ext && ext->connection_handler) {
     *why = "connection handler plugin";
     return FALSE;
   }
@@ -213,107 +326,112 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     *why = "option file (MYSQL_READ_DEFAULT_FILE/GROUP) applied at connect";
     return FALSE;
   }
-  if (opt_bool(m, MYSQL_OPT_NONBLOCK)) {
+  if (ext && ext->async_context) {
     *why = "non-blocking API";
     return FALSE;
   }
   /* Defaults resolved as mthd_my_real_connect resolves them. */
-  const char *u = nonempty(user, m->options.user);
-  const char *pw = passwd ? passwd : m->options.password;
-  if (!pw)
-    pw = g_getenv("MYSQL_PWD");
-  if (!pw)
-    pw = "";
-  const char *d = nonempty(db, m->options.db);
-  const char *sock = unix_socket ? unix_socket : m->options.unix_socket;
-  unsigned int p = port ? port : m->options.port;
+  key->host = h;
+  key->user = nonempty(user, m->options.user);
+  key->password = passwd ? passwd : m->options.password;
+  if (!key->password)
+    key->password = g_getenv("MYSQL_PWD");
+  if (!key->password)
+    key->password = "";
+  key->db = nonempty(db, m->options.db);
+  key->unix_socket = unix_socket ? unix_socket : m->options.unix_socket;
+  key->port = port ? port : m->options.port;
 
-  GChecksum *cs = g_checksum_new(G_CHECKSUM_SHA256);
-  g_checksum_update(cs, key_salt, sizeof key_salt);
-  guint8 t = 0;
-  add_str(cs, ++t, h);
-  add_str(cs, ++t, u);
-  add_str(cs, ++t, pw);
-  add_str(cs, ++t, d);
-  add_str(cs, ++t, sock);
-  add_u64(cs, ++t, p);
-  add_u64(cs, ++t, client_flag);
-  add_u64(cs, ++t, m->options.client_flag);
-  add_u64(cs, ++t, m->options.protocol);
-  add_str(cs, ++t, m->options.charset_name);
-  add_str(cs, ++t, m->options.charset_dir);
-  add_u64(cs, ++t, m->options.compress);
-  add_u64(cs, ++t, m->options.secure_auth);
-  add_u64(cs, ++t, m->options.max_allowed_packet);
-  add_str(cs, ++t, m->options.bind_address);
-  add_u64(cs, ++t, m->options.use_ssl);
-  add_str(cs, ++t, m->options.ssl_key);
-  add_str(cs, ++t, m->options.ssl_cert);
-  add_str(cs, ++t, m->options.ssl_ca);
-  add_str(cs, ++t, m->options.ssl_capath);
-  add_str(cs, ++t, m->options.ssl_cipher);
-  add_str(cs, ++t, opt_str(m, MYSQL_OPT_SSL_CRL));
-  add_str(cs, ++t, opt_str(m, MYSQL_OPT_SSL_CRLPATH));
-  add_str(cs, ++t, opt_str(m, MARIADB_OPT_TLS_VERSION));
-  add_str(cs, ++t, opt_str(m, MARIADB_OPT_TLS_PEER_FP));
-  add_str(cs, ++t, opt_str(m, MARIADB_OPT_TLS_PEER_FP_LIST));
-  add_str(cs, ++t, opt_str(m, MARIADB_OPT_TLS_PASSPHRASE));
-  add_u64(cs, ++t, opt_bool(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT));
-  add_str(cs, ++t, opt_str(m, MYSQL_SERVER_PUBLIC_KEY));
-  add_str(cs, ++t, opt_str(m, MYSQL_PLUGIN_DIR));
-  add_str(cs, ++t, opt_str(m, MYSQL_DEFAULT_AUTH));
-  add_u64(cs, ++t, opt_bool(m, MARIADB_OPT_CONNECTION_READ_ONLY));
-  PsMirrorOptionsExt *ext = OPT_EXT(m);
-  add_str(cs, ++t, ext ? ext->restricted_auth : NULL);
+  PsKeyBuf kb;
+  PsKeyBuf *const s = &kb;
+  sip_init(&kb.sip);
+  kb.n = 0;
+  feed_str(s, key->host);
+  feed_str(s, key->user);
+  feed_str(s, key->password);
+  feed_str(s, key->db);
+  feed_str(s, key->unix_socket);
+  const struct st_mysql_options *o = &m->options;
+  guint64 nums[] = {key->port,          client_flag,       o->client_flag,
+                    o->protocol,        o->compress,       o->secure_auth,
+                    o->max_allowed_packet, o->use_ssl,
+                    ext ? ext->tls_verify_server_cert : 0, ext ? ext->read_only : 0,
+                    ext ? ext->proxy_header_len : 0};
+  kb_put(s, nums, sizeof nums);
+  const char *optional[] = {
+    o->charset_name, o->charset_dir, o->bind_address, o->ssl_key, o->ssl_cert, o->ssl_ca,
+    o->ssl_capath, o->ssl_cipher,
+    ext ? ext->ssl_crl : NULL, ext ? ext->ssl_crlpath : NULL, ext ? ext->tls_version : NULL,
+    ext ? ext->tls_fp : NULL, ext ? ext->tls_fp_list : NULL, ext ? ext->tls_pw : NULL,
+    ext ? ext->server_public_key : NULL, ext ? ext->server_public_key_path : NULL,
+    ext ? ext->plugin_dir : NULL, ext ? ext->default_auth : NULL,
+    ext ? ext->restricted_auth : NULL,
+  };
+  feed_optional(s, optional, G_N_ELEMENTS(optional));
   if (ext && ext->proxy_header)
-    add_bytes(cs, ++t, ext->proxy_header, ext->proxy_header_len);
-  else
-    add_str(cs, ++t, NULL);
-  /* Init commands, in order. */
-  char **cmds = NULL;
-  unsigned int ncmds = 0;
-  ps_real.get_optionv(m, MYSQL_INIT_COMMAND, &cmds, &ncmds);
-  add_u64(cs, ++t, ncmds);
-  for (unsigned int i = 0; i < ncmds; i++)
-    add_str(cs, t, cmds[i]);
+    kb_put(s, ext->proxy_header, ext->proxy_header_len);
+  /* Init commands, in order (options.init_command is the library's public DYNAMIC_ARRAY). */
+  const PsMirrorDynArray *cmds = (const PsMirrorDynArray *)o->init_command;
+  guint64 ncmds = cmds ? cmds->elements : 0;
+  kb_put(s, &ncmds, sizeof ncmds);
+  for (guint64 i = 0; i < ncmds; i++)
+    feed_str(s, ((char **)cmds->buffer)[i]);
   /* Connection attributes reach the server at the handshake. */
-  char **attr_keys = NULL, **attr_vals = NULL;
-  unsigned int nattrs = 0;
-  ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, NULL, NULL, &nattrs);
-  add_u64(cs, ++t, nattrs);
+  guint64 nattrs = ext ? ext->connect_attrs.records : 0;
+  kb_put(s, &nattrs, sizeof nattrs);
   if (nattrs) {
     /* The library fills caller-allocated arrays: it takes their addresses (mariadb_lib.c). */
-    attr_keys = g_new0(char *, nattrs);
-    attr_vals = g_new0(char *, nattrs);
-    ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, &attr_keys, &attr_vals, &nattrs);
-    for (unsigned int i = 0; i < nattrs; i++) {
-      add_str(cs, t, attr_keys[i]);
-      add_str(cs, t, attr_vals[i]);
+    unsigned int n = 0;
+    g_autofree char **attr_keys = g_new0(char *, nattrs);
+    g_autofree char **attr_vals = g_new0(char *, nattrs);
+    ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, &attr_keys, &attr_vals, &n);
+    for (unsigned int i = 0; i < n && i < nattrs; i++) {
+      feed_str(s, attr_keys[i]);
+      feed_str(s, attr_vals[i]);
     }
-    g_free(attr_keys);
-    g_free(attr_vals);
   }
-  gsize len = PS_KEY_DIGEST_LEN;
-  g_checksum_get_digest(cs, key->digest, &len);
-  g_checksum_free(cs);
-
-  if (sock && (!h || g_str_equal(h, "localhost")))
-    g_snprintf(key->label, sizeof key->label, "%s@localhost:%s/%s", u ? u : "",
-               sock, d ? d : "");
-  else
-    g_snprintf(key->label, sizeof key->label, "%s@%s:%u/%s", u ? u : "",
-               h ? h : "localhost", p ? p : 3306, d ? d : "");
-  key->db = g_strdup(d);
+  sip_feed(&kb.sip, kb.buf, kb.n);
+  sip_final(&kb.sip, key->digest);
   return TRUE;
 }
 
 void
-ps_conn_key_clear(PsConnKey *key)
+ps_conn_key_label(const PsConnKey *key, char *buf, gsize len)
 {
-  g_clear_pointer(&key->db, g_free);
+  const char *u = key->user ? key->user : "", *d = key->db ? key->db : "";
+  if (key->unix_socket && (!key->host || g_str_equal(key->host, "localhost")))
+    g_snprintf(buf, len, "%s@localhost:%s/%s", u, key->unix_socket, d);
+  else
+    g_snprintf(buf, len, "%s@%s:%u/%s", u, key->host ? key->host : "localhost",
+               key->port ? key->port : 3306, d);
+}
+
+gboolean
+ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key)
+{
+  /* The struct keeps the user and password it authenticated with (mysql_close_memory frees
+   * them): an exact comparison, whatever the digest says. */
+  return g_strcmp0(pooled->user, key->user ? key->user : "") == 0 &&
+         g_strcmp0(pooled->passwd, key->password) == 0;
 }
 
 static gboolean run_and_drain(MYSQL *m, const char *sql);
+
+/* SET ROLE for the session's original role (a backquoted identifier). */
+static char *
+role_statement(const char *role)
+{
+  if (!role)
+    return g_strdup("SET ROLE NONE");
+  GString *sql = g_string_new("SET ROLE `");
+  for (const char *c = role; *c; c++) {
+    if (*c == '`')
+      g_string_append_c(sql, '`');
+    g_string_append_c(sql, *c);
+  }
+  g_string_append_c(sql, '`');
+  return g_string_free(sql, FALSE);
+}
 
 /* CURRENT_ROLE() of the session in m; the handle's visible results are restored after. */
 static char *
@@ -348,6 +466,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   p->db = g_strdup(requested_db);
   p->user = g_strdup(m->user);
   p->role = query_role(m);
+  p->role_sql = role_statement(p->role);
   p->charset = m->charset;
   char **cmds = NULL;
   unsigned int n = 0;
@@ -367,6 +486,7 @@ ps_conn_profile_free(gpointer profile)
   g_free(p->db);
   g_free(p->user);
   g_free(p->role);
+  g_free(p->role_sql);
   g_strfreev(p->init_commands);
   g_free(p);
 }
@@ -385,11 +505,14 @@ ensure_status_callback(MYSQL *m)
 }
 
 MYSQL *
-ps_conn_shell_new(void)
+ps_conn_shell_new(unsigned int timeout_s)
 {
   MYSQL *m = ps_real.init(NULL);
-  if (m)
+  if (m) {
     ensure_status_callback(m);
+    m->options.read_timeout = timeout_s;
+    m->options.write_timeout = timeout_s;
+  }
   return m;
 }
 
@@ -506,18 +629,7 @@ static gboolean
 restore_role(MYSQL *m, const PsConnProfile *profile)
 {
   /* Neither COM_RESET_CONNECTION nor COM_CHANGE_USER drops a SET ROLE (MariaDB 10.11). */
-  if (!profile->role)
-    return run_and_drain(m, "SET ROLE NONE");
-  GString *sql = g_string_new("SET ROLE `");
-  for (const char *c = profile->role; *c; c++) {
-    if (*c == '`')
-      g_string_append_c(sql, '`');
-    g_string_append_c(sql, *c);
-  }
-  g_string_append_c(sql, '`');
-  gboolean ok = run_and_drain(m, sql->str);
-  g_string_free(sql, TRUE);
-  return ok;
+  return run_and_drain(m, profile->role_sql);
 }
 
 static void
@@ -535,9 +647,37 @@ bound_round_trips(MYSQL *m, unsigned int timeout_s)
   m->options.reconnect = 0;
 }
 
-gboolean
-ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile, unsigned int timeout_s,
-              const char **why)
+/* Sends one command without reading its reply (mthd_my_send_cmd with skip_check, as
+ * mysql_send_query does): replies are read in order later, the protocol allows it. */
+static gboolean
+send_only(MYSQL *m, enum enum_server_command cmd, const char *arg)
+{
+  return m->methods->db_command(m, cmd, arg, arg ? strlen(arg) : 0, 1, NULL) == 0;
+}
+
+/* Reads one pending reply, consuming any result sets (init commands may SELECT). */
+static gboolean
+read_reply(MYSQL *m)
+{
+  if (m->methods->db_read_query_result(m))
+    return FALSE;
+  for (;;) {
+    if (m->field_count) {
+      MYSQL_RES *res = ps_real.store_result(m);
+      if (!res)
+        return FALSE;
+      ps_real.free_result(res);
+    }
+    if (!(m->server_status & SERVER_MORE_RESULTS_EXIST))
+      return TRUE;
+    if (m->methods->db_read_query_result(m))
+      return FALSE;
+  }
+}
+
+int
+ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, unsigned int timeout_s,
+                    const char **why)
 {
   bound_round_trips(m, timeout_s);
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
@@ -545,64 +685,94 @@ ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile, unsigned
     /* These modes keep the session: server-side statements would outlive their handles. */
     if (m->stmts) {
       *why = "prepared statements are open and the reset mode keeps them";
-      return FALSE;
+      return -1;
     }
     if ((in_trans || mode == PS_RESET_ROLLBACK) && !end_transaction(m, FALSE, why))
-      return FALSE;
+      return -1;
     if (mode == PS_RESET_NONE)
-      return TRUE;
+      return 0;
     if (!run_and_drain(m, "UNLOCK TABLES") || !run_and_drain(m, "DO RELEASE_ALL_LOCKS()")) {
       *why = "releasing locks failed";
-      return FALSE;
+      return -1;
     }
     if (profile->db && (!m->db || strcmp(m->db, profile->db) != 0) &&
         ps_real.select_db(m, profile->db)) {
       *why = "re-selecting the database failed";
-      return FALSE;
+      return -1;
     }
     if (!restore_role(m, profile)) {
       *why = "restoring the role failed";
-      return FALSE;
+      return -1;
     }
-    return TRUE;
+    return 0;
   }
+  /* Rare: only a connection returned inside a transaction pays this round trip, to learn
+   * whether a prepared XA transaction must be left to its transaction manager. */
   if (in_trans && !end_transaction(m, TRUE, why))
-    return FALSE;
+    return -1;
   /* Statement handles are invalidated exactly as mysql_close invalidates them. */
   if (m->methods && m->methods->invalidate_stmts)
     m->methods->invalidate_stmts(m, "mysql_close()");
+  if (mode == PS_RESET_RESET && profile->db &&
+      !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED)) {
+    /* The fast path: COM_RESET_CONNECTION, COM_INIT_DB, SET ROLE and the init commands go
+     * out together now; their replies are read when the connection is next lent, by which
+     * time they have usually arrived. mysql_close() does not wait for the server. */
+    int pending = 0;
+    gboolean sent = send_only(m, COM_RESET_CONNECTION, NULL) && ++pending &&
+                    send_only(m, COM_INIT_DB, profile->db) && ++pending &&
+                    send_only(m, COM_QUERY, profile->role_sql) && ++pending;
+    for (char **c = profile->init_commands; sent && c && *c; c++)
+      sent = send_only(m, COM_QUERY, *c) && ++pending;
+    if (!sent) {
+      *why = "sending the session reset failed";
+      return -1;
+    }
+    return pending;
+  }
   /* COM_RESET_CONNECTION keeps the current database, so a pool without a default database
-   * cannot undo a USE with it: COM_CHANGE_USER resets that too. */
-  if (mode == PS_RESET_CHANGE_USER || !profile->db) {
-    if (!change_user(m, profile)) {
-      *why = "COM_CHANGE_USER failed";
-      return FALSE;
-    }
-  } else if (ps_real.reset_connection(m)) {
-    if (m->net.last_errno != ER_UNKNOWN_COM_ERROR || !change_user(m, profile)) {
-      *why = "COM_RESET_CONNECTION failed";
-      return FALSE;
-    }
-  } else {
-    /* The server is back at the handshake charset; the client side keeps whatever SET
-     * NAMES made it until told otherwise. */
-    m->charset = profile->charset;
-    /* Always re-select: the tracked m->db misses a USE done with session_track_schema=OFF. */
-    if (ps_real.select_db(m, profile->db)) {
-      *why = "re-selecting the database failed";
-      return FALSE;
-    }
+   * cannot undo a USE with it: COM_CHANGE_USER resets that too (and serves servers older
+   * than MariaDB 10.2.4, which lack COM_RESET_CONNECTION). */
+  if (!change_user(m, profile)) {
+    *why = "COM_CHANGE_USER failed";
+    return -1;
   }
   if (!restore_role(m, profile)) {
     *why = "restoring the role failed";
-    return FALSE;
+    return -1;
   }
   for (char **c = profile->init_commands; c && *c; c++) {
     if (!run_and_drain(m, *c)) {
       *why = "re-running an init command failed";
+      return -1;
+    }
+  }
+  return 0;
+}
+
+gboolean
+ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, const char **why)
+{
+  for (int i = 0; i < pending; i++) {
+    if (!read_reply(m)) {
+      if (i == 0 && m->net.last_errno == ER_UNKNOWN_COM_ERROR) {
+        /* A server without COM_RESET_CONNECTION: COM_CHANGE_USER from now on. */
+        __atomic_store_n(&profile->no_reset_command, TRUE, __ATOMIC_RELAXED);
+      }
+      *why = i == 0 ? "COM_RESET_CONNECTION failed" : "restoring the session failed";
       return FALSE;
     }
   }
+  if (pending) {
+    /* What mysql_reset_connection and mysql_select_db do after their replies. The server is
+     * back at the handshake charset; the client side keeps whatever SET NAMES made it. */
+    m->charset = profile->charset;
+    if (g_strcmp0(m->db, profile->db) != 0) {
+      free(m->db);
+      m->db = strdup(profile->db);
+    }
+  }
+  m->status = MYSQL_STATUS_READY;
   m->affected_rows = ~(my_ulonglong)0;
   m->insert_id = 0;
   m->warning_count = 0;

@@ -37,12 +37,13 @@ extern PsClientApi ps_real;
  * with. On FALSE, *why says what differs and the caller must pass everything through. */
 gboolean ps_conn_library_ok(const char **why);
 
-/* What makes two connects interchangeable: a SHA-256 over every setting that shapes the
- * session (the password only enters the digest), and a label without secrets. */
+/* What makes two connects interchangeable: a keyed 128-bit digest over every setting that
+ * shapes the session (the password only enters the digest), and the resolved arguments,
+ * which point into the caller's strings and options: valid during the connect only. */
 typedef struct {
   guint8 digest[PS_KEY_DIGEST_LEN];
-  char label[256];
-  char *db;                 /* requested database, NULL for none (owned) */
+  const char *host, *user, *password, *db, *unix_socket;
+  unsigned int port;
 } PsConnKey;
 
 /* Fills *key for a connect on m with these arguments, resolving defaults from m's options
@@ -50,13 +51,18 @@ typedef struct {
 gboolean ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd,
                      const char *db, unsigned int port, const char *unix_socket,
                      unsigned long client_flag, PsConnKey *key, const char **why);
-void ps_conn_key_clear(PsConnKey *key);
+/* user@host:port/db (or user@localhost:socket/db): names a pool, never with secrets. */
+void ps_conn_key_label(const PsConnKey *key, char *buf, gsize len);
+/* TRUE when the pooled connection authenticated as the key's user with its password. */
+gboolean ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key);
 
 /* What a fresh connection of one key looks like; shared by all its connections. */
 typedef struct {
   char *db;                               /* NULL: no default database */
   char *user;                             /* the authenticated user, to catch a changed one */
   char *role;                             /* CURRENT_ROLE() of a fresh session; NULL = none */
+  char *role_sql;                         /* the SET ROLE statement that restores it */
+  gboolean no_reset_command;              /* the server answered COM_RESET_CONNECTION 1047 */
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
 } PsConnProfile;
@@ -66,8 +72,9 @@ typedef struct {
 PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
 void ps_conn_profile_free(gpointer profile);
 
-/* A pool-owned MYSQL that holds a connection while it is idle. */
-MYSQL *ps_conn_shell_new(void);
+/* A pool-owned MYSQL that holds a connection while it is idle. Its timeouts bound the
+ * reads of a pending reset's replies (TLS reads take them from the struct's options). */
+MYSQL *ps_conn_shell_new(unsigned int timeout_s);
 
 /* The transplant: the live connection in `from` moves to `to`, and `to`'s (empty) state
  * moves to `from`. Each struct keeps its own options, statements and allocation flag.
@@ -77,12 +84,16 @@ void ps_conn_move(MYSQL *to, MYSQL *from);
 /* Whether the connection in m may go back to a pool; *why names what prevents it. */
 gboolean ps_conn_returnable(MYSQL *m, const char **why);
 
-/* Makes the session in m look exactly like a fresh connection of `profile`. Runs on the
- * application's handle before the move, so that COM_CHANGE_USER uses the key's own auth
- * options and connect attributes. Every round trip is bounded by `timeout_s` seconds:
+/* Makes the session in m look exactly like a fresh connection of `profile`, in two steps.
+ * ps_conn_reset_begin runs on the application's handle before the move, so that
+ * COM_CHANGE_USER uses the key's own auth options and connect attributes; it either
+ * finishes the reset (returns 0), sends it without waiting (returns the number of replies
+ * that ps_conn_reset_end must read before the connection is lent again), or fails (-1,
+ * *why set: close the connection). Every round trip is bounded by `timeout_s` seconds:
  * the real mysql_close never waits for the server, so neither may this. */
-gboolean ps_conn_reset(MYSQL *m, PsResetMode mode, const PsConnProfile *profile,
-                       unsigned int timeout_s, const char **why);
+int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile,
+                        unsigned int timeout_s, const char **why);
+gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, const char **why);
 
 /* Marks the socket close-on-exec: a pooled connection the application believes closed
  * must not live on in a program it execs. */

@@ -235,6 +235,15 @@ ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *la
   return key;
 }
 
+PsPoolKey *
+ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
+{
+  g_mutex_lock(&pool->lock);
+  PsPoolKey *key = g_hash_table_lookup(pool->keys, digest);
+  g_mutex_unlock(&pool->lock);
+  return key;
+}
+
 const char *
 ps_pool_key_label(const PsPoolKey *key)
 {

@@ -4,7 +4,7 @@
 #pragma once
 #include <glib.h>
 
-#define PS_KEY_DIGEST_LEN 32
+#define PS_KEY_DIGEST_LEN 16
 
 typedef struct PsPool PsPool;
 typedef struct PsPoolKey PsPoolKey;
@@ -68,6 +68,8 @@ void ps_pool_free(PsPool *pool, GSList **victims);
  * in messages. The returned pointer lives as long as the pool. */
 PsPoolKey *ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label);
 const char *ps_pool_key_label(const PsPoolKey *key);
+/* The sub-pool of a digest, or NULL when none exists yet. */
+PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]);
 /* One caller-owned pointer per key, set once (the first caller wins; a later one is
  * destroyed with `destroy`). Returns the pointer in place. */
 gpointer ps_pool_key_data(PsPoolKey *key);
