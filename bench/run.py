@@ -1,27 +1,153 @@
-"""Runs benchmark variants interleaved, several times, against the private server, and
-prints a markdown table of medians with ratios against the no-pool baseline of each group.
+"""Runs the benchmark variants interleaved, several times, against the private server(s)
+scripts/bench started, and writes a markdown report (bench/results/<UTC time>.md) and a
+chart (.png) with medians, ratios against baselines measured in the same run, physical
+connection counts and errors.
 
-Physical connections come from the server (SHOW GLOBAL STATUS LIKE 'Connections'), never
-from the shim. Usage: run.py [--reps N] [--only SUBSTRING] [--out FILE]."""
+Every figure is a ratio against a baseline of the same run: in each repetition every
+selected variant runs once, in a fixed order, so slow drift (thermal, other load, the
+server's caches) hits every variant alike; a ratio is the median over repetitions of the
+ratio between a variant and its baseline in the same repetition.
+
+Physical connections come from the server (SHOW GLOBAL STATUS LIKE 'Connections' before
+and after each run, over a separate admin connection), never from the shim.
+
+Environment (set by scripts/bench): PS_TEST_* of the server (scripts/server),
+PS_BENCH_DIR (scratch directory), PS_BENCH_TLS_CA (CA file the server's certificate is
+signed with; the server has --ssl-ca/--ssl-cert/--ssl-key).
+
+Usage: run.py [--reps N] [--only GROUP[,GROUP...]] [--scale F] [--results DIR]
+Groups: tcp socket tls rtt python django fairness shimcost."""
 import argparse
 import datetime
+import json
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import MySQLdb
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(ROOT, "build")
 LIB = os.path.join(BUILD, "libpoolshim.so")
 CYCLE = os.path.join(BUILD, "bench", "cycle")
-PY = "/usr/bin/python3"
+PROXY = os.path.join(BUILD, "bench", "delayproxy")
+PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django live
 
+GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "fairness", "shimcost"]
+POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
+FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
+DELAY_US = 250       # delayproxy: per chunk and direction, so +0.5 ms per round trip
+PY_THREADS = 16
+
+GROUP_TITLES = {
+    "tcp": "C loop, TCP",
+    "socket": "C loop, unix socket",
+    "tls": "C loop, TLS (TCP)",
+    "rtt": "C loop, TCP + 0.5 ms RTT",
+    "python": f"Python MySQLdb, {PY_THREADS}-thread pool",
+    "django": f"Django ORM, {PY_THREADS}-thread pool",
+    "fairness": f"256 threads on a pool of {FAIR_POOL}",
+}
+
+# Cycles per run (before --scale), chosen so that a run takes roughly 0.5 to 2 s on a
+# 2-core machine: slow variants (no-pool TLS, 0.5 ms RTT) get fewer cycles.
+CYCLES = {
+    "tcp": {"nopool": {1: 4000, 8: 8000, 64: 8000}, "poolshim": {1: 8000, 8: 16000, 64: 16000},
+            "kept": {1: 16000, 8: 32000, 64: 32000}},
+    "tls": {"nopool": {1: 500, 8: 1000, 64: 1000}, "poolshim": {1: 6000, 8: 12000, 64: 12000},
+            "kept": {1: 12000, 8: 32000, 64: 32000}},
+    "rtt": {"nopool": {1: 400, 8: 3000, 64: 3000}, "poolshim": {1: 600, 8: 4000, 64: 5000},
+            "kept": {1: 1600, 8: 8000, 64: 16000}},
+}
+CYCLES["socket"] = CYCLES["tcp"]
+LABELS = {"nopool": "no pool", "poolshim": "poolshim", "kept": "kept connection (limit)",
+          "sqlalchemy": "SQLAlchemy QueuePool (code change)",
+          "persistent": "CONN_MAX_AGE=None (persistent)"}
+
+
+class Variant:
+    def __init__(self, group, tag, threads, cycles, cmd, env=None, pool=None, tls=False,
+                 proxy=False, baseline="nopool", label=None, latency=False):
+        self.group, self.tag, self.threads, self.cycles = group, tag, threads, cycles
+        self.cmd, self.env, self.pool, self.tls, self.proxy = cmd, env or {}, pool, tls, proxy
+        self.baseline, self.latency = baseline, latency
+        self.label = label or LABELS[tag]
+        self.runs = []
+
+    @property
+    def key(self):
+        return (self.group, self.threads, self.tag)
+
+    @property
+    def baseline_key(self):
+        if self.group == "fairness":
+            return (self.group, FAIR_POOL, "poolshim")
+        return (self.group, self.threads, self.baseline)
+
+    @property
+    def is_cycle(self):
+        return self.cmd[0] == CYCLE
+
+
+def preload(pool):
+    return {"LD_PRELOAD": LIB, "POOLSHIM_POOL_SIZE": str(pool)}
+
+
+def variants(groups, scale):
+    def n(x):
+        return max(1, int(x * scale))
+
+    out = []
+    for g in ("tcp", "socket", "tls", "rtt"):
+        if g not in groups:
+            continue
+        extra = {"socket": ["--socket"], "tls": ["--tls", os.environ.get("PS_BENCH_TLS_CA", "")]}
+        for threads in (1, 8, 64):
+            for tag in ("nopool", "poolshim", "kept"):
+                cyc = max(threads, n(CYCLES[g][tag][threads]))
+                cmd = [CYCLE, "--threads", str(threads), "--cycles", str(cyc)]
+                cmd += extra.get(g, []) + (["--kept"] if tag == "kept" else [])
+                out.append(Variant(g, tag, threads, cyc, cmd,
+                                   env=preload(POOL) if tag == "poolshim" else {},
+                                   pool=POOL if tag == "poolshim" else None,
+                                   tls=g == "tls", proxy=g == "rtt"))
+    if "python" in groups:
+        script = os.path.join(HERE, "mysqldb_pool.py")
+        for tag, tasks, mode in (("nopool", 3000, "connect"), ("poolshim", 4000, "connect"),
+                                 ("sqlalchemy", 4000, "sqlalchemy"), ("kept", 6000, "kept")):
+            cmd = [PY, script, str(n(tasks)), str(PY_THREADS), "--mode", mode,
+                   "--pool-size", str(POOL)]
+            out.append(Variant("python", tag, PY_THREADS, n(tasks), cmd,
+                               env=preload(POOL) if tag == "poolshim" else {},
+                               pool=POOL if tag == "poolshim" else None))
+    if "django" in groups:
+        script = os.path.join(HERE, "django_pool.py")
+        for tag, tasks in (("nopool", 2000), ("poolshim", 3000), ("persistent", 5000)):
+            cmd = [PY, script, str(n(tasks)), str(PY_THREADS)]
+            cmd += ["--persistent"] if tag == "persistent" else []
+            out.append(Variant("django", tag, PY_THREADS, n(tasks), cmd,
+                               env=preload(POOL) if tag == "poolshim" else {},
+                               pool=POOL if tag == "poolshim" else None))
+    if "fairness" in groups:
+        for threads, per in ((FAIR_POOL, 1000), (256, 32)):
+            cyc = threads * max(1, n(per))
+            cmd = [CYCLE, "--threads", str(threads), "--cycles", str(cyc), "--latency"]
+            out.append(Variant("fairness", "poolshim", threads, cyc, cmd,
+                               env=preload(FAIR_POOL), pool=FAIR_POOL, latency=True,
+                               label=f"poolshim, {threads} threads, pool of {FAIR_POOL}"))
+    return out
+
+
+# --- the server and the proxy ------------------------------------------------------------
 
 def admin():
-    return MySQLdb.connect(host=os.environ["PS_TEST_HOST"], port=int(os.environ["PS_TEST_PORT"]),
+    return MySQLdb.connect(unix_socket=os.environ["PS_TEST_SOCKET"],
                            user=os.environ["PS_TEST_ROOT_USER"],
                            passwd=os.environ["PS_TEST_ROOT_PASSWORD"])
 
@@ -32,72 +158,597 @@ def status(conn, name):
     return int(cur.fetchone()[1])
 
 
-def variants():
-    c = [CYCLE]
-    out = []
-    for threads in (1, 8):
-        group = f"C loop, {threads} thread{'s' if threads > 1 else ''}, TCP, 5000 cycles"
-        base = c + ["--threads", str(threads), "--cycles", "5000"]
-        out.append((group, "no pool", base, {}))
-        out.append((group, "poolshim", base, {"LD_PRELOAD": LIB}))
-        out.append((group, "kept connection (limit)", base + ["--kept"], {}))
-    group = "Python MySQLdb, 16-thread pool, 5000 tasks"
-    py = [PY, os.path.join(ROOT, "bench", "mysqldb_pool.py"), "5000", "16"]
-    out.append((group, "no pool", py, {}))
-    out.append((group, "poolshim", py, {"LD_PRELOAD": LIB}))
-    return out
+class Proxy:
+    """bench/delayproxy in front of the server's TCP port, SCHED_FIFO when permitted so
+    that the simulated network does not queue behind the benchmark's own threads."""
+
+    def __init__(self, workdir):
+        self.log_path = os.path.join(workdir, "delayproxy.log")
+        self.log = open(self.log_path, "a")
+        base = [PROXY, "--delay-us", str(DELAY_US), os.environ["PS_TEST_HOST"],
+                os.environ["PS_TEST_PORT"]]
+        self.realtime = True
+        self.proc = None
+        for cmd in (["chrt", "-f", "1"] + base, base):
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+            line = proc.stdout.readline()
+            if line.startswith("port="):
+                self.proc, self.port = proc, int(line.split("=")[1])
+                break
+            proc.wait()
+            self.realtime = False
+        if not self.proc:
+            raise RuntimeError(f"delayproxy did not start; see {self.log_path}")
+        with open(os.path.join(workdir, "delayproxy.pid"), "w") as f:
+            f.write(f"{self.proc.pid}\n")
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _lines(self):
+        with open(self.log_path) as f:
+            return [l for l in f if l.startswith("delayproxy: connections=")]
+
+    def stats(self):
+        """Sends SIGUSR1 (print and reset the counters) and returns the printed line."""
+        before = len(self._lines())
+        self.proc.send_signal(signal.SIGUSR1)
+        for _ in range(200):
+            lines = self._lines()
+            if len(lines) > before:
+                return dict(kv.split("=") for kv in lines[-1].split()[1:])
+            time.sleep(0.01)
+        return {}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
 
 
-def run_once(conn, cmd, extra_env):
+# --- CPU used by others ------------------------------------------------------------------
+
+def _busy_seconds():
+    """CPU time of the whole machine (user+nice+system+irq+softirq), and steal."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    steal = v[7] if len(v) > 7 else 0
+    return busy / hz, steal / hz
+
+
+def _pid_cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def server_pid():
+    try:
+        with open(os.path.join(os.environ["PS_TEST_SERVER_DIR"], "mariadbd.pid")) as f:
+            return int(f.read().strip())
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+class CpuMeter:
+    """How much CPU other processes (not this benchmark, its children, its server or its
+    proxy) used: the machine's busy time from /proc/stat minus ours. Kernel threads that
+    carry our own loopback traffic (ksoftirqd) count as others, so it is never quite 0."""
+
+    def __init__(self, proxy_pid=None):
+        self.spid, self.proxy_pid = server_pid(), proxy_pid
+        self.t0 = time.monotonic()
+        self.m0 = self._mine()
+        self.b0, self.s0 = _busy_seconds()
+
+    def _mine(self):
+        import resource
+        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        mine = s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+        if self.spid:
+            mine += _pid_cpu(self.spid)
+        if self.proxy_pid:
+            mine += _pid_cpu(self.proxy_pid)
+        return mine
+
+    def read(self):
+        b, st = _busy_seconds()
+        wall = time.monotonic() - self.t0
+        other = max(0.0, (b - self.b0) - (self._mine() - self.m0))
+        return {"wall": wall, "other": other, "steal": st - self.s0,
+                "other_pct": 100 * other / (wall * (os.cpu_count() or 1)) if wall else 0}
+
+
+# --- running ---------------------------------------------------------------------------
+
+def run_once(conn, v, proxy):
     env = dict(os.environ)
-    env.update(extra_env)
+    env.pop("LD_PRELOAD", None)
+    env.update(v.env)
+    if v.proxy:
+        env["PS_TEST_PORT"] = str(proxy.port)
+        proxy.stats()  # reset its counters
+        cpu0 = proxy.cpu_seconds()
     before = status(conn, "Connections")
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    t0 = time.monotonic()
+    try:
+        res = subprocess.run(v.cmd, env=env, capture_output=True, text=True, timeout=300)
+        rc, stdout, stderr = res.returncode, res.stdout, res.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, stdout, stderr = -1, "", f"timed out after {exc.timeout} s"
+    wall = time.monotonic() - t0
     after = status(conn, "Connections")
-    fields = dict(kv.split("=") for kv in res.stdout.split())
-    if res.returncode != 0 or "seconds" not in fields:
-        sys.exit(f"benchmark failed: {' '.join(cmd)}\n{res.stdout}\n{res.stderr}")
-    return float(fields["seconds"]), int(fields["cycles"]), int(fields["errors"]), after - before
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    fields = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
+    r = {"rc": rc, "conns": after - before, "wall": wall, "notes": []}
+    if "seconds" in fields:
+        r["seconds"] = float(fields["seconds"])
+        r["errors"] = int(fields["errors"])
+        r["fields"] = fields
+    else:
+        r["seconds"] = None
+        r["errors"] = v.cycles
+        r["fields"] = {}
+        r["notes"].append(f"failed (exit {rc})")
+    err_lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    if err_lines:
+        head = " / ".join(err_lines[:3])
+        r["notes"].append("stderr: " + head[:240]
+                          + (f" (+{len(err_lines) - 3} lines)" if len(err_lines) > 3 else ""))
+    if rc != 0 or r["errors"] or err_lines:
+        r["log"] = (f"$ {' '.join(f'{k}={val}' for k, val in v.env.items())} "
+                    f"{' '.join(v.cmd)}\nexit {rc}\n--- stdout\n{stdout[-2000:]}"
+                    f"--- stderr\n{stderr[-6000:]}\n")
+    if v.is_cycle and "cipher" in fields:
+        c = fields["cipher"]
+        r["cipher"] = c
+        if v.tls and c in ("none", "error"):
+            r["errors"] += 1
+            r["notes"].append(f"TLS not in use (Ssl_cipher: {c})")
+        if not v.tls and c != "none":
+            r["errors"] += 1
+            r["notes"].append(f"unexpected Ssl_cipher: {c}")
+    if v.proxy:
+        r["proxy"] = proxy.stats()
+        r["proxy_cpu"] = proxy.cpu_seconds() - cpu0
+    return r
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def throughput(r, v):
+    return v.cycles / r["seconds"] if r["seconds"] else None
+
+
+def summarise(todo):
+    by_key = {v.key: v for v in todo}
+    for v in todo:
+        v.thr = [throughput(r, v) for r in v.runs]
+        v.med_thr = median(v.thr)
+        v.med_sec = median(r["seconds"] for r in v.runs)
+        v.conns = max(r["conns"] for r in v.runs)
+        v.errors = sum(r["errors"] for r in v.runs)
+        base = by_key.get(v.baseline_key)
+        v.ratio = None
+        if base is not None and base is not v:
+            pairs = [a / b for a, b in zip(v.thr, base.thr) if a and b]
+            v.ratio = median(pairs) if pairs else None
+        notes = []
+        for r in v.runs:
+            for nte in r["notes"]:
+                if nte not in notes:
+                    notes.append(nte)
+        v.notes = notes
+    return by_key
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def fmt_num(x, spec=",.0f"):
+    return "-" if x is None else format(x, spec)
+
+
+def spread(xs):
+    """min-max of the repetitions, compact (the noise a median hides)."""
+    xs = [x for x in xs if x]
+    if len(xs) < 2:
+        return "-"
+
+    def k(x):
+        return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+    return f"{k(min(xs))}-{k(max(xs))}"
+
+
+def versions(conn):
+    cur = conn.cursor()
+    cur.execute("SELECT VERSION()")
+    server = cur.fetchone()[0]
+    client = MySQLdb._mysql.get_client_info()
+    try:
+        pkg = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libmariadb3"],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pkg = ""
+    shim = "?"
+    try:
+        with open(os.path.join(BUILD, "ps-version.h")) as f:
+            m = re.search(r'POOLSHIM_VERSION\s+"([^"]+)"', f.read())
+            shim = m.group(1) if m else "?"
+    except OSError:
+        pass
+    git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain"],
+                           capture_output=True, text=True).stdout.strip()
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            cpu = m.group(1).strip() if m else ""
+    except OSError:
+        pass
+    return dict(server=server, client=client, client_pkg=pkg, shim=shim,
+                git=git + (" with uncommitted changes" if dirty else ""), cpu=cpu)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall, cpu=None):
+    L = []
+    now = started.strftime("%Y-%m-%d %H:%M UTC")
+    L.append(f"# poolshim benchmark, {now}")
+    L.append("")
+    L.append(f"- machine: `nproc` = {os.cpu_count()}, {vers['cpu'] or platform.processor()}, "
+             f"Linux {platform.release()}")
+    L.append(f"- client library: MariaDB Connector/C {vers['client']} (libmariadb3 "
+             f"{vers['client_pkg']}); server: MariaDB {vers['server']} (private, scripts/server)")
+    L.append(f"- poolshim {vers['shim']}, git {vers['git']}; groups: {', '.join(groups)}; "
+             f"{args.reps} repetitions, interleaved; run time {wall:.0f} s")
+    L.append(f"- poolshim variants: `POOLSHIM_POOL_SIZE={POOL}` (fairness group: "
+             f"{FAIR_POOL}), other settings default. Physical connections: the server's "
+             "`Connections` counter before/after each run (max over repetitions; a C "
+             "loop's count includes its final `Ssl_cipher` check connection).")
+    L.append("- cycles/s: median over repetitions (*range*: slowest-fastest repetition); "
+             "*vs baseline*: median over repetitions of the ratio to the baseline run of the "
+             "same repetition (no pool at the same thread count; fairness: 8 threads).")
+    if cpu:
+        per = ", ".join(f"{c['other_pct']:.0f}%" for c in cpu["reps"])
+        L.append(f"- other load: processes outside this benchmark used {cpu['total']['other']:.1f} "
+                 f"CPU-seconds during the repetitions ({cpu['total']['other_pct']:.0f}% of the "
+                 f"machine; per repetition: {per}); steal {cpu['total']['steal']:.1f} s; "
+                 f"load average at the end: {cpu['loadavg']}.")
+    if "tls" in groups:
+        L.append("- TLS: CA and RSA-2048 server certificate made with `openssl` for this run; "
+                 "the client sets `MYSQL_OPT_SSL_CA`, `MYSQL_OPT_SSL_ENFORCE` and "
+                 "`MYSQL_OPT_SSL_VERIFY_SERVER_CERT`; every run checks `Ssl_cipher` "
+                 "afterwards on a connection with the same options.")
+    if proxy_info:
+        L.append(f"- 0.5 ms RTT: `bench/delayproxy` delays every chunk by {DELAY_US} us per "
+                 "direction and opens its server connection 1.5 round trips after accepting "
+                 "(the TCP handshake a loopback connect() skips); "
+                 f"{'SCHED_FIFO' if proxy_info['realtime'] else 'normal priority'}. "
+                 f"{proxy_info['summary']}")
+    L.append("")
+
+    # Targets.
+    L.append("## Targets (from the issue; reported, not tuned for)")
+    L.append("")
+    L.append("| target | measured | met |")
+    L.append("|---|---:|:---:|")
+
+    def target(desc, key, want):
+        v = by_key.get(key)
+        if v is None or v.ratio is None:
+            return
+        L.append(f"| {desc} | {v.ratio:.2f}x | {'yes' if v.ratio >= want else '**no**'} |")
+
+    target("8 threads, TCP: poolshim >= 3x no pool", ("tcp", 8, "poolshim"), 3)
+    target("8 threads, TLS: poolshim >= 20x no pool", ("tls", 8, "poolshim"), 20)
+    target("8 threads, 0.5 ms RTT: poolshim >= 3x no pool", ("rtt", 8, "poolshim"), 3)
+    total_err = sum(v.errors for v in todo)
+    L.append(f"| no errors in any variant | {total_err} errors | "
+             f"{'yes' if total_err == 0 else '**no**'} |")
+    shim_vs = [v for v in todo if v.pool]
+    over = [v for v in shim_vs if v.conns > v.pool]
+    if shim_vs:
+        worst = max(shim_vs, key=lambda v: v.conns / v.pool)
+        L.append(f"| poolshim physical connections <= pool size | max {worst.conns} "
+                 f"(pool {worst.pool}) | {'yes' if not over else '**no**'} |")
+    L.append("")
+
+    # The main table.
+    L.append("## Results")
+    L.append("")
+    L.append("| workload | variant | threads | cycles | wall (s) | cycles/s | range | vs baseline "
+             "| physical conns | pool | errors | notes |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for v in todo:
+        notes = list(v.notes)
+        if v.latency:
+            lat = {k: median(float(r["fields"].get(k, "nan")) for r in v.runs if r["fields"])
+                   for k in ("connect_p50_us", "connect_p99_us")}
+            mx = max((float(r["fields"].get("connect_max_us", 0)) for r in v.runs
+                      if r["fields"]), default=0)
+            notes.insert(0, f"connect wait p50 {lat['connect_p50_us']:.0f} us, "
+                            f"p99 {lat['connect_p99_us']:.0f} us, max {mx:.0f} us")
+        if v.proxy:
+            late = [float(r["proxy"].get("late_mean_us", "nan")) for r in v.runs if r.get("proxy")]
+            cpu = [r["proxy_cpu"] / r["seconds"] for r in v.runs
+                   if r.get("proxy_cpu") is not None and r["seconds"]]
+            if late:
+                notes.insert(0, f"proxy lateness {median(late):.0f} us, "
+                                f"CPU {100 * median(cpu):.0f}%")
+        tls = [r.get("cipher") for r in v.runs if r.get("cipher")]
+        if v.tls and tls and all(c == tls[0] for c in tls) and tls[0] not in ("none", "error"):
+            notes.insert(0, tls[0])
+        ratio = fmt_ratio(v.ratio) if v.key != v.baseline_key else "1.00x (baseline)"
+        L.append(f"| {GROUP_TITLES[v.group]} | {v.label} | {v.threads} | {v.cycles} | "
+                 f"{fmt_num(v.med_sec, '.3f')} | {fmt_num(v.med_thr)} | {spread(v.thr)} | {ratio} | "
+                 f"{v.conns} | {v.pool or '-'} | {v.errors} | {'; '.join(notes)} |")
+    L.append("")
+
+    # Checks per group.
+    L.append("## Checks per group")
+    L.append("")
+    for g in groups:
+        vs = [v for v in todo if v.group == g]
+        if not vs:
+            continue
+        pooled = [v for v in vs if v.pool]
+        within = all(v.conns <= v.pool for v in pooled)
+        errs = [f"{v.label} ({v.threads} threads): {v.errors}" for v in vs if v.errors]
+        detail = ", ".join(f"{v.threads} thr: {v.conns}/{v.pool}" for v in pooled)
+        L.append(f"- {GROUP_TITLES[g]}: poolshim physical connections within pool size: "
+                 f"{'yes' if within else '**NO**'} ({detail}); errors: "
+                 f"{'none' if not errs else '**' + '; '.join(errs) + '**'}")
+    L.append("")
+
+    if "fairness" in groups:
+        v8, v256 = by_key.get(("fairness", FAIR_POOL, "poolshim")), by_key.get(("fairness", 256, "poolshim"))
+        if v8 and v256:
+            L.append(f"## Fairness: 256 threads sharing a pool of {FAIR_POOL}")
+            L.append("")
+            L.append(f"Throughput with 256 threads is {fmt_ratio(v256.ratio)} that of "
+                     f"{FAIR_POOL} threads on the same pool. Each connect's duration "
+                     "(`mysql_real_connect`, measured in cycle.c, so for 256 threads mostly "
+                     "the wait for a free connection): with FIFO service every waiter waits "
+                     f"for about 256/{FAIR_POOL} = 32 turns, so p50, p99 and max should be "
+                     "close together, and so should every thread's mean wait; a starved "
+                     "waiter would show as a max far above p99 or one thread's mean far "
+                     "above the others. (256 threads on 2 cores: a waiter that is handed a "
+                     "connection still has to be scheduled, which widens the tail.)")
+            L.append("")
+            L.append("| threads | p50 (us) | p99 (us) | max (us) | p99/p50 | max/p50 "
+                     "| per-thread mean, lowest-highest (us) |")
+            L.append("|---:|---:|---:|---:|---:|---:|---:|")
+            for v in (v8, v256):
+                ok = [r for r in v.runs if r["fields"]]
+                if not ok:
+                    continue
+                p50 = median(float(r["fields"]["connect_p50_us"]) for r in ok)
+                p99 = median(float(r["fields"]["connect_p99_us"]) for r in ok)
+                mx = median(float(r["fields"]["connect_max_us"]) for r in ok)
+                tlo = median(float(r["fields"].get("thread_mean_min_us", "nan")) for r in ok)
+                thi = median(float(r["fields"].get("thread_mean_max_us", "nan")) for r in ok)
+                L.append(f"| {v.threads} | {p50:.0f} | {p99:.0f} | {mx:.0f} | "
+                         f"{p99 / max(p50, 1):.1f} | {mx / max(p50, 1):.1f} | "
+                         f"{tlo:.0f}-{thi:.0f} |")
+            L.append("")
+            L.append("(medians over repetitions)")
+            L.append("")
+
+    if shimcost:
+        L.append("## The shim's own cost (callgrind, user-space instructions)")
+        L.append("")
+        if "error" in shimcost:
+            L.append(f"callgrind measurement failed: {shimcost['error']}")
+        else:
+            s = shimcost
+            L.append(f"`cycle --threads 1` over TCP under `valgrind --tool=callgrind` with "
+                     f"the shim preloaded, {s['n1']} and {s['n2']} cycles; per extra "
+                     "pooled connect+close pair (difference / "
+                     f"{s['n2'] - s['n1']}). Callgrind counts user-space instructions only: "
+                     "the kernel side of send/recv/poll and the wait for the server are not "
+                     "in these numbers. See bench/shimcost.py for exactly what is counted.")
+            L.append("")
+            L.append("| what | instructions per pair |")
+            L.append("|---|---:|")
+            L.append(f"| total: inclusive cost of libpoolshim's `mysql_real_connect` + "
+                     f"`mysql_close` | {s['total']:,.0f} |")
+            L.append(f"| of which inside libmariadb (session reset: COM_RESET_CONNECTION, "
+                     f"COM_INIT_DB, ...) | {s['libmariadb']:,.0f} |")
+            L.append(f"| shim-only (total minus libmariadb) | {s['shim_only']:,.0f} |")
+            L.append(f"| - libpoolshim.so's own code | {s['shim_self']:,.0f} |")
+            for o, c in sorted(s["shim_by_obj"].items(), key=lambda kv: -kv[1]):
+                name = "PLT stubs (object ???)" if o == "???" else o
+                L.append(f"| - called from the shim in {name} | {c:,.0f} |")
+            L.append(f"| for reference, no shim: libmariadb's own `mysql_real_connect` + "
+                     f"`mysql_close` (a physical connect+close, client side) | "
+                     f"{s['physical_pair']:,.0f} |")
+            L.append("")
+            L.append(f"Cross-check: callgrind_annotate --inclusive=yes gives "
+                     f"{s['annotate_total']:,.0f} for the two entry points"
+                     + (f"; calls from libmariadb back into the shim: {s['callbacks']:,.0f}"
+                        if s["callbacks"] else "") + ".")
+            L.append("")
+    return "\n".join(L) + "\n"
+
+
+def chart(todo, by_key, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"nopool": "tab:red", "poolshim": "tab:blue", "sqlalchemy": "tab:green",
+              "kept": "tab:gray"}
+    panels = [g for g in ("tcp", "tls", "rtt") if any(v.group == g for v in todo)]
+    if not panels and any(v.group == "python" for v in todo):
+        panels = ["tcp"]
+    if not panels:
+        return False
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
+    handles = {}
+    for ax, g in zip(axes[0], panels):
+        for tag in ("nopool", "poolshim", "kept"):
+            pts = [(t, by_key[(g, t, tag)].med_thr) for t in (1, 8, 64)
+                   if (g, t, tag) in by_key and by_key[(g, t, tag)].med_thr]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[tag],
+                        label=f"C: {LABELS[tag]}")
+        if g == "tcp":
+            for tag in ("nopool", "poolshim", "sqlalchemy", "kept"):
+                v = by_key.get(("python", PY_THREADS, tag))
+                if v and v.med_thr:
+                    ax.plot([PY_THREADS], [v.med_thr], "s", mfc="none", mew=2, ms=9,
+                            color=colors[tag], label=f"Python {PY_THREADS} thr: {LABELS[tag]}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([1, 8, 16, 64])
+        ax.set_xticklabels(["1", "8", "16", "64"])
+        ax.set_xlabel("client threads")
+        ax.set_ylabel("connect + SELECT 1 + close per second")
+        ax.set_title(GROUP_TITLES[g] + (" (+ Python)" if g == "tcp" else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
+               ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(f"poolshim: throughput (medians), nproc={os.cpu_count()}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1 if len(handles) > 4 else 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", default="")
-    ap.add_argument("--out")
+    ap.add_argument("--only", default="", help="comma-separated groups: " + " ".join(GROUPS))
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every cycle count")
+    ap.add_argument("--results", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
-    todo = [v for v in variants() if args.only in v[0] or args.only in v[1]]
+    groups = GROUPS
+    if args.only:
+        groups = [g.strip() for g in args.only.split(",") if g.strip()]
+        bad = [g for g in groups if g not in GROUPS]
+        if bad:
+            ap.error(f"unknown group(s) {', '.join(bad)}; groups: {' '.join(GROUPS)}")
+        groups = [g for g in GROUPS if g in groups]
+    workdir = os.environ.get("PS_BENCH_DIR") or "/tmp"
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t_start = time.monotonic()
+    todo = variants(groups, args.scale)
     conn = admin()
-    results = {i: [] for i in range(len(todo))}
-    for rep in range(args.reps):  # interleaved: drift hits every variant alike
-        for i, (group, name, cmd, env) in enumerate(todo):
-            results[i].append(run_once(conn, cmd, env))
-    lines = [
-        f"Benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"nproc={os.cpu_count()}, {platform.machine()}, server {conn.get_server_info()}, "
-        f"client library {MySQLdb._mysql.get_client_info()}, medians of {args.reps} "
-        "interleaved runs.",
-        "",
-        "| workload | variant | wall time (s) | cycles/s | vs no pool | physical connections | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    baseline = {}
-    for i, (group, name, cmd, env) in enumerate(todo):
-        secs = statistics.median(r[0] for r in results[i])
-        cycles = results[i][0][1]
-        errors = sum(r[2] for r in results[i])
-        conns = max(r[3] for r in results[i])
-        if name == "no pool":
-            baseline[group] = secs
-        ratio = f"{baseline[group] / secs:.2f}x" if group in baseline else "-"
-        lines.append(f"| {group} | {name} | {secs:.3f} | {cycles / secs:,.0f} | {ratio} | "
-                     f"{conns} | {errors} |")
-    text = "\n".join(lines) + "\n"
+    vers = versions(conn)
+    proxy = Proxy(workdir) if any(v.proxy for v in todo) else None
+    proxy_info = None
+    shimcost = None
+    cpu = {"reps": []}
+    total_meter = CpuMeter(proxy.proc.pid if proxy else None)
+    try:
+        for rep in range(args.reps):  # interleaved: drift hits every variant alike
+            print(f"== repetition {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+            meter = CpuMeter(proxy.proc.pid if proxy else None)
+            for v in todo:
+                r = run_once(conn, v, proxy)
+                v.runs.append(r)
+                thr = throughput(r, v)
+                print(f"   {v.group:8} {v.label:36} {v.threads:3} thr: "
+                      f"{fmt_num(thr):>8}/s conns {r['conns']:5} errors {r['errors']}"
+                      + (f"  [{'; '.join(r['notes'])}]" if r["notes"] else ""),
+                      file=sys.stderr, flush=True)
+            cpu["reps"].append(meter.read())
+            print(f"   other processes used {cpu['reps'][-1]['other_pct']:.0f}% of the machine "
+                  "during this repetition", file=sys.stderr, flush=True)
+        cpu["total"] = total_meter.read()
+        with open("/proc/loadavg") as f:
+            cpu["loadavg"] = " ".join(f.read().split()[:3])
+        if "shimcost" in groups:
+            print("== callgrind: the shim's own cost", file=sys.stderr, flush=True)
+            sys.path.insert(0, HERE)
+            import shimcost as sc
+            try:
+                shimcost = sc.measure(CYCLE, LIB, workdir)
+            except Exception as exc:  # reported in the table, does not lose the rest
+                shimcost = {"error": str(exc).strip().splitlines()[0][:300]}
+    finally:
+        if proxy:
+            late = []
+            for v in todo:
+                for r in v.runs:
+                    if r.get("proxy"):
+                        late.append(float(r["proxy"].get("late_max_us", 0)))
+            proxy_info = {"realtime": proxy.realtime,
+                          "summary": "Lateness = how long after its due time the proxy "
+                                     "wrote a chunk (mean per run in the notes; worst "
+                                     f"single chunk over all runs: {max(late, default=0):.0f} us)."}
+            proxy.stop()
+    by_key = summarise(todo)
+    wall = time.monotonic() - t_start
+    text = report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall,
+                  cpu if cpu.get("total") else None)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    os.makedirs(args.results, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    full = groups == GROUPS
+    suffix = "" if full else "-" + "-".join(groups)
+    md = os.path.join(args.results, f"{stamp}{suffix}.md")
+    png = os.path.join(args.results, f"{stamp}{suffix}.png")
+    with open(md, "w") as f:
+        f.write(text)
+    has_png = chart(todo, by_key, png)
+    written = [md] + ([png] if has_png else [])
+    raw = os.path.join(args.results, f"{stamp}{suffix}.json")
+    with open(raw, "w") as f:  # every run's numbers, for re-plotting or a closer look
+        json.dump({"versions": vers, "reps": args.reps, "groups": groups, "cpu": cpu,
+                   "shimcost": shimcost,
+                   "variants": [{"group": v.group, "tag": v.tag, "label": v.label,
+                                 "threads": v.threads, "cycles": v.cycles, "pool": v.pool,
+                                 "cmd": v.cmd, "env": v.env, "ratio": v.ratio,
+                                 "runs": [{k: val for k, val in r.items() if k != "log"}
+                                          for r in v.runs]} for v in todo]}, f, indent=1)
+    written.append(raw)
+    logs = [r["log"] for v in todo for r in v.runs if r.get("log")]
+    if logs:  # full output of every run that failed, had errors or wrote to stderr
+        log = os.path.join(args.results, f"{stamp}{suffix}-runs.log")
+        with open(log, "w") as f:
+            f.write("\n".join(logs))
+        with open(md, "a") as f:
+            f.write(f"\nOutput of the runs that failed or wrote to stderr: "
+                    f"{os.path.basename(log)}\n")
+        written.append(log)
+    if full:  # a partial run (--only) never replaces the stable copies
+        import shutil
+        shutil.copyfile(md, os.path.join(args.results, "latest.md"))
+        written.append(os.path.join(args.results, "latest.md"))
+        if has_png:
+            shutil.copyfile(png, os.path.join(args.results, "latest.png"))
+            written.append(os.path.join(args.results, "latest.png"))
+        shutil.copyfile(raw, os.path.join(args.results, "latest.json"))
+    print("written: " + " ".join(os.path.relpath(p, ROOT) for p in written), file=sys.stderr)
+    bad = sum(v.errors for v in todo)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

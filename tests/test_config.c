@@ -2,6 +2,7 @@
  * environment: defaults, valid and bad values, warnings and name suggestions. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <errno.h>
 #include <glib.h>
 #include <stdio.h>
 #include <string.h>
@@ -428,4 +429,33 @@ Test(config, describe_enumerates_every_variable)
   cr_assert_not(ps_config_describe(n, &name, &def, &range, &help));
   cr_assert_not(ps_config_describe(n + 1000, &name, &def, &range, &help));
   g_hash_table_unref(seen);
+}
+
+/* ---- concurrency ---------------------------------------------------------------------- */
+
+static gint parse_failures;
+
+static gpointer
+parse_in_thread(gpointer data)
+{
+  /* errno left over by anything else must never make a value invalid. */
+  errno = EAGAIN;
+  const char *const pairs[] = {"POOLSHIM_POOL_SIZE", "16", "POOLSHIM_TIMEOUT", "250ms", NULL};
+  PsConfig cfg;
+  parse_env(&cfg, pairs, NULL);
+  if (cfg.pool_size != 16 || cfg.timeout_us != 250 * 1000 || cfg.max_lifetime_us != 30 * 60 * SEC)
+    g_atomic_int_inc(&parse_failures);
+  return NULL;
+}
+
+Test(config, parsing_from_many_threads_at_once_never_rejects_a_value)
+{
+  for (int round = 0; round < 20; round++) {
+    GThread *t[32];
+    for (int i = 0; i < 32; i++)
+      t[i] = g_thread_new("parse", parse_in_thread, NULL);
+    for (int i = 0; i < 32; i++)
+      g_thread_join(t[i]);
+  }
+  cr_assert_eq(g_atomic_int_get(&parse_failures), 0);
 }
