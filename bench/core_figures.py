@@ -6,7 +6,7 @@ Usage (server from PS_TEST_*, e.g. `source DIR/env` after scripts/server start D
     /usr/bin/python3 bench/core_figures.py"""
 import os, subprocess, statistics, MySQLdb
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-B=os.path.join(ROOT, "build"); LIB=B+"/libpoolshim.so"; CY=B+"/bench/cycle"
+B=os.environ.get("PS_BUILD", os.path.join(ROOT, "build")); LIB=B+"/libpoolshim.so"; CY=B+"/bench/cycle"
 a=MySQLdb.connect(host=os.environ["PS_TEST_HOST"],port=int(os.environ["PS_TEST_PORT"]),user=os.environ["PS_TEST_ROOT_USER"],passwd=os.environ["PS_TEST_ROOT_PASSWORD"])
 def conns():
     c=a.cursor(); c.execute("SHOW GLOBAL STATUS LIKE 'Connections'"); return int(c.fetchone()[1])

@@ -67,3 +67,24 @@ ps_build() {
     ps_say "meson compile -C build"
     meson compile -C "$build"
 }
+
+# ps_make_tls DIR: a CA and a server certificate for 127.0.0.1/localhost in DIR (ca.pem,
+# server.pem, server-key.pem), valid for two days: for throwaway TLS servers only.
+ps_make_tls() {
+    local dir="$1"
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=poolshim test CA" \
+            -keyout ca-key.pem -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout server-key.pem -out server.csr
+        printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=CA:FALSE' \
+            'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+            -days 2 -extfile server.ext -out server.pem
+    ) >"$dir/openssl.log" 2>&1 || {
+        cat "$dir/openssl.log" >&2
+        ps_die "openssl failed"
+    }
+}
