@@ -323,8 +323,15 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     if (!profile) {
       PsConnProfile *mine = ps_conn_profile_new(m, key.db);
       profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
-      if (profile == mine)
+      if (profile == mine) {
         ps_info("new pool %s (size %u)", ps_pool_key_label(pk), ps_pool_size_of(pool));
+        /* Idle connections are closed before the server's wait_timeout would close them
+         * (90%, at least a second earlier): the pool never trusts one the server dropped. */
+        if (profile->wait_timeout_s > 0) {
+          gint64 wt = (gint64)profile->wait_timeout_s * G_USEC_PER_SEC;
+          ps_pool_key_cap_idle(pk, MAX(wt / 2, MIN(wt * 9 / 10, wt - G_USEC_PER_SEC)));
+        }
+      }
     }
     PsPhys *p = g_new0(PsPhys, 1);
     p->pool = pool;

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 /* ma_pvio.h declares pvio->ctls as MARIADB_TLS only when told TLS exists; Debian's
  * library is built with OpenSSL. */
 #define HAVE_TLS 1
@@ -433,19 +434,23 @@ role_statement(const char *role)
   return g_string_free(sql, FALSE);
 }
 
-/* CURRENT_ROLE() of the session in m; the handle's visible results are restored after. */
+/* CURRENT_ROLE() and @@wait_timeout of the session in m, read once per pool; the handle's
+ * visible results are restored after. */
 static char *
-query_role(MYSQL *m)
+query_role(MYSQL *m, unsigned long *wait_timeout_s)
 {
   my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
   unsigned int warnings = m->warning_count, status = m->server_status;
   char *role = NULL;
-  if (ps_real.real_query(m, "SELECT CURRENT_ROLE()", 20) == 0) {
+  static const char sql[] = "SELECT CURRENT_ROLE(), @@session.wait_timeout";
+  if (ps_real.real_query(m, sql, sizeof sql - 1) == 0) {
     MYSQL_RES *res = ps_real.store_result(m);
     if (res) {
       MYSQL_ROW row = ps_real.fetch_row(res);
       if (row && row[0])
         role = g_strdup(row[0]);
+      if (row && row[1])
+        *wait_timeout_s = strtoul(row[1], NULL, 10);
       ps_real.free_result(res);
     }
   }
@@ -465,7 +470,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   PsConnProfile *p = g_new0(PsConnProfile, 1);
   p->db = g_strdup(requested_db);
   p->user = g_strdup(m->user);
-  p->role = query_role(m);
+  p->role = query_role(m, &p->wait_timeout_s);
   p->role_sql = role_statement(p->role);
   p->charset = m->charset;
   char **cmds = NULL;

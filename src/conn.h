@@ -65,6 +65,7 @@ typedef struct {
   gboolean no_reset_command;              /* the server answered COM_RESET_CONNECTION 1047 */
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
+  unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the

@@ -14,6 +14,7 @@ struct PsPoolKey {
   guint waiting;
   gpointer data;
   GDestroyNotify data_destroy;
+  gint64 idle_cap_us; /* 0 = none; below the server's wait_timeout */
 };
 
 typedef struct {
@@ -118,8 +119,11 @@ expired(const PsPool *pool, const PsItem *item, gint64 now, PsCloseReason *why)
     *why = PS_CLOSE_LIFETIME;
     return TRUE;
   }
-  if (pool->limits.idle_timeout_us > 0 &&
-      now - item->idle_since_us >= pool->limits.idle_timeout_us) {
+  gint64 idle_limit = pool->limits.idle_timeout_us;
+  gint64 cap = item->owner->idle_cap_us;
+  if (cap > 0 && (idle_limit <= 0 || cap < idle_limit))
+    idle_limit = cap;
+  if (idle_limit > 0 && now - item->idle_since_us >= idle_limit) {
     *why = PS_CLOSE_IDLE_TIMEOUT;
     return TRUE;
   }
@@ -271,6 +275,14 @@ ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
   g_atomic_pointer_set(&key->data, data);
   g_mutex_unlock(&pool->lock);
   return data;
+}
+
+void
+ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us)
+{
+  g_mutex_lock(&key->pool->lock);
+  key->idle_cap_us = cap_us;
+  g_mutex_unlock(&key->pool->lock);
 }
 
 void

@@ -98,6 +98,10 @@ void ps_pool_item_free(PsItem *item);
 void ps_pool_counts(PsPool *pool, PsPoolCounts *out);
 guint ps_pool_size_of(const PsPool *pool);
 
+/* Closes this key's idle connections sooner than the pool's idle timeout: used to stay
+ * below the server's wait_timeout, so the server never closes one the pool still trusts. */
+void ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us);
+
 /* Held across fork() so that the child never inherits a lock taken by another thread. */
 void ps_pool_lock_for_fork(PsPool *pool);
 void ps_pool_unlock_after_fork(PsPool *pool);

@@ -123,3 +123,26 @@ Test(health, close_returns_while_the_server_is_stalled, .init = short_reset_time
   cr_assert_eq(pst_scalar(m, "SELECT 1"), 1);
   mysql_close(m);
 }
+
+static void
+restore_wait_timeout(void)
+{
+  pst_exec(pst_admin(), "SET GLOBAL wait_timeout = DEFAULT");
+}
+
+/* The pool closes an idle connection itself before the server's wait_timeout would: the
+ * server never has to drop a connection the pool still trusts. */
+Test(health, idle_connections_are_closed_before_the_server_wait_timeout,
+     .fini = restore_wait_timeout)
+{
+  MYSQL *a = pst_admin();
+  pst_exec(a, "SET GLOBAL wait_timeout = 3");
+  long long aborted = pst_status("Aborted_clients");
+  long long id = cycle_id();
+  g_usleep(2300 * 1000); /* past the pool's cap (2 s), before the server's 3 s */
+  long long next = cycle_id();
+  cr_assert_neq(next, id, "the idle connection outlived the pool's wait_timeout cap");
+  pst_wait_thread_gone((unsigned long)id);
+  cr_assert_eq(pst_status("Aborted_clients"), aborted,
+               "the server, not the pool, closed an idle connection");
+}
