@@ -139,7 +139,8 @@ long long
 pst_status(const char *name)
 {
   MYSQL *a = pst_admin();
-  cr_assert_eq(mysql_query(a, g_strdup_printf("SHOW GLOBAL STATUS LIKE '%s'", name)), 0);
+  g_autofree char *sql = g_strdup_printf("SHOW GLOBAL STATUS LIKE '%s'", name);
+  cr_assert_eq(mysql_query(a, sql), 0, "%s: %s", sql, mysql_error(a));
   MYSQL_RES *r = mysql_store_result(a);
   MYSQL_ROW row = mysql_fetch_row(r);
   cr_assert_not_null(row, "no status variable %s", name);
