@@ -3,6 +3,8 @@
  * internals (conn.c) and finds no symbols (interpose.c). No lock is held across I/O. */
 #include "broker.h"
 
+#include <dlfcn.h>
+#include <execinfo.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +34,10 @@ typedef struct {
   PsConnProfile *profile;
   int pending;             /* replies of a reset sent at return, read before lending */
   const char *unpoolable;   /* set while lent (change_user, replication): never pool again */
+  gint64 lent_since_us;
+  gboolean leak_warned;
+  int nframes;              /* the borrower's backtrace, kept only with POOLSHIM_LEAK_WARN */
+  void *frames[16];
   gboolean cloexec_done;
 } PsPhys;
 
@@ -44,7 +50,10 @@ static struct {
   gboolean forked;       /* set in a child: the pool is the parent's */
   gint64 last_sweep_us;
   guint64 resets, unpooled;
+  GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
 } B;
+
+static void start_watchdog(void);
 
 static void
 phys_enter(PsPhys *p, PsPhysState to, const char *reason)
@@ -143,6 +152,7 @@ adopt_fork(void)
     old = B.pool;
     B.pool = new_pool();
     B.forked = FALSE;
+    start_watchdog(); /* threads do not survive fork() */
   }
   g_mutex_unlock(&B.lock);
   if (old) {
@@ -150,6 +160,86 @@ adopt_fork(void)
     close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
     /* `old` itself stays allocated: the parent's lent handles still point into it. */
   }
+}
+
+/* One line per frame of where a connection was borrowed, as "object(symbol+offset)". */
+static char *
+describe_frames(void *const *frames, int n)
+{
+  GString *out = g_string_new(NULL);
+  Dl_info self;
+  gboolean know_self = dladdr((void *)describe_frames, &self) != 0;
+  for (int i = 0; i < n; i++) {
+    Dl_info info;
+    /* The shim's own frames say nothing about who borrowed: start at the caller. */
+    if (know_self && dladdr(frames[i], &info) && info.dli_fbase == self.dli_fbase)
+      continue;
+    if (dladdr(frames[i], &info) && info.dli_fname) {
+      const char *obj = strrchr(info.dli_fname, '/');
+      g_string_append_printf(out, " <- %s(%s+0x%lx)", obj ? obj + 1 : info.dli_fname,
+                             info.dli_sname ? info.dli_sname : "?",
+                             (unsigned long)((char *)frames[i] -
+                                             (char *)(info.dli_saddr ? info.dli_saddr
+                                                                     : info.dli_fbase)));
+    } else {
+      g_string_append_printf(out, " <- %p", frames[i]);
+    }
+  }
+  return g_string_free(out, FALSE);
+}
+
+typedef struct {
+  char *label;
+  gint64 held_ms;
+  char *where;
+} PsLeak;
+
+/* Warns once per borrow about connections held longer than POOLSHIM_LEAK_WARN (HikariCP's
+ * leakDetectionThreshold). The scan holds the lease lock briefly; the writing happens
+ * after it. */
+static gpointer
+watchdog(gpointer data)
+{
+  gint64 period = MAX(MIN(B.config.leak_warn_us / 2, G_USEC_PER_SEC), 10000);
+  for (;;) {
+    g_usleep((gulong)period);
+    GSList *leaks = NULL;
+    gint64 now = g_get_monotonic_time();
+    g_mutex_lock(&B.lock);
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, B.lent);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+      PsPhys *p = value;
+      if (p->leak_warned || p->pool != B.pool || now - p->lent_since_us < B.config.leak_warn_us)
+        continue;
+      p->leak_warned = TRUE;
+      PsLeak *leak = g_new0(PsLeak, 1);
+      leak->label = g_strdup(ps_pool_key_label(p->item->owner));
+      leak->held_ms = (now - p->lent_since_us) / 1000;
+      leak->where = describe_frames(p->frames, p->nframes);
+      leaks = g_slist_prepend(leaks, leak);
+    }
+    g_mutex_unlock(&B.lock);
+    for (GSList *l = leaks; l; l = l->next) {
+      PsLeak *leak = l->data;
+      ps_warn("possible leak: a connection of pool %s has been held for %" G_GINT64_FORMAT
+              " ms (POOLSHIM_LEAK_WARN); borrowed at%s",
+              leak->label, leak->held_ms, leak->where);
+      g_free(leak->label);
+      g_free(leak->where);
+      g_free(leak);
+    }
+    g_slist_free(leaks);
+  }
+  return NULL;
+}
+
+static void
+start_watchdog(void)
+{
+  if (B.config.leak_warn_us > 0)
+    B.watchdog = g_thread_new("poolshim-leaks", watchdog, NULL);
 }
 
 static void
@@ -173,6 +263,7 @@ init_once(void)
     /* Registered after the client library initialised itself (and its TLS library), so it
      * runs before their exit handlers tear them down. */
     atexit(exit_drain);
+    start_watchdog();
     B.active = TRUE;
   }
   g_once_init_leave(&done, 1);
@@ -213,6 +304,11 @@ lend(PsPhys *p, MYSQL *m)
 {
   p->handle = m;
   p->unpoolable = NULL;
+  if (B.config.leak_warn_us) {
+    p->lent_since_us = g_get_monotonic_time();
+    p->leak_warned = FALSE;
+    p->nframes = backtrace(p->frames, G_N_ELEMENTS(p->frames));
+  }
   phys_enter(p, PS_PHYS_LENT, NULL);
   g_mutex_lock(&B.lock);
   g_hash_table_insert(B.lent, m, p);

@@ -48,6 +48,10 @@ static const PsVar vars[] = {
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us),
    "Bound on each server round trip of a reset (mysql_close never waits longer); a reset "
    "that times out closes the connection."},
+  {"POOLSHIM_LEAK_WARN", PS_T_DURATION, "0", 0, US(30 * 86400), NULL,
+   G_STRUCT_OFFSET(PsConfig, leak_warn_us),
+   "Warn (once per borrow, with the pool, the time held and a backtrace of the borrower) "
+   "about a connection the application has held longer than this; 0 turns it off."},
   {"POOLSHIM_LOG", PS_T_ENUM, "warn", 0, 0, log_choices, G_STRUCT_OFFSET(PsConfig, log_level),
    "Messages on stderr at or above this level: error, warn, info or debug."},
 };

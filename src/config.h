@@ -21,6 +21,7 @@ typedef struct {
   gint64 idle_timeout_us;    /* 0 = never */
   PsResetMode reset;
   gint64 reset_timeout_us;   /* bound on each round trip of a reset */
+  gint64 leak_warn_us;       /* warn about connections lent longer than this; 0 = off */
   PsLogLevel log_level;
 } PsConfig;
 

@@ -129,6 +129,10 @@ gboolean
 ps_conn_library_ok(const char **why)
 {
   unsigned long v = ps_real.get_client_version ? ps_real.get_client_version() : 0;
+  /* Lets a test take the unsupported-library path with the real library. */
+  const char *forced = g_getenv("POOLSHIM_TEST_CLIENT_VERSION");
+  if (forced)
+    v = strtoul(forced, NULL, 10);
   /* mysql_get_client_version() is the Connector/C package version: 3.3.x is verified. */
   if (v < 30300 || v >= 30400) {
     *why = "unsupported client library version (poolshim is verified with Connector/C 3.3)";

@@ -103,6 +103,8 @@ assert_defaults_except(const PsConfig *cfg, const char *except)
     cr_assert_eq(cfg->reset, PS_RESET_RESET);
   if (g_strcmp0(except, "POOLSHIM_RESET_TIMEOUT") != 0)
     cr_assert_eq(cfg->reset_timeout_us, 5 * SEC);
+  if (g_strcmp0(except, "POOLSHIM_LEAK_WARN") != 0)
+    cr_assert_eq(cfg->leak_warn_us, 0);
   if (g_strcmp0(except, "POOLSHIM_LOG") != 0)
     cr_assert_eq(cfg->log_level, PS_LOG_WARN);
 }
@@ -404,7 +406,7 @@ Test(config, describe_enumerates_every_variable)
 {
   static const char *const expected[] = {
     "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MAX_CONNECTIONS", "POOLSHIM_TIMEOUT",
-    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT", "POOLSHIM_LOG",
+    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT", "POOLSHIM_LEAK_WARN", "POOLSHIM_LOG",
   };
   GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
   guint n = 0;
