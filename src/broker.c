@@ -418,8 +418,9 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     PsConnProfile *profile = ps_pool_key_data(pk);
     if (!profile) {
       PsConnProfile *mine = ps_conn_profile_new(m, key.db);
-      profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
-      if (profile == mine) {
+      if (mine)
+        profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
+      if (mine && profile == mine) {
         ps_info("new pool %s (size %u)", ps_pool_key_label(pk), ps_pool_size_of(pool));
         /* Idle connections are closed before the server's wait_timeout would close them
          * (90%, at least a second earlier): the pool never trusts one the server dropped. */
@@ -435,6 +436,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
     p->item = ps_pool_opened(pool, pk, p);
     lend(p, m);
+    if (!profile)
+      p->unpoolable = "the connection failed while the pool learnt its session";
     return r;
   }
 }

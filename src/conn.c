@@ -441,15 +441,17 @@ role_statement(const char *role)
 /* CURRENT_ROLE() and @@wait_timeout of the session in m, read once per pool; the handle's
  * visible results are restored after. */
 static char *
-query_role(MYSQL *m, unsigned long *wait_timeout_s)
+query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
 {
   my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
   unsigned int warnings = m->warning_count, status = m->server_status;
   char *role = NULL;
   static const char sql[] = "SELECT CURRENT_ROLE(), @@session.wait_timeout";
+  *ok = FALSE;
   if (ps_real.real_query(m, sql, sizeof sql - 1) == 0) {
     MYSQL_RES *res = ps_real.store_result(m);
     if (res) {
+      *ok = TRUE;
       MYSQL_ROW row = ps_real.fetch_row(res);
       if (row && row[0])
         role = g_strdup(row[0]);
@@ -462,19 +464,30 @@ query_role(MYSQL *m, unsigned long *wait_timeout_s)
   m->insert_id = insert_id;
   m->warning_count = warnings;
   m->server_status = status;
-  m->net.last_errno = 0;
-  m->net.last_error[0] = '\0';
-  strcpy(m->net.sqlstate, "00000");
+  if (*ok) {
+    m->net.last_errno = 0;
+    m->net.last_error[0] = '\0';
+    strcpy(m->net.sqlstate, "00000");
+  }
   return role;
 }
 
 PsConnProfile *
 ps_conn_profile_new(MYSQL *m, const char *requested_db)
 {
+  unsigned long wait_timeout_s = 0;
+  gboolean ok;
+  char *role = query_role(m, &wait_timeout_s, &ok);
+  if (!ok) {
+    /* The connection failed under us: nothing learnt can be trusted for the whole pool. */
+    g_free(role);
+    return NULL;
+  }
   PsConnProfile *p = g_new0(PsConnProfile, 1);
   p->db = g_strdup(requested_db);
   p->user = g_strdup(m->user);
-  p->role = query_role(m, &p->wait_timeout_s);
+  p->role = role;
+  p->wait_timeout_s = wait_timeout_s;
   p->role_sql = role_statement(p->role);
   p->charset = m->charset;
   char **cmds = NULL;
@@ -854,11 +867,9 @@ ps_conn_abandon(MYSQL *m)
 {
   if (!m)
     return;
-  MARIADB_PVIO *pvio = m->net.pvio;
-  /* A TLS close_notify would end the parent's session: leak the TLS object instead. */
-  if (pvio && pvio->ctls)
-    pvio->ctls = NULL;
-  /* mysql_close_slow_part sends COM_QUIT only when net.buff is set. */
+  /* TLS needs nothing here: ma_tls_close sets SSL_set_quiet_shutdown before SSL_shutdown,
+   * so no close_notify is ever sent, and the TLS state is freed (secure/openssl.c).
+   * mysql_close_slow_part sends COM_QUIT only when net.buff is set. */
   free(m->net.buff);
   m->net.buff = NULL;
   ps_real.close(m);

@@ -69,7 +69,8 @@ typedef struct {
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the
- * role; the handle's visible state is left as the connect left it). */
+ * role and wait_timeout; the handle's visible state is left as the connect left it).
+ * NULL when that query failed: the connection is then broken, and nothing is learnt. */
 PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
 void ps_conn_profile_free(gpointer profile);
 
