@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errmsg.h>
 #include <mysqld_error.h>
 
 #include "config.h"
@@ -191,7 +192,8 @@ describe_frames(void *const *frames, int n)
 typedef struct {
   char *label;
   gint64 held_ms;
-  char *where;
+  int nframes;
+  void *frames[16];
 } PsLeak;
 
 /* Warns once per borrow about connections held longer than POOLSHIM_LEAK_WARN (HikariCP's
@@ -217,17 +219,18 @@ watchdog(gpointer data)
       PsLeak *leak = g_new0(PsLeak, 1);
       leak->label = g_strdup(ps_pool_key_label(p->item->owner));
       leak->held_ms = (now - p->lent_since_us) / 1000;
-      leak->where = describe_frames(p->frames, p->nframes);
+      leak->nframes = p->nframes;
+      memcpy(leak->frames, p->frames, sizeof leak->frames);
       leaks = g_slist_prepend(leaks, leak);
     }
     g_mutex_unlock(&B.lock);
     for (GSList *l = leaks; l; l = l->next) {
       PsLeak *leak = l->data;
+      g_autofree char *where = describe_frames(leak->frames, leak->nframes);
       ps_warn("possible leak: a connection of pool %s has been held for %" G_GINT64_FORMAT
               " ms (POOLSHIM_LEAK_WARN); borrowed at%s",
-              leak->label, leak->held_ms, leak->where);
+              leak->label, leak->held_ms, where);
       g_free(leak->label);
-      g_free(leak->where);
       g_free(leak);
     }
     g_slist_free(leaks);
@@ -286,6 +289,12 @@ maybe_sweep(void)
                                    __ATOMIC_RELAXED))
     return;
   close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+}
+
+static unsigned int
+reset_timeout_s(void)
+{
+  return (unsigned int)MAX(1, (B.config.reset_timeout_us + 999999) / 1000000);
 }
 
 static PsPhys *
@@ -358,6 +367,12 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   }
   gint64 started = g_get_monotonic_time();
   gint64 deadline = started + B.config.timeout_us;
+  /* The client's own connect timeout bounds everything a connect does on the network,
+   * also reading the replies of resets that idle connections still owe. */
+  unsigned int reset_s = reset_timeout_s();
+  gint64 net_deadline = m->options.connect_timeout
+                          ? started + (gint64)m->options.connect_timeout * G_USEC_PER_SEC
+                          : G_MAXINT64;
   for (;;) {
     PsGrant grant;
     ps_pool_acquire(pool, pk, deadline, &grant);
@@ -375,11 +390,20 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, &why)) {
+      gint64 left = net_deadline - g_get_monotonic_time();
+      unsigned int wait_s = (unsigned int)MIN((gint64)reset_s, MAX(1, (left + 999999) / 1000000));
+      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, wait_s, &why)) {
         phys_enter(p, PS_PHYS_CLOSED, why);
         ps_pool_discard(pool, p->item, PS_CLOSE_RESET_FAILED);
         ps_conn_close(p->shell);
         phys_free(p);
+        if (g_get_monotonic_time() >= net_deadline) {
+          /* What the real connect reports when the server does not answer in time. */
+          ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
+                            "Lost connection to server at 'handshake': the server did not "
+                            "answer within the connect timeout (poolshim)");
+          return NULL;
+        }
         continue;
       }
       p->pending = 0;
@@ -409,8 +433,15 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       return m;
     }
     /* PS_GRANT_OPEN: a slot is ours; open it with the application's own handle, so its
-     * every option applies exactly as without the pool. */
+     * every option applies exactly as without the pool, with what is left of its connect
+     * timeout if stale idle connections already used some of it. */
+    unsigned int own_timeout = m->options.connect_timeout;
+    if (net_deadline != G_MAXINT64) {
+      gint64 left = net_deadline - g_get_monotonic_time();
+      m->options.connect_timeout = (unsigned int)MAX(1, (left + 999999) / 1000000);
+    }
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+    m->options.connect_timeout = own_timeout;
     if (!r) {
       ps_pool_open_failed(pool, pk);
       return NULL;
@@ -509,7 +540,7 @@ ps_broker_close(MYSQL *m)
   }
   /* The reset runs on the application's handle, whose options are the key's own. */
   phys_enter(p, PS_PHYS_RESETTING, NULL);
-  unsigned int timeout_s = (unsigned int)MAX(1, (B.config.reset_timeout_us + 999999) / 1000000);
+  unsigned int timeout_s = reset_timeout_s();
   p->pending = ps_conn_reset_begin(m, B.config.reset, p->profile, timeout_s, &why);
   if (p->pending < 0) {
     discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);

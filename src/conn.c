@@ -301,6 +301,17 @@ feed_optional(PsKeyBuf *kb, const char *const *fields, guint count)
       feed_str(kb, fields[i]);
 }
 
+static gboolean
+is_library_attribute(const char *name)
+{
+  static const char *const own[] = {"_client_name", "_client_version", "_os", "_pid",
+                                    "_platform", "_server_host", "_thread", NULL};
+  for (const char *const *o = own; *o; o++)
+    if (g_strcmp0(name, *o) == 0)
+      return TRUE;
+  return FALSE;
+}
+
 static const char *
 nonempty(const char *a, const char *b)
 {
@@ -383,7 +394,6 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     feed_str(s, ((char **)cmds->buffer)[i]);
   /* Connection attributes reach the server at the handshake. */
   guint64 nattrs = ext ? ext->connect_attrs.records : 0;
-  kb_put(s, &nattrs, sizeof nattrs);
   if (nattrs) {
     /* The library fills caller-allocated arrays: it takes their addresses (mariadb_lib.c). */
     unsigned int n = 0;
@@ -391,10 +401,17 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     g_autofree char **attr_vals = g_new0(char *, nattrs);
     ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, &attr_keys, &attr_vals, &n);
     for (unsigned int i = 0; i < n && i < nattrs; i++) {
+      /* The library re-adds its own attributes at every connect attempt (ma_set_connect_attrs);
+       * they never shape the session, and would split a retried handle into a second pool. */
+      if (is_library_attribute(attr_keys[i]))
+        continue;
       feed_str(s, attr_keys[i]);
       feed_str(s, attr_vals[i]);
     }
   }
+  /* The end of the attributes: no string length can take this value. */
+  guint32 end = G_MAXUINT32;
+  kb_put(s, &end, sizeof end);
   sip_feed(&kb.sip, kb.buf, kb.n);
   sip_final(&kb.sip, key->digest);
   return TRUE;
@@ -773,8 +790,16 @@ ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, unsigned
 }
 
 gboolean
-ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, const char **why)
+ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int timeout_s,
+                  const char **why)
 {
+  if (pending) {
+    /* The borrower's connect deadline may be shorter than the reset timeout. */
+    MARIADB_PVIO *pvio = m->net.pvio;
+    if (pvio && pvio->methods && pvio->methods->set_timeout)
+      pvio->methods->set_timeout(pvio, PVIO_READ_TIMEOUT, (int)timeout_s);
+    m->options.read_timeout = timeout_s;
+  }
   for (int i = 0; i < pending; i++) {
     if (!read_reply(m)) {
       if (i == 0 && m->net.last_errno == ER_UNKNOWN_COM_ERROR) {

@@ -95,7 +95,8 @@ gboolean ps_conn_returnable(MYSQL *m, const char **why);
  * the real mysql_close never waits for the server, so neither may this. */
 int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile,
                         unsigned int timeout_s, const char **why);
-gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, const char **why);
+gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
+                           unsigned int timeout_s, const char **why);
 
 /* Marks the socket close-on-exec: a pooled connection the application believes closed
  * must not live on in a program it execs. */

@@ -177,3 +177,208 @@ pst_wait_thread_gone(unsigned long id)
   }
   cr_assert_fail("server thread %lu still exists after 10 s", id);
 }
+
+/* ---- Faults, probes and the shim's counters ---- */
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+void
+pst_stats(poolshim_stats_t *out)
+{
+  int (*stats)(poolshim_stats_t *, size_t) =
+    (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats");
+  cr_assert_not_null(stats, "poolshim_stats not found: is the shim preloaded?");
+  cr_assert_eq(stats(out, sizeof *out), 0);
+}
+
+MYSQL *
+pst_try_connect_to(const char *host, unsigned int port, unsigned int connect_timeout,
+                   unsigned int rw_timeout, unsigned int *err, char *msg, size_t msglen)
+{
+  MYSQL *m = mysql_init(NULL);
+  cr_assert_not_null(m);
+  if (connect_timeout)
+    mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &connect_timeout);
+  if (rw_timeout) {
+    mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &rw_timeout);
+    mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &rw_timeout);
+  }
+  if (mysql_real_connect(m, host, pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                         pst_env("PS_TEST_DB"), port, NULL, 0))
+    return m;
+  if (err)
+    *err = mysql_errno(m);
+  if (msg)
+    g_strlcpy(msg, mysql_error(m), msglen);
+  mysql_close(m);
+  return NULL;
+}
+
+struct PstProxy {
+  GPid pid;
+  int in, out;       /* its stdin (commands) and stdout (answers) */
+  char buf[512];
+  size_t len;
+  unsigned int port;
+};
+
+/* One line of the proxy's stdout, waiting at most 10 s; caller frees. */
+static char *
+proxy_line(PstProxy *p)
+{
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  for (;;) {
+    char *nl = memchr(p->buf, '\n', p->len);
+    if (nl) {
+      char *line = g_strndup(p->buf, (gsize)(nl - p->buf));
+      p->len -= (size_t)(nl + 1 - p->buf);
+      memmove(p->buf, nl + 1, p->len);
+      return line;
+    }
+    cr_assert_lt(p->len, sizeof p->buf, "faultproxy: line too long");
+    gint64 left_ms = (deadline - g_get_monotonic_time()) / 1000;
+    cr_assert_gt(left_ms, 0, "faultproxy did not answer within 10 s");
+    struct pollfd pfd = {.fd = p->out, .events = POLLIN};
+    int r = poll(&pfd, 1, (int)left_ms);
+    if (r < 0 && errno == EINTR)
+      continue;
+    cr_assert_geq(r, 0, "poll: %s", g_strerror(errno));
+    if (r == 0)
+      continue;
+    ssize_t n = read(p->out, p->buf + p->len, sizeof p->buf - p->len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    cr_assert_gt(n, 0, "faultproxy exited");
+    p->len += (size_t)n;
+  }
+}
+
+static char *
+proxy_cmd(PstProxy *p, char cmd)
+{
+  char line[2] = {cmd, '\n'};
+  cr_assert_eq(write(p->in, line, 2), 2, "faultproxy: %s", g_strerror(errno));
+  return proxy_line(p);
+}
+
+PstProxy *
+pst_proxy_start(void)
+{
+  const char *exe = pst_env("PST_FAULTPROXY");
+  PstProxy *p = g_new0(PstProxy, 1);
+  const char *argv[] = {exe, NULL};
+  GError *error = NULL;
+  /* The write end of its stdin is close-on-exec here: the proxy sees EOF, and ends, as
+   * soon as this process ends, however it ends. */
+  gboolean ok = g_spawn_async_with_pipes(NULL, (char **)argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
+                                         NULL, NULL, &p->pid, &p->in, &p->out, NULL, &error);
+  cr_assert(ok, "spawning %s: %s", exe, error ? error->message : "?");
+  signal(SIGPIPE, SIG_IGN); /* a dead proxy must fail the test, not kill it */
+  g_autofree char *first = proxy_line(p);
+  cr_assert(g_str_has_prefix(first, "port="), "faultproxy said: %s", first);
+  p->port = (unsigned int)atoi(first + 5);
+  cr_assert_gt(p->port, 0);
+  return p;
+}
+
+unsigned int
+pst_proxy_port(const PstProxy *p)
+{
+  return p->port;
+}
+
+void
+pst_proxy_freeze(PstProxy *p)
+{
+  g_autofree char *a = proxy_cmd(p, 'f');
+  cr_assert_str_eq(a, "frozen");
+}
+
+void
+pst_proxy_thaw(PstProxy *p)
+{
+  g_autofree char *a = proxy_cmd(p, 't');
+  cr_assert_str_eq(a, "thawed");
+}
+
+int
+pst_proxy_cut(PstProxy *p)
+{
+  g_autofree char *a = proxy_cmd(p, 'c');
+  cr_assert(g_str_has_prefix(a, "cut "), "faultproxy said: %s", a);
+  return atoi(a + 4);
+}
+
+int
+pst_proxy_conns(PstProxy *p)
+{
+  g_autofree char *a = proxy_cmd(p, 's');
+  cr_assert(g_str_has_prefix(a, "conns "), "faultproxy said: %s", a);
+  return atoi(a + 6);
+}
+
+void
+pst_proxy_stop(PstProxy *p)
+{
+  if (!p)
+    return;
+  close(p->in); /* end of stdin: it closes everything and exits */
+  int status = 0;
+  pid_t r;
+  do
+    r = waitpid(p->pid, &status, 0);
+  while (r < 0 && errno == EINTR);
+  close(p->out);
+  g_spawn_close_pid(p->pid);
+  g_free(p);
+}
+
+PstRun
+pst_run(const char *const *argv, const char *const *env)
+{
+  char **envp = g_get_environ();
+  for (const char *const *e = env; e && *e; e += 2)
+    envp = e[1] ? g_environ_setenv(envp, e[0], e[1], TRUE) : g_environ_unsetenv(envp, e[0]);
+  PstRun r = {0};
+  GError *error = NULL;
+  gboolean ok = g_spawn_sync(NULL, (char **)argv, envp, G_SPAWN_DEFAULT, NULL, NULL, &r.out,
+                             &r.err, &r.status, &error);
+  g_strfreev(envp);
+  cr_assert(ok, "spawning %s: %s", argv[0], error ? error->message : "?");
+  return r;
+}
+
+void
+pst_run_clear(PstRun *r)
+{
+  g_free(r->out);
+  g_free(r->err);
+  r->out = r->err = NULL;
+}
+
+guint
+pst_count_lines_with(const char *text, const char *needle)
+{
+  guint n = 0;
+  g_auto(GStrv) lines = g_strsplit(text ? text : "", "\n", -1);
+  for (char **l = lines; *l; l++)
+    n += strstr(*l, needle) != NULL;
+  return n;
+}
+
+char *
+pst_report_value(const char *text, const char *name)
+{
+  g_autofree char *prefix = g_strdup_printf("%s=", name);
+  g_auto(GStrv) lines = g_strsplit(text ? text : "", "\n", -1);
+  for (char **l = lines; *l; l++)
+    if (g_str_has_prefix(*l, prefix))
+      return g_strdup(*l + strlen(prefix));
+  return NULL;
+}

@@ -35,3 +35,42 @@ void pst_server_ctl(const char *verb);
 void pst_admin_drop(void);
 /* Waits (max 10 s) until the server no longer lists thread `id`. */
 void pst_wait_thread_gone(unsigned long id);
+
+/* ---- Faults, probes and the shim's counters (test_stall, test_leaks, test_lifecycle) ---- */
+#include "../include/poolshim.h"
+
+/* The shim's counters through dlsym (the test process must have it preloaded). */
+void pst_stats(poolshim_stats_t *out);
+
+/* Connects as the application user to host:port with the client's own timeouts (seconds,
+ * 0 = the library's default). NULL on error, with *err and msg set; never fails the test. */
+MYSQL *pst_try_connect_to(const char *host, unsigned int port, unsigned int connect_timeout,
+                          unsigned int rw_timeout, unsigned int *err, char *msg, size_t msglen);
+
+/* tests/faultproxy, started from $PST_FAULTPROXY in front of the test server. Commands
+ * wait (max 10 s) for the proxy's answer, so the state holds when they return. The proxy
+ * ends when the test process does (end of its stdin). */
+typedef struct PstProxy PstProxy;
+PstProxy *pst_proxy_start(void);
+unsigned int pst_proxy_port(const PstProxy *p);
+void pst_proxy_freeze(PstProxy *p);
+void pst_proxy_thaw(PstProxy *p);
+/* Closes every proxied connection; returns how many there were. */
+int pst_proxy_cut(PstProxy *p);
+/* Proxied connections open right now. */
+int pst_proxy_conns(PstProxy *p);
+void pst_proxy_stop(PstProxy *p);
+
+/* Runs argv to completion with the test's environment changed by `env` (name, value
+ * pairs, NULL-terminated; a NULL value unsets); stdout and stderr are captured. */
+typedef struct {
+  char *out, *err;
+  int status; /* wait status */
+} PstRun;
+PstRun pst_run(const char *const *argv, const char *const *env);
+void pst_run_clear(PstRun *r);
+/* Lines of `text` that contain `needle`. */
+guint pst_count_lines_with(const char *text, const char *needle);
+/* The value of "NAME=value" on a line of its own in `text` (a probe's report), or NULL;
+ * caller frees. */
+char *pst_report_value(const char *text, const char *name);
