@@ -324,6 +324,36 @@ lend(PsPhys *p, MYSQL *m)
   g_mutex_unlock(&B.lock);
 }
 
+/* Closes a lent (or just granted) connection for good: the slot is freed, the handle `m`
+ * if any is really closed, and the shell too: politely, or without a word when the server
+ * has already closed the session (a TLS write to it could raise SIGPIPE). */
+static void
+discard_lent(PsPhys *p, MYSQL *m, PsCloseReason reason, const char *why)
+{
+  phys_enter(p, PS_PHYS_CLOSED, why);
+  ps_pool_discard(p->pool, p->item, reason);
+  if (m)
+    ps_real.close(m);
+  if (p->shell && reason == PS_CLOSE_DEAD)
+    ps_conn_abandon(p->shell);
+  else if (p->shell)
+    ps_conn_close(p->shell);
+  phys_free(p);
+}
+
+/* Gives a connection back to the pool, or closes it when the pool says it has expired. */
+static void
+release_or_expire(PsPhys *p)
+{
+  if (!ps_pool_release(p->pool, p->item)) {
+    phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
+    ps_conn_close(p->shell);
+    phys_free(p);
+  }
+}
+
+
+
 MYSQL *
 ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *passwd,
                   const char *db, unsigned int port, const char *unix_socket,
@@ -341,13 +371,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   if (stale) {
     ps_warn("a handle of %s was reused without mysql_close; its connection is leaked",
             ps_pool_key_label(stale->item->owner));
-    if (stale->pool == B.pool) {
-      phys_enter(stale, PS_PHYS_CLOSED, "leaked by the application");
-      ps_pool_discard(stale->pool, stale->item, PS_CLOSE_UNCLEAN);
-      if (stale->shell)
-        ps_conn_close(stale->shell);
-      phys_free(stale);
-    }
+    if (stale->pool == B.pool)
+      discard_lent(stale, NULL, PS_CLOSE_UNCLEAN, "leaked by the application");
   }
 
   PsConnKey key;
@@ -393,10 +418,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       gint64 left = net_deadline - g_get_monotonic_time();
       unsigned int wait_s = (unsigned int)MIN((gint64)reset_s, MAX(1, (left + 999999) / 1000000));
       if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, wait_s, &why)) {
-        phys_enter(p, PS_PHYS_CLOSED, why);
-        ps_pool_discard(pool, p->item, PS_CLOSE_RESET_FAILED);
-        ps_conn_close(p->shell);
-        phys_free(p);
+        discard_lent(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */
           ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
@@ -409,21 +431,14 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       p->pending = 0;
       if (!ps_conn_idle_alive(p->shell)) {
         /* Killed, timed out or restarted while idle: replace it, the caller sees nothing. */
-        phys_enter(p, PS_PHYS_CLOSED, "closed by the server while idle");
-        ps_pool_discard(pool, p->item, PS_CLOSE_DEAD);
-        ps_conn_abandon(p->shell); /* nothing can be said to a closed session */
-        phys_free(p);
+        discard_lent(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
         continue;
       }
       if (!ps_conn_same_identity(p->shell, &key)) {
         /* Two keys with one digest: never lend across identities, connect unpooled. */
         ps_warn("pool %s: digest collision; connecting without the pool",
                 ps_pool_key_label(pk));
-        if (!ps_pool_release(pool, p->item)) {
-          phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
-          ps_conn_close(p->shell);
-          phys_free(p);
-        }
+        release_or_expire(p);
         __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
         return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
       }
@@ -483,19 +498,6 @@ ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
   if (p)
     p->unpoolable = reason;
   g_mutex_unlock(&B.lock);
-}
-
-/* Closes a lent connection for good: the slot is freed and its shell, if any, closed. */
-static void
-discard_lent(PsPhys *p, MYSQL *m, PsCloseReason reason, const char *why)
-{
-  phys_enter(p, PS_PHYS_CLOSED, why);
-  ps_pool_discard(p->pool, p->item, reason);
-  if (m)
-    ps_real.close(m);
-  if (p->shell)
-    ps_conn_close(p->shell);
-  phys_free(p);
 }
 
 void
@@ -561,11 +563,7 @@ ps_broker_close(MYSQL *m)
    * statements (invalidated), and the struct itself when mysql_init allocated it. */
   ps_real.close(m);
   phys_enter(p, PS_PHYS_IDLE, NULL);
-  if (!ps_pool_release(p->pool, p->item)) {
-    phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
-    ps_conn_close(p->shell);
-    phys_free(p);
-  }
+  release_or_expire(p);
   maybe_sweep();
 }
 
