@@ -52,6 +52,7 @@ static struct {
   gint64 last_sweep_us;
   guint64 resets, unpooled;
   GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
+  GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
 } B;
 
 static void start_watchdog(void);
@@ -151,6 +152,7 @@ adopt_fork(void)
   g_mutex_lock(&B.lock);
   if (B.forked) {
     old = B.pool;
+    B.inherited = g_slist_prepend(B.inherited, old);
     B.pool = new_pool();
     B.forked = FALSE;
     start_watchdog(); /* threads do not survive fork() */
@@ -528,8 +530,11 @@ ps_broker_close(MYSQL *m)
   }
   if (p->pool != B.pool) {
     /* Lent by the parent before fork(): its session is the parent's. Free the handle as
-     * mysql_close would, without COM_QUIT. */
+     * mysql_close would, without COM_QUIT, and the child's copy of the bookkeeping. */
     ps_conn_abandon(m);
+    if (p->shell)
+      ps_conn_abandon(p->shell);
+    phys_free(p);
     return;
   }
   const char *why = p->unpoolable;

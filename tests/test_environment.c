@@ -29,6 +29,13 @@ run_probe(const char *const *extra_env, const char *cycles, const char *password
   return r;
 }
 
+static void
+run_clear(Run *r)
+{
+  g_clear_pointer(&r->out, g_free);
+  g_clear_pointer(&r->err, g_free);
+}
+
 static guint
 count_lines(const char *text)
 {
@@ -77,6 +84,7 @@ ParameterizedTest(BadValue *bad, environment, a_bad_value_gives_one_line_and_the
   cr_assert_eq(g_strv_length(ids), 3, "stdout: %s", r.out);
   cr_assert_str_eq(ids[0], ids[2], "the default pool did not reuse: %s", r.out);
   g_strfreev(ids);
+  run_clear(&r);
 }
 
 Test(environment, an_unknown_variable_suggests_the_closest_name)
@@ -86,6 +94,7 @@ Test(environment, an_unknown_variable_suggests_the_closest_name)
   cr_assert_eq(count_lines(r.err), 1, "stderr: %s", r.err);
   cr_assert(strstr(r.err, "POOLSHIM_POOLSIZE") && strstr(r.err, "POOLSHIM_POOL_SIZE"), "%s",
             r.err);
+  run_clear(&r);
 }
 
 Test(environment, disable_passes_everything_through)
@@ -98,6 +107,7 @@ Test(environment, disable_passes_everything_through)
   cr_assert_str_neq(ids[1], ids[2]);
   g_strfreev(ids);
   cr_assert_eq(count_lines(r.err), 0, "stderr: %s", r.err);
+  run_clear(&r);
 }
 
 Test(environment, debug_output_never_contains_a_password)
@@ -110,6 +120,8 @@ Test(environment, debug_output_never_contains_a_password)
   cr_assert_null(strstr(good.err, password), "password in the log: %s", good.err);
   cr_assert_null(strstr(wrong.err, "wrong-secret-pw"), "password in the log: %s", wrong.err);
   cr_assert(strstr(wrong.out, "error 1045"), "stdout: %s", wrong.out);
+  run_clear(&good);
+  run_clear(&wrong);
 }
 
 /* Python's MySQLdb loads the client library RTLD_LOCAL, after the program started (and
@@ -140,4 +152,6 @@ Test(environment, an_interpreter_that_loads_the_driver_late_is_pooled)
   g_strfreev(env);
   cr_assert_eq(status, 0, "python failed: %s", err);
   cr_assert_str_eq(g_strstrip(out), "1", "20 connects used %s server threads", out);
+  g_free(out);
+  g_free(err);
 }
