@@ -18,14 +18,13 @@ pst_port(void)
   return (unsigned int)atoi(pst_env("PS_TEST_PORT"));
 }
 
-MYSQL *
-pst_try_connect(const char *user, const char *password, const char *db, unsigned int *err,
-                char *msg, size_t msglen)
+/* Connects m, or records its error, closes it and returns NULL. */
+static MYSQL *
+connect_or_report(MYSQL *m, const char *host, unsigned int port, const char *user,
+                  const char *password, const char *db, unsigned int *err, char *msg,
+                  size_t msglen)
 {
-  MYSQL *m = mysql_init(NULL);
-  cr_assert_not_null(m);
-  if (mysql_real_connect(m, pst_env("PS_TEST_HOST"), user, password, db, pst_port(), NULL,
-                         0))
+  if (mysql_real_connect(m, host, user, password, db, port, NULL, 0))
     return m;
   if (err)
     *err = mysql_errno(m);
@@ -33,6 +32,16 @@ pst_try_connect(const char *user, const char *password, const char *db, unsigned
     g_strlcpy(msg, mysql_error(m), msglen);
   mysql_close(m);
   return NULL;
+}
+
+MYSQL *
+pst_try_connect(const char *user, const char *password, const char *db, unsigned int *err,
+                char *msg, size_t msglen)
+{
+  MYSQL *m = mysql_init(NULL);
+  cr_assert_not_null(m);
+  return connect_or_report(m, pst_env("PS_TEST_HOST"), pst_port(), user, password, db, err,
+                           msg, msglen);
 }
 
 MYSQL *
@@ -209,15 +218,8 @@ pst_try_connect_to(const char *host, unsigned int port, unsigned int connect_tim
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &rw_timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &rw_timeout);
   }
-  if (mysql_real_connect(m, host, pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
-                         pst_env("PS_TEST_DB"), port, NULL, 0))
-    return m;
-  if (err)
-    *err = mysql_errno(m);
-  if (msg)
-    g_strlcpy(msg, mysql_error(m), msglen);
-  mysql_close(m);
-  return NULL;
+  return connect_or_report(m, host, port, pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                           pst_env("PS_TEST_DB"), err, msg, msglen);
 }
 
 struct PstProxy {
