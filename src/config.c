@@ -1,12 +1,23 @@
-/* config.c: one table of POOLSHIM_* variables (name, default, range, help), parsed once.
- * Bad values never abort the host: one warning line naming the variable, then the default. */
+/* config.c: one table of POOLSHIM_* variables (name, default, range, help), parsed once from
+ * the environment and the optional key file. Bad values never abort the host: one warning
+ * line naming the variable (and the file and line), then the default. */
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 extern char **environ;
 
-typedef enum { PS_T_BOOL, PS_T_UINT, PS_T_DURATION, PS_T_ENUM } PsVarType;
+typedef enum { PS_T_BOOL, PS_T_UINT, PS_T_DURATION, PS_T_ENUM, PS_T_STRING } PsVarType;
+
+/* Where a variable may be set besides the environment. */
+typedef enum {
+  PS_WHERE_FILE = 1,     /* the [default] group of the key file */
+  PS_WHERE_POOL = 2,     /* a [pool PATTERN] group */
+} PsWhere;
 
 typedef struct {
   const char *name;
@@ -15,6 +26,7 @@ typedef struct {
   guint64 min, max;  /* uint: count; duration: microseconds */
   const char *const *choices; /* enum: NULL-terminated, index = value */
   gsize offset;      /* into PsConfig */
+  guint where;       /* PsWhere bits */
   const char *help;
 } PsVar;
 
@@ -22,38 +34,71 @@ static const char *const reset_choices[] = {"reset", "change_user", "rollback", 
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define US(s) ((guint64)(s) * G_USEC_PER_SEC)
+#define FILE_ONLY PS_WHERE_FILE
+#define FILE_POOL (PS_WHERE_FILE | PS_WHERE_POOL)
+#define ENV_ONLY 0
 
 static const PsVar vars[] = {
-  {"POOLSHIM_DISABLE", PS_T_BOOL, "0", 0, 1, NULL, G_STRUCT_OFFSET(PsConfig, disable),
+  {"POOLSHIM_DISABLE", PS_T_BOOL, "0", 0, 1, NULL, G_STRUCT_OFFSET(PsConfig, disable), FILE_ONLY,
    "1 turns pooling off: every call goes straight to the client library."},
-  {"POOLSHIM_POOL_SIZE", PS_T_UINT, "10", 1, 100000, NULL, G_STRUCT_OFFSET(PsConfig, pool_size),
+  {"POOLSHIM_POOL_SIZE", PS_T_UINT, "10", 1, 100000, NULL, G_STRUCT_OFFSET(PsConfig, pool_size), FILE_POOL,
    "Physical connections per pool (one pool per user, password, server, database and option set)."},
   {"POOLSHIM_MAX_CONNECTIONS", PS_T_UINT, "0", 0, 1000000, NULL,
-   G_STRUCT_OFFSET(PsConfig, max_connections),
-   "Physical connections for the whole process, all pools together; 0 means unlimited."},
+   G_STRUCT_OFFSET(PsConfig, max_connections), FILE_ONLY,
+   "Physical connections for the whole process, all pools together; 0 means unlimited. When "
+   "full, an idle connection of another pool is closed to make room."},
   {"POOLSHIM_TIMEOUT", PS_T_DURATION, "30s", 0, US(86400), NULL,
-   G_STRUCT_OFFSET(PsConfig, timeout_us),
-   "How long a connect waits for a free connection when the pool is full; then error 1040."},
+   G_STRUCT_OFFSET(PsConfig, timeout_us), FILE_POOL,
+   "How long a connect waits for a free connection when the pool is full (waiters are served "
+   "in arrival order); then it fails with error 1040 (SQLSTATE 08004) naming the pool, its "
+   "size and the wait."},
   {"POOLSHIM_MAX_LIFETIME", PS_T_DURATION, "30m", 0, US(30 * 86400), NULL,
-   G_STRUCT_OFFSET(PsConfig, max_lifetime_us),
+   G_STRUCT_OFFSET(PsConfig, max_lifetime_us), FILE_POOL,
    "A physical connection is closed at its first return after this age (minus up to 2.5% "
    "jitter); 0 means no limit."},
   {"POOLSHIM_IDLE_TIMEOUT", PS_T_DURATION, "10m", 0, US(30 * 86400), NULL,
-   G_STRUCT_OFFSET(PsConfig, idle_timeout_us),
+   G_STRUCT_OFFSET(PsConfig, idle_timeout_us), FILE_POOL,
    "An idle connection unused for this long is closed; 0 means never."},
-  {"POOLSHIM_RESET", PS_T_ENUM, "reset", 0, 0, reset_choices, G_STRUCT_OFFSET(PsConfig, reset),
-   "How a returned session is cleaned: reset (COM_RESET_CONNECTION), change_user, rollback "
-   "or none."},
+  {"POOLSHIM_RESET", PS_T_ENUM, "reset", 0, 0, reset_choices, G_STRUCT_OFFSET(PsConfig, reset), FILE_POOL,
+   "How a returned session is cleaned: reset (COM_RESET_CONNECTION, sent without waiting; "
+   "its reply is read before the next lend), change_user (full re-authentication), rollback "
+   "(keeps session variables) or none (trusts the application)."},
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
-   G_STRUCT_OFFSET(PsConfig, reset_timeout_us),
-   "Bound on each server round trip of a reset (mysql_close never waits longer); a reset "
-   "that times out closes the connection."},
+   G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
+   "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "
+   "a reset that times out closes the connection."},
   {"POOLSHIM_LEAK_WARN", PS_T_DURATION, "0", 0, US(30 * 86400), NULL,
-   G_STRUCT_OFFSET(PsConfig, leak_warn_us),
-   "Warn (once per borrow, with the pool, the time held and a backtrace of the borrower) "
-   "about a connection the application has held longer than this; 0 turns it off."},
-  {"POOLSHIM_LOG", PS_T_ENUM, "warn", 0, 0, log_choices, G_STRUCT_OFFSET(PsConfig, log_level),
-   "Messages on stderr at or above this level: error, warn, info or debug."},
+   G_STRUCT_OFFSET(PsConfig, leak_warn_us), FILE_ONLY,
+   "Warn once per borrow about a connection the application has held longer than this, "
+   "naming the pool, the time held and a backtrace of where it was borrowed (like HikariCP's "
+   "leak detection); 0 turns it off."},
+  {"POOLSHIM_LOG", PS_T_ENUM, "warn", 0, 0, log_choices, G_STRUCT_OFFSET(PsConfig, log_level), FILE_ONLY,
+   "Messages at or above this level, prefixed poolshim: (no level ever prints a password): "
+   "error, warn, info (also one line per new pool and per pool's first wait) or debug (also "
+   "one line per closed connection with its reason)."},
+  {"POOLSHIM_LOG_FILE", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, log_file),
+   FILE_ONLY,
+   "Append messages to this file instead of stderr (some daemons close stderr); empty means "
+   "stderr."},
+  {"POOLSHIM_STATS_FILE", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, stats_file),
+   FILE_ONLY,
+   "Write the counters in the Prometheus text format to this file (%p = pid, %n = program "
+   "name, %% = %), atomically, every POOLSHIM_STATS_INTERVAL and at exit; empty means none."},
+  {"POOLSHIM_STATS_INTERVAL", PS_T_DURATION, "10s", 1000 * 1000, US(3600), NULL,
+   G_STRUCT_OFFSET(PsConfig, stats_interval_us), FILE_ONLY,
+   "How often POOLSHIM_STATS_FILE is rewritten."},
+  {"POOLSHIM_HOST_MAX", PS_T_UINT, "0", 0, 100000, NULL, G_STRUCT_OFFSET(PsConfig, host_max),
+   FILE_ONLY,
+   "Physical connections all poolshim processes on this host may hold to one server "
+   "together (flock slots, freed by the kernel when a process dies); 0 means no cap."},
+  {"POOLSHIM_HOST_DIR", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, host_dir),
+   FILE_ONLY,
+   "Directory of the POOLSHIM_HOST_MAX slot files; empty means /run/poolshim when writable, "
+   "else $XDG_RUNTIME_DIR/poolshim, else /tmp/poolshim-UID."},
+  {"POOLSHIM_CONFIG", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, config_file),
+   ENV_ONLY,
+   "A key file with a [default] group and [pool user@host:port/db] groups (glob patterns); "
+   "the environment wins over it."},
 };
 
 gboolean
@@ -136,6 +181,15 @@ parse_value(const PsVar *v, const char *text, guint64 *out)
         return TRUE;
       }
     return FALSE;
+  case PS_T_STRING:
+    *out = 0;
+    if (v->offset == G_STRUCT_OFFSET(PsConfig, stats_file)) {
+      /* Only the escapes ps_stats_expand_path knows: a typo must not become a file name. */
+      for (const char *c = strchr(text, '%'); c; c = strchr(c + 2, '%'))
+        if (c[1] != 'p' && c[1] != 'n' && c[1] != '%')
+          return FALSE;
+    }
+    return !strchr(text, '\n');
   }
   return FALSE;
 }
@@ -161,14 +215,25 @@ describe_accepted(const PsVar *v, char *buf, gsize len)
     g_snprintf(buf, len, "one of %s", joined);
     break;
   }
+  case PS_T_STRING:
+    g_strlcpy(buf,
+              v->offset == G_STRUCT_OFFSET(PsConfig, stats_file)
+                ? "a path; % only in %p, %n or %%"
+                : "a path",
+              len);
+    break;
   }
 }
 
 static void
-store(PsConfig *cfg, const PsVar *v, guint64 value)
+store(PsConfig *cfg, const PsVar *v, guint64 value, const char *text)
 {
   char *field = (char *)cfg + v->offset;
   switch (v->type) {
+  case PS_T_STRING:
+    g_free(*(char **)field);
+    *(char **)field = text && *text ? g_strdup(text) : NULL;
+    break;
   case PS_T_BOOL:
     *(gboolean *)field = value != 0;
     break;
@@ -220,42 +285,300 @@ ps_config_closest_name(const char *name)
   return best_d <= 6 ? best : NULL;
 }
 
+/* The key file's name for a variable: POOLSHIM_POOL_SIZE -> pool_size. */
+static char *
+file_key_of(const PsVar *v)
+{
+  return g_ascii_strdown(v->name + strlen("POOLSHIM_"), -1);
+}
+
+static const PsVar *
+var_by_file_key(const char *key)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
+    g_autofree char *k = file_key_of(&vars[i]);
+    if (vars[i].where && g_str_equal(k, key))
+      return &vars[i];
+  }
+  return NULL;
+}
+
+/* GKeyFile keeps no line numbers: find the line of `key` in `group` in the text, 0 if not
+ * found. Messages name the file and line so that an operator can go straight there. */
+static guint
+line_of(const char *contents, const char *group, const char *key)
+{
+  g_auto(GStrv) lines = g_strsplit(contents, "\n", -1);
+  gboolean in_group = FALSE;
+  for (guint i = 0; lines[i]; i++) {
+    g_autofree char *l = g_strstrip(g_strdup(lines[i]));
+    if (l[0] == '[') {
+      char *end = strrchr(l, ']');
+      in_group = end && (gsize)(end - l - 1) == strlen(group) &&
+                 strncmp(l + 1, group, strlen(group)) == 0;
+      if (in_group && !key)
+        return i + 1;
+      continue;
+    }
+    if (!in_group || !key || l[0] == '#' || l[0] == ';')
+      continue;
+    char *eq = strchr(l, '=');
+    if (!eq)
+      continue;
+    *eq = '\0';
+    if (g_str_equal(g_strstrip(l), key))
+      return i + 1;
+  }
+  return 0;
+}
+
+typedef struct {
+  char *path;
+  char *contents;
+  GKeyFile *kf;
+} PsKeyFile;
+
+/* Reads POOLSHIM_CONFIG: a regular file of at most 1 MiB (never a FIFO or a device that
+ * would block or never end the host's first connect). */
+static gboolean
+key_file_load(PsKeyFile *f, const char *path)
+{
+  f->path = g_strdup(path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  struct stat st;
+  if (fd < 0) {
+    ps_warn("POOLSHIM_CONFIG=%s cannot be opened (%s); using the environment and defaults",
+            path, g_strerror(errno));
+    return FALSE;
+  }
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > 1024 * 1024) {
+    ps_warn("POOLSHIM_CONFIG=%s is not a regular file of at most 1 MiB; using the environment "
+            "and defaults",
+            path);
+    close(fd);
+    return FALSE;
+  }
+  GString *text = g_string_sized_new((gsize)st.st_size + 1);
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0 && text->len <= 1024 * 1024)
+    g_string_append_len(text, buf, n);
+  close(fd);
+  f->contents = g_string_free(text, FALSE);
+  f->kf = g_key_file_new();
+  g_autoptr(GError) error = NULL;
+  if (!g_key_file_load_from_data(f->kf, f->contents, (gsize)-1, G_KEY_FILE_NONE, &error)) {
+    ps_warn("%s: not a valid key file (%s); using the environment and defaults", path,
+            error->message);
+    g_clear_pointer(&f->kf, g_key_file_free);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void
+key_file_clear(PsKeyFile *f)
+{
+  g_free(f->path);
+  g_free(f->contents);
+  g_clear_pointer(&f->kf, g_key_file_free);
+}
+
+/* The value of `v` in `group`, trimmed, or NULL. */
+static char *
+key_file_value(const PsKeyFile *f, const char *group, const PsVar *v)
+{
+  if (!f->kf)
+    return NULL;
+  g_autofree char *key = file_key_of(v);
+  char *value = g_key_file_get_value(f->kf, group, key, NULL);
+  return value ? g_strstrip(value) : NULL;
+}
+
+static void
+warn_bad_value(const PsVar *v, const char *text, const PsKeyFile *f, const char *group,
+               const char *fallback)
+{
+  char accepted[200];
+  describe_accepted(v, accepted, sizeof accepted);
+  /* Escaped: a value with a newline must not forge a second message line. */
+  g_autofree char *shown = g_strescape(text, NULL);
+  if (f) {
+    g_autofree char *key = file_key_of(v);
+    ps_warn("%s:%u: [%s] %s = \"%.60s\" is not valid (expected %s); using %s", f->path,
+            line_of(f->contents, group, key), group, key, shown, accepted, fallback);
+  } else {
+    ps_warn("%s=\"%.60s\" is not valid (expected %s); using %s", v->name, shown, accepted,
+            fallback);
+  }
+}
+
+/* One [pool PATTERN] group: the values it sets, as a PsConfig with a mask of the table
+ * indices it set. */
+typedef struct {
+  char *pattern;
+  GPatternSpec *spec;
+  guint64 set_mask;
+  PsConfig values;
+} PsPoolRule;
+
+static void
+pool_rule_free(gpointer data)
+{
+  PsPoolRule *r = data;
+  g_free(r->pattern);
+  g_pattern_spec_free(r->spec);
+  g_free(r);
+}
+
+static gboolean
+is_log_var(const PsVar *v)
+{
+  return v->offset == G_STRUCT_OFFSET(PsConfig, log_level);
+}
+
+static void
+parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLookup lookup,
+                 gpointer user_data)
+{
+  const char *pattern = group + strlen("pool ");
+  while (*pattern == ' ')
+    pattern++;
+  if (!*pattern) {
+    ps_warn("%s:%u: [%s] names no pool (expected [pool user@host:port/db], globs allowed); "
+            "group ignored",
+            f->path, line_of(f->contents, group, NULL), group);
+    return;
+  }
+  PsPoolRule *rule = g_new0(PsPoolRule, 1);
+  rule->pattern = g_strdup(pattern);
+  rule->spec = g_pattern_spec_new(pattern);
+  g_auto(GStrv) keys = g_key_file_get_keys(f->kf, group, NULL, NULL);
+  for (guint k = 0; keys && keys[k]; k++) {
+    const PsVar *v = var_by_file_key(keys[k]);
+    gsize index = v ? (gsize)(v - vars) : 0;
+    if (!v || !(v->where & PS_WHERE_POOL)) {
+      ps_warn("%s:%u: [%s] %s cannot be set per pool (accepted: pool_size, timeout, "
+              "max_lifetime, idle_timeout, reset); ignored",
+              f->path, line_of(f->contents, group, keys[k]), group, keys[k]);
+      continue;
+    }
+    g_autofree char *text = key_file_value(f, group, v);
+    guint64 value;
+    if (!text || !parse_value(v, text, &value)) {
+      warn_bad_value(v, text ? text : "", f, group, "the process-wide value");
+      continue;
+    }
+    if (lookup(v->name, user_data)) {
+      ps_warn("%s:%u: [%s] %s is overridden by %s from the environment", f->path,
+              line_of(f->contents, group, keys[k]), group, keys[k], v->name);
+      continue;
+    }
+    store(&rule->values, v, value, text);
+    rule->set_mask |= G_GUINT64_CONSTANT(1) << index;
+  }
+  if (!out->pool_rules)
+    out->pool_rules = g_ptr_array_new_with_free_func(pool_rule_free);
+  g_ptr_array_add(out->pool_rules, rule);
+}
+
+static void
+check_file_groups(PsConfig *out, const PsKeyFile *f, PsEnvLookup lookup, gpointer user_data)
+{
+  g_auto(GStrv) groups = g_key_file_get_groups(f->kf, NULL);
+  for (guint g = 0; groups && groups[g]; g++) {
+    if (g_str_has_prefix(groups[g], "pool ") || g_str_equal(groups[g], "pool")) {
+      parse_pool_group(out, f, groups[g], lookup, user_data);
+      continue;
+    }
+    if (!g_str_equal(groups[g], "default")) {
+      ps_warn("%s:%u: unknown group [%s] ignored (expected [default] or [pool PATTERN])",
+              f->path, line_of(f->contents, groups[g], NULL), groups[g]);
+      continue;
+    }
+    g_auto(GStrv) keys = g_key_file_get_keys(f->kf, groups[g], NULL, NULL);
+    for (guint k = 0; keys && keys[k]; k++) {
+      if (var_by_file_key(keys[k]))
+        continue;
+      if (g_str_equal(keys[k], "config")) {
+        ps_warn("%s:%u: [default] config can only be set in the environment (POOLSHIM_CONFIG); "
+                "ignored",
+                f->path, line_of(f->contents, "default", keys[k]));
+        continue;
+      }
+      g_autofree char *upper = g_ascii_strup(keys[k], -1);
+      g_autofree char *as_var = g_strconcat("POOLSHIM_", upper, NULL);
+      const char *closest = ps_config_closest_name(as_var);
+      g_autofree char *suggest =
+        closest ? g_ascii_strdown(closest + strlen("POOLSHIM_"), -1) : NULL;
+      ps_warn("%s:%u: [default] unknown key %s ignored%s%s%s", f->path,
+              line_of(f->contents, "default", keys[k]), keys[k],
+              suggest ? "; did you mean " : "", suggest ? suggest : "", suggest ? "?" : "");
+    }
+  }
+}
+
 void
 ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
                 const char *const *present_names)
 {
   memset(out, 0, sizeof *out);
-  /* The level first, so that the other warnings obey it. */
+  PsKeyFile file = {0};
+  const char *config_path = lookup("POOLSHIM_CONFIG", user_data);
+  g_autofree char *config_trimmed = config_path ? g_strstrip(g_strdup(config_path)) : NULL;
+  /* The level first, so that the other warnings (also the file's) obey it: the
+   * environment's alone while the file is read, then the file's under it. */
+  ps_log_set_level(PS_LOG_WARN);
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
+    guint64 level;
+    const char *env = lookup(vars[i].name, user_data);
+    g_autofree char *trimmed = env ? g_strstrip(g_strdup(env)) : NULL;
+    if (is_log_var(&vars[i]) && trimmed && parse_value(&vars[i], trimmed, &level))
+      ps_log_set_level((PsLogLevel)level);
+  }
+  if (config_trimmed && *config_trimmed)
+    key_file_load(&file, config_trimmed);
   for (gsize pass = 0; pass < 2; pass++) {
     for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
       const PsVar *v = &vars[i];
-      gboolean is_log = v->offset == G_STRUCT_OFFSET(PsConfig, log_level);
-      if ((pass == 0) != is_log)
+      if ((pass == 0) != is_log_var(v))
         continue;
-      guint64 value = 0;
       /* Defaults parse through the same code (a unit test checks every one); never abort
-       * the host over them. */
+       * the host over them. Then the file's [default], then the environment. */
+      guint64 value = 0;
+      const char *text = v->def;
       (void)parse_value(v, v->def, &value);
-      const char *text = lookup(v->name, user_data);
-      if (text) {
-        g_autofree char *trimmed = g_strstrip(g_strdup(text));
-        guint64 parsed;
-        if (parse_value(v, trimmed, &parsed)) {
-          value = parsed;
-        } else {
-          char accepted[200];
-          describe_accepted(v, accepted, sizeof accepted);
-          /* Escaped: a value with a newline must not forge a second message line. */
-          g_autofree char *shown = g_strescape(text, NULL);
-          ps_warn("%s=\"%.60s\" is not valid (expected %s); using the default %s", v->name,
-                  shown, accepted, v->def);
-        }
+      g_autofree char *from_file = (v->where & PS_WHERE_FILE)
+                                     ? key_file_value(&file, "default", v)
+                                     : NULL;
+      guint64 parsed;
+      if (from_file && parse_value(v, from_file, &parsed)) {
+        value = parsed;
+        text = from_file;
+      } else if (from_file) {
+        g_autofree char *fallback = g_strdup_printf("the default %s", v->def);
+        warn_bad_value(v, from_file, &file, "default", *v->def ? fallback : "none");
       }
-      store(out, v, value);
-      if (is_log)
+      const char *env = lookup(v->name, user_data);
+      g_autofree char *trimmed = env ? g_strstrip(g_strdup(env)) : NULL;
+      if (trimmed && parse_value(v, trimmed, &parsed)) {
+        value = parsed;
+        text = trimmed;
+      } else if (trimmed) {
+        g_autofree char *fallback =
+          g_strdup_printf(text == v->def ? "the default %s" : "%s from the file", text);
+        warn_bad_value(v, env, NULL, NULL, *text ? fallback : "none");
+      }
+      store(out, v, value, text);
+      if (is_log_var(v))
         ps_log_set_level(out->log_level);
     }
   }
+  if (file.kf)
+    check_file_groups(out, &file, lookup, user_data);
+  else
+    g_clear_pointer(&out->config_file, g_free);
+  key_file_clear(&file);
   for (gsize i = 0; present_names && present_names[i]; i++) {
     const char *name = present_names[i];
     gboolean known = FALSE;
@@ -272,8 +595,72 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
   }
 }
 
+void
+ps_config_clear(PsConfig *cfg)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+    if (vars[i].type == PS_T_STRING)
+      g_clear_pointer((char **)((char *)cfg + vars[i].offset), g_free);
+  g_clear_pointer(&cfg->pool_rules, g_ptr_array_unref);
+}
+
+static gboolean
+field_equal(const PsVar *v, const PsConfig *a, const PsConfig *b)
+{
+  const char *fa = (const char *)a + v->offset, *fb = (const char *)b + v->offset;
+  switch (v->type) {
+  case PS_T_STRING:
+    return g_strcmp0(*(char *const *)fa, *(char *const *)fb) == 0;
+  case PS_T_DURATION:
+    return memcmp(fa, fb, sizeof(gint64)) == 0;
+  default:
+    return memcmp(fa, fb, sizeof(int)) == 0;
+  }
+}
+
+gboolean
+ps_config_equal(const PsConfig *a, const PsConfig *b)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+    if (!field_equal(&vars[i], a, b))
+      return FALSE;
+  guint na = a->pool_rules ? a->pool_rules->len : 0, nb = b->pool_rules ? b->pool_rules->len : 0;
+  if (na != nb)
+    return FALSE;
+  for (guint r = 0; r < na; r++) {
+    const PsPoolRule *ra = a->pool_rules->pdata[r], *rb = b->pool_rules->pdata[r];
+    if (g_strcmp0(ra->pattern, rb->pattern) || ra->set_mask != rb->set_mask)
+      return FALSE;
+    for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+      if ((ra->set_mask >> i & 1) && !field_equal(&vars[i], &ra->values, &rb->values))
+        return FALSE;
+  }
+  return TRUE;
+}
+
+void
+ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettings *out)
+{
+  PsConfig merged = *cfg; /* shallow: only scalar fields are read below */
+  for (guint r = 0; cfg->pool_rules && r < cfg->pool_rules->len; r++) {
+    const PsPoolRule *rule = cfg->pool_rules->pdata[r];
+    if (!g_pattern_spec_match_string(rule->spec, pool_name))
+      continue;
+    for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+      if (rule->set_mask >> i & 1)
+        memcpy((char *)&merged + vars[i].offset, (const char *)&rule->values + vars[i].offset,
+               vars[i].type == PS_T_DURATION ? sizeof(gint64) : sizeof(int));
+    break;
+  }
+  out->pool_size = merged.pool_size;
+  out->timeout_us = merged.timeout_us;
+  out->max_lifetime_us = merged.max_lifetime_us;
+  out->idle_timeout_us = merged.idle_timeout_us;
+  out->reset = merged.reset;
+}
+
 static const char *
-environ_lookup(const char *name, gpointer user_data)
+environ_lookup(const char *name, G_GNUC_UNUSED gpointer user_data)
 {
   return g_getenv(name);
 }
@@ -291,6 +678,19 @@ ps_config_from_environ(PsConfig *out)
   g_ptr_array_add(names, NULL);
   ps_config_parse(out, environ_lookup, NULL, (const char *const *)names->pdata);
   g_ptr_array_unref(names);
+}
+
+gboolean
+ps_config_describe_file(guint index, const char **file_key, gboolean *per_pool)
+{
+  static char keys[G_N_ELEMENTS(vars)][64];
+  if (index >= G_N_ELEMENTS(vars))
+    return FALSE;
+  g_autofree char *k = file_key_of(&vars[index]);
+  g_strlcpy(keys[index], k, sizeof keys[index]);
+  *file_key = vars[index].where ? keys[index] : NULL;
+  *per_pool = (vars[index].where & PS_WHERE_POOL) != 0;
+  return TRUE;
 }
 
 gboolean

@@ -1,5 +1,6 @@
-/* config.h: the POOLSHIM_* variables, parsed once into an immutable PsConfig.
- * The table in config.c is the single definition of every name, default and range. */
+/* config.h: the POOLSHIM_* variables and the optional key file (POOLSHIM_CONFIG), parsed once
+ * into an immutable PsConfig. The table in config.c is the single definition of every name,
+ * default and range; the documentation is generated from it. */
 #pragma once
 #include <glib.h>
 
@@ -12,6 +13,15 @@ typedef enum {
   PS_RESET_NONE,        /* nothing: trusts the application completely */
 } PsResetMode;
 
+/* What a [pool PATTERN] group of the key file may change for the pools it matches. */
+typedef struct {
+  guint pool_size;
+  gint64 timeout_us;
+  gint64 max_lifetime_us;
+  gint64 idle_timeout_us;
+  PsResetMode reset;
+} PsPoolSettings;
+
 typedef struct {
   gboolean disable;
   guint pool_size;           /* physical connections per key */
@@ -23,18 +33,32 @@ typedef struct {
   gint64 reset_timeout_us;   /* bound on each round trip of a reset */
   gint64 leak_warn_us;       /* warn about connections lent longer than this; 0 = off */
   PsLogLevel log_level;
+  char *log_file;            /* NULL = stderr */
+  char *stats_file;          /* pattern with %p, %n, %%; NULL = no stats file */
+  gint64 stats_interval_us;
+  guint host_max;            /* connections per server for all processes; 0 = off */
+  char *host_dir;            /* NULL = the default slot directory */
+  char *config_file;         /* the key file these values came from, if any */
+  GPtrArray *pool_rules;     /* of the [pool PATTERN] groups, in file order; NULL = none */
 } PsConfig;
 
 /* Looks a variable up; returns NULL when unset. */
 typedef const char *(*PsEnvLookup)(const char *name, gpointer user_data);
 
-/* Parses from an environment; every problem is reported with one ps_warn line and the
- * default is kept. `names` lists the POOLSHIM_* names present (for unknown-name checks). */
+/* Parses from an environment, and from the key file POOLSHIM_CONFIG names; every problem is
+ * reported with one ps_warn line and the default is kept. `present_names` lists the
+ * POOLSHIM_* names present (for unknown-name checks). Free with ps_config_clear. */
 void ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
                      const char *const *present_names);
+void ps_config_clear(PsConfig *cfg);
+gboolean ps_config_equal(const PsConfig *a, const PsConfig *b);
 
 /* Parses the process environment (environ). */
 void ps_config_from_environ(PsConfig *out);
+
+/* The settings of the pool named `pool_name` (user@host:port/db): the first [pool PATTERN]
+ * group that matches it, over the process-wide values. */
+void ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettings *out);
 
 /* Value parsers, exposed for unit tests. */
 gboolean ps_config_parse_duration(const char *text, gint64 *out_us);
@@ -43,6 +67,9 @@ gboolean ps_config_parse_uint(const char *text, guint64 *out);
 /* The closest known variable name to `name`, or NULL when nothing is close. */
 const char *ps_config_closest_name(const char *name);
 
-/* Table access for documentation checks: returns FALSE past the end. */
+/* Table access for documentation checks: returns FALSE past the end. `file_key` is the
+ * name in the key file (NULL when the variable is read from the environment only) and
+ * `per_pool` whether a [pool ...] group may set it. */
 gboolean ps_config_describe(guint index, const char **name, const char **def,
                             const char **range, const char **help);
+gboolean ps_config_describe_file(guint index, const char **file_key, gboolean *per_pool);

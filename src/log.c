@@ -1,13 +1,22 @@
-/* log.c: formats and writes every message the library prints. Owns the level; must
- * never allocate through GLib's g_log machinery (a host may have replaced its handlers). */
+/* log.c: formats and writes every message the library prints, to stderr or POOLSHIM_LOG_FILE.
+ * Owns the level and the destination; must never go through GLib's g_log machinery (a host
+ * may have replaced its handlers). */
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile gint current_level = PS_LOG_WARN;
+static volatile gint log_fd = STDERR_FILENO;
+
+/* While the configuration is read, lines wait here: they must reach the file
+ * POOLSHIM_LOG_FILE names, which is only known at the end. */
+static GMutex held_lock;
+static GString *held;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
@@ -23,21 +32,102 @@ ps_log_enabled(PsLogLevel level)
   return (gint)level <= g_atomic_int_get(&current_level);
 }
 
+gboolean
+ps_log_open_file(const char *path)
+{
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+  if (fd < 0)
+    return FALSE;
+  int old = g_atomic_int_get(&log_fd);
+  g_atomic_int_set(&log_fd, fd);
+  if (old != STDERR_FILENO)
+    close(old);
+  return TRUE;
+}
+
+void
+ps_log_hold(void)
+{
+  g_mutex_lock(&held_lock);
+  if (!held)
+    held = g_string_new(NULL);
+  g_mutex_unlock(&held_lock);
+}
+
+/* In a file, shared by processes and read later, each line also says when and who:
+ * "2026-11-25T16:10:00.123Z poolshim[1234]: warning: ..."; on stderr just "poolshim: ". */
+static int
+format_prefix(char *buf, size_t len, gboolean to_file)
+{
+  if (!to_file)
+    return snprintf(buf, len, "poolshim: ");
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  char when[32];
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+  return snprintf(buf, len, "%s.%03ldZ poolshim[%d]: ", when, ts.tv_nsec / 1000000L,
+                  (int)getpid());
+}
+
+void
+ps_log_release(void)
+{
+  g_mutex_lock(&held_lock);
+  GString *lines = held;
+  held = NULL;
+  g_mutex_unlock(&held_lock);
+  if (!lines)
+    return;
+  int saved = errno;
+  int fd = g_atomic_int_get(&log_fd);
+  if (fd != STDERR_FILENO) {
+    /* Held lines were formatted for stderr: give each the file's prefix. */
+    GString *out = g_string_new(NULL);
+    char prefix[96];
+    g_auto(GStrv) each = g_strsplit(lines->str, "\n", -1);
+    for (guint i = 0; each[i] && each[i][0]; i++) {
+      format_prefix(prefix, sizeof prefix, TRUE);
+      const char *body = g_str_has_prefix(each[i], "poolshim: ") ? each[i] + 10 : each[i];
+      g_string_append_printf(out, "%s%s\n", prefix, body);
+    }
+    g_string_free(lines, TRUE);
+    lines = out;
+  }
+  if (lines->len) {
+    ssize_t w = write(fd, lines->str, lines->len);
+    (void)w;
+  }
+  errno = saved;
+  g_string_free(lines, TRUE);
+}
+
 void
 ps_log(PsLogLevel level, const char *fmt, ...)
 {
   if (!ps_log_enabled(level))
     return;
+  int saved = errno; /* logging must not change what the host sees in errno */
   char line[1024];
-  int n = snprintf(line, sizeof line, "poolshim: %s: ", level_names[level]);
+  int fd = g_atomic_int_get(&log_fd);
+  int n = format_prefix(line, sizeof line, fd != STDERR_FILENO);
+  n += snprintf(line + n, sizeof line - (size_t)n, "%s: ", level_names[level]);
   va_list ap;
   va_start(ap, fmt);
   int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
   va_end(ap);
   size_t len = (size_t)n + (m < 0 ? 0 : MIN((size_t)m, sizeof line - (size_t)n - 2));
   line[len++] = '\n';
-  int saved = errno; /* logging must not change what the host sees in errno */
-  ssize_t w = write(STDERR_FILENO, line, len);
+  g_mutex_lock(&held_lock);
+  if (held) {
+    g_string_append_len(held, line, (gssize)len);
+    g_mutex_unlock(&held_lock);
+    errno = saved;
+    return;
+  }
+  g_mutex_unlock(&held_lock);
+  ssize_t w = write(fd, line, len);
   (void)w;
   errno = saved;
 }

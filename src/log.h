@@ -1,4 +1,4 @@
-/* log.h: the one place that writes messages. Prefix "poolshim:", silent below the
+/* log.h: the one place that writes messages. Prefix "poolshim:" (in a log file with time and pid), silent below the
  * configured level, one write(2) per line so lines from threads never interleave. */
 #pragma once
 #include <glib.h>
@@ -11,6 +11,12 @@ typedef enum {
 } PsLogLevel;
 
 void ps_log_set_level(PsLogLevel level);
+/* Sends messages to `path` (appended, created 0644) instead of stderr; FALSE with errno. */
+gboolean ps_log_open_file(const char *path);
+/* Between hold and release, lines are kept and then written to the destination chosen
+ * meanwhile: the configuration's own warnings reach POOLSHIM_LOG_FILE too. */
+void ps_log_hold(void);
+void ps_log_release(void);
 gboolean ps_log_enabled(PsLogLevel level);
 void ps_log(PsLogLevel level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 

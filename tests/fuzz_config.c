@@ -5,8 +5,9 @@
  * Input: records separated by NUL bytes, so a value can hold any byte a real environment
  * string can (newlines, quotes, escapes, UTF-8, nothing but NUL). The first byte of a
  * record picks its form:
- *   0x00-0xbf  a real variable, (byte % number of variables) of ps_config_describe's
+ *   0x00-0xbe  a real variable, (byte % number of variables) of ps_config_describe's
  *              table, and the rest of the record is its value;
+ *   0xbf       the contents of a key file, which POOLSHIM_CONFIG then names;
  *   0xc0-0xff  the rest is "NAME=VALUE" with an arbitrary NAME, used as POOLSHIM_NAME
  *              (unknown names, typos, the suggestion search); without '=' the name is
  *              present but unset, as environ can have it.
@@ -259,6 +260,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ---- one input --------------------------------------------------------------------------- */
 
+static char *key_file_path; /* one per fuzzing process, rewritten by each input that has one */
+
 typedef struct {
   char *names[MAX_RECORDS];
   char *values[MAX_RECORDS]; /* NULL: present but unset */
@@ -289,7 +292,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       guint8 sel = data[pos];
       const char *rest = (const char *)data + pos + 1;
       size_t rest_len = len - 1;
-      if (sel < 0xc0) {
+      if (sel == 0xbf) {
+        /* A key file: the rest of the record is its contents, POOLSHIM_CONFIG names it. */
+        if (!key_file_path) {
+          int fd = g_file_open_tmp("fuzz-config-XXXXXX", &key_file_path, NULL);
+          if (fd < 0)
+            FAIL("cannot create a temporary key file");
+          close(fd);
+        }
+        if (!g_file_set_contents(key_file_path, rest, (gssize)rest_len, NULL))
+          FAIL("cannot write %s", key_file_path);
+        env.names[env.n] = g_strdup("POOLSHIM_CONFIG");
+        env.values[env.n] = g_strdup(key_file_path);
+      } else if (sel < 0xc0) {
         env.names[env.n] = g_strdup(vars[sel % n_vars].name);
         env.values[env.n] = g_strndup(rest, rest_len);
       } else {
@@ -311,13 +326,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
   /* With the names present (the unknown-name warnings and their suggestions), then
    * without: the values are a function of the variables alone, and parsing twice gives
-   * the same result (ps_config_parse zeroes the struct first: memcmp is exact). */
+   * the same result (ps_config_equal compares every variable and every [pool] rule). */
   PsConfig a, b;
   ps_config_parse(&a, env_lookup, &env, present);
   check_config(&a);
   ps_config_parse(&b, env_lookup, &env, NULL);
-  if (memcmp(&a, &b, sizeof a) != 0)
+  if (!ps_config_equal(&a, &b))
     FAIL("parsing the same variables twice gave different values");
+  ps_config_clear(&a);
+  ps_config_clear(&b);
 
   for (guint i = 0; i < env.n; i++) {
     g_free(env.names[i]);

@@ -406,8 +406,13 @@ Test(config, describe_enumerates_every_variable)
 {
   static const char *const expected[] = {
     "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MAX_CONNECTIONS", "POOLSHIM_TIMEOUT",
-    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT", "POOLSHIM_LEAK_WARN", "POOLSHIM_LOG",
+    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT",
+    "POOLSHIM_LEAK_WARN", "POOLSHIM_LOG", "POOLSHIM_LOG_FILE", "POOLSHIM_STATS_FILE",
+    "POOLSHIM_STATS_INTERVAL", "POOLSHIM_HOST_MAX", "POOLSHIM_HOST_DIR", "POOLSHIM_CONFIG",
   };
+  /* Paths are the only variables whose default is "unset". */
+  static const char *const empty_default[] = {"POOLSHIM_LOG_FILE", "POOLSHIM_STATS_FILE",
+                                              "POOLSHIM_HOST_DIR", "POOLSHIM_CONFIG", NULL};
   GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
   guint n = 0;
   const char *name, *def, *range, *help;
@@ -415,7 +420,8 @@ Test(config, describe_enumerates_every_variable)
     cr_assert_not_null(name);
     cr_assert(g_str_has_prefix(name, "POOLSHIM_"), "entry %u is named %s", n, name);
     cr_assert_not_null(def, "%s has no default", name);
-    cr_assert_gt(strlen(def), 0, "%s has an empty default", name);
+    cr_assert_eq(strlen(def) == 0, g_strv_contains(empty_default, name),
+                 "%s: default \"%s\"", name, def);
     cr_assert_not_null(range, "%s has no range", name);
     cr_assert_gt(strlen(range), 0, "%s has an empty range", name);
     cr_assert_not_null(help, "%s has no help", name);
@@ -460,4 +466,193 @@ Test(config, parsing_from_many_threads_at_once_never_rejects_a_value)
       g_thread_join(t[i]);
   }
   cr_assert_eq(g_atomic_int_get(&parse_failures), 0);
+}
+
+/* ---- the key file (POOLSHIM_CONFIG) ----------------------------------------------- */
+
+/* Writes `text` to a fresh temporary file; returns its path (caller frees and unlinks). */
+static char *
+write_key_file(const char *text)
+{
+  char *path = NULL;
+  int fd = g_file_open_tmp("poolshim-conf-XXXXXX", &path, NULL);
+  cr_assert_geq(fd, 0);
+  close(fd);
+  cr_assert(g_file_set_contents(path, text, -1, NULL));
+  return path;
+}
+
+/* Parses with POOLSHIM_CONFIG=path plus `pairs`; returns the captured warnings. */
+static char *
+parse_with_file(PsConfig *cfg, const char *path, const char *const *pairs)
+{
+  GPtrArray *env = g_ptr_array_new();
+  g_ptr_array_add(env, (gpointer) "POOLSHIM_CONFIG");
+  g_ptr_array_add(env, (gpointer)path);
+  for (gsize i = 0; pairs && pairs[i]; i++)
+    g_ptr_array_add(env, (gpointer)pairs[i]);
+  g_ptr_array_add(env, NULL);
+  Capture cap;
+  capture_start(&cap);
+  parse_env(cfg, (const char *const *)env->pdata, NULL);
+  char *out = capture_end(&cap);
+  g_ptr_array_unref(env);
+  return out;
+}
+
+Test(config, the_default_group_of_the_key_file_sets_variables_silently)
+{
+  g_autofree char *path = write_key_file("# comment\n[default]\npool_size = 7\ntimeout = 2s\n"
+                                         "stats_file = /tmp/x-%p.prom\nhost_max = 12\n");
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+  cr_assert_eq(cfg.pool_size, 7);
+  cr_assert_eq(cfg.timeout_us, 2 * SEC);
+  cr_assert_str_eq(cfg.stats_file, "/tmp/x-%p.prom");
+  cr_assert_eq(cfg.host_max, 12);
+  cr_assert_str_eq(cfg.config_file, path);
+  cr_assert_eq(cfg.max_lifetime_us, 30 * 60 * SEC, "what the file does not set keeps its default");
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+Test(config, the_environment_wins_over_the_key_file)
+{
+  g_autofree char *path = write_key_file("[default]\npool_size = 7\nreset = rollback\n");
+  static const char *const env[] = {"POOLSHIM_POOL_SIZE", "3", NULL};
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, env);
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+  cr_assert_eq(cfg.pool_size, 3);
+  cr_assert_eq(cfg.reset, PS_RESET_ROLLBACK);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+Test(config, the_first_matching_pool_group_sets_that_pool_alone)
+{
+  g_autofree char *path = write_key_file("[default]\npool_size = 6\n"
+                                         "[pool report@db1:3306/*]\npool_size = 2\n"
+                                         "reset = change_user\nmax_lifetime = 5m\n"
+                                         "[pool report@*]\npool_size = 4\n"
+                                         "[pool app@db?:3306/shop]\ntimeout = 250ms\n");
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  cr_assert_str_empty(out, "unexpected output: %s", out);
+  PsPoolSettings s;
+  ps_config_pool_settings(&cfg, "report@db1:3306/sales", &s);
+  cr_assert_eq(s.pool_size, 2, "the first matching group wins");
+  cr_assert_eq(s.reset, PS_RESET_CHANGE_USER);
+  cr_assert_eq(s.max_lifetime_us, 5 * 60 * SEC);
+  cr_assert_eq(s.timeout_us, 30 * SEC, "a key the group does not set comes from above");
+  ps_config_pool_settings(&cfg, "report@db2:3306/sales", &s);
+  cr_assert_eq(s.pool_size, 4);
+  cr_assert_eq(s.reset, PS_RESET_RESET);
+  ps_config_pool_settings(&cfg, "app@db7:3306/shop", &s);
+  cr_assert_eq(s.pool_size, 6, "[default] applies where the group is silent");
+  cr_assert_eq(s.timeout_us, 250000);
+  ps_config_pool_settings(&cfg, "app@db7:3306/shop2", &s);
+  cr_assert_eq(s.timeout_us, 30 * SEC, "a glob matches the whole name");
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+Test(config, an_environment_variable_shadowing_a_pool_key_is_reported)
+{
+  g_autofree char *path = write_key_file("[pool *]\n\npool_size = 2\n");
+  static const char *const env[] = {"POOLSHIM_POOL_SIZE", "9", NULL};
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, env);
+  g_autofree char *where = g_strdup_printf("%s:3: [pool *] pool_size", path);
+  cr_assert(strstr(out, where) && strstr(out, "POOLSHIM_POOL_SIZE"), "got: %s", out);
+  cr_assert_eq(count_lines(out), 1, "got: %s", out);
+  PsPoolSettings s;
+  ps_config_pool_settings(&cfg, "a@b:1/c", &s);
+  cr_assert_eq(s.pool_size, 9);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+typedef struct {
+  /* Arrays, not pointers: Criterion copies parameters into its own arena. */
+  char text[96];
+  char expect[128]; /* in the one warning line, after "FILE:" */
+} BadFile;
+
+ParameterizedTestParameters(config, a_bad_file_entry_is_named_with_its_line)
+{
+  static BadFile cases[] = {
+    {"[default]\npool_size = 7\ntimeout = soon\n", ":3: [default] timeout = \"soon\" is not valid"},
+    {"[default]\n\n\npool_sise = 7\n", ":4: [default] unknown key pool_sise ignored; did you mean pool_size?"},
+    {"[pool a@*]\nlog = debug\n", ":2: [pool a@*] log cannot be set per pool"},
+    {"[pool a@*]\nreset = sometimes\n", ":2: [pool a@*] reset = \"sometimes\" is not valid (expected one of reset"},
+    {"[defaults]\npool_size = 7\n", ":1: unknown group [defaults] ignored"},
+    {"[pool ]\npool_size = 7\n", ":1: [pool ] names no pool"},
+    {"[default]\nconfig = /etc/other\n", ":2: [default] config can only be set in the environment (POOLSHIM_CONFIG); ignored"},
+    {"[default]\nstats_file = /tmp/%d.prom\n", ":2: [default] stats_file = \"/tmp/%d.prom\" is not valid (expected a path; % only in %p, %n or %%)"},
+  };
+  return cr_make_param_array(BadFile, cases, G_N_ELEMENTS(cases));
+}
+
+ParameterizedTest(BadFile *p, config, a_bad_file_entry_is_named_with_its_line)
+{
+  g_autofree char *path = write_key_file(p->text);
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  g_autofree char *want = g_strconcat(path, p->expect, NULL);
+  cr_assert(strstr(out, want), "want: %s\ngot: %s", want, out);
+  cr_assert_eq(count_lines(out), 1, "got: %s", out);
+  cr_assert_eq(cfg.timeout_us, 30 * SEC);
+  cr_assert_null(cfg.stats_file);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+Test(config, an_unreadable_key_file_gives_one_warning_and_the_defaults)
+{
+  static const char *const cases[] = {"/nonexistent/poolshim.conf", "/dev/zero", "/tmp"};
+  for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+    PsConfig cfg;
+    g_autofree char *out = parse_with_file(&cfg, cases[i], NULL);
+    cr_assert_eq(count_lines(out), 1, "%s: %s", cases[i], out);
+    cr_assert(strstr(out, cases[i]), "%s: %s", cases[i], out);
+    cr_assert_eq(cfg.pool_size, 10);
+    cr_assert_null(cfg.config_file);
+    ps_config_clear(&cfg);
+  }
+  g_autofree char *path = write_key_file("pool_size = 3\n[default\n");
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  cr_assert(strstr(out, "not a valid key file"), "got: %s", out);
+  cr_assert_eq(cfg.pool_size, 10);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+Test(config, the_key_files_log_level_governs_its_own_warnings)
+{
+  g_autofree char *path = write_key_file("[default]\nlog = error\ntimeout = soon\n");
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  cr_assert_str_empty(out, "got: %s", out);
+  cr_assert_eq(cfg.log_level, PS_LOG_ERROR);
+  ps_config_clear(&cfg);
+  ps_log_set_level(PS_LOG_WARN);
+  unlink(path);
+}
+
+Test(config, parsing_the_same_file_twice_gives_equal_configurations)
+{
+  g_autofree char *path = write_key_file("[default]\nlog_file = /tmp/l\n[pool x*]\nreset = none\n");
+  PsConfig a, b;
+  g_autofree char *out1 = parse_with_file(&a, path, NULL);
+  g_autofree char *out2 = parse_with_file(&b, path, NULL);
+  cr_assert(ps_config_equal(&a, &b));
+  cr_assert_str_eq(a.log_file, "/tmp/l");
+  b.pool_size++;
+  cr_assert_not(ps_config_equal(&a, &b));
+  ps_config_clear(&a);
+  ps_config_clear(&b);
+  unlink(path);
 }
