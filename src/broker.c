@@ -4,7 +4,9 @@
 #include "broker.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <execinfo.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +15,11 @@
 
 #include "config.h"
 #include "conn.h"
+#include "hostslots.h"
 #include "log.h"
 #include "pool.h"
+#include "ps-version.h"
+#include "stats.h"
 
 /* The life of one physical connection. */
 typedef enum {
@@ -25,6 +30,7 @@ typedef enum {
 } PsPhysState;
 
 static const char *const state_names[] = {"lent", "resetting", "idle", "closed"};
+static const char *const reset_names[] = {"reset", "change_user", "rollback", "none"};
 
 typedef struct {
   PsPhysState state;
@@ -40,6 +46,8 @@ typedef struct {
   int nframes;              /* the borrower's backtrace, kept only with POOLSHIM_LEAK_WARN */
   void *frames[16];
   gboolean cloexec_done;
+  int slot_fd;              /* POOLSHIM_HOST_MAX slot this connection holds; -1 = none */
+  PsHostSlots *slots;       /* ... and the server's slot set it came from */
 } PsPhys;
 
 static struct {
@@ -53,9 +61,19 @@ static struct {
   guint64 resets, unpooled;
   GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
   GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
+  GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
+  char *host_root;
+  /* POOLSHIM_STATS_FILE: the writer thread of this process and what the file says. */
+  GMutex stats_lock;     /* one writer at a time: the thread, and exit */
+  int stats_pid;         /* the process whose thread writes (0 = none; a child starts its own) */
+  gboolean stats_warned;
+  char *program;
+  gint64 start_time_us;
 } B;
 
 static void start_watchdog(void);
+static void start_stats_writer(void);
+static void start_housekeeper(void);
 
 static void
 phys_enter(PsPhys *p, PsPhysState to, const char *reason)
@@ -74,11 +92,26 @@ phys_enter(PsPhys *p, PsPhysState to, const char *reason)
   p->state = to;
 }
 
+/* Frees the bookkeeping of a connection that is closed (or abandoned): only now is its
+ * host-wide slot given back, so the server never sees more than POOLSHIM_HOST_MAX. */
 static void
 phys_free(PsPhys *p)
 {
+  if (p->slot_fd >= 0)
+    ps_host_slot_release(p->slot_fd);
   ps_pool_item_free(p->item);
   g_free(p);
+}
+
+/* Closes the shell of a connection politely; one that holds a POOLSHIM_HOST_MAX slot waits
+ * until the server has let the session go, so the slot never outlives the session. */
+static void
+close_shell(PsPhys *p)
+{
+  if (p->slot_fd >= 0)
+    ps_conn_close_and_wait(p->shell, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
+  else
+    ps_conn_close(p->shell);
 }
 
 /* Closes victims the pool handed back (expired, evicted), outside every lock. */
@@ -89,10 +122,15 @@ close_victims(GSList *victims, gboolean inherited)
     PsItem *item = l->data;
     PsPhys *p = item->conn;
     phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
+    if (inherited && p->slot_fd >= 0) {
+      /* The parent's slot: close our copy, never unlock the lock we share with it. */
+      close(p->slot_fd);
+      p->slot_fd = -1;
+    }
     if (inherited)
       ps_conn_abandon(p->shell);
     else
-      ps_conn_close(p->shell);
+      close_shell(p);
     phys_free(p);
   }
   g_slist_free(victims);
@@ -110,15 +148,108 @@ new_pool(void)
   return ps_pool_new(&limits);
 }
 
+/* Whether a pool (by its label, user@SERVER/db[#n]) talks to `server`. */
+static gboolean
+label_has_server(const char *label, gpointer server)
+{
+  const char *at = strrchr(label, '@');
+  gsize n = strlen(server);
+  return at && strncmp(at + 1, server, n) == 0 && at[1 + n] == '/';
+}
+
+/* POOLSHIM_HOST_MAX: a quiet process must not sit on idle slots while another process
+ * waits. Ten times a second, an idle connection of each server someone waits for is closed
+ * (its slot comes free), and idle connections past their timeouts are reaped. */
+static gpointer
+housekeeper(gpointer data)
+{
+  for (;;) {
+    g_usleep(100 * 1000);
+    g_mutex_lock(&B.lock);
+    GList *servers = g_hash_table_get_keys(B.host_slots);
+    GList *sets = g_hash_table_get_values(B.host_slots);
+    PsPool *pool = B.pool;
+    g_mutex_unlock(&B.lock);
+    for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next)
+      if (v->data && ps_host_slots_contended(v->data))
+        close_victims(ps_pool_take_oldest_idle(pool, label_has_server, s->data,
+                                               PS_CLOSE_OVER_LIMIT),
+                      FALSE);
+    g_list_free(servers);
+    g_list_free(sets);
+    close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+  }
+  return NULL;
+}
+
+static void
+start_housekeeper(void)
+{
+  if (B.config.host_max)
+    g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
+}
+
+/* POOLSHIM_STATS_FILE: one snapshot of every pool, formatted and renamed into place. */
+static void
+write_stats(void)
+{
+  PsStatsReport r = {
+    .version = POOLSHIM_VERSION,
+    .pid = (int)getpid(),
+    .program = B.program,
+    .start_time_us = B.start_time_us,
+    .written_time_us = g_get_real_time(),
+    .unpooled = __atomic_load_n(&B.unpooled, __ATOMIC_RELAXED),
+  };
+  g_mutex_lock(&B.stats_lock);
+  r.keys = ps_pool_snapshot(B.pool);
+  g_autofree char *text = ps_stats_format(&r);
+  g_autofree char *path = ps_stats_expand_path(B.config.stats_file, r.pid, B.program);
+  g_autoptr(GError) error = NULL;
+  if (!ps_stats_write_file(path, text, &error) && !B.stats_warned) {
+    B.stats_warned = TRUE;
+    ps_warn("POOLSHIM_STATS_FILE: %s (further failures are not reported)", error->message);
+  }
+  g_array_unref(r.keys);
+  g_mutex_unlock(&B.stats_lock);
+}
+
+static gpointer
+stats_writer(gpointer data)
+{
+  for (;;) {
+    g_usleep((gulong)B.config.stats_interval_us);
+    write_stats();
+  }
+  return NULL;
+}
+
+/* In the process that parsed the configuration, and again in each forked child that uses
+ * the pool (threads do not survive fork; the file name's %p changes). */
+static void
+start_stats_writer(void)
+{
+  if (!B.config.stats_file)
+    return;
+  B.stats_pid = (int)getpid();
+  write_stats(); /* the file exists from the first connect on */
+  g_thread_unref(g_thread_new("poolshim-stats", stats_writer, NULL));
+}
+
 static void
 exit_drain(void)
 {
   ps_broker_drain();
+  /* The last word, with the shutdown closes counted; only where a writer ran (a child that
+   * never used the pool writes nothing). */
+  if (B.config.stats_file && B.stats_pid == (int)getpid())
+    write_stats();
 }
 
 static void
 before_fork(void)
 {
+  g_mutex_lock(&B.stats_lock);
   g_mutex_lock(&B.lock);
   if (B.pool)
     ps_pool_lock_for_fork(B.pool);
@@ -130,6 +261,7 @@ after_fork_parent(void)
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
   g_mutex_unlock(&B.lock);
+  g_mutex_unlock(&B.stats_lock);
 }
 
 static void
@@ -139,6 +271,7 @@ after_fork_child(void)
     ps_pool_unlock_after_fork(B.pool);
   B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
   g_mutex_unlock(&B.lock);
+  g_mutex_unlock(&B.stats_lock);
 }
 
 /* In a forked child: the inherited connections carry the parent's sessions. Close ours
@@ -155,7 +288,22 @@ adopt_fork(void)
     B.inherited = g_slist_prepend(B.inherited, old);
     B.pool = new_pool();
     B.forked = FALSE;
+    B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
+    /* The parent's connections hold their host-wide slots through the parent: the child's
+     * copies of those descriptors must not keep a slot alive after the parent is gone. */
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, B.lent);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+      PsPhys *lent = value;
+      if (lent->slot_fd >= 0) {
+        close(lent->slot_fd);
+        lent->slot_fd = -1;
+      }
+    }
     start_watchdog(); /* threads do not survive fork() */
+    start_stats_writer();
+    start_housekeeper();
   }
   g_mutex_unlock(&B.lock);
   if (old) {
@@ -253,7 +401,15 @@ init_once(void)
   static gsize done = 0;
   if (!g_once_init_enter(&done))
     return;
+  /* Warnings about the configuration go where it says messages go. */
+  ps_log_hold();
   ps_config_from_environ(&B.config);
+  if (B.config.log_file && !ps_log_open_file(B.config.log_file))
+    ps_warn("POOLSHIM_LOG_FILE=%s cannot be opened (%s); messages go to stderr",
+            B.config.log_file, g_strerror(errno));
+  ps_log_release();
+  B.program = ps_stats_program_name(program_invocation_name);
+  B.start_time_us = g_get_real_time();
   const char *why = NULL;
   if (B.config.disable) {
     ps_info("POOLSHIM_DISABLE is set: pooling is off");
@@ -269,7 +425,16 @@ init_once(void)
      * runs before their exit handlers tear them down. */
     atexit(exit_drain);
     start_watchdog();
+    if (B.config.host_max) {
+      B.host_slots = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                           (GDestroyNotify)ps_host_slots_free);
+      B.host_root = B.config.host_dir ? g_strdup(B.config.host_dir)
+                                      : ps_host_slots_default_root();
+      ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
+    }
     B.active = TRUE;
+    start_stats_writer();
+    start_housekeeper();
   }
   g_once_init_leave(&done, 1);
 }
@@ -334,27 +499,75 @@ discard_lent(PsPhys *p, MYSQL *m, PsCloseReason reason, const char *why)
 {
   phys_enter(p, PS_PHYS_CLOSED, why);
   ps_pool_discard(p->pool, p->item, reason);
-  if (m)
+  if (m && p->slot_fd >= 0 && reason != PS_CLOSE_DEAD)
+    ps_conn_close_and_wait(m, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
+  else if (m)
     ps_real.close(m);
   if (p->shell && reason == PS_CLOSE_DEAD)
     ps_conn_abandon(p->shell);
   else if (p->shell)
-    ps_conn_close(p->shell);
+    close_shell(p);
   phys_free(p);
 }
 
 /* Gives a connection back to the pool, or closes it when the pool says it has expired. */
 static void
-release_or_expire(PsPhys *p)
+release_or_expire(PsPhys *p, gboolean reset)
 {
-  if (!ps_pool_release(p->pool, p->item)) {
+  if (!ps_pool_release(p->pool, p->item, reset)) {
     phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
-    ps_conn_close(p->shell);
+    close_shell(p);
     phys_free(p);
   }
 }
 
 
+
+/* POOLSHIM_HOST_MAX: a slot for one more physical connection to this server, shared with
+ * every poolshim process on the host, waited for until the connect's deadline. FALSE (with
+ * error 1040 on m, as for a full pool) when none came free in time. A slot directory that
+ * cannot be used lets the connect through: one warning, the cap is then not enforced. */
+static gboolean
+take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 started, MYSQL *m,
+               int *fd_out, PsHostSlots **slots_out)
+{
+  char server[512];
+  ps_conn_key_server(key, server, sizeof server);
+  g_autoptr(GError) error = NULL;
+  g_mutex_lock(&B.lock);
+  PsHostSlots *slots = g_hash_table_lookup(B.host_slots, server);
+  gboolean known = slots || g_hash_table_contains(B.host_slots, server);
+  if (!known) {
+    slots = ps_host_slots_new(B.host_root, server, B.config.host_max, &error);
+    g_hash_table_insert(B.host_slots, g_strdup(server), slots); /* NULL remembers a failure */
+  }
+  g_mutex_unlock(&B.lock);
+  if (!slots) {
+    if (error)
+      ps_warn("POOLSHIM_HOST_MAX: %s; connections to %s are not capped", error->message, server);
+    return TRUE;
+  }
+  int fd = ps_host_slot_acquire(slots, deadline, &error);
+  if (fd >= 0) {
+    *fd_out = fd;
+    *slots_out = slots; /* lives as long as B.host_slots: never removed */
+    return TRUE;
+  }
+  if (g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_TIMED_OUT)) {
+    char msg[MYSQL_ERRMSG_SIZE];
+    g_snprintf(msg, sizeof msg,
+               "poolshim: all %u connections to %s allowed on this host are in use "
+               "(POOLSHIM_HOST_MAX): waited %" G_GINT64_FORMAT " ms for one (pool %s)",
+               B.config.host_max, server, (g_get_monotonic_time() - started) / 1000,
+               ps_pool_key_label(pk));
+    ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
+    ps_info("%s", msg);
+    return FALSE;
+  }
+  ps_warn("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped",
+          error ? error->message : "no slot", server);
+  return TRUE;
+}
 
 MYSQL *
 ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *passwd,
@@ -390,10 +603,13 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   if (!pk) {
     char label[256];
     ps_conn_key_label(&key, label, sizeof label);
-    pk = ps_pool_key(pool, key.digest, label);
+    PsPoolSettings settings;
+    ps_config_pool_settings(&B.config, label, &settings);
+    pk = ps_pool_key(pool, key.digest, label, &settings);
   }
+  const PsPoolSettings *settings = ps_pool_key_settings(pk);
   gint64 started = g_get_monotonic_time();
-  gint64 deadline = started + B.config.timeout_us;
+  gint64 deadline = started + settings->timeout_us;
   /* The client's own connect timeout bounds everything a connect does on the network,
    * also reading the replies of resets that idle connections still owe. */
   unsigned int reset_s = reset_timeout_s();
@@ -404,12 +620,16 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     PsGrant grant;
     ps_pool_acquire(pool, pk, deadline, &grant);
     close_victims(grant.victims, FALSE);
+    if (grant.first_wait)
+      ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
+              "wait: %" G_GINT64_FORMAT " ms)",
+              ps_pool_key_label(pk), settings->pool_size, grant.waited_us / 1000);
     if (grant.kind == PS_GRANT_TIMEOUT) {
       char msg[MYSQL_ERRMSG_SIZE];
       g_snprintf(msg, sizeof msg,
                  "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
                  " ms for a free connection (POOLSHIM_TIMEOUT)",
-                 ps_pool_key_label(pk), ps_pool_size_of(pool),
+                 ps_pool_key_label(pk), settings->pool_size,
                  (g_get_monotonic_time() - started) / 1000);
       ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
       ps_info("%s", msg);
@@ -440,7 +660,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
         /* Two keys with one digest: never lend across identities, connect unpooled. */
         ps_warn("pool %s: digest collision; connecting without the pool",
                 ps_pool_key_label(pk));
-        release_or_expire(p);
+        release_or_expire(p, FALSE);
         __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
         return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
       }
@@ -452,6 +672,13 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     /* PS_GRANT_OPEN: a slot is ours; open it with the application's own handle, so its
      * every option applies exactly as without the pool, with what is left of its connect
      * timeout if stale idle connections already used some of it. */
+    int slot_fd = -1;
+    PsHostSlots *slots = NULL;
+    if (B.config.host_max &&
+        !take_host_slot(&key, pk, deadline, started, m, &slot_fd, &slots)) {
+      ps_pool_open_failed(pool, pk);
+      return NULL;
+    }
     unsigned int own_timeout = m->options.connect_timeout;
     if (net_deadline != G_MAXINT64) {
       gint64 left = net_deadline - g_get_monotonic_time();
@@ -460,6 +687,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
     m->options.connect_timeout = own_timeout;
     if (!r) {
+      if (slot_fd >= 0)
+        ps_host_slot_release(slot_fd);
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
@@ -469,7 +698,10 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       if (mine)
         profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
       if (mine && profile == mine) {
-        ps_info("new pool %s (size %u)", ps_pool_key_label(pk), ps_pool_size_of(pool));
+        ps_info("new pool %s (size %u, timeout %" G_GINT64_FORMAT " ms, max lifetime %" G_GINT64_FORMAT
+                " s, reset %s)",
+                ps_pool_key_label(pk), settings->pool_size, settings->timeout_us / 1000,
+                settings->max_lifetime_us / G_USEC_PER_SEC, reset_names[settings->reset]);
         /* Idle connections are closed before the server's wait_timeout would close them
          * (90%, at least a second earlier): the pool never trusts one the server dropped. */
         if (profile->wait_timeout_s > 0) {
@@ -479,6 +711,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       }
     }
     PsPhys *p = g_new0(PsPhys, 1);
+    p->slot_fd = slot_fd;
+    p->slots = slots;
     p->pool = pool;
     p->profile = profile;
     p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
@@ -545,10 +779,16 @@ ps_broker_close(MYSQL *m)
     discard_lent(p, m, PS_CLOSE_UNCLEAN, why);
     return;
   }
+  if (p->slot_fd >= 0 && ps_host_slots_contended(p->slots)) {
+    /* Kept idle, it would hold a slot another process is waiting for. */
+    discard_lent(p, m, PS_CLOSE_OVER_LIMIT, "another connect waits for a POOLSHIM_HOST_MAX slot");
+    return;
+  }
   /* The reset runs on the application's handle, whose options are the key's own. */
   phys_enter(p, PS_PHYS_RESETTING, NULL);
   unsigned int timeout_s = reset_timeout_s();
-  p->pending = ps_conn_reset_begin(m, B.config.reset, p->profile, timeout_s, &why);
+  p->pending = ps_conn_reset_begin(m, ps_pool_key_settings(p->item->owner)->reset, p->profile,
+                                   timeout_s, &why);
   if (p->pending < 0) {
     discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
     return;
@@ -568,7 +808,7 @@ ps_broker_close(MYSQL *m)
    * statements (invalidated), and the struct itself when mysql_init allocated it. */
   ps_real.close(m);
   phys_enter(p, PS_PHYS_IDLE, NULL);
-  release_or_expire(p);
+  release_or_expire(p, TRUE);
   maybe_sweep();
 }
 

@@ -17,6 +17,7 @@ typedef unsigned char uchar;
 #include <mysqld_error.h>
 #include <errmsg.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #include "log.h"
@@ -418,14 +419,21 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
 }
 
 void
+ps_conn_key_server(const PsConnKey *key, char *buf, gsize len)
+{
+  if (key->unix_socket && (!key->host || g_str_equal(key->host, "localhost")))
+    g_snprintf(buf, len, "localhost:%s", key->unix_socket);
+  else
+    g_snprintf(buf, len, "%s:%u", key->host ? key->host : "localhost",
+               key->port ? key->port : 3306);
+}
+
+void
 ps_conn_key_label(const PsConnKey *key, char *buf, gsize len)
 {
-  const char *u = key->user ? key->user : "", *d = key->db ? key->db : "";
-  if (key->unix_socket && (!key->host || g_str_equal(key->host, "localhost")))
-    g_snprintf(buf, len, "%s@localhost:%s/%s", u, key->unix_socket, d);
-  else
-    g_snprintf(buf, len, "%s@%s:%u/%s", u, key->host ? key->host : "localhost",
-               key->port ? key->port : 3306, d);
+  char server[512];
+  ps_conn_key_server(key, server, sizeof server);
+  g_snprintf(buf, len, "%s@%s/%s", key->user ? key->user : "", server, key->db ? key->db : "");
 }
 
 gboolean
@@ -885,6 +893,36 @@ ps_conn_close(MYSQL *m)
 {
   if (m)
     ps_real.close(m);
+}
+
+void
+ps_conn_close_and_wait(MYSQL *m, int timeout_ms)
+{
+  if (!m)
+    return;
+  /* A duplicate keeps the socket open past mysql_close (which sends COM_QUIT): the server's
+   * own close shows as EOF on it, so when this returns the server has let the session go.
+   * What a host-wide cap needs: the next process may then connect without the server ever
+   * seeing more sessions than slots. */
+  my_socket fd = m->net.pvio ? ps_real.get_socket(m) : INVALID_SOCKET;
+  int saved = errno;
+  int copy = fd == INVALID_SOCKET ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  ps_real.close(m);
+  if (copy >= 0) {
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    char buf[256];
+    for (;;) {
+      gint64 left = deadline - g_get_monotonic_time();
+      struct pollfd p = {.fd = copy, .events = POLLIN};
+      if (left <= 0 || poll(&p, 1, (int)MAX(1, left / 1000)) <= 0)
+        break;
+      ssize_t n = recv(copy, buf, sizeof buf, MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        break; /* EOF: the server closed its side */
+    }
+    close(copy);
+  }
+  errno = saved;
 }
 
 void

@@ -51,6 +51,8 @@ typedef struct {
 gboolean ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd,
                      const char *db, unsigned int port, const char *unix_socket,
                      unsigned long client_flag, PsConnKey *key, const char **why);
+/* host:port (or localhost:socket): the server, as the client names it. */
+void ps_conn_key_server(const PsConnKey *key, char *buf, gsize len);
 /* user@host:port/db (or user@localhost:socket/db): names a pool, never with secrets. */
 void ps_conn_key_label(const PsConnKey *key, char *buf, gsize len);
 /* TRUE when the pooled connection authenticated as the key's user with its password. */
@@ -115,6 +117,8 @@ void ps_conn_set_error(MYSQL *m, unsigned int errnum, const char *sqlstate, cons
 
 /* Closes politely (COM_QUIT) and frees a pool-owned shell. */
 void ps_conn_close(MYSQL *m);
+/* Closes politely and waits (up to timeout_ms) until the server has closed its side. */
+void ps_conn_close_and_wait(MYSQL *m, int timeout_ms);
 /* Closes without sending anything: for connections inherited across fork(), whose
  * session belongs to the parent. The TLS state is abandoned, not shut down. */
 void ps_conn_abandon(MYSQL *m);

@@ -8,6 +8,9 @@ struct PsPoolKey {
   guint8 digest[PS_KEY_DIGEST_LEN];
   char *label;
   PsPool *pool;
+  PsPoolSettings settings;
+  PsKeyCounts counts;
+  guint serial;  /* creation order, for stable statistics output */
   GQueue idle;   /* of PsItem.link; head = most recently returned */
   guint open;    /* idle + lent + slots being opened */
   guint lent;
@@ -29,6 +32,7 @@ struct PsPool {
   GMutex lock;
   PsPoolLimits limits;
   GHashTable *keys; /* digest -> PsPoolKey* */
+  GHashTable *labels; /* label -> number of keys that asked for it */
   GQueue waiters;   /* of PsWaiter.link, in arrival order */
   guint total_open;
   gint64 (*now)(void);
@@ -37,10 +41,34 @@ struct PsPool {
 
 static const char *const reason_names[PS_CLOSE_REASONS] = {
   [PS_CLOSE_LIFETIME] = "lifetime",         [PS_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
-  [PS_CLOSE_DEAD] = "dead",                 [PS_CLOSE_UNCLEAN] = "unclean",
+  [PS_CLOSE_DEAD] = "dead",                 [PS_CLOSE_UNCLEAN] = "error",
   [PS_CLOSE_RESET_FAILED] = "reset_failed", [PS_CLOSE_OVER_LIMIT] = "over_limit",
   [PS_CLOSE_SHUTDOWN] = "shutdown",
 };
+
+const gint64 ps_wait_bucket_us[PS_WAIT_BUCKETS - 1] = {100, 1000, 10000, 100000, 1000000,
+                                                       10000000};
+
+/* Every close is counted twice: for the process and for its key. */
+static void
+count_closed(PsPool *pool, PsPoolKey *key, PsCloseReason reason)
+{
+  pool->counts.closed++;
+  pool->counts.closed_by[reason]++;
+  key->counts.closed++;
+  key->counts.closed_by[reason]++;
+}
+
+static void
+count_wait(PsPoolKey *key, gint64 waited_us)
+{
+  guint b = 0;
+  while (b < PS_WAIT_BUCKETS - 1 && waited_us > ps_wait_bucket_us[b])
+    b++;
+  key->counts.wait_buckets[b]++;
+  key->counts.wait_count++;
+  key->counts.wait_sum_us += (guint64)MAX(waited_us, 0);
+}
 
 const char *
 ps_close_reason_name(PsCloseReason reason)
@@ -81,6 +109,7 @@ ps_pool_new(const PsPoolLimits *limits)
   if (pool->limits.per_key == 0)
     pool->limits.per_key = 1;
   pool->keys = g_hash_table_new_full(digest_hash, digest_equal, NULL, key_free);
+  pool->labels = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   g_queue_init(&pool->waiters);
   pool->now = g_get_monotonic_time;
   return pool;
@@ -107,8 +136,7 @@ unlink_idle(PsPool *pool, PsItem *item, PsCloseReason reason)
   key->open--;
   pool->total_open--;
   item->close_reason = reason;
-  pool->counts.closed++;
-  pool->counts.closed_by[reason]++;
+  count_closed(pool, key, reason);
   return item;
 }
 
@@ -119,7 +147,7 @@ expired(const PsPool *pool, const PsItem *item, gint64 now, PsCloseReason *why)
     *why = PS_CLOSE_LIFETIME;
     return TRUE;
   }
-  gint64 idle_limit = pool->limits.idle_timeout_us;
+  gint64 idle_limit = item->owner->settings.idle_timeout_us;
   gint64 cap = item->owner->idle_cap_us;
   if (cap > 0 && (idle_limit <= 0 || cap < idle_limit))
     idle_limit = cap;
@@ -178,11 +206,13 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, PsGrant *grant)
     key->lent++;
     pool->counts.borrowed++;
     pool->counts.served_idle++;
+    key->counts.borrowed++;
+    key->counts.served_idle++;
     grant->kind = PS_GRANT_IDLE;
     grant->item = item;
     return TRUE;
   }
-  if (key->open >= pool->limits.per_key)
+  if (key->open >= key->settings.pool_size)
     return FALSE;
   if (pool->limits.total && pool->total_open >= pool->limits.total) {
     PsItem *victim = oldest_idle_elsewhere(pool, key);
@@ -223,14 +253,29 @@ has_waiter_for(PsPool *pool, PsPoolKey *key)
 }
 
 PsPoolKey *
-ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label)
+ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label,
+            const PsPoolSettings *settings)
 {
   g_mutex_lock(&pool->lock);
   PsPoolKey *key = g_hash_table_lookup(pool->keys, digest);
   if (!key) {
     key = g_new0(PsPoolKey, 1);
     memcpy(key->digest, digest, PS_KEY_DIGEST_LEN);
-    key->label = g_strdup(label);
+    /* Same user, server and database with other options is another pool: its statistics
+     * need a name of their own. */
+    guint seen = GPOINTER_TO_UINT(g_hash_table_lookup(pool->labels, label));
+    g_hash_table_insert(pool->labels, g_strdup(label), GUINT_TO_POINTER(seen + 1));
+    key->label = seen ? g_strdup_printf("%s#%u", label, seen + 1) : g_strdup(label);
+    key->serial = g_hash_table_size(pool->keys);
+    if (settings) {
+      key->settings = *settings;
+    } else {
+      key->settings.pool_size = pool->limits.per_key;
+      key->settings.max_lifetime_us = pool->limits.max_lifetime_us;
+      key->settings.idle_timeout_us = pool->limits.idle_timeout_us;
+    }
+    if (key->settings.pool_size == 0)
+      key->settings.pool_size = 1;
     key->pool = pool;
     g_queue_init(&key->idle);
     g_hash_table_insert(pool->keys, key->digest, key);
@@ -252,6 +297,12 @@ const char *
 ps_pool_key_label(const PsPoolKey *key)
 {
   return key->label;
+}
+
+const PsPoolSettings *
+ps_pool_key_settings(const PsPoolKey *key)
+{
+  return &key->settings; /* immutable after creation */
 }
 
 gpointer
@@ -306,6 +357,7 @@ ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant
   sweep_key(pool, key, now, &grant->victims);
   /* Nobody overtakes a waiter of the same key: arrival order is the contract. */
   if (!has_waiter_for(pool, key) && try_serve(pool, key, now, grant)) {
+    count_wait(key, 0);
     g_mutex_unlock(&pool->lock);
     return;
   }
@@ -314,7 +366,9 @@ ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant
   g_cond_init(&w.cond);
   g_queue_push_tail_link(&pool->waiters, &w.link);
   key->waiting++;
+  grant->first_wait = key->counts.waits == 0;
   pool->counts.waits++;
+  key->counts.waits++;
   gint64 started = now;
   while (!w.served) {
     if (!g_cond_wait_until(&w.cond, &pool->lock, deadline_us) && !w.served) {
@@ -322,10 +376,12 @@ ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant
       key->waiting--;
       grant->kind = PS_GRANT_TIMEOUT;
       pool->counts.wait_timeouts++;
+      key->counts.wait_timeouts++;
       break;
     }
   }
   grant->waited_us = pool->now() - started;
+  count_wait(key, grant->waited_us);
   g_mutex_unlock(&pool->lock);
   g_cond_clear(&w.cond);
 }
@@ -341,16 +397,19 @@ ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
   gint64 now = pool->now();
   item->created_us = now;
   item->idle_since_us = now;
-  if (pool->limits.max_lifetime_us > 0) {
+  gint64 lifetime = key->settings.max_lifetime_us;
+  if (lifetime > 0) {
     /* Up to 2.5% earlier, so connections opened together do not all expire together. */
-    gint64 jitter = g_random_int_range(0, 1000) * (pool->limits.max_lifetime_us / 40000);
-    item->expires_us = now + pool->limits.max_lifetime_us - jitter;
+    gint64 jitter = g_random_int_range(0, 1000) * (lifetime / 40000);
+    item->expires_us = now + lifetime - jitter;
   } else {
     item->expires_us = G_MAXINT64;
   }
   key->lent++;
   pool->counts.borrowed++;
   pool->counts.opened++;
+  key->counts.borrowed++;
+  key->counts.opened++;
   g_mutex_unlock(&pool->lock);
   return item;
 }
@@ -366,12 +425,14 @@ ps_pool_open_failed(PsPool *pool, PsPoolKey *key)
 }
 
 gboolean
-ps_pool_release(PsPool *pool, PsItem *item)
+ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
 {
   PsPoolKey *key = item->owner;
   g_mutex_lock(&pool->lock);
   gint64 now = pool->now();
   key->lent--;
+  if (reset)
+    key->counts.resets++;
   gboolean kept = now < item->expires_us;
   if (kept) {
     item->idle_since_us = now;
@@ -380,8 +441,7 @@ ps_pool_release(PsPool *pool, PsItem *item)
     key->open--;
     pool->total_open--;
     item->close_reason = PS_CLOSE_LIFETIME;
-    pool->counts.closed++;
-    pool->counts.closed_by[PS_CLOSE_LIFETIME]++;
+    count_closed(pool, key, PS_CLOSE_LIFETIME);
   }
   dispatch(pool, now);
   g_mutex_unlock(&pool->lock);
@@ -397,8 +457,7 @@ ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason)
   key->open--;
   pool->total_open--;
   item->close_reason = reason;
-  pool->counts.closed++;
-  pool->counts.closed_by[reason]++;
+  count_closed(pool, key, reason);
   dispatch(pool, pool->now());
   g_mutex_unlock(&pool->lock);
 }
@@ -423,6 +482,32 @@ ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
   }
   if (victims)
     dispatch(pool, now);
+  g_mutex_unlock(&pool->lock);
+  return victims;
+}
+
+GSList *
+ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),
+                         gpointer data, PsCloseReason reason)
+{
+  g_mutex_lock(&pool->lock);
+  PsItem *oldest = NULL;
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    if (!key->idle.tail || !match(key->label, data))
+      continue;
+    PsItem *cand = key->idle.tail->data;
+    if (!oldest || cand->idle_since_us < oldest->idle_since_us)
+      oldest = cand;
+  }
+  GSList *victims = NULL;
+  if (oldest) {
+    victims = g_slist_prepend(NULL, unlink_idle(pool, oldest, reason));
+    dispatch(pool, pool->now());
+  }
   g_mutex_unlock(&pool->lock);
   return victims;
 }
@@ -452,6 +537,38 @@ ps_pool_counts(PsPool *pool, PsPoolCounts *out)
   g_mutex_unlock(&pool->lock);
 }
 
+static void
+snapshot_clear(gpointer data)
+{
+  g_free(((PsKeySnapshot *)data)->label);
+}
+
+GArray *
+ps_pool_snapshot(PsPool *pool)
+{
+  g_mutex_lock(&pool->lock);
+  guint n = g_hash_table_size(pool->keys);
+  GArray *out = g_array_sized_new(FALSE, TRUE, sizeof(PsKeySnapshot), n);
+  g_array_set_clear_func(out, snapshot_clear);
+  g_array_set_size(out, n);
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    PsKeySnapshot *s = &g_array_index(out, PsKeySnapshot, key->serial);
+    s->label = g_strdup(key->label);
+    s->settings = key->settings;
+    s->counts = key->counts;
+    s->open = key->open;
+    s->idle = key->idle.length;
+    s->lent = key->lent;
+    s->waiting = key->waiting;
+  }
+  g_mutex_unlock(&pool->lock);
+  return out;
+}
+
 void
 ps_pool_free(PsPool *pool, GSList **victims)
 {
@@ -461,6 +578,7 @@ ps_pool_free(PsPool *pool, GSList **victims)
   else
     g_slist_free_full(idle, (GDestroyNotify)ps_pool_item_free);
   g_hash_table_unref(pool->keys);
+  g_hash_table_unref(pool->labels);
   g_mutex_clear(&pool->lock);
   g_free(pool);
 }

@@ -4,6 +4,8 @@
 #pragma once
 #include <glib.h>
 
+#include "config.h"
+
 #define PS_KEY_DIGEST_LEN 16
 
 typedef struct PsPool PsPool;
@@ -14,7 +16,7 @@ typedef enum {
   PS_CLOSE_LIFETIME,      /* reached POOLSHIM_MAX_LIFETIME */
   PS_CLOSE_IDLE_TIMEOUT,  /* idle longer than POOLSHIM_IDLE_TIMEOUT */
   PS_CLOSE_DEAD,          /* the server closed it or it failed a liveness check */
-  PS_CLOSE_UNCLEAN,       /* returned with an error, pending results or an unknown state */
+  PS_CLOSE_UNCLEAN,       /* "error": returned with an error, pending results or unknown state */
   PS_CLOSE_RESET_FAILED,  /* the session reset failed */
   PS_CLOSE_OVER_LIMIT,    /* evicted to make room under POOLSHIM_MAX_CONNECTIONS */
   PS_CLOSE_SHUTDOWN,      /* process exit or mysql_server_end */
@@ -45,6 +47,7 @@ typedef struct {
   PsItem *item;
   GSList *victims; /* PsItem*s no longer counted: the caller closes them, then frees them */
   gint64 waited_us;
+  gboolean first_wait; /* this key's first wait ever: worth one info line */
 } PsGrant;
 
 typedef struct {
@@ -60,14 +63,38 @@ typedef struct {
   guint open, idle, lent, waiting, keys;
 } PsPoolCounts;
 
+/* Wait-time histogram buckets (upper bounds), as Prometheus' `le`; the last is +Inf. */
+#define PS_WAIT_BUCKETS 7
+extern const gint64 ps_wait_bucket_us[PS_WAIT_BUCKETS - 1];
+
+/* One key's counters since it was created. */
+typedef struct {
+  guint64 borrowed, served_idle, opened, closed, waits, wait_timeouts, resets;
+  guint64 closed_by[PS_CLOSE_REASONS];
+  guint64 wait_buckets[PS_WAIT_BUCKETS]; /* per bucket, not cumulative */
+  guint64 wait_count, wait_sum_us;       /* every acquire, also those that did not wait */
+} PsKeyCounts;
+
+/* A consistent copy of one key, taken under the pool's lock. */
+typedef struct {
+  char *label;
+  PsPoolSettings settings;
+  PsKeyCounts counts;
+  guint open, idle, lent, waiting; /* open - idle - lent = being opened */
+} PsKeySnapshot;
+
 PsPool *ps_pool_new(const PsPoolLimits *limits);
 /* Frees the structure; idle connections are handed back in *victims. */
 void ps_pool_free(PsPool *pool, GSList **victims);
 
 /* Finds or creates the sub-pool of a key. `label` (user@host:port/db, no secrets) names it
- * in messages. The returned pointer lives as long as the pool. */
-PsPoolKey *ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label);
+ * in messages and statistics; a second key with the same label (other options) gets "#2"
+ * appended. `settings` (size, lifetime, idle timeout; NULL = the pool's limits) apply to
+ * this key alone. The returned pointer lives as long as the pool. */
+PsPoolKey *ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label,
+                       const PsPoolSettings *settings);
 const char *ps_pool_key_label(const PsPoolKey *key);
+const PsPoolSettings *ps_pool_key_settings(const PsPoolKey *key);
 /* The sub-pool of a digest, or NULL when none exists yet. */
 PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]);
 /* One caller-owned pointer per key, set once (the first caller wins; a later one is
@@ -84,9 +111,10 @@ PsItem *ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn);
 /* After PS_GRANT_OPEN: opening failed; the slot is freed. */
 void ps_pool_open_failed(PsPool *pool, PsPoolKey *key);
 
-/* Gives a lent connection back. Returns FALSE when it has expired instead: it is then no
- * longer counted (reason in item->close_reason) and the caller closes and frees it. */
-gboolean ps_pool_release(PsPool *pool, PsItem *item);
+/* Gives a lent connection back (`reset`: its session was reset, for the counters). Returns
+ * FALSE when it has expired instead: it is then no longer counted (reason in
+ * item->close_reason) and the caller closes and frees it. */
+gboolean ps_pool_release(PsPool *pool, PsItem *item, gboolean reset);
 /* A lent connection is being closed by the caller; frees its slot. */
 void ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason);
 
@@ -94,8 +122,14 @@ void ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason);
  * idle timeout or lifetime when `all` is FALSE. */
 GSList *ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason);
 
+/* Takes out the longest-idle connection among the keys whose label `match` accepts (called
+ * under the pool's lock: no I/O in it), as a list of zero or one victim. */
+GSList *ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),
+                                 gpointer data, PsCloseReason reason);
 void ps_pool_item_free(PsItem *item);
 void ps_pool_counts(PsPool *pool, PsPoolCounts *out);
+/* Every key, in creation order (GArray of PsKeySnapshot; freeing it frees the labels). */
+GArray *ps_pool_snapshot(PsPool *pool);
 guint ps_pool_size_of(const PsPool *pool);
 
 /* Closes this key's idle connections sooner than the pool's idle timeout: used to stay

@@ -36,7 +36,7 @@ key_n(PsPool *pool, guint8 n)
     digest[i] = (guint8)(n * 31 + i);
   char label[32];
   g_snprintf(label, sizeof label, "user%u@host:3306/db", n);
-  return ps_pool_key(pool, digest, label);
+  return ps_pool_key(pool, digest, label, NULL);
 }
 
 static gint64
@@ -164,7 +164,7 @@ Test(pool, second_acquire_reuses_the_released_connection)
   cr_assert_eq(c.borrowed, 1);
   cr_assert_eq(c.served_idle, 0);
 
-  cr_assert(ps_pool_release(pool, item), "a connection without lifetime is kept");
+  cr_assert(ps_pool_release(pool, item, FALSE), "a connection without lifetime is kept");
   ASSERT_GAUGES(pool, 1, 1, 0, 0);
 
   PsGrant g2;
@@ -181,7 +181,7 @@ Test(pool, second_acquire_reuses_the_released_connection)
   cr_assert_eq(c.closed, 0);
   cr_assert_eq(c.waits, 0);
 
-  cr_assert(ps_pool_release(pool, g2.item));
+  cr_assert(ps_pool_release(pool, g2.item, FALSE));
   GSList *victims = NULL;
   ps_pool_free(pool, &victims);
   cr_assert_eq(g_slist_length(victims), 1, "pool_free hands back the idle connection");
@@ -196,15 +196,15 @@ Test(pool, the_most_recently_returned_connection_is_lent_first)
   PsPoolKey *key = key_n(pool, 1);
   PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
   PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
-  cr_assert(ps_pool_release(pool, a));
-  cr_assert(ps_pool_release(pool, b));
+  cr_assert(ps_pool_release(pool, a, FALSE));
+  cr_assert(ps_pool_release(pool, b, FALSE));
   ASSERT_GAUGES(pool, 2, 2, 0, 0);
 
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
   cr_assert_eq(g.kind, PS_GRANT_IDLE);
   cr_assert_eq(g.item, b, "the warm end of the idle queue is used first");
-  cr_assert(ps_pool_release(pool, g.item));
+  cr_assert(ps_pool_release(pool, g.item, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -237,8 +237,8 @@ Test(pool, a_full_key_times_out_at_the_deadline)
   cr_assert_eq(c.wait_timeouts, 1);
   ASSERT_GAUGES(pool, 2, 0, 2, 0); /* the timed-out waiter left nothing behind */
 
-  cr_assert(ps_pool_release(pool, a));
-  cr_assert(ps_pool_release(pool, b));
+  cr_assert(ps_pool_release(pool, a, FALSE));
+  cr_assert(ps_pool_release(pool, b, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -262,8 +262,8 @@ Test(pool, a_full_key_does_not_block_another_key)
   ASSERT_GAUGES(pool, 3, 0, 2, 0);
 
   ps_pool_open_failed(pool, k2);
-  cr_assert(ps_pool_release(pool, a));
-  cr_assert(ps_pool_release(pool, b));
+  cr_assert(ps_pool_release(pool, a, FALSE));
+  cr_assert(ps_pool_release(pool, b, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -276,7 +276,7 @@ Test(pool, per_key_zero_is_treated_as_one)
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(20), &g);
   cr_assert_eq(g.kind, PS_GRANT_TIMEOUT);
-  cr_assert(ps_pool_release(pool, a));
+  cr_assert(ps_pool_release(pool, a, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -293,7 +293,7 @@ Test(pool, a_waiter_is_served_the_released_connection)
   wait_until_waiting(pool, 1);
   ASSERT_GAUGES(pool, 1, 0, 1, 1);
 
-  cr_assert(ps_pool_release(pool, item));
+  cr_assert(ps_pool_release(pool, item, FALSE));
   g_thread_join(t);
 
   cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
@@ -308,7 +308,7 @@ Test(pool, a_waiter_is_served_the_released_connection)
   cr_assert_eq(c.served_idle, 1);
   cr_assert_eq(c.borrowed, 2);
 
-  cr_assert(ps_pool_release(pool, item));
+  cr_assert(ps_pool_release(pool, item, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -339,7 +339,7 @@ Test(pool, a_waiter_is_granted_a_slot_when_a_holder_discards)
 
   PsItem *fresh = ps_pool_opened(pool, key, GINT_TO_POINTER(8));
   ASSERT_GAUGES(pool, 1, 0, 1, 0);
-  cr_assert(ps_pool_release(pool, fresh));
+  cr_assert(ps_pool_release(pool, fresh, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -396,7 +396,7 @@ fifo_waiter_main(gpointer p)
     int pos = g_atomic_int_add(&s->next, 1);
     if (pos >= 0 && pos < (int)G_N_ELEMENTS(s->order))
       s->order[pos] = w->index;
-    w->released_ok = ps_pool_release(s->pool, w->grant.item);
+    w->released_ok = ps_pool_release(s->pool, w->grant.item, FALSE);
   }
   return NULL;
 }
@@ -420,7 +420,7 @@ Test(pool, waiters_are_served_in_arrival_order)
 
   /* One release starts the chain: each served waiter releases the connection again, and
    * every release hands it to the next waiter in line. */
-  cr_assert(ps_pool_release(shared.pool, item));
+  cr_assert(ps_pool_release(shared.pool, item, FALSE));
   for (int i = 0; i < N; i++)
     g_thread_join(t[i]);
 
@@ -452,8 +452,8 @@ Test(pool, the_global_limit_evicts_one_idle_connection_of_another_key)
   gpointer ca = GINT_TO_POINTER(0xa1), cb = GINT_TO_POINTER(0xa2);
   PsItem *a1 = open_one(pool, ka, ca);
   PsItem *a2 = open_one(pool, ka, cb);
-  cr_assert(ps_pool_release(pool, a1));
-  cr_assert(ps_pool_release(pool, a2));
+  cr_assert(ps_pool_release(pool, a1, FALSE));
+  cr_assert(ps_pool_release(pool, a2, FALSE));
   ASSERT_GAUGES(pool, 2, 2, 0, 0);
 
   PsGrant g;
@@ -485,8 +485,8 @@ Test(pool, the_global_limit_evicts_one_idle_connection_of_another_key)
   ps_pool_acquire(pool, ka, in_ms(1000), &ga);
   cr_assert_eq(ga.kind, PS_GRANT_IDLE);
   cr_assert_eq(ga.item, keep);
-  cr_assert(ps_pool_release(pool, ga.item));
-  cr_assert(ps_pool_release(pool, b));
+  cr_assert(ps_pool_release(pool, ga.item, FALSE));
+  cr_assert(ps_pool_release(pool, b, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -507,7 +507,7 @@ Test(pool, the_global_limit_makes_a_new_key_wait_when_nothing_is_idle)
   Waiter w;
   GThread *t = start_waiter(&w, pool, kb);
   wait_until_waiting(pool, 1);
-  cr_assert(ps_pool_release(pool, a1));
+  cr_assert(ps_pool_release(pool, a1, FALSE));
   g_thread_join(t);
   cr_assert_eq(w.grant.kind, PS_GRANT_OPEN);
   cr_assert_eq(g_slist_length(w.grant.victims), 1);
@@ -517,7 +517,7 @@ Test(pool, the_global_limit_makes_a_new_key_wait_when_nothing_is_idle)
   ASSERT_GAUGES(pool, 2, 0, 1, 0);
 
   ps_pool_open_failed(pool, kb);
-  cr_assert(ps_pool_release(pool, a2));
+  cr_assert(ps_pool_release(pool, a2, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -536,14 +536,14 @@ Test(pool, release_after_the_lifetime_closes_the_connection)
   cr_assert_geq(item->expires_us, t0 + 975 * SEC);
 
   fake_now_us = t0 + 500 * SEC;
-  cr_assert(ps_pool_release(pool, item), "half-way through its life it is kept");
+  cr_assert(ps_pool_release(pool, item, FALSE), "half-way through its life it is kept");
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
   cr_assert_eq(g.kind, PS_GRANT_IDLE);
   cr_assert_eq(g.item, item);
 
   fake_now_us = t0 + 1001 * SEC;
-  cr_assert_not(ps_pool_release(pool, item), "past its lifetime it is handed back");
+  cr_assert_not(ps_pool_release(pool, item, FALSE), "past its lifetime it is handed back");
   cr_assert_eq(item->close_reason, PS_CLOSE_LIFETIME);
   ASSERT_GAUGES(pool, 0, 0, 0, 0);
   PsPoolCounts c;
@@ -562,7 +562,7 @@ Test(pool, an_idle_connection_past_its_lifetime_is_a_victim_not_a_loan)
   gint64 t0 = fake_now_us;
   PsItem *item = open_one(pool, key, GINT_TO_POINTER(1));
   fake_now_us = t0 + 10 * SEC;
-  cr_assert(ps_pool_release(pool, item));
+  cr_assert(ps_pool_release(pool, item, FALSE));
 
   fake_now_us = t0 + 1001 * SEC;
   PsGrant g;
@@ -591,9 +591,9 @@ Test(pool, take_idle_returns_only_connections_past_the_idle_timeout)
   gint64 t0 = fake_now_us;
   PsItem *old = open_one(pool, key, GINT_TO_POINTER(1));
   PsItem *young = open_one(pool, key, GINT_TO_POINTER(2));
-  cr_assert(ps_pool_release(pool, old));
+  cr_assert(ps_pool_release(pool, old, FALSE));
   fake_now_us = t0 + 8 * SEC;
-  cr_assert(ps_pool_release(pool, young));
+  cr_assert(ps_pool_release(pool, young, FALSE));
   fake_now_us = t0 + 12 * SEC; /* old: idle 12 s; young: idle 4 s */
 
   GSList *taken = ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT);
@@ -634,7 +634,7 @@ Test(pool, take_idle_all_takes_every_idle_connection_of_every_key)
   };
   PsItem *lent = open_one(pool, k2, GINT_TO_POINTER(6));
   for (guint i = 0; i < G_N_ELEMENTS(items); i++)
-    cr_assert(ps_pool_release(pool, items[i]));
+    cr_assert(ps_pool_release(pool, items[i], FALSE));
   ASSERT_GAUGES(pool, 6, 5, 1, 0);
 
   GSList *taken = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
@@ -647,7 +647,7 @@ Test(pool, take_idle_all_takes_every_idle_connection_of_every_key)
   free_victims(taken);
   ASSERT_GAUGES(pool, 1, 0, 1, 0);
 
-  cr_assert(ps_pool_release(pool, lent));
+  cr_assert(ps_pool_release(pool, lent, FALSE));
   ps_pool_free(pool, NULL);
 }
 
@@ -668,10 +668,10 @@ Test(pool, the_same_digest_gives_the_same_key)
   /* Digests differing only in their last byte are different keys. */
   guint8 d1[PS_KEY_DIGEST_LEN] = {0}, d2[PS_KEY_DIGEST_LEN] = {0};
   d2[PS_KEY_DIGEST_LEN - 1] = 1;
-  PsPoolKey *z1 = ps_pool_key(pool, d1, "z1");
-  PsPoolKey *z2 = ps_pool_key(pool, d2, "z2");
+  PsPoolKey *z1 = ps_pool_key(pool, d1, "z1", NULL);
+  PsPoolKey *z2 = ps_pool_key(pool, d2, "z2", NULL);
   cr_assert_neq(z1, z2);
-  cr_assert_eq(ps_pool_key(pool, d1, "ignored"), z1);
+  cr_assert_eq(ps_pool_key(pool, d1, "ignored", NULL), z1);
   cr_assert_str_eq(ps_pool_key_label(z1), "z1", "the first label names the key");
 
   PsPoolCounts c;
@@ -799,7 +799,7 @@ stress_main(gpointer p)
       g_thread_yield();
     g_atomic_int_add(&s->lent_now[k], -1);
     g_atomic_int_set((gint *)item->conn, 0);
-    if (!ps_pool_release(s->pool, item))
+    if (!ps_pool_release(s->pool, item, FALSE))
       g_atomic_int_inc(&s->errors); /* no lifetime: every release is kept */
   }
   g_rand_free(rand);
@@ -861,4 +861,84 @@ Test(pool, many_threads_never_exceed_the_limits)
   cr_assert_eq(g_atomic_int_get(&s.errors), 0);
   ASSERT_GAUGES(s.pool, 0, 0, 0, 0);
   ps_pool_free(s.pool, NULL);
+}
+
+/* ---- per-key settings and counters -------------------------------------------------- */
+
+Test(pool, a_key_with_its_own_settings_uses_its_own_size_and_lifetime)
+{
+  PsPool *pool = new_pool(4, 0, 0, 0);
+  guint8 d[PS_KEY_DIGEST_LEN] = {7};
+  PsPoolSettings small = {.pool_size = 1, .max_lifetime_us = 10 * MS};
+  PsPoolKey *k = ps_pool_key(pool, d, "small@h:1/db", &small);
+  cr_assert_eq(ps_pool_key_settings(k)->pool_size, 1);
+  PsItem *a = open_one(pool, k, GINT_TO_POINTER(1));
+  PsGrant g;
+  ps_pool_acquire(pool, k, in_ms(30), &g);
+  cr_assert_eq(g.kind, PS_GRANT_TIMEOUT, "the key's size of 1 applies, not the pool's 4");
+  cr_assert(g.first_wait, "the key's first wait is flagged");
+  ps_pool_acquire(pool, k, in_ms(1), &g);
+  cr_assert_not(g.first_wait, "only the first");
+  g_usleep(20 * MS);
+  cr_assert_not(ps_pool_release(pool, a, TRUE), "the key's lifetime applies");
+  ps_pool_item_free(a);
+  PsPoolKey *other = key_n(pool, 1);
+  cr_assert_eq(ps_pool_key_settings(other)->pool_size, 4, "NULL settings: the pool's limits");
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, two_keys_with_one_label_get_distinct_names)
+{
+  PsPool *pool = new_pool(2, 0, 0, 0);
+  guint8 d1[PS_KEY_DIGEST_LEN] = {1}, d2[PS_KEY_DIGEST_LEN] = {2}, d3[PS_KEY_DIGEST_LEN] = {3};
+  PsPoolKey *a = ps_pool_key(pool, d1, "u@h:1/db", NULL);
+  PsPoolKey *b = ps_pool_key(pool, d2, "u@h:1/db", NULL);
+  PsPoolKey *c = ps_pool_key(pool, d3, "u@h:1/db", NULL);
+  cr_assert_str_eq(ps_pool_key_label(a), "u@h:1/db");
+  cr_assert_str_eq(ps_pool_key_label(b), "u@h:1/db#2");
+  cr_assert_str_eq(ps_pool_key_label(c), "u@h:1/db#3");
+  cr_assert_eq(ps_pool_key(pool, d2, "u@h:1/db", NULL), b, "finding a key does not rename it");
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, each_key_counts_its_own_borrows_closes_resets_and_waits)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *k1 = key_n(pool, 1), *k2 = key_n(pool, 2);
+  PsItem *a = open_one(pool, k1, GINT_TO_POINTER(1));
+  cr_assert(ps_pool_release(pool, a, TRUE));
+  PsGrant g;
+  ps_pool_acquire(pool, k1, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  PsGrant late;
+  ps_pool_acquire(pool, k1, in_ms(20), &late); /* waits ~20 ms, then times out */
+  cr_assert_eq(late.kind, PS_GRANT_TIMEOUT);
+  ps_pool_discard(pool, g.item, PS_CLOSE_RESET_FAILED);
+  ps_pool_item_free(g.item);
+  PsItem *b = open_one(pool, k2, GINT_TO_POINTER(2));
+  cr_assert(ps_pool_release(pool, b, FALSE));
+
+  g_autoptr(GArray) snap = ps_pool_snapshot(pool);
+  cr_assert_eq(snap->len, 2);
+  PsKeySnapshot *s1 = &g_array_index(snap, PsKeySnapshot, 0);
+  PsKeySnapshot *s2 = &g_array_index(snap, PsKeySnapshot, 1);
+  cr_assert_str_eq(s1->label, "user1@host:3306/db", "creation order");
+  cr_assert_eq(s1->counts.borrowed, 2);
+  cr_assert_eq(s1->counts.served_idle, 1);
+  cr_assert_eq(s1->counts.opened, 1);
+  cr_assert_eq(s1->counts.resets, 1);
+  cr_assert_eq(s1->counts.closed, 1);
+  cr_assert_eq(s1->counts.closed_by[PS_CLOSE_RESET_FAILED], 1);
+  cr_assert_eq(s1->counts.waits, 1);
+  cr_assert_eq(s1->counts.wait_timeouts, 1);
+  cr_assert_eq(s1->counts.wait_count, 3, "every acquire is observed");
+  cr_assert_eq(s1->counts.wait_buckets[0], 2, "two did not wait");
+  cr_assert_eq(s1->counts.wait_buckets[3], 1, "the timed-out wait is in the 10-100 ms bucket");
+  cr_assert_geq(s1->counts.wait_sum_us, 20 * MS);
+  cr_assert_eq(s1->open, 0);
+  cr_assert_eq(s2->counts.borrowed, 1);
+  cr_assert_eq(s2->counts.resets, 0);
+  cr_assert_eq(s2->idle, 1);
+  cr_assert_eq(ps_close_reason_name(PS_CLOSE_UNCLEAN)[0], 'e', "named \"error\" in statistics");
+  ps_pool_free(pool, NULL);
 }

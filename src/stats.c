@@ -1,0 +1,234 @@
+/* stats.c: formats the pool's counters in the Prometheus text exposition format and writes
+ * them atomically. Knows the metric names (poolshim-stat and the documentation rely on them);
+ * knows nothing of locks, threads or MySQL. */
+#include "stats.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A label value as the format wants it: backslash, double quote and newline escaped. */
+static void
+append_label_value(GString *out, const char *value)
+{
+  for (const char *c = value; *c; c++) {
+    if (*c == '\\')
+      g_string_append(out, "\\\\");
+    else if (*c == '"')
+      g_string_append(out, "\\\"");
+    else if (*c == '\n')
+      g_string_append(out, "\\n");
+    else
+      g_string_append_c(out, *c);
+  }
+}
+
+static void
+header(GString *out, const char *name, const char *type, const char *help)
+{
+  g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* name{pid="...",pool="...",extra} value. Every sample carries the pid: node_exporter's
+ * textfile collector merges the files of all processes, and two series with the same labels
+ * would be dropped as duplicates. */
+static void
+sample(GString *out, int pid, const char *name, const char *pool, const char *extra,
+       guint64 value)
+{
+  g_string_append_printf(out, "%s{pid=\"%d\",pool=\"", name, pid);
+  append_label_value(out, pool);
+  g_string_append_printf(out, "\"%s%s} %" G_GUINT64_FORMAT "\n", extra ? "," : "",
+                         extra ? extra : "", value);
+}
+
+static void
+seconds(GString *out, gint64 us)
+{
+  char buf[G_ASCII_DTOSTR_BUF_SIZE];
+  g_string_append(out, g_ascii_formatd(buf, sizeof buf, "%.6f", (double)us / 1e6));
+}
+
+typedef guint64 (*PsField)(const PsKeySnapshot *k);
+
+#define FIELD(fn, expr)                                                                          \
+  static guint64 fn(const PsKeySnapshot *k) { return (expr); }
+FIELD(f_size, k->settings.pool_size)
+FIELD(f_waiting, k->waiting)
+FIELD(f_borrowed, k->counts.borrowed)
+FIELD(f_served_idle, k->counts.served_idle)
+FIELD(f_opened, k->counts.opened)
+FIELD(f_resets, k->counts.resets)
+FIELD(f_waits, k->counts.waits)
+FIELD(f_wait_timeouts, k->counts.wait_timeouts)
+#undef FIELD
+
+static const struct {
+  const char *name, *type, *help;
+  PsField field;
+} per_pool[] = {
+  {"poolshim_pool_size", "gauge", "Configured maximum of physical connections of the pool.",
+   f_size},
+  {"poolshim_waiting", "gauge", "Connects now waiting for a free connection.", f_waiting},
+  {"poolshim_borrowed_total", "counter", "Connects served by the pool.", f_borrowed},
+  {"poolshim_served_idle_total", "counter", "Connects that reused an idle connection.",
+   f_served_idle},
+  {"poolshim_opened_total", "counter", "Physical connections opened.", f_opened},
+  {"poolshim_resets_total", "counter", "Sessions reset when the application closed them.",
+   f_resets},
+  {"poolshim_waits_total", "counter", "Connects that had to wait for a free connection.",
+   f_waits},
+  {"poolshim_wait_timeouts_total", "counter",
+   "Waits that ended in error 1040 (POOLSHIM_TIMEOUT).", f_wait_timeouts},
+};
+
+char *
+ps_stats_format(const PsStatsReport *r)
+{
+  GString *out = g_string_new(NULL);
+  g_autofree char *pid = g_strdup_printf("{pid=\"%d\"}", r->pid);
+  header(out, "poolshim_info", "gauge", "The library version and the process it runs in.");
+  g_string_append_printf(out, "poolshim_info{version=\"");
+  append_label_value(out, r->version);
+  g_string_append_printf(out, "\",pid=\"%d\",program=\"", r->pid);
+  append_label_value(out, r->program);
+  g_string_append(out, "\"} 1\n");
+  header(out, "poolshim_process_start_time_seconds", "gauge",
+         "When the library started in this process (Unix time).");
+  g_string_append_printf(out, "poolshim_process_start_time_seconds%s ", pid);
+  seconds(out, r->start_time_us);
+  g_string_append_c(out, '\n');
+  header(out, "poolshim_written_time_seconds", "gauge", "When this file was written (Unix time).");
+  g_string_append_printf(out, "poolshim_written_time_seconds%s ", pid);
+  seconds(out, r->written_time_us);
+  g_string_append_c(out, '\n');
+  header(out, "poolshim_unpooled_total", "counter",
+         "Connects passed straight to the client library (options the pool cannot key).");
+  g_string_append_printf(out, "poolshim_unpooled_total%s %" G_GUINT64_FORMAT "\n", pid,
+                         r->unpooled);
+
+  guint n = r->keys ? r->keys->len : 0;
+#define KEY(i) (&g_array_index(r->keys, PsKeySnapshot, (i)))
+  header(out, "poolshim_connections", "gauge",
+         "Physical connections of the pool by state: idle, lent, opening.");
+  for (guint i = 0; i < n; i++) {
+    const PsKeySnapshot *k = KEY(i);
+    sample(out, r->pid, "poolshim_connections", k->label, "state=\"idle\"", k->idle);
+    sample(out, r->pid, "poolshim_connections", k->label, "state=\"lent\"", k->lent);
+    sample(out, r->pid, "poolshim_connections", k->label, "state=\"opening\"",
+           k->open - MIN(k->open, k->idle + k->lent));
+  }
+  for (gsize m = 0; m < G_N_ELEMENTS(per_pool); m++) {
+    header(out, per_pool[m].name, per_pool[m].type, per_pool[m].help);
+    for (guint i = 0; i < n; i++)
+      sample(out, r->pid, per_pool[m].name, KEY(i)->label, NULL, per_pool[m].field(KEY(i)));
+  }
+  header(out, "poolshim_closed_total", "counter", "Physical connections closed, by reason.");
+  for (guint i = 0; i < n; i++)
+    for (guint reason = 0; reason < PS_CLOSE_REASONS; reason++) {
+      char extra[64];
+      g_snprintf(extra, sizeof extra, "reason=\"%s\"", ps_close_reason_name(reason));
+      sample(out, r->pid, "poolshim_closed_total", KEY(i)->label, extra,
+             KEY(i)->counts.closed_by[reason]);
+    }
+  header(out, "poolshim_wait_seconds", "histogram",
+         "Time a connect waited for a free connection (0 when it did not wait).");
+  for (guint i = 0; i < n; i++) {
+    const PsKeySnapshot *k = KEY(i);
+    guint64 cumulative = 0;
+    for (guint b = 0; b < PS_WAIT_BUCKETS; b++) {
+      cumulative += k->counts.wait_buckets[b];
+      char extra[64], le[G_ASCII_DTOSTR_BUF_SIZE];
+      if (b < PS_WAIT_BUCKETS - 1)
+        g_ascii_formatd(le, sizeof le, "%g", (double)ps_wait_bucket_us[b] / 1e6);
+      else
+        g_strlcpy(le, "+Inf", sizeof le);
+      g_snprintf(extra, sizeof extra, "le=\"%s\"", le);
+      sample(out, r->pid, "poolshim_wait_seconds_bucket", k->label, extra, cumulative);
+    }
+    g_string_append_printf(out, "poolshim_wait_seconds_sum{pid=\"%d\",pool=\"", r->pid);
+    append_label_value(out, k->label);
+    g_string_append(out, "\"} ");
+    seconds(out, (gint64)k->counts.wait_sum_us);
+    g_string_append_c(out, '\n');
+    sample(out, r->pid, "poolshim_wait_seconds_count", k->label, NULL, k->counts.wait_count);
+  }
+#undef KEY
+  return g_string_free(out, FALSE);
+}
+
+char *
+ps_stats_expand_path(const char *pattern, int pid, const char *program)
+{
+  GString *out = g_string_new(NULL);
+  for (const char *c = pattern; *c; c++) {
+    if (c[0] == '%' && c[1] == 'p') {
+      g_string_append_printf(out, "%d", pid);
+      c++;
+    } else if (c[0] == '%' && c[1] == 'n') {
+      g_string_append(out, program);
+      c++;
+    } else if (c[0] == '%' && c[1] == '%') {
+      g_string_append_c(out, '%');
+      c++;
+    } else {
+      g_string_append_c(out, *c);
+    }
+  }
+  return g_string_free(out, FALSE);
+}
+
+char *
+ps_stats_program_name(const char *argv0)
+{
+  g_autofree char *base = g_path_get_basename(argv0 && *argv0 ? argv0 : "unknown");
+  for (char *c = base; *c; c++)
+    if (!g_ascii_isalnum(*c) && *c != '.' && *c != '_' && *c != '-')
+      *c = '_';
+  if (g_str_equal(base, ".") || g_str_equal(base, "..") || g_str_equal(base, "/"))
+    return g_strdup("unknown");
+  return g_steal_pointer(&base);
+}
+
+gboolean
+ps_stats_write_file(const char *path, const char *text, GError **error)
+{
+  /* A hidden name in the same directory (node_exporter reads only *.prom; rename(2) is
+   * atomic within one file system), unique per process and thread. */
+  g_autofree char *dir = g_path_get_dirname(path);
+  g_autofree char *base = g_path_get_basename(path);
+  g_autofree char *tmp = g_strdup_printf("%s/.%s.%d.%p.tmp", dir, base, (int)getpid(),
+                                         (void *)g_thread_self());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) {
+    int e = errno;
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot create %s: %s", tmp,
+                g_strerror(e));
+    return FALSE;
+  }
+  gsize len = strlen(text), done = 0;
+  while (done < len) {
+    ssize_t w = write(fd, text + done, len - done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      int e = w < 0 ? errno : ENOSPC;
+      close(fd);
+      unlink(tmp);
+      g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot write %s: %s", tmp,
+                  g_strerror(e));
+      return FALSE;
+    }
+    done += (gsize)w;
+  }
+  if (close(fd) != 0 || rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot replace %s: %s", path,
+                g_strerror(e));
+    return FALSE;
+  }
+  return TRUE;
+}

@@ -1,0 +1,32 @@
+/* stats.h: the counters as operators read them: the Prometheus text exposition format, written
+ * atomically to POOLSHIM_STATS_FILE. Pure formatting and file writing: no pool logic, no
+ * locks (the broker hands over a snapshot). */
+#pragma once
+#include <glib.h>
+
+#include "pool.h"
+
+typedef struct {
+  const char *version;
+  int pid;
+  const char *program;
+  gint64 start_time_us;   /* wall clock (g_get_real_time) */
+  gint64 written_time_us;
+  guint64 unpooled;
+  GArray *keys;           /* of PsKeySnapshot, may be NULL */
+} PsStatsReport;
+
+/* The whole file, in the Prometheus text exposition format 0.0.4. */
+char *ps_stats_format(const PsStatsReport *report);
+
+/* `pattern` with %p = pid, %n = program, %% = %. Anything else after % is kept as is (the
+ * configuration rejects such patterns). */
+char *ps_stats_expand_path(const char *pattern, int pid, const char *program);
+
+/* basename(argv[0]) reduced to [A-Za-z0-9._-] (others become '_'): safe in a file name and
+ * the same rule poolshim-stat relies on. */
+char *ps_stats_program_name(const char *argv0);
+
+/* Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader
+ * (node_exporter, poolshim-stat) never sees half a file. */
+gboolean ps_stats_write_file(const char *path, const char *text, GError **error);
