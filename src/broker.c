@@ -62,6 +62,7 @@ static struct {
   GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
   GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
   GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
+  GHashTable *slot_fds;  /* every slot descriptor this process holds: a child closes its copies */
   char *host_root;
   /* POOLSHIM_STATS_FILE: the writer thread of this process and what the file says. */
   GMutex stats_lock;     /* one writer at a time: the thread, and exit */
@@ -95,10 +96,20 @@ phys_enter(PsPhys *p, PsPhysState to, const char *reason)
 /* Frees the bookkeeping of a connection that is closed (or abandoned): only now is its
  * host-wide slot given back, so the server never sees more than POOLSHIM_HOST_MAX. */
 static void
+release_slot(int fd)
+{
+  if (fd < 0)
+    return;
+  g_mutex_lock(&B.lock);
+  g_hash_table_remove(B.slot_fds, GINT_TO_POINTER(fd));
+  g_mutex_unlock(&B.lock);
+  ps_host_slot_release(fd);
+}
+
+static void
 phys_free(PsPhys *p)
 {
-  if (p->slot_fd >= 0)
-    ps_host_slot_release(p->slot_fd);
+  release_slot(p->slot_fd);
   ps_pool_item_free(p->item);
   g_free(p);
 }
@@ -122,11 +133,8 @@ close_victims(GSList *victims, gboolean inherited)
     PsItem *item = l->data;
     PsPhys *p = item->conn;
     phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
-    if (inherited && p->slot_fd >= 0) {
-      /* The parent's slot: close our copy, never unlock the lock we share with it. */
-      close(p->slot_fd);
-      p->slot_fd = -1;
-    }
+    if (inherited)
+      p->slot_fd = -1; /* the parent's slot: our copy was closed at fork, never unlock it */
     if (inherited)
       ps_conn_abandon(p->shell);
     else
@@ -270,6 +278,17 @@ after_fork_child(void)
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
   B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
+  /* The parent's host-wide slots are the parent's: our copies of their descriptors must not
+   * keep a slot held after the parent is gone, even if this child never calls the library
+   * again. Closing (never unlocking: the lock is shared with the parent) is safe here. */
+  if (B.slot_fds) {
+    GHashTableIter it;
+    gpointer fd;
+    g_hash_table_iter_init(&it, B.slot_fds);
+    while (g_hash_table_iter_next(&it, &fd, NULL))
+      close(GPOINTER_TO_INT(fd));
+    g_hash_table_remove_all(B.slot_fds);
+  }
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
 }
@@ -289,18 +308,12 @@ adopt_fork(void)
     B.pool = new_pool();
     B.forked = FALSE;
     B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
-    /* The parent's connections hold their host-wide slots through the parent: the child's
-     * copies of those descriptors must not keep a slot alive after the parent is gone. */
+    /* The parent's lent connections: their slot descriptors were closed at fork. */
     GHashTableIter it;
     gpointer value;
     g_hash_table_iter_init(&it, B.lent);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-      PsPhys *lent = value;
-      if (lent->slot_fd >= 0) {
-        close(lent->slot_fd);
-        lent->slot_fd = -1;
-      }
-    }
+    while (g_hash_table_iter_next(&it, NULL, &value))
+      ((PsPhys *)value)->slot_fd = -1;
     start_watchdog(); /* threads do not survive fork() */
     start_stats_writer();
     start_housekeeper();
@@ -428,6 +441,7 @@ init_once(void)
     if (B.config.host_max) {
       B.host_slots = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                            (GDestroyNotify)ps_host_slots_free);
+      B.slot_fds = g_hash_table_new(g_direct_hash, g_direct_equal);
       B.host_root = B.config.host_dir ? g_strdup(B.config.host_dir)
                                       : ps_host_slots_default_root();
       ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
@@ -549,6 +563,9 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
   }
   int fd = ps_host_slot_acquire(slots, deadline, &error);
   if (fd >= 0) {
+    g_mutex_lock(&B.lock);
+    g_hash_table_add(B.slot_fds, GINT_TO_POINTER(fd));
+    g_mutex_unlock(&B.lock);
     *fd_out = fd;
     *slots_out = slots; /* lives as long as B.host_slots: never removed */
     return TRUE;
@@ -687,8 +704,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
     m->options.connect_timeout = own_timeout;
     if (!r) {
-      if (slot_fd >= 0)
-        ps_host_slot_release(slot_fd);
+      release_slot(slot_fd);
       ps_pool_open_failed(pool, pk);
       return NULL;
     }

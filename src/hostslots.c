@@ -10,7 +10,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-G_DEFINE_QUARK(ps-host-slots-error-quark, ps_host_slots_error)
+/* Spelled out instead of G_DEFINE_QUARK, whose dashed argument clang-format would split. */
+GQuark
+ps_host_slots_error_quark(void)
+{
+  return g_quark_from_static_string("ps-host-slots-error-quark");
+}
 
 /* Enough of the server name to recognise it in `ls`; the hash keeps cut names apart. */
 #define PS_NAME_KEEP 64
@@ -206,6 +211,8 @@ announce_waiting(int dfd, int *fd)
 int
 ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error)
 {
+  /* Given up with ps_host_slot_release, like a slot: unlocked before the close, or a child
+   * forked during the wait would keep signalling a waiter through its copy. */
   int waiting = -1;
   /* Spreads the first slot tried over processes and threads. Not g_random: it takes a global
    * lock that a child forked from a multi-threaded host could find held forever. */
@@ -216,8 +223,7 @@ ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error)
     /* Reopened each round so that a directory recreated (tmp cleaners) is picked up. */
     int dfd = open_dir(slots->dir, error);
     if (dfd < 0) {
-      if (waiting >= 0)
-        close(waiting);
+      ps_host_slot_release(waiting);
       return -1;
     }
     int fd = -1;
@@ -227,14 +233,12 @@ ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error)
       announce_waiting(dfd, &waiting);
     close(dfd);
     if (fd != -1) {
-      if (waiting >= 0)
-        close(waiting);
+      ps_host_slot_release(waiting);
       return fd >= 0 ? fd : -1;
     }
     gint64 now = g_get_monotonic_time();
     if (now >= deadline_us) {
-      if (waiting >= 0)
-        close(waiting);
+      ps_host_slot_release(waiting);
       g_set_error(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_TIMED_OUT,
                   "all %u host slots in %s stayed held", slots->max, slots->dir);
       return -1;

@@ -758,7 +758,11 @@ kill_scenario(const char *scenario, const char *tls_ca)
   sleep_ms(500); /* the pool is created and full before the first KILL */
   gint64 kills_begin = now_us();
   killer_start();
+  /* At least 4 s, and on until 20 KILLs (a sanitized TLS build on a loaded machine lends
+   * fewer connections a second), at most 20 s. */
   sleep_ms(4000);
+  for (int i = 0; i < 64 && g_atomic_int_get(&K.n) < 20; i++)
+    sleep_ms(250);
   killer_stop();
   gint64 kills_end = now_us();
   wait_killed_gone();
