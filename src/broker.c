@@ -166,23 +166,30 @@ label_has_server(const char *label, gpointer server)
 }
 
 /* POOLSHIM_HOST_MAX: a quiet process must not sit on idle slots while another process
- * waits. Ten times a second, an idle connection of each server someone waits for is closed
- * (its slot comes free), and idle connections past their timeouts are reaped. */
+ * waits. Ten times a second (a hundred while it is handing slots over), an idle connection
+ * of each server someone waits for is closed (its slot comes free), and idle connections
+ * past their timeouts are reaped. */
 static gpointer
 housekeeper(gpointer data)
 {
+  gboolean handed_over = FALSE;
   for (;;) {
-    g_usleep(100 * 1000);
+    /* Right after a hand-over, look again soon: a burst of waiters gets one slot per tick. */
+    g_usleep(handed_over ? 10 * 1000 : 100 * 1000);
+    handed_over = FALSE;
     g_mutex_lock(&B.lock);
     GList *servers = g_hash_table_get_keys(B.host_slots);
     GList *sets = g_hash_table_get_values(B.host_slots);
     PsPool *pool = B.pool;
     g_mutex_unlock(&B.lock);
-    for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next)
-      if (v->data && ps_host_slots_contended(v->data))
-        close_victims(ps_pool_take_oldest_idle(pool, label_has_server, s->data,
-                                               PS_CLOSE_OVER_LIMIT),
-                      FALSE);
+    for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next) {
+      if (!v->data || !ps_host_slots_contended(v->data))
+        continue;
+      GSList *victim =
+        ps_pool_take_oldest_idle(pool, label_has_server, s->data, PS_CLOSE_OVER_LIMIT);
+      handed_over |= victim != NULL;
+      close_victims(victim, FALSE);
+    }
     g_list_free(servers);
     g_list_free(sets);
     close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
