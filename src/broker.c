@@ -48,6 +48,7 @@ typedef struct {
   gboolean cloexec_done;
   int slot_fd;              /* POOLSHIM_HOST_MAX slot this connection holds; -1 = none */
   PsHostSlots *slots;       /* ... and the server's slot set it came from */
+  PsWatch *watch;           /* what borrowers did to the session that a reset keeps */
 } PsPhys;
 
 static struct {
@@ -110,6 +111,7 @@ static void
 phys_free(PsPhys *p)
 {
   release_slot(p->slot_fd);
+  ps_watch_free(p->watch); /* only now: the library called through it until the close */
   ps_pool_item_free(p->item);
   g_free(p);
 }
@@ -740,6 +742,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     p->profile = profile;
     p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
     p->item = ps_pool_opened(pool, pk, p);
+    p->watch = ps_watch_new(m);
     lend(p, m);
     if (!profile)
       p->unpoolable = "the connection failed while the pool learnt its session";
@@ -811,7 +814,7 @@ ps_broker_close(MYSQL *m)
   phys_enter(p, PS_PHYS_RESETTING, NULL);
   unsigned int timeout_s = reset_timeout_s();
   p->pending = ps_conn_reset_begin(m, ps_pool_key_settings(p->item->owner)->reset, p->profile,
-                                   timeout_s, &why);
+                                   p->watch, timeout_s, &why);
   if (p->pending < 0) {
     discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
     return;

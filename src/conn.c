@@ -21,6 +21,7 @@ typedef unsigned char uchar;
 #include <string.h>
 
 #include "log.h"
+#include "watch.h"
 
 #ifndef INVALID_SOCKET
 #define INVALID_SOCKET (-1)
@@ -722,10 +723,28 @@ read_reply(MYSQL *m)
   }
 }
 
+static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
+                       unsigned int timeout_s, const char **why);
+
 int
-ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, unsigned int timeout_s,
-                    const char **why)
+ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
+                    unsigned int timeout_s, const char **why)
 {
+  guint dirty = ps_watch_take(m, watch);
+  int pending = reset_begin(m, mode, profile, dirty, timeout_s, why);
+  ps_watch_take(m, watch); /* the reset's own commands are not the next borrower's doing */
+  return pending;
+}
+
+static int
+reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
+            unsigned int timeout_s, const char **why)
+{
+  if ((dirty & PS_DIRTY_UNPOOLABLE) && mode != PS_RESET_NONE) {
+    *why = "the session holds state no reset clears (SET profiling, or a server option set "
+           "with mysql_set_server_option)";
+    return -1;
+  }
   bound_round_trips(m, timeout_s);
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
   if (mode == PS_RESET_NONE || mode == PS_RESET_ROLLBACK) {
@@ -762,13 +781,18 @@ ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, unsigned
     m->methods->invalidate_stmts(m, "mysql_close()");
   if (mode == PS_RESET_RESET && profile->db &&
       !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED)) {
-    /* The fast path: COM_RESET_CONNECTION, COM_INIT_DB, SET ROLE and the init commands go
-     * out together now; their replies are read when the connection is next lent, by which
-     * time they have usually arrived. mysql_close() does not wait for the server. */
+    /* The fast path: COM_RESET_CONNECTION, and the init commands go out together now;
+     * their replies are read when the connection is next lent, by which time they have
+     * usually arrived. mysql_close() does not wait for the server. The reset keeps the
+     * current database and role: COM_INIT_DB and SET ROLE go too when the borrower may
+     * have changed them (watch.c), each a command the server would otherwise run for
+     * nothing on every return. */
     int pending = 0;
+    gboolean need_db = (dirty & PS_DIRTY_DB) || g_strcmp0(m->db, profile->db) != 0;
+    gboolean need_role = (dirty & PS_DIRTY_ROLE) != 0;
     gboolean sent = send_only(m, COM_RESET_CONNECTION, NULL) && ++pending &&
-                    send_only(m, COM_INIT_DB, profile->db) && ++pending &&
-                    send_only(m, COM_QUERY, profile->role_sql) && ++pending;
+                    (!need_db || (send_only(m, COM_INIT_DB, profile->db) && ++pending)) &&
+                    (!need_role || (send_only(m, COM_QUERY, profile->role_sql) && ++pending));
     for (char **c = profile->init_commands; sent && c && *c; c++)
       sent = send_only(m, COM_QUERY, *c) && ++pending;
     if (!sent) {

@@ -6,6 +6,7 @@
 #include <mysql.h>
 
 #include "config.h"
+#include "watch.h"
 #include "pool.h"
 
 /* The real client-library entry points, resolved by interpose.c. */
@@ -95,7 +96,7 @@ gboolean ps_conn_returnable(MYSQL *m, const char **why);
  * that ps_conn_reset_end must read before the connection is lent again), or fails (-1,
  * *why set: close the connection). Every round trip is bounded by `timeout_s` seconds:
  * the real mysql_close never waits for the server, so neither may this. */
-int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile,
+int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                         unsigned int timeout_s, const char **why);
 gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
                            unsigned int timeout_s, const char **why);

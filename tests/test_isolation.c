@@ -288,6 +288,50 @@ check_role(MYSQL *m)
   cr_assert_neq(mysql_query(m, "SELECT COUNT(*) FROM mysql.user"), 0);
 }
 
+/* The pool re-selects the database and restores the role only when the borrower may have
+ * changed them (src/watch.c): every way of changing them must be seen. */
+static void
+dirty_use_disguised(MYSQL *m)
+{
+  pst_exec(m, "/* comment */ use\n`%s`", pst_env("PS_TEST_DB2"));
+}
+static void
+dirty_use_dynamic(MYSQL *m)
+{
+  pst_exec(m, "EXECUTE IMMEDIATE CONCAT('US', 'E %s')", pst_env("PS_TEST_DB2"));
+}
+static void
+dirty_use_c_api_statement(MYSQL *m)
+{
+  MYSQL_STMT *st = mysql_stmt_init(m);
+  g_autofree char *sql = g_strdup_printf("USE %s", pst_env("PS_TEST_DB2"));
+  cr_assert_eq(mysql_stmt_prepare(st, sql, strlen(sql)), 0, "%s", mysql_stmt_error(st));
+  cr_assert_eq(mysql_stmt_execute(st), 0, "%s", mysql_stmt_error(st));
+  mysql_stmt_close(st);
+  g_autofree char *db = pst_scalar_str(m, "SELECT DATABASE()");
+  cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
+}
+static void
+dirty_role_dynamic(MYSQL *m)
+{
+  dirty_role(m);
+  pst_exec(m, "SET ROLE NONE");
+  pst_exec(m, "EXECUTE IMMEDIATE CONCAT('SET RO', 'LE poolshim_role')");
+  g_autofree char *role = pst_scalar_str(m, "SELECT CURRENT_ROLE()");
+  cr_assert_str_eq(role, "poolshim_role");
+}
+static void
+dirty_role_untracked(MYSQL *m)
+{
+  dirty_role(m);
+  pst_exec(m, "SET ROLE NONE");
+  pst_exec(m, "SET SESSION session_track_state_change = OFF");
+  pst_exec(m, "SET SESSION session_track_schema = OFF");
+  pst_exec(m, "set/**/role poolshim_role");
+  g_autofree char *role = pst_scalar_str(m, "SELECT CURRENT_ROLE()");
+  cr_assert_str_eq(role, "poolshim_role");
+}
+
 static Kind kinds[] = {
   {"SET ROLE", dirty_role, check_role},
   {"user variable", dirty_user_variable, check_user_variable},
@@ -310,6 +354,11 @@ static Kind kinds[] = {
   {"HANDLER OPEN", dirty_handler, check_handler},
   {"XA START left open", dirty_xa, check_xa},
   {"C API prepared statement", dirty_c_api_statement, check_c_api_statement},
+  {"use after a comment", dirty_use_disguised, check_database},
+  {"USE by EXECUTE IMMEDIATE", dirty_use_dynamic, check_database},
+  {"USE as a C API statement", dirty_use_c_api_statement, check_database},
+  {"SET ROLE by EXECUTE IMMEDIATE", dirty_role_dynamic, check_role},
+  {"SET ROLE, tracking off", dirty_role_untracked, check_role},
 };
 
 /* Criterion copies parameters into a fresh process image: pass indexes, not pointers. */

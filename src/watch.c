@@ -1,0 +1,136 @@
+/* watch.c: looks at each command a pooled connection sends, through a per-connection copy of
+ * the library's public command table, and remembers whether the session's database or role
+ * may have changed (see watch.h). A conservative word scan: a false "dirty" costs one more
+ * command at the next reset, a false "clean" would show one borrower another's state. Must
+ * never change what is sent or what the caller gets back. */
+#include "watch.h"
+
+#include <stddef.h>
+#include <string.h>
+
+struct PsWatch {
+  struct st_mariadb_methods methods; /* first: m->methods points here */
+  const struct st_mariadb_methods *orig;
+  guint dirty;
+};
+
+/* An identifier character as the server's lexer sees it in every client character set:
+ * ASCII letters, digits, _ and $, and any byte of a multi-byte character (keywords are
+ * always ASCII, so a keyword glued to such a byte is no keyword for the server either). */
+static inline gboolean
+ident_byte(unsigned char c)
+{
+  return g_ascii_isalnum(c) || c == '_' || c == '$' || c >= 0x80;
+}
+
+static gboolean
+word_is(const char *w, size_t len, const char *lower)
+{
+  return strlen(lower) == len && g_ascii_strncasecmp(w, lower, len) == 0;
+}
+
+guint
+ps_watch_classify_sql(const char *sql, size_t len)
+{
+  guint bits = 0;
+  gboolean drop = FALSE, database = FALSE;
+  size_t i = 0;
+  while (i < len) {
+    if (!ident_byte((unsigned char)sql[i])) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < len && ident_byte((unsigned char)sql[j]))
+      j++;
+    const char *w = sql + i;
+    size_t n = j - i;
+    if (word_is(w, n, "use"))
+      bits |= PS_DIRTY_DB;
+    else if (word_is(w, n, "role"))
+      bits |= PS_DIRTY_ROLE;
+    /* Dynamic SQL and routines: the text that runs is not this text. (Routines cannot USE
+     * and restore the role on exit, but the scan does not rely on that.) */
+    else if (word_is(w, n, "prepare") || word_is(w, n, "execute") || word_is(w, n, "call"))
+      bits |= PS_DIRTY_DB | PS_DIRTY_ROLE;
+    else if (word_is(w, n, "drop"))
+      drop = TRUE;
+    else if (word_is(w, n, "database") || word_is(w, n, "schema"))
+      database = TRUE;
+    /* SHOW PROFILES keeps the statements' text through COM_RESET_CONNECTION. */
+    else if (word_is(w, n, "profiling"))
+      bits |= PS_DIRTY_UNPOOLABLE;
+    i = j;
+  }
+  if (drop && database) /* dropping the current database leaves the session without one */
+    bits |= PS_DIRTY_DB;
+  return bits;
+}
+
+static guint
+classify_command(enum enum_server_command command, const char *arg, size_t length)
+{
+  switch (command) {
+  case COM_QUERY:
+  case COM_STMT_PREPARE:
+    return arg ? ps_watch_classify_sql(arg, length) : PS_DIRTY_ALL;
+  /* Commands that touch neither the database nor the role. */
+  case COM_QUIT:
+  case COM_PING:
+  case COM_STATISTICS:
+  case COM_RESET_CONNECTION:
+  case COM_STMT_EXECUTE: /* of a statement prepared, and scanned, in this session */
+  case COM_STMT_SEND_LONG_DATA:
+  case COM_STMT_CLOSE:
+  case COM_STMT_RESET:
+  case COM_STMT_FETCH:
+  case COM_STMT_BULK_EXECUTE:
+  case COM_FIELD_LIST:
+  case COM_PROCESS_INFO:
+    return 0;
+  case COM_INIT_DB:
+    return PS_DIRTY_DB;
+  case COM_SET_OPTION: /* survives COM_RESET_CONNECTION */
+    return PS_DIRTY_ALL;
+  default: /* COM_CHANGE_USER and anything this file does not know */
+    return PS_DIRTY_ALL;
+  }
+}
+
+static int
+watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *arg,
+                   size_t length, my_bool skip_check, void *opt_arg)
+{
+  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
+  w->dirty |= classify_command(command, arg, length);
+  return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+}
+
+PsWatch *
+ps_watch_new(MYSQL *m)
+{
+  if (!m->methods || !m->methods->db_command)
+    return NULL;
+  PsWatch *w = g_new0(PsWatch, 1);
+  w->orig = m->methods;
+  w->methods = *m->methods;
+  w->methods.db_command = watched_db_command;
+  m->methods = &w->methods;
+  return w;
+}
+
+void
+ps_watch_free(PsWatch *w)
+{
+  g_free(w);
+}
+
+guint
+ps_watch_take(MYSQL *m, PsWatch *w)
+{
+  if (!w || m->methods != &w->methods)
+    return PS_DIRTY_ALL;
+  guint bits = w->dirty;
+  w->dirty = 0;
+  return bits;
+}

@@ -1,0 +1,139 @@
+/* Selective reset: COM_RESET_CONNECTION keeps the database and the role, so the pool sends
+ * COM_INIT_DB and SET ROLE only after a borrower that may have changed them, and never lends
+ * again a session whose state no reset clears. Proven with the server's own counters
+ * (Com_change_db counts COM_INIT_DB, Com_set_option counts SET ROLE) and CONNECTION_ID(). */
+#include <mysqld_error.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+TestSuite(selective, .timeout = 60);
+
+typedef struct {
+  long long change_db, set_option;
+} Counters;
+
+static Counters
+counters(void)
+{
+  return (Counters){pst_status("Com_change_db"), pst_status("Com_set_option")};
+}
+
+/* One borrow of the pooled connection `id`: runs `sql` (if any), then returns it. */
+static void
+borrow(long long id, const char *sql)
+{
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), id, "the pool lent another thread");
+  if (sql)
+    pst_exec(m, "%s", sql);
+  mysql_close(m);
+}
+
+Test(selective, a_borrower_that_only_reads_costs_no_database_or_role_command)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  borrow(id, NULL); /* the first return after the connect may restore what the profile read */
+
+  Counters before = counters();
+  for (int i = 0; i < 50; i++)
+    borrow(id, "SELECT * FROM information_schema.USER_PRIVILEGES LIMIT 1");
+  borrow(id, NULL); /* reads the last return's replies */
+  Counters after = counters();
+  cr_assert_eq(after.change_db - before.change_db, 0, "COM_INIT_DB was sent %lld times",
+               after.change_db - before.change_db);
+  cr_assert_eq(after.set_option - before.set_option, 0, "SET was run %lld times",
+               after.set_option - before.set_option);
+}
+
+Test(selective, a_use_costs_one_database_command_at_the_next_return)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  borrow(id, NULL);
+
+  g_autofree char *use = g_strdup_printf("USE %s", pst_env("PS_TEST_DB2"));
+  Counters before = counters();
+  borrow(id, use);   /* the borrower's USE: 1, and the pool's COM_INIT_DB at return: 1 */
+  borrow(id, NULL);  /* nothing: 0 */
+  Counters after = counters();
+  cr_assert_eq(after.change_db - before.change_db, 2, "Com_change_db moved by %lld",
+               after.change_db - before.change_db);
+  cr_assert_eq(after.set_option - before.set_option, 0);
+  MYSQL *check = pst_connect_app();
+  g_autofree char *db = pst_scalar_str(check, "SELECT DATABASE()");
+  cr_assert_str_eq(db, pst_env("PS_TEST_DB"));
+  mysql_close(check);
+}
+
+Test(selective, a_set_role_costs_one_set_role_at_the_next_return)
+{
+  MYSQL *a = pst_admin();
+  pst_exec(a, "CREATE ROLE IF NOT EXISTS poolshim_role");
+  pst_exec(a, "GRANT poolshim_role TO '%s'@'%%', '%s'@'localhost'", pst_env("PS_TEST_USER"),
+           pst_env("PS_TEST_USER"));
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  borrow(id, NULL);
+
+  Counters before = counters();
+  borrow(id, "SET ROLE poolshim_role"); /* the borrower's: 1, the pool's restore: 1 */
+  borrow(id, NULL);
+  Counters after = counters();
+  cr_assert_eq(after.set_option - before.set_option, 2, "Com_set_option moved by %lld",
+               after.set_option - before.set_option);
+  cr_assert_eq(after.change_db - before.change_db, 0);
+  MYSQL *check = pst_connect_app();
+  g_autofree char *role = pst_scalar_str(check, "SELECT CURRENT_ROLE()");
+  cr_assert_null(role, "the previous borrower's role is active: %s", role);
+  mysql_close(check);
+}
+
+/* SHOW PROFILES keeps the previous statements' text through COM_RESET_CONNECTION. */
+Test(selective, a_session_with_profiling_is_never_lent_again)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(m, "SET profiling = 1");
+  pst_exec(m, "SELECT 'secret of the first borrower'");
+  mysql_close(m);
+  pst_wait_thread_gone((unsigned long)id);
+
+  MYSQL *next = pst_connect_app();
+  cr_assert_neq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  cr_assert_eq(mysql_query(next, "SHOW PROFILES"), 0, "%s", mysql_error(next));
+  MYSQL_RES *res = mysql_store_result(next);
+  cr_assert_not_null(res);
+  cr_assert_eq(mysql_num_rows(res), 0, "the next borrower sees %llu profiled statements",
+               (unsigned long long)mysql_num_rows(res));
+  mysql_free_result(res);
+  mysql_close(next);
+}
+
+/* COM_SET_OPTION (multi-statements on or off) also survives COM_RESET_CONNECTION. */
+Test(selective, a_session_with_a_server_option_set_is_never_lent_again)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  cr_assert_eq(mysql_set_server_option(m, MYSQL_OPTION_MULTI_STATEMENTS_ON), 0, "%s",
+               mysql_error(m));
+  mysql_close(m);
+  pst_wait_thread_gone((unsigned long)id);
+
+  MYSQL *next = pst_connect_app();
+  cr_assert_neq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  cr_assert_neq(mysql_query(next, "SELECT 1; SELECT 2"), 0,
+                "multi-statements are on for the next borrower");
+  cr_assert_eq(mysql_errno(next), ER_PARSE_ERROR, "%s", mysql_error(next));
+  mysql_close(next);
+}
