@@ -71,6 +71,7 @@ static struct {
   gboolean stats_warned;
   char *program;
   gint64 start_time_us;
+  gboolean stopping;     /* drained (exit, mysql_library_end): nothing is opened ahead any more */
 } B;
 
 static void start_watchdog(void);
@@ -167,18 +168,108 @@ label_has_server(const char *label, gpointer server)
   return at && strncmp(at + 1, server, n) == 0 && at[1 + n] == '/';
 }
 
-/* POOLSHIM_HOST_MAX: a quiet process must not sit on idle slots while another process
- * waits. Ten times a second (a hundred while it is handing slots over), an idle connection
- * of each server someone waits for is closed (its slot comes free), and idle connections
- * past their timeouts are reaped. */
+/* The housekeeper: twice a second, idle connections past their timeouts or closed by the
+ * server are closed and pools below POOLSHIM_MIN_IDLE are filled. With POOLSHIM_HOST_MAX, a quiet process must not sit
+ * on idle slots while another process waits: ten times a second (a hundred while it is
+ * handing slots over), an idle connection of each server someone waits for is closed. */
+/* POOLSHIM_MIN_IDLE: opens idle connections in the background until each pool that can has
+ * its minimum (replacing those the sweep just closed), one at a time, no lock held. */
+static void
+fill_pools(PsPool *pool)
+{
+  if (__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE))
+    return;
+  g_autoptr(GPtrArray) keys = ps_pool_key_list(pool);
+  for (guint i = 0; i < keys->len; i++) {
+    PsPoolKey *key = keys->pdata[i];
+    PsConnProfile *profile = ps_pool_key_data(key);
+    if (!profile || !profile->opener)
+      continue;
+    while (ps_pool_reserve_fill(pool, key)) {
+      int slot_fd = -1;
+      PsHostSlots *slots = NULL;
+      if (B.config.host_max) {
+        /* Never wait for a host slot here: filling ahead must not take one from a process
+         * that needs it now. */
+        char server[512];
+        const char *label = ps_pool_key_label(key), *at = strrchr(label, '@');
+        const char *slash = at ? strrchr(at, '/') : NULL;
+        g_strlcpy(server, at ? at + 1 : "", MIN(sizeof server, slash ? (gsize)(slash - at) : 1));
+        g_mutex_lock(&B.lock);
+        slots = g_hash_table_lookup(B.host_slots, server);
+        g_mutex_unlock(&B.lock);
+        if (slots && !ps_host_slots_contended(slots))
+          slot_fd = ps_host_slot_acquire(slots, 0, NULL);
+        if (slot_fd < 0) {
+          ps_pool_fill_failed(pool, key);
+          break;
+        }
+        g_mutex_lock(&B.lock);
+        g_hash_table_add(B.slot_fds, GINT_TO_POINTER(slot_fd));
+        g_mutex_unlock(&B.lock);
+      }
+      char err[MYSQL_ERRMSG_SIZE];
+      MYSQL *h = ps_conn_template_open(profile->opener, err, sizeof err);
+      if (!h) {
+        release_slot(slot_fd);
+        ps_pool_fill_failed(pool, key);
+        ps_debug("pool %s: opening an idle connection in the background failed: %s",
+                 ps_pool_key_label(key), err);
+        break;
+      }
+      PsPhys *p = g_new0(PsPhys, 1);
+      p->slot_fd = slot_fd;
+      p->slots = slots;
+      p->pool = pool;
+      p->profile = profile;
+      p->shell = h;
+      p->watch = ps_watch_new(h);
+      ps_conn_set_cloexec(h);
+      p->cloexec_done = TRUE;
+      p->state = PS_PHYS_IDLE;
+      p->item = ps_pool_filled(pool, key, p);
+    }
+  }
+}
+
+/* An idle connection the server has closed (KILL, restart, its own timeout): one poll
+ * without waiting. */
+static gboolean
+idle_dead(PsItem *item, gpointer data)
+{
+  PsPhys *p = item->conn;
+  return ps_conn_idle_closed(p->shell, p->pending > 0);
+}
+
+/* What every tick does: reap, then fill. */
+static void
+keep_pools(PsPool *pool)
+{
+  close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+  GSList *dead = ps_pool_take_idle_matching(pool, idle_dead, NULL, PS_CLOSE_DEAD);
+  for (GSList *l = dead; l; l = l->next) {
+    PsItem *item = l->data;
+    PsPhys *p = item->conn;
+    phys_enter(p, PS_PHYS_CLOSED, "closed by the server while idle");
+    ps_conn_abandon(p->shell); /* nothing to say to a server that has gone */
+    phys_free(p);
+  }
+  g_slist_free(dead);
+  fill_pools(pool);
+}
+
 static gpointer
 housekeeper(gpointer data)
 {
   gboolean handed_over = FALSE;
   for (;;) {
     /* Right after a hand-over, look again soon: a burst of waiters gets one slot per tick. */
-    g_usleep(handed_over ? 10 * 1000 : 100 * 1000);
+    g_usleep(handed_over ? 10 * 1000 : B.config.host_max ? 100 * 1000 : 500 * 1000);
     handed_over = FALSE;
+    if (!B.config.host_max) {
+      keep_pools(B.pool);
+      continue;
+    }
     g_mutex_lock(&B.lock);
     GList *servers = g_hash_table_get_keys(B.host_slots);
     GList *sets = g_hash_table_get_values(B.host_slots);
@@ -194,16 +285,17 @@ housekeeper(gpointer data)
     }
     g_list_free(servers);
     g_list_free(sets);
-    close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+    keep_pools(pool);
   }
   return NULL;
 }
 
+/* Always: quiet processes reap idle connections past their timeouts too, and pools with
+ * POOLSHIM_MIN_IDLE are kept warm. */
 static void
 start_housekeeper(void)
 {
-  if (B.config.host_max)
-    g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
+  g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
 }
 
 /* POOLSHIM_STATS_FILE: one snapshot of every pool, formatted and renamed into place. */
@@ -720,6 +812,14 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     PsConnProfile *profile = ps_pool_key_data(pk);
     if (!profile) {
       PsConnProfile *mine = ps_conn_profile_new(m, key.db);
+      if (mine && settings->min_idle) {
+        const char *no_opener = NULL;
+        mine->opener = ps_conn_template_new(m, host, user, passwd, db, port, unix_socket,
+                                            client_flag, key.digest, &no_opener);
+        if (!mine->opener)
+          ps_warn("pool %s: POOLSHIM_MIN_IDLE is not kept: %s", ps_pool_key_label(pk),
+                  no_opener);
+      }
       if (mine)
         profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
       if (mine && profile == mine) {
@@ -843,6 +943,7 @@ ps_broker_drain(void)
 {
   if (!B.active)
     return;
+  __atomic_store_n(&B.stopping, TRUE, __ATOMIC_RELEASE);
   adopt_fork();
   close_victims(ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN), FALSE);
 }

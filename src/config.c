@@ -43,6 +43,11 @@ static const PsVar vars[] = {
    "1 turns pooling off: every call goes straight to the client library."},
   {"POOLSHIM_POOL_SIZE", PS_T_UINT, "10", 1, 100000, NULL, G_STRUCT_OFFSET(PsConfig, pool_size), FILE_POOL,
    "Physical connections per pool (one pool per user, password, server, database and option set)."},
+  {"POOLSHIM_MIN_IDLE", PS_T_UINT, "0", 0, 100000, NULL, G_STRUCT_OFFSET(PsConfig, min_idle),
+   FILE_POOL,
+   "Idle connections each pool keeps open ahead of demand (at most its size), opened in the "
+   "background after the pool's first connect; expired ones are replaced in the background "
+   "too, and the idle timeout does not trim a pool below this."},
   {"POOLSHIM_MAX_CONNECTIONS", PS_T_UINT, "0", 0, 1000000, NULL,
    G_STRUCT_OFFSET(PsConfig, max_connections), FILE_ONLY,
    "Physical connections for the whole process, all pools together; 0 means unlimited. When "
@@ -458,7 +463,7 @@ parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLook
     const PsVar *v = var_by_file_key(keys[k]);
     gsize index = v ? (gsize)(v - vars) : 0;
     if (!v || !(v->where & PS_WHERE_POOL)) {
-      ps_warn("%s:%u: [%s] %s cannot be set per pool (accepted: pool_size, timeout, "
+      ps_warn("%s:%u: [%s] %s cannot be set per pool (accepted: pool_size, min_idle, timeout, "
               "max_lifetime, idle_timeout, reset); ignored",
               f->path, line_of(f->contents, group, keys[k]), group, keys[k]);
       continue;
@@ -653,6 +658,7 @@ ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettin
     break;
   }
   out->pool_size = merged.pool_size;
+  out->min_idle = MIN(merged.min_idle, merged.pool_size);
   out->timeout_us = merged.timeout_us;
   out->max_lifetime_us = merged.max_lifetime_us;
   out->idle_timeout_us = merged.idle_timeout_us;

@@ -16,6 +16,7 @@ typedef enum {
 /* What a [pool PATTERN] group of the key file may change for the pools it matches. */
 typedef struct {
   guint pool_size;
+  guint min_idle;            /* idle connections kept open ahead of demand */
   gint64 timeout_us;
   gint64 max_lifetime_us;
   gint64 idle_timeout_us;
@@ -25,6 +26,7 @@ typedef struct {
 typedef struct {
   gboolean disable;
   guint pool_size;           /* physical connections per key */
+  guint min_idle;            /* per key, opened in the background; 0 = none */
   guint max_connections;     /* whole process; 0 = unlimited */
   gint64 timeout_us;         /* wait for a free connection */
   gint64 max_lifetime_us;    /* 0 = unlimited */

@@ -5,22 +5,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
-/* ma_pvio.h declares pvio->ctls as MARIADB_TLS only when told TLS exists; Debian's
- * library is built with OpenSSL. */
-#define HAVE_TLS 1
-typedef unsigned char uchar;
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#include <ma_pvio.h>
-#pragma GCC diagnostic pop
-#include <mysqld_error.h>
 #include <errmsg.h>
+#include <mysqld_error.h>
 #include <poll.h>
-#include <sys/socket.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "log.h"
+#include "mirror.h"
 #include "watch.h"
 
 #ifndef INVALID_SOCKET
@@ -29,63 +22,8 @@ typedef unsigned char uchar;
 
 PsClientApi ps_real;
 
-/* Mirror of the head of Connector/C 3.3's `struct st_mysql_options_extension`
- * (include/ma_common.h), up to the fields we read. ps_conn_library_ok() verifies the
- * offsets against the library's own accessors before anything relies on them. */
-typedef struct {
-  char *buffer;
-  unsigned int elements, max_element, alloc_increment, size_of_element;
-} PsMirrorDynArray;
-typedef struct {
-  unsigned int key_offset, key_length, records, blength, current_record, flags;
-  PsMirrorDynArray array;
-  void *get_key, *free, *calc_hashnr;
-} PsMirrorHashtbl;
-typedef struct {
-  char *plugin_dir, *default_auth, *ssl_crl, *ssl_crlpath, *server_public_key_path;
-  void *async_context;
-  PsMirrorHashtbl connect_attrs;
-  size_t connect_attrs_len;
-  void *report_progress;
-  void *db_driver;
-  char *tls_fp, *tls_fp_list, *tls_pw;
-  my_bool multi_command;
-  char *url;
-  unsigned int tls_cipher_strength;
-  char *tls_version;
-  my_bool read_only;
-  char *connection_handler;
-  void *set_option;
-  PsMirrorHashtbl userdata;
-  char *server_public_key, *proxy_header;
-  size_t proxy_header_len;
-  void *io_wait;
-  my_bool skip_read_response;
-  char *restricted_auth, *rpl_host;
-  unsigned short rpl_port;
-  void (*status_callback)(void *ptr, enum enum_mariadb_status_info type, ...);
-  void *status_data;
-  my_bool tls_verify_server_cert;
-} PsMirrorOptionsExt;
-
-#define OPT_EXT(m) ((PsMirrorOptionsExt *)(m)->options.extension)
-
 /* The per-process key of the pool-key hash (see ps_conn_key). */
 static guint64 sip_k0, sip_k1;
-
-/* Mirror of `struct st_mariadb_extension` (include/ma_common.h), also verified at start. */
-typedef struct {
-  void *list, *current;
-} PsMirrorSessionState;
-typedef struct {
-  void *conn_hdlr;
-  PsMirrorSessionState session_state[SESSION_TRACK_TYPES];
-  unsigned long mariadb_client_flag, mariadb_server_capabilities;
-  my_bool auto_local_infile; /* per handle: MYSQL_OPT_LOCAL_INFILE's mode, not per session */
-} PsMirrorExtension;
-
-#define EXT(m) ((PsMirrorExtension *)(m)->extension)
-
 
 static gboolean
 probe_layout(const char **why)
@@ -303,8 +241,8 @@ feed_optional(PsKeyBuf *kb, const char *const *fields, guint count)
       feed_str(kb, fields[i]);
 }
 
-static gboolean
-is_library_attribute(const char *name)
+gboolean
+ps_conn_is_library_attribute(const char *name)
 {
   static const char *const own[] = {"_client_name", "_client_version", "_os", "_pid",
                                     "_platform", "_server_host", "_thread", NULL};
@@ -405,7 +343,7 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     for (unsigned int i = 0; i < n && i < nattrs; i++) {
       /* The library re-adds its own attributes at every connect attempt (ma_set_connect_attrs);
        * they never shape the session, and would split a retried handle into a second pool. */
-      if (is_library_attribute(attr_keys[i]))
+      if (ps_conn_is_library_attribute(attr_keys[i]))
         continue;
       feed_str(s, attr_keys[i]);
       feed_str(s, attr_vals[i]);
@@ -536,6 +474,7 @@ ps_conn_profile_free(gpointer profile)
   g_free(p->role);
   g_free(p->role_sql);
   g_strfreev(p->init_commands);
+  ps_conn_template_free(p->opener);
   g_free(p);
 }
 
@@ -857,6 +796,30 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
   m->warning_count = 0;
   m->info = NULL;
   return TRUE;
+}
+
+gboolean
+ps_conn_idle_closed(MYSQL *m, gboolean replies_pending)
+{
+  if (!m->net.pvio || !m->net.buff)
+    return TRUE;
+  my_socket fd = ps_real.get_socket(m);
+  if (fd == INVALID_SOCKET)
+    return TRUE;
+  /* POLLRDHUP: the server closed its side, even when the replies of a reset it answered
+   * before are still unread (those make the socket readable on their own). */
+  struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+  int saved = errno;
+  int r;
+  do
+    r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  errno = saved;
+  if (r <= 0)
+    return FALSE;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+    return TRUE;
+  return !replies_pending && (p.revents & POLLIN);
 }
 
 void

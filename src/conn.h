@@ -59,6 +59,24 @@ void ps_conn_key_label(const PsConnKey *key, char *buf, gsize len);
 /* TRUE when the pooled connection authenticated as the key's user with its password. */
 gboolean ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key);
 
+/* A connect attribute the library adds by itself at every connect (_client_name, ...). */
+gboolean ps_conn_is_library_attribute(const char *name);
+
+/* A recipe to open more connections of one key without the application (POOLSHIM_MIN_IDLE,
+ * background replacement): the connect arguments and every option the key covers, replayed
+ * onto a fresh handle (template.c). */
+typedef struct PsConnTemplate PsConnTemplate;
+/* From a handle that has just connected with these arguments. NULL (and *why) when a
+ * replayed handle would not give the same pool key: such a pool is never filled ahead. */
+PsConnTemplate *ps_conn_template_new(MYSQL *m, const char *host, const char *user,
+                                     const char *passwd, const char *db, unsigned int port,
+                                     const char *unix_socket, unsigned long client_flag,
+                                     const guint8 digest[PS_KEY_DIGEST_LEN], const char **why);
+void ps_conn_template_free(PsConnTemplate *t);
+/* Opens one connection on a new pool-owned handle (blocking: call it with no lock held).
+ * NULL on failure, with the client library's message in err. */
+MYSQL *ps_conn_template_open(const PsConnTemplate *t, char *err, gsize errlen);
+
 /* What a fresh connection of one key looks like; shared by all its connections. */
 typedef struct {
   char *db;                               /* NULL: no default database */
@@ -69,6 +87,7 @@ typedef struct {
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
+  PsConnTemplate *opener;                 /* POOLSHIM_MIN_IDLE: opens more of this key; NULL */
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the
@@ -100,6 +119,10 @@ int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWa
                         unsigned int timeout_s, const char **why);
 gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
                            unsigned int timeout_s, const char **why);
+
+/* Whether the server has closed an idle connection, without waiting or reading: with reset
+ * replies still unread, only a closed socket counts. */
+gboolean ps_conn_idle_closed(MYSQL *m, gboolean replies_pending);
 
 /* Marks the socket close-on-exec: a pooled connection the application believes closed
  * must not live on in a program it execs. */

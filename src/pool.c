@@ -15,6 +15,7 @@ struct PsPoolKey {
   guint open;    /* idle + lent + slots being opened */
   guint lent;
   guint waiting;
+  guint filling;   /* slots reserved to open idle connections in the background */
   gpointer data;
   GDestroyNotify data_destroy;
   gint64 idle_cap_us; /* 0 = none; below the server's wait_timeout */
@@ -148,6 +149,10 @@ expired(const PsPool *pool, const PsItem *item, gint64 now, PsCloseReason *why)
     return TRUE;
   }
   gint64 idle_limit = item->owner->settings.idle_timeout_us;
+  /* The idle timeout trims a pool down to POOLSHIM_MIN_IDLE, not below (HikariCP's rule);
+   * the cap below the server's wait_timeout applies to every connection. */
+  if (item->owner->idle.length <= item->owner->settings.min_idle)
+    idle_limit = 0;
   gint64 cap = item->owner->idle_cap_us;
   if (cap > 0 && (idle_limit <= 0 || cap < idle_limit))
     idle_limit = cap;
@@ -484,6 +489,93 @@ ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
     dispatch(pool, now);
   g_mutex_unlock(&pool->lock);
   return victims;
+}
+
+gboolean
+ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  gboolean ok = key->idle.length + key->filling < MIN(key->settings.min_idle,
+                                                      key->settings.pool_size) &&
+                key->open < key->settings.pool_size &&
+                (!pool->limits.total || pool->total_open < pool->limits.total);
+  if (ok) {
+    key->open++;
+    key->filling++;
+    pool->total_open++;
+  }
+  g_mutex_unlock(&pool->lock);
+  return ok;
+}
+
+void
+ps_pool_fill_failed(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  key->filling--;
+  g_mutex_unlock(&pool->lock);
+  ps_pool_open_failed(pool, key);
+}
+
+PsItem *
+ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn)
+{
+  PsItem *item = g_new0(PsItem, 1);
+  item->conn = conn;
+  item->owner = key;
+  item->link.data = item;
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  item->created_us = now;
+  item->idle_since_us = now;
+  gint64 lifetime = key->settings.max_lifetime_us;
+  item->expires_us = lifetime > 0 ? now + lifetime - g_random_int_range(0, 1000) * (lifetime / 40000)
+                                  : G_MAXINT64;
+  key->filling--;
+  g_queue_push_head_link(&key->idle, &item->link);
+  pool->counts.opened++;
+  key->counts.opened++;
+  dispatch(pool, now);
+  g_mutex_unlock(&pool->lock);
+  return item;
+}
+
+GSList *
+ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointer data),
+                           gpointer data, PsCloseReason reason)
+{
+  GSList *victims = NULL;
+  g_mutex_lock(&pool->lock);
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    for (GList *l = key->idle.head; l;) {
+      GList *next = l->next;
+      if (match(l->data, data))
+        victims = g_slist_prepend(victims, unlink_idle(pool, l->data, reason));
+      l = next;
+    }
+  }
+  if (victims)
+    dispatch(pool, pool->now());
+  g_mutex_unlock(&pool->lock);
+  return victims;
+}
+
+GPtrArray *
+ps_pool_key_list(PsPool *pool)
+{
+  g_mutex_lock(&pool->lock);
+  GPtrArray *keys = g_ptr_array_sized_new(g_hash_table_size(pool->keys));
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value))
+    g_ptr_array_add(keys, value);
+  g_mutex_unlock(&pool->lock);
+  return keys;
 }
 
 GSList *

@@ -122,6 +122,20 @@ void ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason);
  * idle timeout or lifetime when `all` is FALSE. */
 GSList *ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason);
 
+/* POOLSHIM_MIN_IDLE: reserves a slot to open one more idle connection in the background when
+ * the key has fewer idle (and being filled) than its min_idle and room under its limits. Then
+ * either ps_pool_filled (the connection joins the idle queue; a waiter may take it at once)
+ * or ps_pool_fill_failed. */
+gboolean ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key);
+PsItem *ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn);
+void ps_pool_fill_failed(PsPool *pool, PsPoolKey *key);
+/* Takes out the idle connections `match` picks (called under the pool's lock: it may look,
+ * without blocking, never wait). */
+GSList *ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointer data),
+                                   gpointer data, PsCloseReason reason);
+/* Every key now (the pointers live as long as the pool); free with g_ptr_array_unref. */
+GPtrArray *ps_pool_key_list(PsPool *pool);
+
 /* Takes out the longest-idle connection among the keys whose label `match` accepts (called
  * under the pool's lock: no I/O in it), as a list of zero or one victim. */
 GSList *ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),

@@ -106,16 +106,22 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
 }
 
+static void
+hook(PsWatch *w, MYSQL *m)
+{
+  w->orig = m->methods;
+  w->methods = *m->methods;
+  w->methods.db_command = watched_db_command;
+  m->methods = &w->methods;
+}
+
 PsWatch *
 ps_watch_new(MYSQL *m)
 {
   if (!m->methods || !m->methods->db_command)
     return NULL;
   PsWatch *w = g_new0(PsWatch, 1);
-  w->orig = m->methods;
-  w->methods = *m->methods;
-  w->methods.db_command = watched_db_command;
-  m->methods = &w->methods;
+  hook(w, m);
   return w;
 }
 
@@ -128,8 +134,17 @@ ps_watch_free(PsWatch *w)
 guint
 ps_watch_take(MYSQL *m, PsWatch *w)
 {
-  if (!w || m->methods != &w->methods)
-    return PS_DIRTY_ALL;
+  if (!w)
+    return PS_DIRTY_DB | PS_DIRTY_ROLE;
+  if (m->methods != &w->methods) {
+    /* The library reconnected the handle (MYSQL_OPT_RECONNECT), which brings its default
+     * table back: what the new session went through is unknown, so everything the reset
+     * can restore is restored, and the watch starts again. */
+    if (m->methods && m->methods->db_command)
+      hook(w, m);
+    w->dirty = 0;
+    return PS_DIRTY_DB | PS_DIRTY_ROLE;
+  }
   guint bits = w->dirty;
   w->dirty = 0;
   return bits;

@@ -24,8 +24,9 @@ PsWatch *ps_watch_new(MYSQL *m);
 void ps_watch_free(PsWatch *w);
 
 /* What the commands sent through m since the last take may have changed (PsDirty bits),
- * and starts over. PS_DIRTY_ALL when m no longer uses the watched table (the library
- * reconnected it, or w is NULL): unknown means dirty. */
+ * and starts over. When m no longer uses the watched table (the library reconnected it) or
+ * w is NULL: PS_DIRTY_DB | PS_DIRTY_ROLE (unknown means restore), and the watch is put
+ * back. (A SET profiling after such a reconnect is not seen: the one gap.) */
 guint ps_watch_take(MYSQL *m, PsWatch *w);
 
 /* The bits one statement text sets (for unit tests). */

@@ -405,7 +405,8 @@ Test(config, the_closest_name_is_suggested_only_when_close)
 Test(config, describe_enumerates_every_variable)
 {
   static const char *const expected[] = {
-    "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MAX_CONNECTIONS", "POOLSHIM_TIMEOUT",
+    "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MIN_IDLE", "POOLSHIM_MAX_CONNECTIONS",
+    "POOLSHIM_TIMEOUT",
     "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT",
     "POOLSHIM_LEAK_WARN", "POOLSHIM_LOG", "POOLSHIM_LOG_FILE", "POOLSHIM_STATS_FILE",
     "POOLSHIM_STATS_INTERVAL", "POOLSHIM_HOST_MAX", "POOLSHIM_HOST_DIR", "POOLSHIM_CONFIG",
@@ -554,6 +555,7 @@ Test(config, the_first_matching_pool_group_sets_that_pool_alone)
   cr_assert_eq(s.timeout_us, 250000);
   ps_config_pool_settings(&cfg, "app@db7:3306/shop2", &s);
   cr_assert_eq(s.timeout_us, 30 * SEC, "a glob matches the whole name");
+  cr_assert_eq(s.min_idle, 0);
   ps_config_clear(&cfg);
   unlink(path);
 }
@@ -654,5 +656,23 @@ Test(config, parsing_the_same_file_twice_gives_equal_configurations)
   cr_assert_not(ps_config_equal(&a, &b));
   ps_config_clear(&a);
   ps_config_clear(&b);
+  unlink(path);
+}
+
+Test(config, min_idle_is_set_per_pool_and_never_above_the_pool_size)
+{
+  g_autofree char *path = write_key_file("[default]\nmin_idle = 2\n[pool small@*]\npool_size = 1\n"
+                                         "[pool big@*]\nmin_idle = 8\npool_size = 20\n");
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  cr_assert_str_empty(out, "got: %s", out);
+  PsPoolSettings s;
+  ps_config_pool_settings(&cfg, "small@h:1/d", &s);
+  cr_assert_eq(s.min_idle, 1, "clamped to the pool size");
+  ps_config_pool_settings(&cfg, "big@h:1/d", &s);
+  cr_assert_eq(s.min_idle, 8);
+  ps_config_pool_settings(&cfg, "other@h:1/d", &s);
+  cr_assert_eq(s.min_idle, 2);
+  ps_config_clear(&cfg);
   unlink(path);
 }

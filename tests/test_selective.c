@@ -137,3 +137,34 @@ Test(selective, a_session_with_a_server_option_set_is_never_lent_again)
   cr_assert_eq(mysql_errno(next), ER_PARSE_ERROR, "%s", mysql_error(next));
   mysql_close(next);
 }
+
+/* MYSQL_OPT_RECONNECT brings the library's default command table back with the new session:
+ * that return restores everything, and the watch is put back for the next borrowers. */
+Test(selective, after_an_auto_reconnect_the_next_borrowers_are_watched_again)
+{
+  pst_admin();
+  MYSQL *m = mysql_init(NULL);
+  my_bool on = 1;
+  mysql_options(m, MYSQL_OPT_RECONNECT, &on);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0));
+  long long old = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(pst_admin(), "KILL %lld", old);
+  pst_wait_thread_gone((unsigned long)old);
+  int ok = 0;
+  for (int i = 0; i < 3 && !ok; i++)
+    ok = mysql_query(m, "DO 1") == 0;
+  cr_assert(ok, "no reconnect: %s", mysql_error(m));
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  cr_assert_neq(id, old);
+  Counters before = counters();
+  mysql_close(m);    /* unwatched session: COM_INIT_DB and SET ROLE at this return */
+  borrow(id, NULL);  /* reads those replies; watched again: nothing more at its return */
+  borrow(id, NULL);
+  Counters after = counters();
+  cr_assert_eq(after.change_db - before.change_db, 1, "Com_change_db moved by %lld",
+               after.change_db - before.change_db);
+  cr_assert_eq(after.set_option - before.set_option, 1, "Com_set_option moved by %lld",
+               after.set_option - before.set_option);
+}

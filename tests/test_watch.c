@@ -60,9 +60,9 @@ Test(watch, the_scan_stops_at_the_given_length)
   cr_assert_eq(ps_watch_classify_sql("USE", 2), 0, "\"US\" is not a keyword");
 }
 
-Test(watch, a_handle_without_a_watch_is_all_dirty)
+Test(watch, a_handle_without_a_watch_restores_database_and_role)
 {
   MYSQL fake;
   memset(&fake, 0, sizeof fake);
-  cr_assert_eq(ps_watch_take(&fake, NULL), PS_DIRTY_ALL);
+  cr_assert_eq(ps_watch_take(&fake, NULL), PS_DIRTY_DB | PS_DIRTY_ROLE);
 }
