@@ -72,6 +72,7 @@ static struct {
   char *program;
   gint64 start_time_us;
   gboolean stopping;     /* drained (exit, mysql_library_end): nothing is opened ahead any more */
+  GMutex house_lock;     /* held by the housekeeper while it calls the client library */
 } B;
 
 static void start_watchdog(void);
@@ -258,44 +259,65 @@ keep_pools(PsPool *pool)
   fill_pools(pool);
 }
 
+static gboolean hand_over_slots(PsPool *pool);
+
+/* One tick of the housekeeper, FALSE once the process is draining. */
+static gboolean
+house_tick(gboolean *handed_over)
+{
+  g_mutex_lock(&B.house_lock);
+  if (__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
+    g_mutex_unlock(&B.house_lock);
+    return FALSE;
+  }
+  if (B.config.host_max)
+    *handed_over = hand_over_slots(B.pool);
+  keep_pools(B.pool);
+  g_mutex_unlock(&B.house_lock);
+  return TRUE;
+}
+
 static gpointer
 housekeeper(gpointer data)
 {
   gboolean handed_over = FALSE;
-  for (;;) {
+  do {
     /* Right after a hand-over, look again soon: a burst of waiters gets one slot per tick. */
     g_usleep(handed_over ? 10 * 1000 : B.config.host_max ? 100 * 1000 : 500 * 1000);
     handed_over = FALSE;
-    if (!B.config.host_max) {
-      keep_pools(B.pool);
-      continue;
-    }
-    g_mutex_lock(&B.lock);
-    GList *servers = g_hash_table_get_keys(B.host_slots);
-    GList *sets = g_hash_table_get_values(B.host_slots);
-    PsPool *pool = B.pool;
-    g_mutex_unlock(&B.lock);
-    for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next) {
-      if (!v->data || !ps_host_slots_contended(v->data))
-        continue;
-      GSList *victim =
-        ps_pool_take_oldest_idle(pool, label_has_server, s->data, PS_CLOSE_OVER_LIMIT);
-      handed_over |= victim != NULL;
-      close_victims(victim, FALSE);
-    }
-    g_list_free(servers);
-    g_list_free(sets);
-    keep_pools(pool);
-  }
+  } while (house_tick(&handed_over));
   return NULL;
 }
 
-/* Always: quiet processes reap idle connections past their timeouts too, and pools with
- * POOLSHIM_MIN_IDLE are kept warm. */
+/* POOLSHIM_HOST_MAX: for each server someone waits for, the longest-idle connection of this
+ * process closes and frees its slot. TRUE when one did. */
+static gboolean
+hand_over_slots(PsPool *pool)
+{
+  gboolean handed_over = FALSE;
+  g_mutex_lock(&B.lock);
+  GList *servers = g_hash_table_get_keys(B.host_slots);
+  GList *sets = g_hash_table_get_values(B.host_slots);
+  g_mutex_unlock(&B.lock);
+  for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next) {
+    if (!v->data || !ps_host_slots_contended(v->data))
+      continue;
+    GSList *victim =
+      ps_pool_take_oldest_idle(pool, label_has_server, s->data, PS_CLOSE_OVER_LIMIT);
+    handed_over |= victim != NULL;
+    close_victims(victim, FALSE);
+  }
+  g_list_free(servers);
+  g_list_free(sets);
+  return handed_over;
+}
+
+/* Only where it has work: POOLSHIM_MIN_IDLE (anywhere) or POOLSHIM_HOST_MAX. */
 static void
 start_housekeeper(void)
 {
-  g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
+  if (B.config.host_max || ps_config_any_min_idle(&B.config))
+    g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
 }
 
 /* POOLSHIM_STATS_FILE: one snapshot of every pool, formatted and renamed into place. */
@@ -379,6 +401,8 @@ after_fork_child(void)
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
   B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
+  /* The parent's housekeeper may have held its lock at fork; no thread holds it here. */
+  memset(&B.house_lock, 0, sizeof B.house_lock);
   /* The parent's host-wide slots are the parent's: our copies of their descriptors must not
    * keep a slot held after the parent is gone, even if this child never calls the library
    * again. Closing (never unlocking: the lock is shared with the parent) is safe here. */
@@ -943,7 +967,11 @@ ps_broker_drain(void)
 {
   if (!B.active)
     return;
+  /* The housekeeper finishes its tick and stops: nothing calls the client library behind
+   * the application's back while it shuts down. */
   __atomic_store_n(&B.stopping, TRUE, __ATOMIC_RELEASE);
+  g_mutex_lock(&B.house_lock);
+  g_mutex_unlock(&B.house_lock);
   adopt_fork();
   close_victims(ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN), FALSE);
 }

@@ -643,6 +643,19 @@ ps_config_equal(const PsConfig *a, const PsConfig *b)
   return TRUE;
 }
 
+gboolean
+ps_config_any_min_idle(const PsConfig *cfg)
+{
+  if (cfg->min_idle)
+    return TRUE;
+  for (guint r = 0; cfg->pool_rules && r < cfg->pool_rules->len; r++) {
+    const PsPoolRule *rule = cfg->pool_rules->pdata[r];
+    if (rule->values.min_idle)
+      return TRUE;
+  }
+  return FALSE;
+}
+
 void
 ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettings *out)
 {

@@ -62,6 +62,9 @@ void ps_config_from_environ(PsConfig *out);
  * group that matches it, over the process-wide values. */
 void ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettings *out);
 
+/* Whether any pool may have a POOLSHIM_MIN_IDLE (process-wide or in a [pool] group). */
+gboolean ps_config_any_min_idle(const PsConfig *cfg);
+
 /* Value parsers, exposed for unit tests. */
 gboolean ps_config_parse_duration(const char *text, gint64 *out_us);
 gboolean ps_config_parse_uint(const char *text, guint64 *out);

@@ -88,8 +88,10 @@ replay(const PsConnTemplate *t, MYSQL *h)
   for (guint i = 0; t->attr_keys && t->attr_keys[i]; i++)
     bad |= ps_real.optionsv(h, MYSQL_OPT_CONNECT_ATTR_ADD, t->attr_keys[i], t->attr_values[i]);
   bad |= ps_real.optionsv(h, MYSQL_OPT_SSL_ENFORCE, &t->use_ssl);
-  if (t->connect_timeout)
-    bad |= ps_real.optionsv(h, MYSQL_OPT_CONNECT_TIMEOUT, &t->connect_timeout);
+  /* Background opens are bounded even when the application's are not: a process that exits
+   * waits for the one under way (ps_broker_drain). */
+  unsigned int connect_timeout = t->connect_timeout ? MIN(t->connect_timeout, 10) : 10;
+  bad |= ps_real.optionsv(h, MYSQL_OPT_CONNECT_TIMEOUT, &connect_timeout);
   if (t->read_timeout)
     bad |= ps_real.optionsv(h, MYSQL_OPT_READ_TIMEOUT, &t->read_timeout);
   if (t->write_timeout)
