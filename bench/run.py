@@ -189,7 +189,8 @@ class Proxy:
 
     def _lines(self):
         with open(self.log_path) as f:
-            return [l for l in f if l.startswith("delayproxy: connections=")]
+            # Only whole lines: the proxy may be writing the last one right now.
+            return [l for l in f if l.startswith("delayproxy: connections=") and l.endswith("\n")]
 
     def stats(self):
         """Sends SIGUSR1 (print and reset the counters) and returns the printed line."""
@@ -198,7 +199,7 @@ class Proxy:
         for _ in range(200):
             lines = self._lines()
             if len(lines) > before:
-                return dict(kv.split("=") for kv in lines[-1].split()[1:])
+                return dict(kv.split("=", 1) for kv in lines[-1].split()[1:] if "=" in kv)
             time.sleep(0.01)
         return {}
 
