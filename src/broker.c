@@ -63,7 +63,6 @@ static struct {
   GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
   GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
   GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
-  GHashTable *slot_fds;  /* every slot descriptor this process holds: a child closes its copies */
   char *host_root;
   /* POOLSHIM_STATS_FILE: the writer thread of this process and what the file says. */
   GMutex stats_lock;     /* one writer at a time: the thread, and exit */
@@ -101,12 +100,7 @@ phys_enter(PsPhys *p, PsPhysState to, const char *reason)
 static void
 release_slot(int fd)
 {
-  if (fd < 0)
-    return;
-  g_mutex_lock(&B.lock);
-  g_hash_table_remove(B.slot_fds, GINT_TO_POINTER(fd));
-  g_mutex_unlock(&B.lock);
-  ps_host_slot_release(fd);
+  ps_host_slot_release(fd); /* ignores -1 */
 }
 
 static void
@@ -186,7 +180,7 @@ fill_pools(PsPool *pool)
     PsConnProfile *profile = ps_pool_key_data(key);
     if (!profile || !profile->opener)
       continue;
-    while (ps_pool_reserve_fill(pool, key)) {
+    while (!__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE) && ps_pool_reserve_fill(pool, key)) {
       int slot_fd = -1;
       PsHostSlots *slots = NULL;
       if (B.config.host_max) {
@@ -200,14 +194,11 @@ fill_pools(PsPool *pool)
         slots = g_hash_table_lookup(B.host_slots, server);
         g_mutex_unlock(&B.lock);
         if (slots && !ps_host_slots_contended(slots))
-          slot_fd = ps_host_slot_acquire(slots, 0, NULL);
+          slot_fd = ps_host_slot_try_acquire(slots);
         if (slot_fd < 0) {
           ps_pool_fill_failed(pool, key);
           break;
         }
-        g_mutex_lock(&B.lock);
-        g_hash_table_add(B.slot_fds, GINT_TO_POINTER(slot_fd));
-        g_mutex_unlock(&B.lock);
       }
       char err[MYSQL_ERRMSG_SIZE];
       MYSQL *h = ps_conn_template_open(profile->opener, err, sizeof err);
@@ -228,7 +219,7 @@ fill_pools(PsPool *pool)
       ps_conn_set_cloexec(h);
       p->cloexec_done = TRUE;
       p->state = PS_PHYS_IDLE;
-      p->item = ps_pool_filled(pool, key, p);
+      ps_pool_filled(pool, key, p, &p->item); /* p->item is set before anyone can take it */
     }
   }
 }
@@ -377,45 +368,43 @@ exit_drain(void)
     write_stats();
 }
 
+/* The order every thread takes these in: the housekeeper's (it may be inside the client
+ * library, whose own locks a child must not inherit held: fork waits for its tick), the
+ * stats writer's, the broker's, the pool's, the host slots' registry. */
 static void
 before_fork(void)
 {
+  g_mutex_lock(&B.house_lock);
   g_mutex_lock(&B.stats_lock);
   g_mutex_lock(&B.lock);
   if (B.pool)
     ps_pool_lock_for_fork(B.pool);
+  ps_host_slots_before_fork();
 }
 
 static void
 after_fork_parent(void)
 {
+  ps_host_slots_after_fork(FALSE);
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
+  g_mutex_unlock(&B.house_lock);
 }
 
 static void
 after_fork_child(void)
 {
+  /* The parent's host-wide slots are the parent's: the child's copies of their descriptors
+   * are closed (never unlocked) so that they die with the parent. */
+  ps_host_slots_after_fork(TRUE);
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
   B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
-  /* The parent's housekeeper may have held its lock at fork; no thread holds it here. */
-  memset(&B.house_lock, 0, sizeof B.house_lock);
-  /* The parent's host-wide slots are the parent's: our copies of their descriptors must not
-   * keep a slot held after the parent is gone, even if this child never calls the library
-   * again. Closing (never unlocking: the lock is shared with the parent) is safe here. */
-  if (B.slot_fds) {
-    GHashTableIter it;
-    gpointer fd;
-    g_hash_table_iter_init(&it, B.slot_fds);
-    while (g_hash_table_iter_next(&it, &fd, NULL))
-      close(GPOINTER_TO_INT(fd));
-    g_hash_table_remove_all(B.slot_fds);
-  }
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
+  g_mutex_unlock(&B.house_lock);
 }
 
 /* In a forked child: the inherited connections carry the parent's sessions. Close ours
@@ -566,7 +555,6 @@ init_once(void)
     if (B.config.host_max) {
       B.host_slots = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                            (GDestroyNotify)ps_host_slots_free);
-      B.slot_fds = g_hash_table_new(g_direct_hash, g_direct_equal);
       B.host_root = B.config.host_dir ? g_strdup(B.config.host_dir)
                                       : ps_host_slots_default_root();
       ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
@@ -688,9 +676,6 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
   }
   int fd = ps_host_slot_acquire(slots, deadline, &error);
   if (fd >= 0) {
-    g_mutex_lock(&B.lock);
-    g_hash_table_add(B.slot_fds, GINT_TO_POINTER(fd));
-    g_mutex_unlock(&B.lock);
     *fd_out = fd;
     *slots_out = slots; /* lives as long as B.host_slots: never removed */
     return TRUE;

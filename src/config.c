@@ -446,7 +446,8 @@ static void
 parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLookup lookup,
                  gpointer user_data)
 {
-  const char *pattern = group + strlen("pool ");
+  /* "[pool]" alone has no pattern: never read past its end. */
+  const char *pattern = group + (group[4] ? 5 : 4);
   while (*pattern == ' ')
     pattern++;
   if (!*pattern) {

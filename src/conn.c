@@ -680,8 +680,8 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
             unsigned int timeout_s, const char **why)
 {
   if ((dirty & PS_DIRTY_UNPOOLABLE) && mode != PS_RESET_NONE) {
-    *why = "the session holds state no reset clears (SET profiling, or a server option set "
-           "with mysql_set_server_option)";
+    *why = "the session holds state no reset clears (SET profiling, a server option set with "
+           "mysql_set_server_option) or went unwatched (an automatic reconnect)";
     return -1;
   }
   bound_round_trips(m, timeout_s);
@@ -720,18 +720,18 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
     m->methods->invalidate_stmts(m, "mysql_close()");
   if (mode == PS_RESET_RESET && profile->db &&
       !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED)) {
-    /* The fast path: COM_RESET_CONNECTION, and the init commands go out together now;
-     * their replies are read when the connection is next lent, by which time they have
-     * usually arrived. mysql_close() does not wait for the server. The reset keeps the
-     * current database and role: COM_INIT_DB and SET ROLE go too when the borrower may
-     * have changed them (watch.c), each a command the server would otherwise run for
-     * nothing on every return. */
+    /* The fast path: COM_RESET_CONNECTION, SET ROLE and the init commands go out
+     * together now; their replies are read when the connection is next lent, by which time
+     * they have usually arrived. mysql_close() does not wait for the server. The reset
+     * keeps the current database: COM_INIT_DB goes too when the borrower may have changed
+     * it (watch.c), a command the server would otherwise run for nothing on every return.
+     * The role too survives the reset, and a stored function can change it unseen: it is
+     * always restored. */
     int pending = 0;
     gboolean need_db = (dirty & PS_DIRTY_DB) || g_strcmp0(m->db, profile->db) != 0;
-    gboolean need_role = (dirty & PS_DIRTY_ROLE) != 0;
     gboolean sent = send_only(m, COM_RESET_CONNECTION, NULL) && ++pending &&
                     (!need_db || (send_only(m, COM_INIT_DB, profile->db) && ++pending)) &&
-                    (!need_role || (send_only(m, COM_QUERY, profile->role_sql) && ++pending));
+                    send_only(m, COM_QUERY, profile->role_sql) && ++pending;
     for (char **c = profile->init_commands; sent && c && *c; c++)
       sent = send_only(m, COM_QUERY, *c) && ++pending;
     if (!sent) {

@@ -68,6 +68,42 @@ open_dir(const char *dir, GError **error)
 
 static int open_slot(int dfd, const char *name);
 
+/* Every lock descriptor this process holds (slots and waiting announcements). A child
+ * forked without exec must not keep the parent's locks alive after the parent dies: it
+ * closes its copies at fork (ps_host_slots_after_fork). Taking a lock and registering it
+ * happen under registry_lock, which the fork handlers hold, so no copy escapes. */
+static GMutex registry_lock;
+static GHashTable *registry;
+
+static void
+register_fd(int fd)
+{
+  if (!registry)
+    registry = g_hash_table_new(g_direct_hash, g_direct_equal);
+  g_hash_table_add(registry, GINT_TO_POINTER(fd));
+}
+
+void
+ps_host_slots_before_fork(void)
+{
+  g_mutex_lock(&registry_lock);
+}
+
+void
+ps_host_slots_after_fork(gboolean child)
+{
+  if (child && registry) {
+    /* Close, never unlock: the lock is the parent's, through the description we share. */
+    GHashTableIter it;
+    gpointer fd;
+    g_hash_table_iter_init(&it, registry);
+    while (g_hash_table_iter_next(&it, &fd, NULL))
+      close(GPOINTER_TO_INT(fd));
+    g_hash_table_remove_all(registry);
+  }
+  g_mutex_unlock(&registry_lock);
+}
+
 /* The "waiting" file, opened once per server: -1 when it cannot be (the cap then still
  * holds, only idle slots are not handed over early). */
 static void
@@ -159,14 +195,18 @@ try_slot(const PsHostSlots *slots, int dfd, guint i, GError **error)
 {
   char name[16];
   g_snprintf(name, sizeof name, "%u", i);
+  g_mutex_lock(&registry_lock);
   int fd = open_slot(dfd, name);
   int rc = -1;
   if (fd >= 0)
     while ((rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
       ;
   if (rc == 0)
-    return fd;
+    register_fd(fd);
   int err = errno;
+  g_mutex_unlock(&registry_lock);
+  if (rc == 0)
+    return fd;
   if (fd >= 0)
     close(fd);
   if (fd >= 0 && err == EWOULDBLOCK)
@@ -199,13 +239,30 @@ announce_waiting(int dfd, int *fd)
 {
   if (*fd >= 0)
     return;
+  g_mutex_lock(&registry_lock);
   int w = open_slot(dfd, "waiting");
   if (w >= 0 && flock(w, LOCK_SH | LOCK_NB) == 0) {
+    register_fd(w);
     *fd = w;
-    return;
-  }
-  if (w >= 0)
+  } else if (w >= 0) {
     close(w);
+  }
+  g_mutex_unlock(&registry_lock);
+}
+
+int
+ps_host_slot_try_acquire(PsHostSlots *slots)
+{
+  static gint rotor;
+  guint start = ((guint)getpid() + (guint)g_atomic_int_add(&rotor, 1)) % slots->max;
+  int dfd = open_dir(slots->dir, NULL);
+  if (dfd < 0)
+    return -1;
+  int fd = -1;
+  for (guint i = 0; i < slots->max && fd == -1; i++)
+    fd = try_slot(slots, dfd, (start + i) % slots->max, NULL);
+  close(dfd);
+  return fd >= 0 ? fd : -1;
 }
 
 int
@@ -255,8 +312,12 @@ ps_host_slot_release(int fd)
     return;
   /* Unlock before closing: a child forked while we held the slot may still have a copy of
    * the descriptor, and close() alone would leave the lock with that copy. */
+  g_mutex_lock(&registry_lock);
+  if (registry)
+    g_hash_table_remove(registry, GINT_TO_POINTER(fd));
   flock(fd, LOCK_UN);
   close(fd);
+  g_mutex_unlock(&registry_lock);
 }
 
 char *

@@ -28,10 +28,19 @@ const char *ps_host_slots_dir(const PsHostSlots *slots);
  * held; a deadline already past still tries each slot once. Thread-safe. Returns a descriptor
  * (O_CLOEXEC) that holds the lock, or -1 with PS_HOST_SLOTS_ERROR_TIMED_OUT or _FAILED.
  *
- * Fork: a child shares the parent's locks through its inherited copies of these descriptors.
- * The child must close() its copies and must NOT call ps_host_slot_release() on them: that
- * unlocks the open file description both share, freeing the parent's slot. */
+ * Fork: a child shares the parent's locks through its inherited copies of these descriptors;
+ * ps_host_slots_after_fork(TRUE) closes them. The child must NOT call ps_host_slot_release()
+ * on them: that unlocks the open file description both share, freeing the parent's slot. */
 int ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error);
+/* One round over the slots, never waiting and never announcing a waiter (for filling a pool
+ * ahead of demand, which must not make others give their slots up): a descriptor or -1. */
+int ps_host_slot_try_acquire(PsHostSlots *slots);
+
+/* Around fork(): every lock descriptor this process holds is registered; the child closes its
+ * copies (never unlocks them), so the parent's slots die with the parent. */
+void ps_host_slots_before_fork(void);
+void ps_host_slots_after_fork(gboolean child);
+
 /* TRUE when some process (this one included) is waiting in ps_host_slot_acquire for a slot
  * of this server: a holder of an idle connection should then close it. Two system calls. */
 gboolean ps_host_slots_contended(PsHostSlots *slots);

@@ -50,7 +50,7 @@ ps_log_hold(void)
 {
   g_mutex_lock(&held_lock);
   if (!held)
-    held = g_string_new(NULL);
+    g_atomic_pointer_set(&held, g_string_new(NULL));
   g_mutex_unlock(&held_lock);
 }
 
@@ -76,7 +76,7 @@ ps_log_release(void)
 {
   g_mutex_lock(&held_lock);
   GString *lines = held;
-  held = NULL;
+  g_atomic_pointer_set(&held, NULL);
   g_mutex_unlock(&held_lock);
   if (!lines)
     return;
@@ -119,14 +119,18 @@ ps_log(PsLogLevel level, const char *fmt, ...)
   va_end(ap);
   size_t len = (size_t)n + (m < 0 ? 0 : MIN((size_t)m, sizeof line - (size_t)n - 2));
   line[len++] = '\n';
-  g_mutex_lock(&held_lock);
-  if (held) {
-    g_string_append_len(held, line, (gssize)len);
+  /* Only while the configuration is read does a line take the lock: a fork at any other
+   * moment never leaves the child a held lock to block its first message on. */
+  if (g_atomic_pointer_get(&held)) {
+    g_mutex_lock(&held_lock);
+    if (held) {
+      g_string_append_len(held, line, (gssize)len);
+      g_mutex_unlock(&held_lock);
+      errno = saved;
+      return;
+    }
     g_mutex_unlock(&held_lock);
-    errno = saved;
-    return;
   }
-  g_mutex_unlock(&held_lock);
   ssize_t w = write(fd, line, len);
   (void)w;
   errno = saved;

@@ -518,7 +518,7 @@ ps_pool_fill_failed(PsPool *pool, PsPoolKey *key)
 }
 
 PsItem *
-ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn)
+ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out)
 {
   PsItem *item = g_new0(PsItem, 1);
   item->conn = conn;
@@ -532,6 +532,7 @@ ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn)
   item->expires_us = lifetime > 0 ? now + lifetime - g_random_int_range(0, 1000) * (lifetime / 40000)
                                   : G_MAXINT64;
   key->filling--;
+  *item_out = item;
   g_queue_push_head_link(&key->idle, &item->link);
   pool->counts.opened++;
   key->counts.opened++;

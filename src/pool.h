@@ -124,10 +124,10 @@ GSList *ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason);
 
 /* POOLSHIM_MIN_IDLE: reserves a slot to open one more idle connection in the background when
  * the key has fewer idle (and being filled) than its min_idle and room under its limits. Then
- * either ps_pool_filled (the connection joins the idle queue; a waiter may take it at once)
- * or ps_pool_fill_failed. */
+ * either ps_pool_filled (the connection joins the idle queue; a waiter may take it at once,
+ * so *item_out is written under the lock, before that can happen) or ps_pool_fill_failed. */
 gboolean ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key);
-PsItem *ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn);
+PsItem *ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out);
 void ps_pool_fill_failed(PsPool *pool, PsPoolKey *key);
 /* Takes out the idle connections `match` picks (called under the pool's lock: it may look,
  * without blocking, never wait). */

@@ -14,13 +14,15 @@ struct PsWatch {
   guint dirty;
 };
 
-/* An identifier character as the server's lexer sees it in every client character set:
- * ASCII letters, digits, _ and $, and any byte of a multi-byte character (keywords are
- * always ASCII, so a keyword glued to such a byte is no keyword for the server either). */
+/* A word is a maximal run of ASCII letters, digits, _ and $. Every other byte separates,
+ * also bytes >= 0x80: in latin1 0xA0 is whitespace to the server, and where such a byte is
+ * part of an identifier for the server, splitting there only makes a false "dirty".
+ * Keywords are ASCII in every client character set, so a keyword the server sees is always
+ * such a run. */
 static inline gboolean
 ident_byte(unsigned char c)
 {
-  return g_ascii_isalnum(c) || c == '_' || c == '$' || c >= 0x80;
+  return g_ascii_isalnum(c) || c == '_' || c == '$';
 }
 
 static gboolean
@@ -47,12 +49,10 @@ ps_watch_classify_sql(const char *sql, size_t len)
     size_t n = j - i;
     if (word_is(w, n, "use"))
       bits |= PS_DIRTY_DB;
-    else if (word_is(w, n, "role"))
-      bits |= PS_DIRTY_ROLE;
-    /* Dynamic SQL and routines: the text that runs is not this text. (Routines cannot USE
-     * and restore the role on exit, but the scan does not rely on that.) */
+    /* Dynamic SQL and routines: the text that runs is not this text. (Routines cannot USE,
+     * but the scan does not rely on that.) */
     else if (word_is(w, n, "prepare") || word_is(w, n, "execute") || word_is(w, n, "call"))
-      bits |= PS_DIRTY_DB | PS_DIRTY_ROLE;
+      bits |= PS_DIRTY_DB;
     else if (word_is(w, n, "drop"))
       drop = TRUE;
     else if (word_is(w, n, "database") || word_is(w, n, "schema"))
@@ -73,7 +73,8 @@ classify_command(enum enum_server_command command, const char *arg, size_t lengt
   switch (command) {
   case COM_QUERY:
   case COM_STMT_PREPARE:
-    return arg ? ps_watch_classify_sql(arg, length) : PS_DIRTY_ALL;
+    /* The library sends strlen(arg) bytes when the length is 0 (mthd_my_send_cmd). */
+    return arg ? ps_watch_classify_sql(arg, length ? length : strlen(arg)) : PS_DIRTY_ALL;
   /* Commands that touch neither the database nor the role. */
   case COM_QUIT:
   case COM_PING:
@@ -134,17 +135,10 @@ ps_watch_free(PsWatch *w)
 guint
 ps_watch_take(MYSQL *m, PsWatch *w)
 {
-  if (!w)
-    return PS_DIRTY_DB | PS_DIRTY_ROLE;
-  if (m->methods != &w->methods) {
-    /* The library reconnected the handle (MYSQL_OPT_RECONNECT), which brings its default
-     * table back: what the new session went through is unknown, so everything the reset
-     * can restore is restored, and the watch starts again. */
-    if (m->methods && m->methods->db_command)
-      hook(w, m);
-    w->dirty = 0;
-    return PS_DIRTY_DB | PS_DIRTY_ROLE;
-  }
+  /* The library reconnected the handle (MYSQL_OPT_RECONNECT), which brings its default
+   * table back: what the new session went through is unknown. */
+  if (!w || m->methods != &w->methods)
+    return PS_DIRTY_ALL;
   guint bits = w->dirty;
   w->dirty = 0;
   return bits;

@@ -1,7 +1,8 @@
-/* Selective reset: COM_RESET_CONNECTION keeps the database and the role, so the pool sends
- * COM_INIT_DB and SET ROLE only after a borrower that may have changed them, and never lends
- * again a session whose state no reset clears. Proven with the server's own counters
- * (Com_change_db counts COM_INIT_DB, Com_set_option counts SET ROLE) and CONNECTION_ID(). */
+/* Selective reset: COM_RESET_CONNECTION keeps the database, so the pool sends COM_INIT_DB
+ * only after a borrower that may have changed it; it restores the role at every return (a
+ * stored function can change it unseen), and never lends again a session whose state no
+ * reset clears. Proven with the server's own counters (Com_change_db counts COM_INIT_DB,
+ * Com_set_option counts SET ROLE) and CONNECTION_ID(). */
 #include <mysqld_error.h>
 #include <string.h>
 
@@ -32,7 +33,7 @@ borrow(long long id, const char *sql)
   mysql_close(m);
 }
 
-Test(selective, a_borrower_that_only_reads_costs_no_database_or_role_command)
+Test(selective, a_borrower_that_only_reads_costs_no_database_command)
 {
   pst_admin();
   MYSQL *m = pst_connect_app();
@@ -47,7 +48,7 @@ Test(selective, a_borrower_that_only_reads_costs_no_database_or_role_command)
   Counters after = counters();
   cr_assert_eq(after.change_db - before.change_db, 0, "COM_INIT_DB was sent %lld times",
                after.change_db - before.change_db);
-  cr_assert_eq(after.set_option - before.set_option, 0, "SET was run %lld times",
+  cr_assert_eq(after.set_option - before.set_option, 51, "SET ROLE ran %lld times for 51 returns",
                after.set_option - before.set_option);
 }
 
@@ -66,35 +67,76 @@ Test(selective, a_use_costs_one_database_command_at_the_next_return)
   Counters after = counters();
   cr_assert_eq(after.change_db - before.change_db, 2, "Com_change_db moved by %lld",
                after.change_db - before.change_db);
-  cr_assert_eq(after.set_option - before.set_option, 0);
+  cr_assert_eq(after.set_option - before.set_option, 2, "one SET ROLE per return");
   MYSQL *check = pst_connect_app();
   g_autofree char *db = pst_scalar_str(check, "SELECT DATABASE()");
   cr_assert_str_eq(db, pst_env("PS_TEST_DB"));
   mysql_close(check);
 }
 
-Test(selective, a_set_role_costs_one_set_role_at_the_next_return)
+/* A stored function can SET ROLE for good, and its call shows nothing of it. */
+Test(selective, a_role_set_inside_a_stored_function_is_undone)
 {
   MYSQL *a = pst_admin();
   pst_exec(a, "CREATE ROLE IF NOT EXISTS poolshim_role");
   pst_exec(a, "GRANT poolshim_role TO '%s'@'%%', '%s'@'localhost'", pst_env("PS_TEST_USER"),
            pst_env("PS_TEST_USER"));
+  pst_exec(a, "DROP FUNCTION IF EXISTS %s.poolshim_f", pst_env("PS_TEST_DB"));
+  pst_exec(a,
+           "CREATE FUNCTION %s.poolshim_f() RETURNS INT SQL SECURITY INVOKER "
+           "BEGIN SET ROLE poolshim_role; RETURN 1; END",
+           pst_env("PS_TEST_DB"));
+  pst_exec(a, "GRANT EXECUTE ON FUNCTION %s.poolshim_f TO '%s'@'%%', '%s'@'localhost'",
+           pst_env("PS_TEST_DB"), pst_env("PS_TEST_USER"), pst_env("PS_TEST_USER"));
   MYSQL *m = pst_connect_app();
   long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  cr_assert_eq(pst_scalar(m, "SELECT poolshim_f()"), 1);
+  g_autofree char *set = pst_scalar_str(m, "SELECT CURRENT_ROLE()");
+  cr_assert_str_eq(set, "poolshim_role", "the function did not change the role");
   mysql_close(m);
-  borrow(id, NULL);
-
-  Counters before = counters();
-  borrow(id, "SET ROLE poolshim_role"); /* the borrower's: 1, the pool's restore: 1 */
-  borrow(id, NULL);
-  Counters after = counters();
-  cr_assert_eq(after.set_option - before.set_option, 2, "Com_set_option moved by %lld",
-               after.set_option - before.set_option);
-  cr_assert_eq(after.change_db - before.change_db, 0);
-  MYSQL *check = pst_connect_app();
-  g_autofree char *role = pst_scalar_str(check, "SELECT CURRENT_ROLE()");
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  g_autofree char *role = pst_scalar_str(next, "SELECT CURRENT_ROLE()");
   cr_assert_null(role, "the previous borrower's role is active: %s", role);
-  mysql_close(check);
+  mysql_close(next);
+}
+
+/* The library sends strlen(query) bytes when the length is 0: the scan must too. */
+Test(selective, a_use_sent_with_length_zero_is_undone)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(m, "SET SESSION session_track_schema = OFF"); /* so the client's db stays stale */
+  g_autofree char *use = g_strdup_printf("USE %s", pst_env("PS_TEST_DB2"));
+  cr_assert_eq(mysql_real_query(m, use, 0), 0, "%s", mysql_error(m));
+  g_autofree char *db = pst_scalar_str(m, "SELECT DATABASE()");
+  cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
+  mysql_close(m);
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  g_autofree char *now = pst_scalar_str(next, "SELECT DATABASE()");
+  cr_assert_str_eq(now, pst_env("PS_TEST_DB"));
+  mysql_close(next);
+}
+
+/* In latin1, byte 0xA0 is whitespace to the server. */
+Test(selective, a_use_separated_by_a_latin1_no_break_space_is_undone)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(m, "SET SESSION session_track_schema = OFF");
+  pst_exec(m, "SET NAMES latin1");
+  pst_exec(m, "USE\xa0%s", pst_env("PS_TEST_DB2"));
+  g_autofree char *db = pst_scalar_str(m, "SELECT DATABASE()");
+  cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
+  mysql_close(m);
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  g_autofree char *now = pst_scalar_str(next, "SELECT DATABASE()");
+  cr_assert_str_eq(now, pst_env("PS_TEST_DB"));
+  mysql_close(next);
 }
 
 /* SHOW PROFILES keeps the previous statements' text through COM_RESET_CONNECTION. */
@@ -138,9 +180,9 @@ Test(selective, a_session_with_a_server_option_set_is_never_lent_again)
   mysql_close(next);
 }
 
-/* MYSQL_OPT_RECONNECT brings the library's default command table back with the new session:
- * that return restores everything, and the watch is put back for the next borrowers. */
-Test(selective, after_an_auto_reconnect_the_next_borrowers_are_watched_again)
+/* MYSQL_OPT_RECONNECT brings the library's default command table back with the new
+ * session: nothing was watched, so that session is closed at its return, not pooled. */
+Test(selective, a_session_the_library_reconnected_is_not_pooled)
 {
   pst_admin();
   MYSQL *m = mysql_init(NULL);
@@ -158,13 +200,12 @@ Test(selective, after_an_auto_reconnect_the_next_borrowers_are_watched_again)
   cr_assert(ok, "no reconnect: %s", mysql_error(m));
   long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
   cr_assert_neq(id, old);
-  Counters before = counters();
-  mysql_close(m);    /* unwatched session: COM_INIT_DB and SET ROLE at this return */
-  borrow(id, NULL);  /* reads those replies; watched again: nothing more at its return */
-  borrow(id, NULL);
-  Counters after = counters();
-  cr_assert_eq(after.change_db - before.change_db, 1, "Com_change_db moved by %lld",
-               after.change_db - before.change_db);
-  cr_assert_eq(after.set_option - before.set_option, 1, "Com_set_option moved by %lld",
-               after.set_option - before.set_option);
+  /* Unseen by the pool: multi-statements switched on in the new session. */
+  cr_assert_eq(mysql_set_server_option(m, MYSQL_OPTION_MULTI_STATEMENTS_ON), 0);
+  mysql_close(m);
+  pst_wait_thread_gone((unsigned long)id);
+  MYSQL *next = pst_connect_app();
+  cr_assert_neq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  cr_assert_neq(mysql_query(next, "SELECT 1; SELECT 2"), 0, "multi-statements leaked");
+  mysql_close(next);
 }
