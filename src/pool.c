@@ -391,15 +391,14 @@ ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant
   g_cond_clear(&w.cond);
 }
 
-PsItem *
-ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
+/* Records a new physical connection of `key` (item allocated by the caller, outside the
+ * lock) and counts it as opened; under the pool's lock. */
+static void
+new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
 {
-  PsItem *item = g_new0(PsItem, 1);
   item->conn = conn;
   item->owner = key;
   item->link.data = item;
-  g_mutex_lock(&pool->lock);
-  gint64 now = pool->now();
   item->created_us = now;
   item->idle_since_us = now;
   gint64 lifetime = key->settings.max_lifetime_us;
@@ -410,11 +409,19 @@ ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
   } else {
     item->expires_us = G_MAXINT64;
   }
+  pool->counts.opened++;
+  key->counts.opened++;
+}
+
+PsItem *
+ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
+{
+  PsItem *item = g_new0(PsItem, 1);
+  g_mutex_lock(&pool->lock);
+  new_item(pool, item, key, conn, pool->now());
   key->lent++;
   pool->counts.borrowed++;
-  pool->counts.opened++;
   key->counts.borrowed++;
-  key->counts.opened++;
   g_mutex_unlock(&pool->lock);
   return item;
 }
@@ -521,21 +528,12 @@ PsItem *
 ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out)
 {
   PsItem *item = g_new0(PsItem, 1);
-  item->conn = conn;
-  item->owner = key;
-  item->link.data = item;
   g_mutex_lock(&pool->lock);
   gint64 now = pool->now();
-  item->created_us = now;
-  item->idle_since_us = now;
-  gint64 lifetime = key->settings.max_lifetime_us;
-  item->expires_us = lifetime > 0 ? now + lifetime - g_random_int_range(0, 1000) * (lifetime / 40000)
-                                  : G_MAXINT64;
+  new_item(pool, item, key, conn, now);
   key->filling--;
   *item_out = item;
   g_queue_push_head_link(&key->idle, &item->link);
-  pool->counts.opened++;
-  key->counts.opened++;
   dispatch(pool, now);
   g_mutex_unlock(&pool->lock);
   return item;
