@@ -241,8 +241,8 @@ feed_optional(PsKeyBuf *kb, const char *const *fields, guint count)
       feed_str(kb, fields[i]);
 }
 
-gboolean
-ps_conn_is_library_attribute(const char *name)
+static gboolean
+is_library_attribute(const char *name)
 {
   static const char *const own[] = {"_client_name", "_client_version", "_os", "_pid",
                                     "_platform", "_server_host", "_thread", NULL};
@@ -250,6 +250,46 @@ ps_conn_is_library_attribute(const char *name)
     if (g_strcmp0(name, *o) == 0)
       return TRUE;
   return FALSE;
+}
+
+guint
+ps_conn_user_attributes(MYSQL *m, char ***keys, char ***values)
+{
+  PsMirrorOptionsExt *ext = OPT_EXT(m);
+  guint records = ext ? ext->connect_attrs.records : 0;
+  *keys = *values = NULL;
+  if (!records)
+    return 0;
+  /* The library fills caller-allocated arrays: it takes their addresses (mariadb_lib.c). */
+  unsigned int got = 0;
+  *keys = g_new0(char *, records + 1);
+  *values = g_new0(char *, records + 1);
+  ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, keys, values, &got);
+  guint n = 0;
+  for (unsigned int i = 0; i < got && i < records; i++) {
+    /* The library re-adds its own attributes at every connect attempt (ma_set_connect_attrs);
+     * they never shape the session, and would split a retried handle into a second pool. */
+    if (is_library_attribute((*keys)[i]))
+      continue;
+    (*keys)[n] = (*keys)[i];
+    (*values)[n] = (*values)[i];
+    n++;
+  }
+  for (guint i = n; i < records; i++)
+    (*keys)[i] = (*values)[i] = NULL;
+  return n;
+}
+
+char **
+ps_conn_init_commands(MYSQL *m)
+{
+  char **cmds = NULL;
+  unsigned int n = 0;
+  ps_real.get_optionv(m, MYSQL_INIT_COMMAND, &cmds, &n);
+  char **copy = g_new0(char *, n + 1);
+  for (unsigned int i = 0; i < n; i++)
+    copy[i] = g_strdup(cmds[i]);
+  return copy;
 }
 
 static const char *
@@ -333,21 +373,12 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   for (guint64 i = 0; i < ncmds; i++)
     feed_str(s, ((char **)cmds->buffer)[i]);
   /* Connection attributes reach the server at the handshake. */
-  guint64 nattrs = ext ? ext->connect_attrs.records : 0;
-  if (nattrs) {
-    /* The library fills caller-allocated arrays: it takes their addresses (mariadb_lib.c). */
-    unsigned int n = 0;
-    g_autofree char **attr_keys = g_new0(char *, nattrs);
-    g_autofree char **attr_vals = g_new0(char *, nattrs);
-    ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, &attr_keys, &attr_vals, &n);
-    for (unsigned int i = 0; i < n && i < nattrs; i++) {
-      /* The library re-adds its own attributes at every connect attempt (ma_set_connect_attrs);
-       * they never shape the session, and would split a retried handle into a second pool. */
-      if (ps_conn_is_library_attribute(attr_keys[i]))
-        continue;
-      feed_str(s, attr_keys[i]);
-      feed_str(s, attr_vals[i]);
-    }
+  g_autofree char **attr_keys = NULL;
+  g_autofree char **attr_vals = NULL;
+  guint nattrs = ps_conn_user_attributes(m, &attr_keys, &attr_vals);
+  for (guint i = 0; i < nattrs; i++) {
+    feed_str(s, attr_keys[i]);
+    feed_str(s, attr_vals[i]);
   }
   /* The end of the attributes: no string length can take this value. */
   guint32 end = G_MAXUINT32;
@@ -454,12 +485,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   p->wait_timeout_s = wait_timeout_s;
   p->role_sql = role_statement(p->role);
   p->charset = m->charset;
-  char **cmds = NULL;
-  unsigned int n = 0;
-  ps_real.get_optionv(m, MYSQL_INIT_COMMAND, &cmds, &n);
-  p->init_commands = g_new0(char *, n + 1);
-  for (unsigned int i = 0; i < n; i++)
-    p->init_commands[i] = g_strdup(cmds[i]);
+  p->init_commands = ps_conn_init_commands(m);
   return p;
 }
 

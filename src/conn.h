@@ -59,8 +59,12 @@ void ps_conn_key_label(const PsConnKey *key, char *buf, gsize len);
 /* TRUE when the pooled connection authenticated as the key's user with its password. */
 gboolean ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key);
 
-/* A connect attribute the library adds by itself at every connect (_client_name, ...). */
-gboolean ps_conn_is_library_attribute(const char *name);
+/* The application's connect attributes, without those the library adds by itself at every
+ * connect (_client_name, ...): two NULL-terminated arrays of the library's own strings, or
+ * NULL when there are none (g_free the arrays, not the strings). Returns their number. */
+guint ps_conn_user_attributes(MYSQL *m, char ***keys, char ***values);
+/* A copy of the handle's MYSQL_INIT_COMMAND statements, NULL-terminated (g_strfreev). */
+char **ps_conn_init_commands(MYSQL *m);
 
 /* A recipe to open more connections of one key without the application (POOLSHIM_MIN_IDLE,
  * background replacement): the connect arguments and every option the key covers, replayed

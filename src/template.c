@@ -165,29 +165,12 @@ ps_conn_template_new(MYSQL *m, const char *host, const char *user, const char *p
   t->connect_timeout = o->connect_timeout;
   t->read_timeout = o->read_timeout;
   t->write_timeout = o->write_timeout;
-  char **cmds = NULL;
-  unsigned int n = 0;
-  ps_real.get_optionv(m, MYSQL_INIT_COMMAND, &cmds, &n);
-  t->init_commands = g_new0(char *, n + 1);
-  for (unsigned int i = 0; i < n; i++)
-    t->init_commands[i] = g_strdup(cmds[i]);
-  guint nattrs = ext ? ext->connect_attrs.records : 0;
-  t->attr_keys = g_new0(char *, nattrs + 1);
-  t->attr_values = g_new0(char *, nattrs + 1);
-  if (nattrs) {
-    unsigned int got = 0;
-    g_autofree char **keys = g_new0(char *, nattrs);
-    g_autofree char **values = g_new0(char *, nattrs);
-    ps_real.get_optionv(m, MYSQL_OPT_CONNECT_ATTRS, &keys, &values, &got);
-    guint j = 0;
-    for (unsigned int i = 0; i < got && i < nattrs; i++) {
-      if (ps_conn_is_library_attribute(keys[i]))
-        continue;
-      t->attr_keys[j] = g_strdup(keys[i]);
-      t->attr_values[j] = g_strdup(values[i]);
-      j++;
-    }
-  }
+  t->init_commands = ps_conn_init_commands(m);
+  g_autofree char **keys = NULL;
+  g_autofree char **values = NULL;
+  ps_conn_user_attributes(m, &keys, &values);
+  t->attr_keys = g_strdupv(keys);
+  t->attr_values = g_strdupv(values);
   /* The proof: a handle built from the template is keyed exactly like the application's. */
   MYSQL *h = replayed_handle(t);
   PsConnKey key;
