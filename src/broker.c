@@ -98,15 +98,9 @@ phys_enter(PsPhys *p, PsPhysState to, const char *reason)
 /* Frees the bookkeeping of a connection that is closed (or abandoned): only now is its
  * host-wide slot given back, so the server never sees more than POOLSHIM_HOST_MAX. */
 static void
-release_slot(int fd)
-{
-  ps_host_slot_release(fd); /* ignores -1 */
-}
-
-static void
 phys_free(PsPhys *p)
 {
-  release_slot(p->slot_fd);
+  ps_host_slot_release(p->slot_fd); /* ignores -1 */
   ps_watch_free(p->watch); /* only now: the library called through it until the close */
   ps_pool_item_free(p->item);
   g_free(p);
@@ -154,13 +148,23 @@ new_pool(void)
   return ps_pool_new(&limits);
 }
 
+/* The server part of a pool's name, user@SERVER/db[#n] (ps_conn_key_label): the key of
+ * B.host_slots. */
+static void
+label_server(const char *label, char *buf, gsize len)
+{
+  const char *at = strrchr(label, '@');
+  const char *slash = at ? strrchr(at, '/') : NULL;
+  g_strlcpy(buf, at ? at + 1 : "", MIN(len, slash ? (gsize)(slash - at) : 1));
+}
+
 /* Whether a pool (by its label, user@SERVER/db[#n]) talks to `server`. */
 static gboolean
 label_has_server(const char *label, gpointer server)
 {
-  const char *at = strrchr(label, '@');
-  gsize n = strlen(server);
-  return at && strncmp(at + 1, server, n) == 0 && at[1 + n] == '/';
+  char of_label[512];
+  label_server(label, of_label, sizeof of_label);
+  return g_str_equal(of_label, server);
 }
 
 /* The housekeeper: twice a second, idle connections past their timeouts or closed by the
@@ -187,9 +191,7 @@ fill_pools(PsPool *pool)
         /* Never wait for a host slot here: filling ahead must not take one from a process
          * that needs it now. */
         char server[512];
-        const char *label = ps_pool_key_label(key), *at = strrchr(label, '@');
-        const char *slash = at ? strrchr(at, '/') : NULL;
-        g_strlcpy(server, at ? at + 1 : "", MIN(sizeof server, slash ? (gsize)(slash - at) : 1));
+        label_server(ps_pool_key_label(key), server, sizeof server);
         g_mutex_lock(&B.lock);
         slots = g_hash_table_lookup(B.host_slots, server);
         g_mutex_unlock(&B.lock);
@@ -203,7 +205,7 @@ fill_pools(PsPool *pool)
       char err[MYSQL_ERRMSG_SIZE];
       MYSQL *h = ps_conn_template_open(profile->opener, err, sizeof err);
       if (!h) {
-        release_slot(slot_fd);
+        ps_host_slot_release(slot_fd);
         ps_pool_fill_failed(pool, key);
         ps_debug("pool %s: opening an idle connection in the background failed: %s",
                  ps_pool_key_label(key), err);
@@ -814,7 +816,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
     m->options.connect_timeout = own_timeout;
     if (!r) {
-      release_slot(slot_fd);
+      ps_host_slot_release(slot_fd);
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
