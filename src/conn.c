@@ -824,28 +824,40 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
   return TRUE;
 }
 
-gboolean
-ps_conn_idle_closed(MYSQL *m, gboolean replies_pending)
+/* One poll of an idle connection's socket without waiting: poll's result (-1 also when the
+ * connection has no socket), *revents set when it is 1. errno is left as it was. */
+static int
+poll_idle(MYSQL *m, short events, short *revents)
 {
   if (!m->net.pvio || !m->net.buff)
-    return TRUE;
+    return -1;
   my_socket fd = ps_real.get_socket(m);
   if (fd == INVALID_SOCKET)
-    return TRUE;
-  /* POLLRDHUP: the server closed its side, even when the replies of a reset it answered
-   * before are still unread (those make the socket readable on their own). */
-  struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    return -1;
+  struct pollfd p = {.fd = fd, .events = events};
   int saved = errno;
   int r;
   do
     r = poll(&p, 1, 0);
   while (r < 0 && errno == EINTR);
   errno = saved;
-  if (r <= 0)
-    return FALSE;
-  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+  *revents = p.revents;
+  return r;
+}
+
+gboolean
+ps_conn_idle_closed(MYSQL *m, gboolean replies_pending)
+{
+  if (!m->net.pvio || !m->net.buff || ps_real.get_socket(m) == INVALID_SOCKET)
     return TRUE;
-  return !replies_pending && (p.revents & POLLIN);
+  /* POLLRDHUP: the server closed its side, even when the replies of a reset it answered
+   * before are still unread (those make the socket readable on their own). */
+  short revents;
+  if (poll_idle(m, POLLIN | POLLRDHUP, &revents) <= 0)
+    return FALSE;
+  if (revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+    return TRUE;
+  return !replies_pending && (revents & POLLIN);
 }
 
 void
@@ -862,20 +874,9 @@ ps_conn_set_cloexec(MYSQL *m)
 gboolean
 ps_conn_idle_alive(MYSQL *m)
 {
-  if (!m->net.pvio || !m->net.buff)
-    return FALSE;
-  my_socket fd = ps_real.get_socket(m);
-  if (fd == INVALID_SOCKET)
-    return FALSE;
-  struct pollfd p = {.fd = fd, .events = POLLIN};
-  int saved = errno;
-  int r;
-  do
-    r = poll(&p, 1, 0);
-  while (r < 0 && errno == EINTR);
-  errno = saved;
+  short revents;
   /* Nothing may arrive on an idle session: readable means EOF or an error packet. */
-  return r == 0;
+  return poll_idle(m, POLLIN, &revents) == 0;
 }
 
 void
