@@ -187,6 +187,28 @@ pst_wait_thread_gone(unsigned long id)
   cr_assert_fail("server thread %lu still exists after 10 s", id);
 }
 
+MYSQL *
+pst_connect_and_force_reconnect(long long *old, long long *now)
+{
+  MYSQL *m = mysql_init(NULL);
+  my_bool on = 1;
+  mysql_options(m, MYSQL_OPT_RECONNECT, &on);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0),
+                     "%s", mysql_error(m));
+  *old = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(pst_admin(), "KILL %lld", *old);
+  pst_wait_thread_gone((unsigned long)*old);
+  /* The library reconnects on the next command (the first may report the loss). */
+  int ok = 0;
+  for (int i = 0; i < 3 && !ok; i++)
+    ok = mysql_query(m, "DO 1") == 0;
+  cr_assert(ok, "no reconnect: %s", mysql_error(m));
+  *now = pst_scalar(m, "SELECT CONNECTION_ID()");
+  return m;
+}
+
 /* ---- Faults, probes and the shim's counters ---- */
 
 #include <dlfcn.h>

@@ -35,6 +35,9 @@ void pst_server_ctl(const char *verb);
 void pst_admin_drop(void);
 /* Waits (max 10 s) until the server no longer lists thread `id`. */
 void pst_wait_thread_gone(unsigned long id);
+/* An application connection with MYSQL_OPT_RECONNECT whose server thread (*old) is KILLed and
+ * that the client library then reconnected by itself (*now). */
+MYSQL *pst_connect_and_force_reconnect(long long *old, long long *now);
 
 /* ---- Faults, probes and the shim's counters (test_stall, test_leaks, test_lifecycle) ---- */
 #include "../include/poolshim.h"

@@ -9,24 +9,8 @@ TestSuite(internal, .timeout = 60);
 
 Test(internal, auto_reconnect_replaces_a_killed_connection)
 {
-  MYSQL *m = mysql_init(NULL);
-  my_bool on = 1;
-  mysql_options(m, MYSQL_OPT_RECONNECT, &on);
-  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                        pst_port(), NULL, 0));
-  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
-  pst_exec(pst_admin(), "KILL %lld", id);
-  pst_wait_thread_gone((unsigned long)id);
-  /* The library reconnects on the next command (the first may report the loss). */
-  int ok = 0;
-  for (int i = 0; i < 3 && !ok; i++)
-    ok = mysql_query(m, "SELECT CONNECTION_ID()") == 0;
-  cr_assert(ok, "no reconnect: %s", mysql_error(m));
-  MYSQL_RES *r = mysql_store_result(m);
-  MYSQL_ROW row = mysql_fetch_row(r);
-  long long now = g_ascii_strtoll(row[0], NULL, 10);
-  mysql_free_result(r);
+  long long id, now;
+  MYSQL *m = pst_connect_and_force_reconnect(&id, &now);
   cr_assert_neq(now, id);
   mysql_close(m);
   /* The reconnected session was not watched (the library put its own command table back):

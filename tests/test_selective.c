@@ -101,15 +101,17 @@ Test(selective, a_role_set_inside_a_stored_function_is_undone)
   mysql_close(next);
 }
 
-/* The library sends strlen(query) bytes when the length is 0: the scan must too. */
-Test(selective, a_use_sent_with_length_zero_is_undone)
+/* Borrower A switches schema tracking off (so the client's idea of the database stays
+ * stale), changes the database with `use_db2`, and returns the connection: the next
+ * borrower of the same server thread is back in the pool's database. */
+static void
+assert_use_undone(void (*use_db2)(MYSQL *m))
 {
   pst_admin();
   MYSQL *m = pst_connect_app();
   long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
-  pst_exec(m, "SET SESSION session_track_schema = OFF"); /* so the client's db stays stale */
-  g_autofree char *use = g_strdup_printf("USE %s", pst_env("PS_TEST_DB2"));
-  cr_assert_eq(mysql_real_query(m, use, 0), 0, "%s", mysql_error(m));
+  pst_exec(m, "SET SESSION session_track_schema = OFF");
+  use_db2(m);
   g_autofree char *db = pst_scalar_str(m, "SELECT DATABASE()");
   cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
   mysql_close(m);
@@ -120,23 +122,30 @@ Test(selective, a_use_sent_with_length_zero_is_undone)
   mysql_close(next);
 }
 
-/* In latin1, byte 0xA0 is whitespace to the server. */
-Test(selective, a_use_separated_by_a_latin1_no_break_space_is_undone)
+/* The library sends strlen(query) bytes when the length is 0: the scan must too. */
+static void
+use_with_length_zero(MYSQL *m)
 {
-  pst_admin();
-  MYSQL *m = pst_connect_app();
-  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
-  pst_exec(m, "SET SESSION session_track_schema = OFF");
+  g_autofree char *use = g_strdup_printf("USE %s", pst_env("PS_TEST_DB2"));
+  cr_assert_eq(mysql_real_query(m, use, 0), 0, "%s", mysql_error(m));
+}
+
+Test(selective, a_use_sent_with_length_zero_is_undone)
+{
+  assert_use_undone(use_with_length_zero);
+}
+
+/* In latin1, byte 0xA0 is whitespace to the server. */
+static void
+use_after_a_no_break_space(MYSQL *m)
+{
   pst_exec(m, "SET NAMES latin1");
   pst_exec(m, "USE\xa0%s", pst_env("PS_TEST_DB2"));
-  g_autofree char *db = pst_scalar_str(m, "SELECT DATABASE()");
-  cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
-  mysql_close(m);
-  MYSQL *next = pst_connect_app();
-  cr_assert_eq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
-  g_autofree char *now = pst_scalar_str(next, "SELECT DATABASE()");
-  cr_assert_str_eq(now, pst_env("PS_TEST_DB"));
-  mysql_close(next);
+}
+
+Test(selective, a_use_separated_by_a_latin1_no_break_space_is_undone)
+{
+  assert_use_undone(use_after_a_no_break_space);
 }
 
 /* SHOW PROFILES keeps the previous statements' text through COM_RESET_CONNECTION. */
@@ -185,20 +194,8 @@ Test(selective, a_session_with_a_server_option_set_is_never_lent_again)
 Test(selective, a_session_the_library_reconnected_is_not_pooled)
 {
   pst_admin();
-  MYSQL *m = mysql_init(NULL);
-  my_bool on = 1;
-  mysql_options(m, MYSQL_OPT_RECONNECT, &on);
-  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                        pst_port(), NULL, 0));
-  long long old = pst_scalar(m, "SELECT CONNECTION_ID()");
-  pst_exec(pst_admin(), "KILL %lld", old);
-  pst_wait_thread_gone((unsigned long)old);
-  int ok = 0;
-  for (int i = 0; i < 3 && !ok; i++)
-    ok = mysql_query(m, "DO 1") == 0;
-  cr_assert(ok, "no reconnect: %s", mysql_error(m));
-  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  long long old, id;
+  MYSQL *m = pst_connect_and_force_reconnect(&old, &id);
   cr_assert_neq(id, old);
   /* Unseen by the pool: multi-statements switched on in the new session. */
   cr_assert_eq(mysql_set_server_option(m, MYSQL_OPTION_MULTI_STATEMENTS_ON), 0);
