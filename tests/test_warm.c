@@ -32,15 +32,23 @@ thread_ids(void)
                         pst_env("PS_TEST_USER"));
 }
 
-Test(warm, a_pool_fills_up_to_min_idle_in_the_background_and_replaces_a_killed_connection)
+/* A probe that opens and closes one connection, then makes no call for 30 s, with `env`. */
+static OpsProbe *
+start_quiet_probe(const char *const *env)
 {
   pst_admin();
   cr_assert_eq(wait_threads(0, 10000), 0, "threads of the test user left by another test");
   const char *args[] = {"idle", "1", "30", NULL};
-  const char *env[] = {"POOLSHIM_MIN_IDLE", "3", "POOLSHIM_POOL_SIZE", "5", NULL};
   OpsProbe *p = ops_start(args, env);
   g_autofree char *idle = ops_wait_value(p, "IDLE", 15000);
   cr_assert_str_eq(idle, "1");
+  return p;
+}
+
+Test(warm, a_pool_fills_up_to_min_idle_in_the_background_and_replaces_a_killed_connection)
+{
+  const char *env[] = {"POOLSHIM_MIN_IDLE", "3", "POOLSHIM_POOL_SIZE", "5", NULL};
+  OpsProbe *p = start_quiet_probe(env);
   /* One connect and close by the probe; the other two come from the pool alone. */
   cr_assert_eq(wait_threads(3, 10000), 3, "the pool did not fill up to 3 idle connections");
   g_usleep(1200 * 1000);
@@ -65,12 +73,8 @@ Test(warm, a_pool_fills_up_to_min_idle_in_the_background_and_replaces_a_killed_c
 
 Test(warm, expired_idle_connections_are_replaced_without_a_borrower)
 {
-  pst_admin();
-  cr_assert_eq(wait_threads(0, 10000), 0, "threads of the test user left by another test");
-  const char *args[] = {"idle", "1", "30", NULL};
   const char *env[] = {"POOLSHIM_MIN_IDLE", "2", "POOLSHIM_MAX_LIFETIME", "1s", NULL};
-  OpsProbe *p = ops_start(args, env);
-  g_autofree char *idle = ops_wait_value(p, "IDLE", 15000);
+  OpsProbe *p = start_quiet_probe(env);
   cr_assert_eq(wait_threads(2, 10000), 2, "the pool did not fill up to 2");
   g_autofree char *first = thread_ids();
   /* Lifetime 1 s (minus jitter): within a few seconds both are closed and replaced, while
