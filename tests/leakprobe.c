@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../include/poolshim.h"
+#include "probe.h"
 
 #define EXPORTED __attribute__((visibility("default"), noinline))
 
@@ -32,32 +33,6 @@ EXPORTED MYSQL *leakprobe_hold_connection(unsigned int *err);
 EXPORTED long long leakprobe_slow_borrow(int hold_ms);
 EXPORTED int leakprobe_short_borrow(void);
 EXPORTED void leakprobe_stack_handle(int close_it, const char *label);
-
-static void
-report(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-report(const char *name, const char *fmt, ...)
-{
-  static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-  char value[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(value, sizeof value, fmt, ap);
-  va_end(ap);
-  pthread_mutex_lock(&lock);
-  printf("%s=%s\n", name, value);
-  fflush(stdout);
-  pthread_mutex_unlock(&lock);
-}
-
-static void
-sleep_ms(int ms)
-{
-  struct timespec t = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&t, &t) != 0)
-    ;
-}
 
 static MYSQL *
 open_on(MYSQL *m, unsigned int *err)

@@ -14,33 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "probe.h"
+
 #define ER_CON_COUNT 1040
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void report(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-report(const char *name, const char *fmt, ...)
-{
-  char value[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(value, sizeof value, fmt, ap);
-  va_end(ap);
-  pthread_mutex_lock(&lock);
-  printf("%s=%s\n", name, value);
-  fflush(stdout);
-  pthread_mutex_unlock(&lock);
-}
-
-static void
-sleep_ms(long ms)
-{
-  struct timespec t = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-  while (nanosleep(&t, &t) != 0)
-    ;
-}
 
 /* Errors of every scenario, counted under `lock`; the first message kept. */
 static int errors, err1040;
