@@ -250,17 +250,33 @@ announce_waiting(int dfd, int *fd)
   g_mutex_unlock(&registry_lock);
 }
 
+/* Spreads the first slot tried over processes and threads. Not g_random: it takes a global
+ * lock that a child forked from a multi-threaded host could find held forever. */
+static guint
+first_slot(const PsHostSlots *slots)
+{
+  static gint rotor;
+  return ((guint)getpid() + (guint)g_atomic_int_add(&rotor, 1)) % slots->max;
+}
+
+/* Tries every slot once from `start`: a held descriptor, -1 when all are busy, -2 on an
+ * error (set in *error). */
+static int
+try_round(const PsHostSlots *slots, int dfd, guint start, GError **error)
+{
+  int fd = -1;
+  for (guint i = 0; i < slots->max && fd == -1; i++)
+    fd = try_slot(slots, dfd, (start + i) % slots->max, error);
+  return fd;
+}
+
 int
 ps_host_slot_try_acquire(PsHostSlots *slots)
 {
-  static gint rotor;
-  guint start = ((guint)getpid() + (guint)g_atomic_int_add(&rotor, 1)) % slots->max;
   int dfd = open_dir(slots->dir, NULL);
   if (dfd < 0)
     return -1;
-  int fd = -1;
-  for (guint i = 0; i < slots->max && fd == -1; i++)
-    fd = try_slot(slots, dfd, (start + i) % slots->max, NULL);
+  int fd = try_round(slots, dfd, first_slot(slots), NULL);
   close(dfd);
   return fd >= 0 ? fd : -1;
 }
@@ -271,10 +287,7 @@ ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error)
   /* Given up with ps_host_slot_release, like a slot: unlocked before the close, or a child
    * forked during the wait would keep signalling a waiter through its copy. */
   int waiting = -1;
-  /* Spreads the first slot tried over processes and threads. Not g_random: it takes a global
-   * lock that a child forked from a multi-threaded host could find held forever. */
-  static gint rotor;
-  guint start = ((guint)getpid() + (guint)g_atomic_int_add(&rotor, 1)) % slots->max;
+  guint start = first_slot(slots);
   gint64 backoff_us = PS_BACKOFF_MIN_US;
   for (;;) {
     /* Reopened each round so that a directory recreated (tmp cleaners) is picked up. */
@@ -283,9 +296,7 @@ ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error)
       ps_host_slot_release(waiting);
       return -1;
     }
-    int fd = -1;
-    for (guint i = 0; i < slots->max && fd == -1; i++)
-      fd = try_slot(slots, dfd, (start + i) % slots->max, error);
+    int fd = try_round(slots, dfd, start, error);
     if (fd == -1)
       announce_waiting(dfd, &waiting);
     close(dfd);
