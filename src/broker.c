@@ -136,6 +136,15 @@ close_victims(GSList *victims, gboolean inherited)
   g_slist_free(victims);
 }
 
+/* An idle connection can be lent at once when the replies of the reset sent at its return
+ * have arrived (called under the pool's lock; a peek, no wait). */
+static gboolean
+phys_ready(PsItem *item)
+{
+  PsPhys *p = item->conn;
+  return ps_conn_replies_arrived(p->shell, p->pending);
+}
+
 static PsPool *
 new_pool(void)
 {
@@ -145,7 +154,12 @@ new_pool(void)
     .max_lifetime_us = B.config.max_lifetime_us,
     .idle_timeout_us = B.config.idle_timeout_us,
   };
-  return ps_pool_new(&limits);
+  PsPool *pool = ps_pool_new(&limits);
+  /* Rather than wait for a reset, open one more connection while the pool has room, so a
+   * returned connection finishes its reset while another one serves. Not under
+   * POOLSHIM_HOST_MAX: there a new connection takes a slot other processes may need. */
+  ps_pool_set_ready_check(pool, phys_ready, B.config.host_max == 0);
+  return pool;
 }
 
 /* The server part of a pool's name, user@SERVER/db[#n] (ps_conn_key_label): the key of
@@ -798,6 +812,9 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       lend(p, m);
       return m;
     }
+    if (grant.busy_idle)
+      ps_debug("pool %s: the %u idle connections are still reading their reset: opening "
+               "one more", ps_pool_key_label(pk), grant.busy_idle);
     /* PS_GRANT_OPEN: a slot is ours; open it with the application's own handle, so its
      * every option applies exactly as without the pool, with what is left of its connect
      * timeout if stale idle connections already used some of it. */

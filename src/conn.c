@@ -860,6 +860,51 @@ ps_conn_idle_closed(MYSQL *m, gboolean replies_pending)
   return !replies_pending && (revents & POLLIN);
 }
 
+gboolean
+ps_conn_replies_arrived(MYSQL *m, int pending)
+{
+  if (pending <= 0)
+    return TRUE;
+  MARIADB_PVIO *pvio = m->net.pvio;
+  if (!pvio || !m->net.buff)
+    return TRUE; /* lending finds out what is wrong with it */
+  if (pvio->cache && pvio->cache_pos < pvio->cache + pvio->cache_size)
+    return TRUE; /* already read ahead into the library's buffer */
+  my_socket fd = ps_real.get_socket(m);
+  if (fd == INVALID_SOCKET)
+    return TRUE;
+  if (pvio->ctls || m->net.compress) {
+    /* The packets cannot be counted from outside: any byte is taken as the replies. */
+    short revents;
+    return poll_idle(m, POLLIN, &revents) != 0;
+  }
+  /* Count the complete packets waiting in the socket (4-byte header: 3-byte length, then
+   * the sequence number). The replies are OK/ERR packets of a few dozen bytes; a full
+   * peek buffer is as good as arrived. */
+  unsigned char buf[1024];
+  int saved = errno;
+  ssize_t n;
+  do
+    n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  gboolean would_block = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  errno = saved;
+  if (n <= 0)
+    return !would_block; /* EOF or an error: lending discards it without waiting */
+  if ((size_t)n == sizeof buf)
+    return TRUE;
+  int complete = 0;
+  size_t at = 0;
+  while (at + 4 <= (size_t)n) {
+    size_t len = (size_t)buf[at] | (size_t)buf[at + 1] << 8 | (size_t)buf[at + 2] << 16;
+    if (at + 4 + len > (size_t)n)
+      break;
+    at += 4 + len;
+    complete++;
+  }
+  return complete >= pending;
+}
+
 void
 ps_conn_set_cloexec(MYSQL *m)
 {

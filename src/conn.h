@@ -124,6 +124,11 @@ int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWa
 gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
                            unsigned int timeout_s, const char **why);
 
+/* Whether the replies of `pending` reset commands sent at return have arrived, so lending
+ * the connection would not wait for the server. Looks without blocking (a peek at the
+ * socket); over TLS or compression any readable byte counts as the replies. */
+gboolean ps_conn_replies_arrived(MYSQL *m, int pending);
+
 /* Whether the server has closed an idle connection, without waiting or reading: with reset
  * replies still unread, only a closed socket counts. */
 gboolean ps_conn_idle_closed(MYSQL *m, gboolean replies_pending);

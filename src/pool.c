@@ -37,6 +37,8 @@ struct PsPool {
   GQueue waiters;   /* of PsWaiter.link, in arrival order */
   guint total_open;
   gint64 (*now)(void);
+  gboolean (*ready)(PsItem *item); /* NULL: every idle connection is ready */
+  gboolean grow_past_busy;          /* open rather than wait for a reset to finish */
   PsPoolCounts counts; /* the cumulative part; gauges are computed on demand */
 };
 
@@ -114,6 +116,15 @@ ps_pool_new(const PsPoolLimits *limits)
   g_queue_init(&pool->waiters);
   pool->now = g_get_monotonic_time;
   return pool;
+}
+
+void
+ps_pool_set_ready_check(PsPool *pool, gboolean (*ready)(PsItem *item), gboolean grow)
+{
+  g_mutex_lock(&pool->lock);
+  pool->ready = ready;
+  pool->grow_past_busy = grow;
+  g_mutex_unlock(&pool->lock);
 }
 
 void
@@ -196,26 +207,69 @@ oldest_idle_elsewhere(PsPool *pool, PsPoolKey *except)
   return oldest;
 }
 
-/* Serves one request for `key` if the limits allow it now. */
+/* How many idle connections one request asks pool->ready about before it settles. */
+#define PS_READY_SCAN 8
+
+/* Takes `item` out of the idle queue and lends it. */
+static void
+serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, PsGrant *grant)
+{
+  g_queue_unlink(&key->idle, &item->link);
+  key->lent++;
+  pool->counts.borrowed++;
+  pool->counts.served_idle++;
+  key->counts.borrowed++;
+  key->counts.served_idle++;
+  grant->kind = PS_GRANT_IDLE;
+  grant->item = item;
+}
+
+/* Room for one more connection of `key` without closing another key's idle one. */
+static gboolean
+room_to_grow(const PsPool *pool, const PsPoolKey *key)
+{
+  return key->open < key->settings.pool_size &&
+         (!pool->limits.total || pool->total_open < pool->limits.total);
+}
+
+/* Serves one request for `key` if the limits allow it now. The most recently returned idle
+ * connection that is ready goes first (a small warm set stays in use, the rest can reach
+ * the idle timeout). When none of them is ready (each still owes the replies of the reset
+ * sent when it came back) and the key may grow, a new connection is opened: the pool then
+ * settles at enough connections that a returned one has finished its reset by the time it
+ * is lent again. Without room to grow (or when growing is off), the one returned longest
+ * ago is lent. */
 static gboolean
 try_serve(PsPool *pool, PsPoolKey *key, gint64 now, PsGrant *grant)
 {
-  while (key->idle.head) {
-    PsItem *item = key->idle.head->data;
+  guint asked = 0;
+  GList *l = key->idle.head;
+  while (l) {
+    PsItem *item = l->data;
+    l = l->next;
     PsCloseReason why;
     if (expired(pool, item, now, &why)) {
       grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
       continue;
     }
-    g_queue_unlink(&key->idle, &item->link);
-    key->lent++;
-    pool->counts.borrowed++;
-    pool->counts.served_idle++;
-    key->counts.borrowed++;
-    key->counts.served_idle++;
-    grant->kind = PS_GRANT_IDLE;
-    grant->item = item;
-    return TRUE;
+    if (!pool->ready || pool->ready(item)) {
+      serve_idle(pool, key, item, grant);
+      return TRUE;
+    }
+    if (++asked == PS_READY_SCAN)
+      break;
+  }
+  if (key->idle.head && (!pool->grow_past_busy || !room_to_grow(pool, key))) {
+    /* Every idle one is busy with its reset and the key is full: the oldest return. */
+    while (key->idle.tail) {
+      PsItem *item = key->idle.tail->data;
+      PsCloseReason why;
+      if (!expired(pool, item, now, &why)) {
+        serve_idle(pool, key, item, grant);
+        return TRUE;
+      }
+      grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
+    }
   }
   if (key->open >= key->settings.pool_size)
     return FALSE;
@@ -226,6 +280,7 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, PsGrant *grant)
     grant->victims =
       g_slist_prepend(grant->victims, unlink_idle(pool, victim, PS_CLOSE_OVER_LIMIT));
   }
+  grant->busy_idle = key->idle.length;
   key->open++;
   pool->total_open++;
   grant->kind = PS_GRANT_OPEN;

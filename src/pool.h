@@ -48,6 +48,7 @@ typedef struct {
   GSList *victims; /* PsItem*s no longer counted: the caller closes them, then frees them */
   gint64 waited_us;
   gboolean first_wait; /* this key's first wait ever: worth one info line */
+  guint busy_idle;     /* PS_GRANT_OPEN: idle connections passed over as not ready */
 } PsGrant;
 
 typedef struct {
@@ -153,6 +154,13 @@ void ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us);
 /* Held across fork() so that the child never inherits a lock taken by another thread. */
 void ps_pool_lock_for_fork(PsPool *pool);
 void ps_pool_unlock_after_fork(PsPool *pool);
+
+/* Whether an idle connection can be lent without waiting (its reset's replies have
+ * arrived). Called under the pool's lock, for a few idle items per request: it may look
+ * without blocking, never wait. Without one, every idle connection is ready. A request
+ * takes the most recent ready one; when none is, `grow` lets it open a new connection if
+ * the key has room, else (or without room) it takes the one returned longest ago. */
+void ps_pool_set_ready_check(PsPool *pool, gboolean (*ready)(PsItem *item), gboolean grow);
 
 /* For unit tests: replaces g_get_monotonic_time. */
 void ps_pool_set_clock(PsPool *pool, gint64 (*now)(void));

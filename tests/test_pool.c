@@ -208,6 +208,150 @@ Test(pool, the_most_recently_returned_connection_is_lent_first)
   ps_pool_free(pool, NULL);
 }
 
+/* ---- readiness: a connection still reading its reset ------------------------------ */
+
+/* The fake readiness: a connection (an int tag) is ready unless its tag is listed here. */
+static gpointer busy_tags[4];
+static guint ready_calls;
+
+static gboolean
+tag_ready(PsItem *item)
+{
+  ready_calls++;
+  for (guint i = 0; i < G_N_ELEMENTS(busy_tags); i++)
+    if (busy_tags[i] && busy_tags[i] == item->conn)
+      return FALSE;
+  return TRUE;
+}
+
+Test(pool, a_ready_connection_is_lent_before_a_more_recent_busy_one)
+{
+  PsPool *pool = new_pool(3, 0, 0, 0);
+  ps_pool_set_ready_check(pool, tag_ready, TRUE);
+  PsPoolKey *key = key_n(pool, 1);
+  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
+  PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
+  cr_assert(ps_pool_release(pool, a, TRUE));
+  cr_assert(ps_pool_release(pool, b, TRUE));
+  busy_tags[0] = GINT_TO_POINTER(0xb); /* b came back last and is still resetting */
+
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  cr_assert_eq(g.item, a, "the ready connection is lent, not the busy warmer one");
+  ASSERT_GAUGES(pool, 2, 1, 1, 0);
+  busy_tags[0] = NULL;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.item, b, "once ready, the warm end is used first again");
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, a_key_with_room_opens_rather_than_wait_for_a_busy_connection)
+{
+  PsPool *pool = new_pool(2, 0, 0, 0);
+  ps_pool_set_ready_check(pool, tag_ready, TRUE);
+  PsPoolKey *key = key_n(pool, 1);
+  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
+  cr_assert(ps_pool_release(pool, a, TRUE));
+  busy_tags[0] = GINT_TO_POINTER(0xa);
+
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_OPEN, "room under the key's size: open one more");
+  cr_assert_eq(g.busy_idle, 1, "the grant says one idle connection was passed over");
+  PsItem *b = ps_pool_opened(pool, key, GINT_TO_POINTER(0xb));
+  ASSERT_GAUGES(pool, 2, 1, 1, 0);
+
+  /* The key is full now: the busy one is lent anyway (its borrower reads the replies). */
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  cr_assert_eq(g.item, a);
+  cr_assert(ps_pool_release(pool, a, TRUE));
+  cr_assert(ps_pool_release(pool, b, TRUE));
+  busy_tags[0] = NULL;
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, without_room_the_longest_returned_busy_connection_is_lent)
+{
+  PsPool *pool = new_pool(3, 0, 0, 0);
+  ps_pool_set_ready_check(pool, tag_ready, TRUE);
+  PsPoolKey *key = key_n(pool, 1);
+  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
+  PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
+  PsItem *c = open_one(pool, key, GINT_TO_POINTER(0xc));
+  cr_assert(ps_pool_release(pool, a, TRUE));
+  cr_assert(ps_pool_release(pool, b, TRUE));
+  cr_assert(ps_pool_release(pool, c, TRUE));
+  busy_tags[0] = GINT_TO_POINTER(0xa);
+  busy_tags[1] = GINT_TO_POINTER(0xb);
+  busy_tags[2] = GINT_TO_POINTER(0xc);
+
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE, "a full key lends a busy connection, it never waits");
+  cr_assert_eq(g.item, a, "the one returned longest ago has had the most time");
+  ASSERT_GAUGES(pool, 3, 2, 1, 0);
+  memset(busy_tags, 0, sizeof busy_tags);
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, without_growing_a_busy_connection_is_lent_not_a_new_one_opened)
+{
+  PsPool *pool = new_pool(4, 0, 0, 0);
+  ps_pool_set_ready_check(pool, tag_ready, FALSE);
+  PsPoolKey *key = key_n(pool, 1);
+  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
+  PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
+  cr_assert(ps_pool_release(pool, a, TRUE));
+  cr_assert(ps_pool_release(pool, b, TRUE));
+  busy_tags[0] = GINT_TO_POINTER(0xa);
+  busy_tags[1] = GINT_TO_POINTER(0xb);
+
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE, "growing is off (POOLSHIM_HOST_MAX): no new connection");
+  cr_assert_eq(g.item, a);
+  ASSERT_GAUGES(pool, 2, 1, 1, 0);
+  memset(busy_tags, 0, sizeof busy_tags);
+  ps_pool_free(pool, NULL);
+}
+
+static gboolean
+never_ready(PsItem *item)
+{
+  (void)item;
+  ready_calls++;
+  return FALSE;
+}
+
+Test(pool, a_request_asks_about_a_bounded_number_of_idle_connections)
+{
+  PsPool *pool = new_pool(40, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  PsItem *items[30];
+  for (guint i = 0; i < G_N_ELEMENTS(items); i++)
+    items[i] = open_one(pool, key, GINT_TO_POINTER(0x100 + i));
+  for (guint i = 0; i < G_N_ELEMENTS(items); i++)
+    cr_assert(ps_pool_release(pool, items[i], TRUE));
+  ps_pool_set_ready_check(pool, never_ready, TRUE);
+  ready_calls = 0;
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_OPEN);
+  /* Each call is a system call under the pool's lock: a busy pool of 30 costs 8, not 30. */
+  cr_assert_eq(ready_calls, 8, "asked about %u idle connections", ready_calls);
+  ps_pool_open_failed(pool, key);
+
+  /* Without a check every idle connection is ready, and the warm end is lent. */
+  ps_pool_set_ready_check(pool, NULL, TRUE);
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  cr_assert_eq(g.item, items[29]);
+  cr_assert(ps_pool_release(pool, g.item, TRUE));
+  ps_pool_free(pool, NULL);
+}
+
 /* ---- per-key limit ---------------------------------------------------------------- */
 
 Test(pool, a_full_key_times_out_at_the_deadline)
