@@ -217,7 +217,7 @@ fill_pools(PsPool *pool)
         }
       }
       char err[MYSQL_ERRMSG_SIZE];
-      MYSQL *h = ps_conn_template_open(profile->opener, err, sizeof err);
+      MYSQL *h = ps_conn_template_open(profile->opener, 0, err, sizeof err);
       if (!h) {
         ps_host_slot_release(slot_fd);
         ps_pool_fill_failed(pool, key);
@@ -712,6 +712,39 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
   return TRUE;
 }
 
+/* Opens a connection on a pool-owned handle and lends it into `m`, within timeout_s; after
+ * a PS_GRANT_OPEN, which the caller undoes when this fails. `m` is left untouched then. */
+static gboolean
+lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint busy)
+{
+  PsConnProfile *profile = ps_pool_key_data(pk);
+  if (!profile || !profile->opener)
+    return FALSE;
+  char err[MYSQL_ERRMSG_SIZE];
+  MYSQL *h = ps_conn_template_open(profile->opener, timeout_s, err, sizeof err);
+  if (!h) {
+    ps_debug("pool %s: opening one more connection failed (%s); waiting for an idle one's "
+             "reset instead", ps_pool_key_label(pk), err);
+    return FALSE;
+  }
+  ps_debug("pool %s: the %u idle connections were still busy with their reset: opened one "
+           "more", ps_pool_key_label(pk), busy);
+  PsPhys *p = g_new0(PsPhys, 1);
+  p->slot_fd = -1; /* never under POOLSHIM_HOST_MAX (new_pool) */
+  p->pool = pool;
+  p->profile = profile;
+  p->shell = h;
+  p->watch = ps_watch_new(h);
+  ps_conn_set_cloexec(h);
+  p->cloexec_done = TRUE;
+  p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
+  p->item = ps_pool_opened(pool, pk, p);
+  ps_conn_move(m, p->shell);
+  ps_conn_adopt(m);
+  lend(p, m);
+  return TRUE;
+}
+
 MYSQL *
 ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *passwd,
                   const char *db, unsigned int port, const char *unix_socket,
@@ -759,9 +792,13 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   gint64 net_deadline = m->options.connect_timeout
                           ? started + (gint64)m->options.connect_timeout * G_USEC_PER_SEC
                           : G_MAXINT64;
+  gboolean may_grow = TRUE;
   for (;;) {
     PsGrant grant;
-    ps_pool_acquire(pool, pk, deadline, &grant);
+    if (may_grow)
+      ps_pool_acquire(pool, pk, deadline, &grant);
+    else
+      ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
@@ -812,9 +849,17 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       lend(p, m);
       return m;
     }
-    if (grant.busy_idle)
-      ps_debug("pool %s: the %u idle connections are still reading their reset: opening "
-               "one more", ps_pool_key_label(pk), grant.busy_idle);
+    if (grant.busy_idle) {
+      /* Every idle connection still owes its reset's replies and the pool has room. */
+      gint64 left = net_deadline - g_get_monotonic_time();
+      unsigned int open_s = (unsigned int)MIN((gint64)reset_s, MAX(1, (left + 999999) / 1000000));
+      if (lend_new(pool, pk, m, open_s, grant.busy_idle))
+        return m;
+      /* Opening failed (the server's max_connections, a stall): the busy one, after all. */
+      ps_pool_open_failed(pool, pk);
+      may_grow = FALSE;
+      continue;
+    }
     /* PS_GRANT_OPEN: a slot is ours; open it with the application's own handle, so its
      * every option applies exactly as without the pool, with what is left of its connect
      * timeout if stale idle connections already used some of it. */
@@ -840,13 +885,19 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     PsConnProfile *profile = ps_pool_key_data(pk);
     if (!profile) {
       PsConnProfile *mine = ps_conn_profile_new(m, key.db);
-      if (mine && settings->min_idle) {
+      if (mine) {
+        /* Opens connections on the pool's own handles: kept idle (POOLSHIM_MIN_IDLE) or
+         * lent when every idle one is still busy with its reset. Without one, the pool
+         * never fills ahead and a borrower waits for a reset rather than grow the pool. */
         const char *no_opener = NULL;
         mine->opener = ps_conn_template_new(m, host, user, passwd, db, port, unix_socket,
                                             client_flag, key.digest, &no_opener);
-        if (!mine->opener)
+        if (!mine->opener && settings->min_idle)
           ps_warn("pool %s: POOLSHIM_MIN_IDLE is not kept: %s", ps_pool_key_label(pk),
                   no_opener);
+        else if (!mine->opener)
+          ps_debug("pool %s: no connection is opened without the application: %s",
+                   ps_pool_key_label(pk), no_opener);
       }
       if (mine)
         profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);

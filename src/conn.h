@@ -77,9 +77,11 @@ PsConnTemplate *ps_conn_template_new(MYSQL *m, const char *host, const char *use
                                      const char *unix_socket, unsigned long client_flag,
                                      const guint8 digest[PS_KEY_DIGEST_LEN], const char **why);
 void ps_conn_template_free(PsConnTemplate *t);
-/* Opens one connection on a new pool-owned handle (blocking: call it with no lock held).
- * NULL on failure, with the client library's message in err. */
-MYSQL *ps_conn_template_open(const PsConnTemplate *t, char *err, gsize errlen);
+/* Opens one connection on a new pool-owned handle (blocking: call it with no lock held),
+ * within timeout_s seconds (0: the application's connect timeout, at most 10 s). NULL on
+ * failure, with the client library's message in err. */
+MYSQL *ps_conn_template_open(const PsConnTemplate *t, unsigned int timeout_s, char *err,
+                             gsize errlen);
 
 /* What a fresh connection of one key looks like; shared by all its connections. */
 typedef struct {
@@ -91,7 +93,8 @@ typedef struct {
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
-  PsConnTemplate *opener;                 /* POOLSHIM_MIN_IDLE: opens more of this key; NULL */
+  PsConnTemplate *opener;                 /* opens more of this key without the application
+                                           * (MIN_IDLE, growing past busy ones); or NULL */
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the

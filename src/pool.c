@@ -25,6 +25,7 @@ typedef struct {
   PsPoolKey *key;
   GCond cond;
   gboolean served;
+  gboolean may_grow;
   PsGrant *grant;
   GList link;
 } PsWaiter;
@@ -240,7 +241,7 @@ room_to_grow(const PsPool *pool, const PsPoolKey *key)
  * is lent again. Without room to grow (or when growing is off), the one returned longest
  * ago is lent. */
 static gboolean
-try_serve(PsPool *pool, PsPoolKey *key, gint64 now, PsGrant *grant)
+try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, PsGrant *grant)
 {
   guint asked = 0;
   GList *l = key->idle.head;
@@ -259,7 +260,7 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, PsGrant *grant)
     if (++asked == PS_READY_SCAN)
       break;
   }
-  if (key->idle.head && (!pool->grow_past_busy || !room_to_grow(pool, key))) {
+  if (key->idle.head && (!may_grow || !pool->grow_past_busy || !room_to_grow(pool, key))) {
     /* Every idle one is busy with its reset and the key is full: the oldest return. */
     while (key->idle.tail) {
       PsItem *item = key->idle.tail->data;
@@ -296,7 +297,7 @@ dispatch(PsPool *pool, gint64 now)
   while (l) {
     GList *next = l->next;
     PsWaiter *w = l->data;
-    if (try_serve(pool, w->key, now, w->grant)) {
+    if (try_serve(pool, w->key, now, w->may_grow, w->grant)) {
       g_queue_unlink(&pool->waiters, &w->link);
       w->key->waiting--;
       w->served = TRUE;
@@ -408,20 +409,20 @@ ps_pool_unlock_after_fork(PsPool *pool)
   g_mutex_unlock(&pool->lock);
 }
 
-void
-ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
+static void
+acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, gboolean may_grow, PsGrant *grant)
 {
   memset(grant, 0, sizeof *grant);
   g_mutex_lock(&pool->lock);
   gint64 now = pool->now();
   sweep_key(pool, key, now, &grant->victims);
   /* Nobody overtakes a waiter of the same key: arrival order is the contract. */
-  if (!has_waiter_for(pool, key) && try_serve(pool, key, now, grant)) {
+  if (!has_waiter_for(pool, key) && try_serve(pool, key, now, may_grow, grant)) {
     count_wait(key, 0);
     g_mutex_unlock(&pool->lock);
     return;
   }
-  PsWaiter w = {.key = key, .grant = grant};
+  PsWaiter w = {.key = key, .grant = grant, .may_grow = may_grow};
   w.link.data = &w;
   g_cond_init(&w.cond);
   g_queue_push_tail_link(&pool->waiters, &w.link);
@@ -444,6 +445,18 @@ ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant
   count_wait(key, grant->waited_us);
   g_mutex_unlock(&pool->lock);
   g_cond_clear(&w.cond);
+}
+
+void
+ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
+{
+  acquire(pool, key, deadline_us, TRUE, grant);
+}
+
+void
+ps_pool_acquire_no_grow(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
+{
+  acquire(pool, key, deadline_us, FALSE, grant);
 }
 
 /* Records a new physical connection of `key` (item allocated by the caller, outside the

@@ -189,10 +189,12 @@ ps_conn_template_new(MYSQL *m, const char *host, const char *user, const char *p
 }
 
 MYSQL *
-ps_conn_template_open(const PsConnTemplate *t, char *err, gsize errlen)
+ps_conn_template_open(const PsConnTemplate *t, unsigned int timeout_s, char *err, gsize errlen)
 {
   MYSQL *h = replayed_handle(t);
-  if (!h) {
+  if (!h || (timeout_s && ps_real.optionsv(h, MYSQL_OPT_CONNECT_TIMEOUT, &timeout_s))) {
+    if (h)
+      ps_real.close(h);
     g_strlcpy(err, "cannot build a handle", errlen);
     return NULL;
   }

@@ -189,8 +189,7 @@ scenario_threads(void)
   if (b)
     mysql_close(b);
 
-  /* Two proper borrows held too long, one after the other (the same connection, most
-   * likely): a warning for each borrow. */
+  /* Two proper borrows held too long, one after the other: a warning for each borrow. */
   long long s1 = leakprobe_slow_borrow(700), s2 = leakprobe_slow_borrow(700);
   report("slow_ids", "%lld,%lld", s1, s2);
 

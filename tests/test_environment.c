@@ -17,6 +17,11 @@ run_probe(const char *const *extra_env, const char *cycles, const char *password
   cr_assert(lib && probe, "PST_LIB/PST_ENVPROBE not set: run through meson test");
   char **env = g_get_environ();
   env = g_environ_setenv(env, "LD_PRELOAD", lib, TRUE);
+  /* One connection at most (unless the value under test is one of these): a connect right
+   * after a close must get the same session, not a new one opened rather than wait for
+   * the returned one's reset. */
+  env = g_environ_setenv(env, "POOLSHIM_POOL_SIZE", "1", TRUE);
+  env = g_environ_setenv(env, "POOLSHIM_MAX_CONNECTIONS", "1", TRUE);
   for (const char *const *e = extra_env; e && *e; e += 2)
     env = g_environ_setenv(env, e[0], e[1], TRUE);
   const char *argv[] = {probe, cycles, password, NULL};
@@ -144,6 +149,7 @@ Test(environment, an_interpreter_that_loads_the_driver_late_is_pooled)
     "    c.close()\n"
     "print(len(ids))\n";
   char **env = g_environ_setenv(g_get_environ(), "LD_PRELOAD", lib, TRUE);
+  env = g_environ_setenv(env, "POOLSHIM_POOL_SIZE", "1", TRUE); /* as in run_probe */
   const char *argv[] = {"/usr/bin/python3", "-c", script, NULL};
   char *out = NULL, *err = NULL;
   int status = 0;

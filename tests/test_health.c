@@ -26,7 +26,13 @@ Test(health, an_idle_connection_killed_by_root_is_not_handed_out)
   cr_assert_eq(cycle_id(), next, "the replacement is pooled in turn");
 }
 
-Test(health, connections_dropped_by_a_server_restart_are_not_handed_out)
+static void
+two_per_key(void)
+{
+  setenv("POOLSHIM_POOL_SIZE", "2", 1);
+}
+
+Test(health, connections_dropped_by_a_server_restart_are_not_handed_out, .init = two_per_key)
 {
   MYSQL *a = pst_connect_app(), *b = pst_connect_app();
   long long ida = pst_scalar(a, "SELECT CONNECTION_ID()");
@@ -40,10 +46,13 @@ Test(health, connections_dropped_by_a_server_restart_are_not_handed_out)
     MYSQL *m = pst_connect_app();
     cr_assert_eq(pst_scalar(m, "SELECT 1"), 1);
     mysql_close(m);
+    /* Both dead idle connections were discarded unseen at the first connect, which
+     * opened one new one; later ones may open a second rather than wait for a reset. */
+    if (i == 0)
+      cr_assert_eq(pst_status("Connections") - before, 1, "(id before restart: %lld)", ida);
   }
-  /* Both dead idle connections were discarded unseen; one new one serves all five. */
-  cr_assert_eq(pst_status("Connections") - before, 1, "(id before restart: %lld)", ida);
-  cr_assert_eq(pst_user_threads(pst_env("PS_TEST_USER")), 1);
+  cr_assert_leq(pst_status("Connections") - before, 2);
+  cr_assert_leq(pst_user_threads(pst_env("PS_TEST_USER")), 2);
 }
 
 static void

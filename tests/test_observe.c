@@ -340,7 +340,7 @@ Test(observe, the_key_file_sets_pool_sizes_and_the_environment_wins)
   /* Another database: only [default] applies. */
   run_with_config(conf, NULL, pst_env("PS_TEST_DB2"), &server, &opened, &size, &err2);
   cr_assert_eq(size, 5);
-  cr_assert(opened >= 1 && opened <= 4, "opened %lld", opened);
+  cr_assert(opened >= 1 && opened <= 5, "opened %lld", opened); /* 4 threads may grow it to 5 */
   cr_assert_eq(server, opened);
   cr_assert_eq(pst_count_lines_with(err2, "poolshim"), 0, "%s", err2);
 

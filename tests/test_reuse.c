@@ -122,8 +122,14 @@ Test(reuse, sixty_four_threads_on_a_pool_of_four_never_exceed_four_server_thread
   cr_assert_leq(pst_status("Connections") - before, 4);
 }
 
+static void
+two_per_key(void)
+{
+  setenv("POOLSHIM_POOL_SIZE", "2", 1);
+}
+
 /* The public counters agree with the server's own count. */
-Test(reuse, public_stats_match_the_server_counters)
+Test(reuse, public_stats_match_the_server_counters, .init = two_per_key)
 {
   const char *(*version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "poolshim_version");
   int (*stats)(poolshim_stats_t *, size_t) =

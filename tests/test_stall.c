@@ -254,6 +254,9 @@ ParameterizedTestParameters(stall, a_close_during_the_stall_is_bounded_in_every_
 ParameterizedTest(ResetMode *mode, stall, a_close_during_the_stall_is_bounded_in_every_reset_mode)
 {
   setenv("POOLSHIM_RESET", mode->mode, 1); /* read at the first connect, just below */
+  /* One connection: right after the thaw, a pool with room would open a new connection
+   * rather than wait for the stalled one's reset replies. */
+  setenv("POOLSHIM_POOL_SIZE", "1", 1);
   PstProxy *p = pst_proxy_start();
   MYSQL *m = connect_via(p);
   long long id = conn_id(m);

@@ -73,7 +73,8 @@ Test(warm, a_pool_fills_up_to_min_idle_in_the_background_and_replaces_a_killed_c
 
 Test(warm, expired_idle_connections_are_replaced_without_a_borrower)
 {
-  const char *env[] = {"POOLSHIM_MIN_IDLE", "2", "POOLSHIM_MAX_LIFETIME", "1s", NULL};
+  const char *env[] = {"POOLSHIM_MIN_IDLE", "2", "POOLSHIM_MAX_LIFETIME", "1s",
+                       "POOLSHIM_POOL_SIZE", "4", NULL};
   OpsProbe *p = start_quiet_probe(env);
   cr_assert_eq(wait_threads(2, 10000), 2, "the pool did not fill up to 2");
   g_autofree char *first = thread_ids();
