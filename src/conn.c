@@ -902,7 +902,13 @@ ps_conn_replies_arrived(MYSQL *m, int pending)
     at += 4 + len;
     complete++;
   }
-  return complete >= pending;
+  if (complete >= pending)
+    return TRUE;
+  /* Some replies, then the server closed it (KILL): lending finds that out and discards
+   * it; passed over, it would sit in the pool dead. */
+  short revents;
+  return poll_idle(m, POLLIN | POLLRDHUP, &revents) > 0 &&
+         (revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
 void
