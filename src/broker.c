@@ -246,7 +246,7 @@ static gboolean
 idle_dead(PsItem *item, gpointer data)
 {
   PsPhys *p = item->conn;
-  return ps_conn_idle_closed(p->shell, p->pending > 0);
+  return ps_conn_idle_closed(p->shell, p->pending > 0 || ps_watch_ahead(p->watch));
 }
 
 /* What every tick does: reap, then fill. */
@@ -623,6 +623,7 @@ lend(PsPhys *p, MYSQL *m)
 {
   p->handle = m;
   p->unpoolable = NULL;
+  ps_watch_lent(m, p->watch);
   if (B.config.leak_warn_us) {
     p->lent_since_us = g_get_monotonic_time();
     p->leak_warned = FALSE;
@@ -831,7 +832,10 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
         continue;
       }
       p->pending = 0;
-      if (!ps_conn_idle_alive(p->shell)) {
+      /* A reply the server sent ahead makes the socket readable: then only a closed one
+       * counts as dead. */
+      if (ps_watch_ahead(p->watch) ? ps_conn_idle_closed(p->shell, TRUE)
+                                   : !ps_conn_idle_alive(p->shell)) {
         /* Killed, timed out or restarted while idle: replace it, the caller sees nothing. */
         discard_lent(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
         continue;

@@ -688,21 +688,21 @@ read_reply(MYSQL *m)
   }
 }
 
-static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
-                       unsigned int timeout_s, const char **why);
+static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
+                       guint dirty, unsigned int timeout_s, const char **why);
 
 int
 ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                     unsigned int timeout_s, const char **why)
 {
   guint dirty = ps_watch_take(m, watch);
-  int pending = reset_begin(m, mode, profile, dirty, timeout_s, why);
+  int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, why);
   ps_watch_take(m, watch); /* the reset's own commands are not the next borrower's doing */
   return pending;
 }
 
 static int
-reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
+reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, guint dirty,
             unsigned int timeout_s, const char **why)
 {
   if ((dirty & PS_DIRTY_UNPOOLABLE) && mode != PS_RESET_NONE) {
@@ -711,6 +711,12 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
     return -1;
   }
   bound_round_trips(m, timeout_s);
+  /* A borrower that sent nothing leaves the reply of a statement run ahead for it. */
+  const char *prelude = ps_watch_first_prelude(watch);
+  if (!ps_watch_settle(m, watch)) {
+    *why = "reading the reply of a statement run ahead failed";
+    return -1;
+  }
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
   if (mode == PS_RESET_NONE || mode == PS_RESET_ROLLBACK) {
     /* These modes keep the session: server-side statements would outlive their handles. */
@@ -760,6 +766,14 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, guint dirty,
                     send_only(m, COM_QUERY, profile->role_sql) && ++pending;
     for (char **c = profile->init_commands; sent && c && *c; c++)
       sent = send_only(m, COM_QUERY, *c) && ++pending;
+    /* The previous borrower began with SET autocommit: run it ahead for the next one,
+     * whose own identical statement then costs no round trip (watch.h). Not with
+     * compression or a connection handler plugin, whose sending this cannot stand in for. */
+    if (sent && prelude && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr)) {
+      sent = send_only(m, COM_QUERY, prelude);
+      if (sent)
+        ps_watch_set_ahead(watch, prelude);
+    }
     if (!sent) {
       *why = "sending the session reset failed";
       return -1;

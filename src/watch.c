@@ -12,7 +12,28 @@ struct PsWatch {
   struct st_mariadb_methods methods; /* first: m->methods points here */
   const struct st_mariadb_methods *orig;
   guint dirty;
+  gboolean first_due;      /* lent, and no command sent yet */
+  const char *first_sent;  /* the borrower's first command when it is a prelude */
+  const char *ahead;       /* a prelude the server ran ahead; its reply not yet read */
+  gboolean fresh_autocommit; /* the reset session's autocommit, to undo a prelude */
 };
+
+/* Statements a borrower may be answered ahead: the exact texts of mysql_autocommit()
+ * (libmariadb.c), which Python's MySQLdb and Django send at every connect. Their only
+ * effect is the session's autocommit, which the reply's status flags report. */
+static const char *const preludes[] = {"SET autocommit=0", "SET autocommit=1"};
+
+static const char *
+prelude_of(enum enum_server_command command, const char *arg, size_t length)
+{
+  if (command != COM_QUERY || !arg)
+    return NULL;
+  size_t n = length ? length : strlen(arg);
+  for (guint i = 0; i < G_N_ELEMENTS(preludes); i++)
+    if (n == strlen(preludes[i]) && memcmp(arg, preludes[i], n) == 0)
+      return preludes[i];
+  return NULL;
+}
 
 /* A word is a maximal run of ASCII letters, digits, _ and $. Every other byte separates,
  * also bytes >= 0x80: in latin1 0xA0 is whitespace to the server, and where such a byte is
@@ -98,11 +119,56 @@ classify_command(enum enum_server_command command, const char *arg, size_t lengt
   }
 }
 
+/* Reads the reply of the prelude run ahead, and puts autocommit back to the reset
+ * session's when the prelude changed it: the session is then exactly as if the prelude
+ * had never been sent. */
+static gboolean
+settle(MYSQL *mysql, PsWatch *w)
+{
+  const char *t = w->ahead;
+  w->ahead = NULL;
+  if (!t)
+    return TRUE;
+  if (w->orig->db_read_query_result(mysql))
+    return FALSE;
+  gboolean now = (mysql->server_status & SERVER_STATUS_AUTOCOMMIT) != 0;
+  if (now == w->fresh_autocommit)
+    return TRUE;
+  const char *undo = w->fresh_autocommit ? preludes[1] : preludes[0];
+  return w->orig->db_command(mysql, COM_QUERY, undo, strlen(undo), 1, NULL) == 0 &&
+         w->orig->db_read_query_result(mysql) == 0;
+}
+
 static int
 watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *arg,
                    size_t length, my_bool skip_check, void *opt_arg)
 {
   PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
+  const char *prelude = prelude_of(command, arg, length);
+  if (w->first_due) {
+    w->first_due = FALSE;
+    w->first_sent = prelude;
+  }
+  if (w->ahead) {
+    if (prelude == w->ahead && skip_check && mysql->status == MYSQL_STATUS_READY &&
+        !(mysql->server_status & SERVER_MORE_RESULTS_EXIST)) {
+      /* The server ran this very statement right after the reset, in the same session
+       * state: its reply is the next packet on the wire, and the library reads it as
+       * the reply to this command. What mthd_my_send_cmd does before and after sending,
+       * minus the sending. */
+      w->ahead = NULL;
+      mysql->net.last_errno = 0;
+      mysql->net.last_error[0] = '\0';
+      strcpy(mysql->net.sqlstate, "00000");
+      mysql->info = NULL;
+      mysql->affected_rows = ~(my_ulonglong)0;
+      mysql->net.pkt_nr = 1;
+      mysql->net.compress_pkt_nr = 1;
+      return 0;
+    }
+    if (!settle(mysql, w))
+      return 1; /* the library's error is set on mysql, as a failed send would */
+  }
   w->dirty |= classify_command(command, arg, length);
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
 }
@@ -130,6 +196,47 @@ void
 ps_watch_free(PsWatch *w)
 {
   g_free(w);
+}
+
+void
+ps_watch_lent(MYSQL *m, PsWatch *w)
+{
+  if (!w)
+    return;
+  w->first_due = TRUE;
+  w->first_sent = NULL;
+  w->fresh_autocommit = (m->server_status & SERVER_STATUS_AUTOCOMMIT) != 0;
+}
+
+const char *
+ps_watch_first_prelude(PsWatch *w)
+{
+  return w ? w->first_sent : NULL;
+}
+
+void
+ps_watch_set_ahead(PsWatch *w, const char *prelude)
+{
+  if (w)
+    w->ahead = prelude;
+}
+
+gboolean
+ps_watch_ahead(const PsWatch *w)
+{
+  return w && w->ahead;
+}
+
+gboolean
+ps_watch_settle(MYSQL *m, PsWatch *w)
+{
+  if (!w || !w->ahead)
+    return TRUE;
+  if (m->methods != &w->methods) {
+    w->ahead = NULL; /* reconnected: that session, and its reply, are gone */
+    return TRUE;
+  }
+  return settle(m, w);
 }
 
 guint

@@ -29,5 +29,24 @@ void ps_watch_free(PsWatch *w);
  * reconnected it, and the new session was not watched) or w is NULL: unknown means dirty. */
 guint ps_watch_take(MYSQL *m, PsWatch *w);
 
+/* Answering ahead. After a borrower whose first command was `SET autocommit=0|1` (the
+ * text mysql_autocommit sends), the next reset sends that statement too, after the
+ * reset's own commands, and leaves its reply unread: when the next borrower's first
+ * command is the same text, it is not sent again, and the library reads the reply the
+ * server already wrote (the round trip was paid at the return, off the critical path).
+ * Any other first command first reads that reply and, when the prelude changed the
+ * reset session's autocommit, puts it back (one round trip, only then).
+ *
+ * ps_watch_lent: the connection (in m, its reset replies read) is lent: the borrower's
+ * first command is noted, and the session's autocommit kept for an undo. */
+void ps_watch_lent(MYSQL *m, PsWatch *w);
+/* The borrower's first command when it was a prelude (a static string), else NULL. */
+const char *ps_watch_first_prelude(PsWatch *w);
+/* The reset sent `prelude` after its own commands; its reply is still on the wire. */
+void ps_watch_set_ahead(PsWatch *w, const char *prelude);
+gboolean ps_watch_ahead(const PsWatch *w);
+/* Reads a prelude reply nobody asked for (and undoes the prelude); FALSE on failure. */
+gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
+
 /* The bits one statement text sets (for unit tests). */
 guint ps_watch_classify_sql(const char *sql, size_t len);

@@ -1,0 +1,130 @@
+/* Answering ahead (watch.h): after a borrower that began with mysql_autocommit(), the
+ * reset runs that same statement for the next borrower, whose identical first command is
+ * then not sent again. Proven with the server's Com_set_option counter (one SET per
+ * borrower, not two), @@autocommit, and every other first command seeing the reset
+ * session exactly (the prelude undone). Pool of one (meson's environment): every borrow
+ * gets the same session. */
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+TestSuite(ahead, .timeout = 60);
+
+/* One borrow: mysql_autocommit(flag) first, then the session's autocommit and id. */
+static long long
+borrow_autocommit(my_bool flag, long long *id)
+{
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(mysql_autocommit(m, flag), 0, "mysql_autocommit: %s", mysql_error(m));
+  cr_assert_eq(mysql_affected_rows(m), 0);
+  cr_assert_eq(mysql_warning_count(m), 0);
+  cr_assert_eq(mysql_field_count(m), 0);
+  cr_assert_eq(!!(m->server_status & SERVER_STATUS_AUTOCOMMIT), !!flag,
+               "the reply's status does not show autocommit=%d", flag);
+  long long ac = pst_scalar(m, "SELECT @@autocommit");
+  if (id)
+    *id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  return ac;
+}
+
+/* A borrow whose SET autocommit=0 is answered ahead; returns with it still lent. The
+ * prelude's reply is read by then, so the server has run everything sent before. */
+static MYSQL *
+borrow_synced(void)
+{
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(mysql_autocommit(m, 0), 0, "%s", mysql_error(m));
+  return m;
+}
+
+Test(ahead, a_repeated_first_set_autocommit_is_answered_by_the_statement_run_ahead)
+{
+  pst_admin();
+  long long id0 = 0, id = 0;
+  cr_assert_eq(borrow_autocommit(0, &id0), 0); /* learns the prelude */
+  MYSQL *m = borrow_synced();
+  long long before = pst_status("Com_set_option");
+  mysql_close(m);
+  for (int i = 0; i < 20; i++) {
+    cr_assert_eq(borrow_autocommit(0, &id), 0);
+    cr_assert_eq(id, id0, "not the pool's one session");
+  }
+  m = borrow_synced();
+  long long sets = pst_status("Com_set_option") - before;
+  mysql_close(m);
+  /* 21 returns, each SET ROLE (counted as Com_set_option) and the SET autocommit run
+   * ahead; the 21 borrowers' own SET autocommit were never sent (else 63). */
+  cr_assert_eq(sets, 2 * 21, "SET statements for 21 returns: %lld", sets);
+}
+
+Test(ahead, any_other_first_command_sees_the_reset_session)
+{
+  pst_admin();
+  borrow_autocommit(0, NULL);
+  borrow_autocommit(0, NULL); /* the next reset runs SET autocommit=0 ahead */
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1, "the prelude was not undone");
+  cr_assert_eq(pst_scalar(m, "SELECT @@in_transaction"), 0);
+  mysql_close(m);
+
+  /* The other value first: the prelude is undone, then the borrower's own statement. */
+  borrow_autocommit(0, NULL);
+  cr_assert_eq(borrow_autocommit(1, NULL), 1);
+  cr_assert_eq(borrow_autocommit(0, NULL), 0);
+  cr_assert_eq(borrow_autocommit(0, NULL), 0);
+}
+
+Test(ahead, a_borrower_that_sends_nothing_leaves_nothing_behind)
+{
+  pst_admin();
+  borrow_autocommit(0, NULL);
+  borrow_autocommit(0, NULL);
+  mysql_close(pst_connect_app()); /* its prelude reply is read at the return */
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1);
+  mysql_close(m);
+  /* A prepared statement first (not a COM_QUERY): the same. */
+  borrow_autocommit(0, NULL);
+  borrow_autocommit(0, NULL);
+  m = pst_connect_app();
+  MYSQL_STMT *st = mysql_stmt_init(m);
+  const char *q = "SELECT @@autocommit";
+  cr_assert_eq(mysql_stmt_prepare(st, q, strlen(q)), 0, "%s", mysql_stmt_error(st));
+  cr_assert_eq(mysql_stmt_execute(st), 0, "%s", mysql_stmt_error(st));
+  long long v = -1;
+  MYSQL_BIND b = {.buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &v};
+  cr_assert_eq(mysql_stmt_bind_result(st, &b), 0);
+  cr_assert_eq(mysql_stmt_fetch(st), 0);
+  cr_assert_eq(v, 1, "a prepared statement first saw autocommit %lld", v);
+  mysql_stmt_close(st);
+  mysql_close(m);
+}
+
+Test(ahead, a_ping_first_and_a_transaction_after_the_answered_statement)
+{
+  pst_admin();
+  pst_exec(pst_admin(), "CREATE TABLE IF NOT EXISTS %s.ahead_t (v INT) ENGINE=InnoDB",
+           pst_env("PS_TEST_DB"));
+  borrow_autocommit(0, NULL);
+  borrow_autocommit(0, NULL);
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(mysql_ping(m), 0, "%s", mysql_error(m)); /* a command read inside db_command */
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1);
+  mysql_close(m);
+
+  /* Answered ahead, the borrower's transaction behaves as with its own SET: rolled back
+   * when it returns without COMMIT. */
+  borrow_autocommit(0, NULL);
+  m = pst_connect_app();
+  cr_assert_eq(mysql_autocommit(m, 0), 0);
+  pst_exec(m, "INSERT INTO ahead_t VALUES (42)");
+  cr_assert_eq(pst_scalar(m, "SELECT @@in_transaction"), 1);
+  mysql_close(m);
+  m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT COUNT(*) FROM ahead_t WHERE v = 42"), 0,
+               "a transaction begun after an answered SET outlived its borrower");
+  mysql_close(m);
+}
