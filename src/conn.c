@@ -668,6 +668,76 @@ send_only(MYSQL *m, enum enum_server_command cmd, const char *arg)
   return m->methods->db_command(m, cmd, arg, arg ? strlen(arg) : 0, 1, NULL) == 0;
 }
 
+/* A command of a reset pipeline. */
+typedef struct {
+  enum enum_server_command cmd;
+  const char *arg;
+} PsCmd;
+
+#define PS_PIPELINE_MAX 32
+
+/* Sends the commands back to back without reading a reply: on a plain socket in one
+ * send() of the packets the library would write one by one (a syscall and a server wake-up
+ * instead of several); over TLS, compression or a connection handler, through the library,
+ * one command at a time. What mthd_my_send_cmd does around a send is done here too. */
+static gboolean
+send_pipeline(MYSQL *m, const PsCmd *cmds, int n, unsigned int timeout_s)
+{
+  MARIADB_PVIO *pvio = m->net.pvio;
+  my_socket fd = pvio ? ps_real.get_socket(m) : INVALID_SOCKET;
+  gsize total = 0;
+  for (int i = 0; i < n; i++)
+    total += 5 + strlen(cmds[i].arg);
+  if (!pvio || pvio->ctls || m->net.compress || (EXT(m) && EXT(m)->conn_hdlr) ||
+      fd == INVALID_SOCKET || total > 16384 || m->status != MYSQL_STATUS_READY ||
+      (m->server_status & SERVER_MORE_RESULTS_EXIST)) {
+    for (int i = 0; i < n; i++)
+      if (!send_only(m, cmds[i].cmd, cmds[i].arg))
+        return FALSE;
+    return TRUE;
+  }
+  g_autofree unsigned char *buf = g_malloc(total);
+  gsize at = 0;
+  for (int i = 0; i < n; i++) {
+    gsize len = 1 + strlen(cmds[i].arg); /* < 16384: one packet each, sequence number 0 */
+    buf[at] = (unsigned char)(len & 0xff);
+    buf[at + 1] = (unsigned char)((len >> 8) & 0xff);
+    buf[at + 2] = (unsigned char)((len >> 16) & 0xff);
+    buf[at + 3] = 0;
+    buf[at + 4] = (unsigned char)cmds[i].cmd;
+    memcpy(buf + at + 5, cmds[i].arg, len - 1);
+    at += 4 + len;
+  }
+  m->net.last_errno = 0;
+  m->net.last_error[0] = '\0';
+  strcpy(m->net.sqlstate, "00000");
+  m->info = NULL;
+  m->affected_rows = ~(my_ulonglong)0;
+  int saved = errno;
+  gsize off = 0;
+  while (off < total) {
+    ssize_t w = send(fd, buf + off, total - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) {
+      off += (gsize)w;
+      continue;
+    }
+    if (w < 0 && errno == EINTR)
+      continue;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+        poll(&p, 1, (int)MIN(timeout_s, 3600) * 1000) == 1)
+      continue;
+    errno = saved;
+    ps_conn_set_error(m, CR_SERVER_GONE_ERROR, "HY000", "MySQL server has gone away");
+    return FALSE;
+  }
+  errno = saved;
+  /* As after the library's own write of a one-packet command. */
+  m->net.pkt_nr = 1;
+  m->net.compress_pkt_nr = 1;
+  return TRUE;
+}
+
 /* Reads one pending reply, consuming any result sets (init commands may SELECT). */
 static gboolean
 read_reply(MYSQL *m)
@@ -759,25 +829,32 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
      * it (watch.c), a command the server would otherwise run for nothing on every return.
      * The role too survives the reset, and a stored function can change it unseen: it is
      * always restored. */
-    int pending = 0;
-    gboolean need_db = (dirty & PS_DIRTY_DB) || g_strcmp0(m->db, profile->db) != 0;
-    gboolean sent = send_only(m, COM_RESET_CONNECTION, NULL) && ++pending &&
-                    (!need_db || (send_only(m, COM_INIT_DB, profile->db) && ++pending)) &&
-                    send_only(m, COM_QUERY, profile->role_sql) && ++pending;
-    for (char **c = profile->init_commands; sent && c && *c; c++)
-      sent = send_only(m, COM_QUERY, *c) && ++pending;
+    PsCmd cmds[PS_PIPELINE_MAX];
+    int n = 0;
+    cmds[n++] = (PsCmd){COM_RESET_CONNECTION, ""};
+    if ((dirty & PS_DIRTY_DB) || g_strcmp0(m->db, profile->db) != 0)
+      cmds[n++] = (PsCmd){COM_INIT_DB, profile->db};
+    cmds[n++] = (PsCmd){COM_QUERY, profile->role_sql};
+    for (char **c = profile->init_commands; c && *c; c++) {
+      if (n == PS_PIPELINE_MAX - 1) {
+        *why = "too many init commands to replay";
+        return -1;
+      }
+      cmds[n++] = (PsCmd){COM_QUERY, *c};
+    }
+    int pending = n;
     /* The previous borrower began with SET autocommit: run it ahead for the next one,
      * whose own identical statement then costs no round trip (watch.h). Not with
      * compression or a connection handler plugin, whose sending this cannot stand in for. */
-    if (sent && prelude && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr)) {
-      sent = send_only(m, COM_QUERY, prelude);
-      if (sent)
-        ps_watch_set_ahead(watch, prelude);
-    }
-    if (!sent) {
+    gboolean ahead = prelude && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr);
+    if (ahead)
+      cmds[n++] = (PsCmd){COM_QUERY, prelude};
+    if (!send_pipeline(m, cmds, n, timeout_s)) {
       *why = "sending the session reset failed";
       return -1;
     }
+    if (ahead)
+      ps_watch_set_ahead(watch, prelude);
     return pending;
   }
   /* COM_RESET_CONNECTION keeps the current database, so a pool without a default database
