@@ -282,6 +282,8 @@ def run_once(conn, v, proxy):
         proxy.stats()  # reset its counters
         cpu0 = proxy.cpu_seconds()
     before = status(conn, "Connections")
+    spid = server_pid()
+    scpu0 = _pid_cpu(spid) if spid else None
     t0 = time.monotonic()
     try:
         res = subprocess.run(v.cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -290,9 +292,12 @@ def run_once(conn, v, proxy):
         rc, stdout, stderr = -1, "", f"timed out after {exc.timeout} s"
     wall = time.monotonic() - t0
     after = status(conn, "Connections")
+    scpu1 = _pid_cpu(spid) if spid else None
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     fields = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
     r = {"rc": rc, "conns": after - before, "wall": wall, "notes": []}
+    if scpu0 is not None and v.cycles:
+        r["server_us"] = (scpu1 - scpu0) * 1e6 / v.cycles  # server CPU per cycle
     if "seconds" in fields:
         r["seconds"] = float(fields["seconds"])
         r["errors"] = int(fields["errors"])
@@ -448,7 +453,7 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     L.append("")
 
     # Targets.
-    L.append("## Targets (from the issue; reported, not tuned for)")
+    L.append("## Targets (from the issues; reported, not tuned for)")
     L.append("")
     L.append("| target | measured | met |")
     L.append("|---|---:|:---:|")
@@ -462,6 +467,36 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     target("8 threads, TCP: poolshim >= 3x no pool", ("tcp", 8, "poolshim"), 3)
     target("8 threads, TLS: poolshim >= 20x no pool", ("tls", 8, "poolshim"), 20)
     target("8 threads, 0.5 ms RTT: poolshim >= 3x no pool", ("rtt", 8, "poolshim"), 3)
+
+    def slower(desc, group, threads, other, limit):
+        """poolshim within `limit` of another variant: other's cycles/s over poolshim's."""
+        a, b = by_key.get((group, threads, "poolshim")), by_key.get((group, threads, other))
+        if not a or not b or not a.med_thr or not b.med_thr:
+            return
+        x = b.med_thr / a.med_thr
+        L.append(f"| {desc} | {x:.2f}x | {'yes' if x <= limit else '**no**'} |")
+
+    # Issue 4 (reach the limit).
+    slower("1 thread, TCP: kept connection / poolshim <= 1.25", "tcp", 1, "kept", 1.25)
+    slower("8 threads, TCP: kept connection / poolshim <= 1.25", "tcp", 8, "kept", 1.25)
+    target("8 threads, TCP: poolshim >= 4x no pool", ("tcp", 8, "poolshim"), 4)
+    slower("1 thread, 0.5 ms RTT: kept connection / poolshim <= 1.25", "rtt", 1, "kept", 1.25)
+    slower("8 threads, 0.5 ms RTT: kept connection / poolshim <= 1.25", "rtt", 8, "kept", 1.25)
+    a, b = by_key.get(("python", 16, "poolshim")), by_key.get(("python", 16, "sqlalchemy"))
+    if a and b and a.med_thr and b.med_thr:
+        x = a.med_thr / b.med_thr
+        L.append(f"| MySQLdb, 16 threads: poolshim / SQLAlchemy QueuePool >= 1.10 | {x:.2f}x | "
+                 f"{'yes' if x >= 1.10 else '**no**'} |")
+    f8, f256 = by_key.get(("fairness", FAIR_POOL, "poolshim")), by_key.get(("fairness", 256, "poolshim"))
+    if f8 and f256 and f8.med_thr and f256.med_thr:
+        x = f256.med_thr / f8.med_thr
+        L.append(f"| 256 threads on a pool of {FAIR_POOL}: >= 0.90 of {FAIR_POOL} threads | "
+                 f"{x:.2f}x | {'yes' if x >= 0.9 else '**no**'} |")
+        q = [float(r["fields"]["connect_p99_us"]) / float(r["fields"]["connect_p50_us"])
+             for r in f256.runs if r["fields"].get("connect_p50_us")]
+        if q:
+            L.append(f"| 256 threads: p99 connect wait <= 5x median | {median(q):.1f}x | "
+                     f"{'yes' if median(q) <= 5 else '**no**'} |")
     total_err = sum(v.errors for v in todo)
     L.append(f"| no errors in any variant | {total_err} errors | "
              f"{'yes' if total_err == 0 else '**no**'} |")
@@ -495,6 +530,9 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
             if late:
                 notes.insert(0, f"proxy lateness {median(late):.0f} us, "
                                 f"CPU {100 * median(cpu):.0f}%")
+        srv = [r["server_us"] for r in v.runs if r.get("server_us") is not None]
+        if srv:
+            notes.append(f"server CPU {median(srv):.0f} us/cycle")
         tls = [r.get("cipher") for r in v.runs if r.get("cipher")]
         if v.tls and tls and all(c == tls[0] for c in tls) and tls[0] not in ("none", "error"):
             notes.insert(0, tls[0])
