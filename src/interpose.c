@@ -3,6 +3,7 @@
  * straight through, and hands the application's calls to broker.c. No pool policy here. */
 #include <dlfcn.h>
 #include <glib.h>
+#include <link.h>
 #include <mysql.h>
 #include <mariadb_rpl.h>
 #include <string.h>
@@ -23,6 +24,8 @@ static struct {
   GMutex lock;
   gboolean done; /* latched only once the library was found: a driver may load it later */
   void *base;    /* dli_fbase of the client library */
+  guintptr text_lo[4], text_hi[4]; /* its executable segments, for called_by_library */
+  guint ntext;
   int (*rpl_open)(MARIADB_RPL *);
 } R;
 
@@ -44,6 +47,30 @@ find_symbol(const char *name)
     }
   }
   return NULL;
+}
+
+/* dl_iterate_phdr callback: records the executable segments of the client library. */
+static int
+note_text(struct dl_phdr_info *info, size_t size, void *data)
+{
+  (void)size;
+  (void)data;
+  /* The library is the object whose first loaded byte is dli_fbase. */
+  guintptr first = ~(guintptr)0;
+  for (int i = 0; i < info->dlpi_phnum; i++)
+    if (info->dlpi_phdr[i].p_type == PT_LOAD)
+      first = MIN(first, info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+  if (first != (guintptr)R.base)
+    return 0;
+  for (int i = 0; i < info->dlpi_phnum && R.ntext < G_N_ELEMENTS(R.text_lo); i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
+      R.text_lo[R.ntext] = info->dlpi_addr + ph->p_vaddr;
+      R.text_hi[R.ntext] = R.text_lo[R.ntext] + ph->p_memsz;
+      R.ntext++;
+    }
+  }
+  return 1;
 }
 
 static void
@@ -85,8 +112,10 @@ resolve(void)
     }
   }
   Dl_info info;
-  if (ps_real.real_connect && dladdr((void *)ps_real.real_connect, &info))
+  if (ps_real.real_connect && dladdr((void *)ps_real.real_connect, &info)) {
     R.base = info.dli_fbase;
+    dl_iterate_phdr(note_text, NULL);
+  }
   gboolean complete = ps_real.real_connect && ps_real.close && ps_real.change_user &&
                       ps_real.init && ps_real.optionsv && ps_real.get_optionv &&
                       ps_real.reset_connection && ps_real.select_db && ps_real.real_query &&
@@ -109,12 +138,17 @@ resolve(void)
   g_mutex_unlock(&R.lock);
 }
 
-/* TRUE when the call comes from inside the client library itself. */
+/* TRUE when the call comes from inside the client library itself: a return address in
+ * one of its executable segments (found once; dladdr at every call cost more than the
+ * rest of a pooled connect). */
 static gboolean
 called_by_library(void *caller)
 {
-  Dl_info info;
-  return R.base && dladdr(caller, &info) && info.dli_fbase == R.base;
+  guintptr a = (guintptr)caller;
+  for (guint i = 0; i < R.ntext; i++)
+    if (a >= R.text_lo[i] && a < R.text_hi[i])
+      return TRUE;
+  return FALSE;
 }
 
 static gboolean

@@ -19,6 +19,11 @@ Test(internal, auto_reconnect_replaces_a_killed_connection)
   MYSQL *next = pst_connect_app();
   cr_assert_neq(pst_scalar(next, "SELECT CONNECTION_ID()"), now);
   mysql_close(next);
+  /* The library's own connect inside mariadb_reconnect went straight through: the pool
+   * lent nothing to it (only the admin connection is out). */
+  poolshim_stats_t s;
+  pst_stats(&s);
+  cr_assert_eq(s.lent, 1, "%u connections lent, the admin's only expected", s.lent);
 }
 
 static void
