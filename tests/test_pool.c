@@ -241,8 +241,11 @@ Test(pool, a_ready_connection_is_lent_before_a_more_recent_busy_one)
   cr_assert_eq(g.item, a, "the ready connection is lent, not the busy warmer one");
   ASSERT_GAUGES(pool, 2, 1, 1, 0);
   busy_tags[0] = NULL;
-  ps_pool_acquire(pool, key, in_ms(1000), &g);
-  cr_assert_eq(g.item, b, "once ready, the warm end is used first again");
+  PsGrant g2;
+  ps_pool_acquire(pool, key, in_ms(1000), &g2);
+  cr_assert_eq(g2.item, b, "once ready, the warm end is used first again");
+  cr_assert(ps_pool_release(pool, g.item, TRUE));
+  cr_assert(ps_pool_release(pool, g2.item, TRUE));
   ps_pool_free(pool, NULL);
 }
 
@@ -293,6 +296,7 @@ Test(pool, without_room_the_longest_returned_busy_connection_is_lent)
   cr_assert_eq(g.item, a, "the one returned longest ago has had the most time");
   ASSERT_GAUGES(pool, 3, 2, 1, 0);
   memset(busy_tags, 0, sizeof busy_tags);
+  cr_assert(ps_pool_release(pool, g.item, TRUE));
   ps_pool_free(pool, NULL);
 }
 
@@ -314,6 +318,7 @@ Test(pool, without_growing_a_busy_connection_is_lent_not_a_new_one_opened)
   cr_assert_eq(g.item, a);
   ASSERT_GAUGES(pool, 2, 1, 1, 0);
   memset(busy_tags, 0, sizeof busy_tags);
+  cr_assert(ps_pool_release(pool, g.item, TRUE));
   ps_pool_free(pool, NULL);
 }
 
