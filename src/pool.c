@@ -19,6 +19,7 @@ struct PsPoolKey {
   gpointer data;
   GDestroyNotify data_destroy;
   gint64 idle_cap_us; /* 0 = none; below the server's wait_timeout */
+  guint full_in_pass; /* dispatch pass in which this key could serve no more waiters */
 };
 
 typedef struct {
@@ -40,6 +41,7 @@ struct PsPool {
   gint64 (*now)(void);
   gboolean (*ready)(PsItem *item); /* NULL: every idle connection is ready */
   gboolean grow_past_busy;          /* open rather than wait for a reset to finish */
+  guint dispatch_pass;
   PsPoolCounts counts; /* the cumulative part; gauges are computed on demand */
 };
 
@@ -289,19 +291,31 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, PsGrant *
   return TRUE;
 }
 
-/* Serves waiters in arrival order after anything that may have freed capacity. */
+/* Serves waiters in arrival order after anything that may have freed capacity. A key that
+ * cannot serve one waiter cannot serve its later ones either in this pass (serving never
+ * adds capacity), so they are skipped, and the pass ends once every waiter is accounted
+ * for: a release with hundreds of waiters of one key costs one attempt, not hundreds. */
 static void
 dispatch(PsPool *pool, gint64 now)
 {
+  guint pass = ++pool->dispatch_pass;
+  guint undecided = pool->waiters.length;
   GList *l = pool->waiters.head;
-  while (l) {
+  while (l && undecided > 0) {
     GList *next = l->next;
     PsWaiter *w = l->data;
-    if (try_serve(pool, w->key, now, w->may_grow, w->grant)) {
-      g_queue_unlink(&pool->waiters, &w->link);
-      w->key->waiting--;
-      w->served = TRUE;
-      g_cond_signal(&w->cond);
+    PsPoolKey *key = w->key;
+    if (key->full_in_pass != pass) {
+      if (try_serve(pool, key, now, w->may_grow, w->grant)) {
+        g_queue_unlink(&pool->waiters, &w->link);
+        key->waiting--;
+        undecided--;
+        w->served = TRUE;
+        g_cond_signal(&w->cond);
+      } else {
+        key->full_in_pass = pass;
+        undecided -= MIN(undecided, key->waiting);
+      }
     }
     l = next;
   }
