@@ -173,3 +173,41 @@ Test(spare, under_host_max_the_busy_connection_is_lent, .init = host_max_dir,
   cr_assert_eq(borrow_and_return(), a);
   cr_assert_eq(pst_status("Connections") - before, 0);
 }
+
+/* The extra connection is opened on the pool's own handle from the application's options:
+ * over TLS it is encrypted and verified as the application asked, and it works once moved
+ * into the application's handle. */
+static MYSQL *
+connect_tls_slow_reset(void)
+{
+  MYSQL *m = mysql_init(NULL);
+  my_bool on = 1;
+  cr_assert_eq(mysql_options(m, MYSQL_INIT_COMMAND, SLOW_INIT), 0);
+  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
+  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
+  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0),
+                     "connect: %s", mysql_error(m));
+  return m;
+}
+
+Test(spare, an_extra_tls_connection_is_encrypted_as_the_application_asked, .init = pool_of_two)
+{
+  pst_admin();
+  MYSQL *m = connect_tls_slow_reset();
+  long long a = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  m = connect_tls_slow_reset(); /* right after the close: the extra connection */
+  long long b = pst_scalar(m, "SELECT CONNECTION_ID()");
+  cr_assert_neq(b, a, "the connect waited for the returned connection's reset");
+  g_autofree char *cipher = pst_scalar_str(m, "SELECT VARIABLE_VALUE FROM "
+                                              "information_schema.SESSION_STATUS WHERE "
+                                              "VARIABLE_NAME = 'Ssl_cipher'");
+  cr_assert(cipher && *cipher, "the extra connection is not encrypted");
+  cr_assert_not_null(mysql_get_ssl_cipher(m), "the client does not see TLS on it");
+  pst_exec(m, "SET @x = REPEAT('y', 100000)"); /* a query larger than one TLS record */
+  cr_assert_eq(pst_scalar(m, "SELECT LENGTH(@x)"), 100000);
+  mysql_close(m);
+}
