@@ -623,7 +623,7 @@ lend(PsPhys *p, MYSQL *m)
 {
   p->handle = m;
   p->unpoolable = NULL;
-  ps_watch_lent(m, p->watch);
+  ps_watch_lent(p->watch);
   if (B.config.leak_warn_us) {
     p->lent_since_us = g_get_monotonic_time();
     p->leak_warned = FALSE;

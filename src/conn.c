@@ -725,7 +725,7 @@ send_pipeline(MYSQL *m, const PsCmd *cmds, int n, unsigned int timeout_s)
       continue;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
-        poll(&p, 1, (int)MIN(timeout_s, 3600) * 1000) == 1)
+        poll(&p, 1, timeout_s ? (int)MIN(timeout_s, 3600) * 1000 : -1) == 1)
       continue;
     errno = saved;
     ps_conn_set_error(m, CR_SERVER_GONE_ERROR, "HY000", "MySQL server has gone away");
@@ -758,6 +758,31 @@ read_reply(MYSQL *m)
   }
 }
 
+/* PsWatchRestore: a borrower's first command was not the next statement run ahead for it.
+ * COM_RESET_CONNECTION, the role, the init commands, then the statements the borrower did
+ * send (answered ahead), in one write, every reply read: the session is then what the
+ * borrower's own commands would have made of the reset one. Within the handle's own
+ * timeouts: this runs inside one of its commands. */
+static gboolean
+restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nreplay)
+{
+  const PsConnProfile *profile = data;
+  PsCmd cmds[PS_PIPELINE_MAX];
+  int n = 0;
+  cmds[n++] = (PsCmd){COM_RESET_CONNECTION, ""};
+  cmds[n++] = (PsCmd){COM_QUERY, profile->role_sql};
+  for (char **c = profile->init_commands; c && *c && n < PS_PIPELINE_MAX; c++)
+    cmds[n++] = (PsCmd){COM_QUERY, *c};
+  for (guint i = 0; i < nreplay && n < PS_PIPELINE_MAX; i++)
+    cmds[n++] = (PsCmd){COM_QUERY, replay[i]};
+  if (!send_pipeline(m, cmds, n, m->options.write_timeout))
+    return FALSE;
+  for (int i = 0; i < n; i++)
+    if (!read_reply(m))
+      return FALSE;
+  return TRUE;
+}
+
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                        guint dirty, unsigned int timeout_s, const char **why);
 
@@ -781,8 +806,9 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
     return -1;
   }
   bound_round_trips(m, timeout_s);
-  /* A borrower that sent nothing leaves the reply of a statement run ahead for it. */
-  const char *prelude = ps_watch_first_prelude(watch);
+  /* A borrower that sent fewer commands leaves replies of statements run ahead for it. */
+  const char *const *learnt = NULL;
+  guint nlearnt = ps_watch_learnt(watch, &learnt);
   if (!ps_watch_settle(m, watch)) {
     *why = "reading the reply of a statement run ahead failed";
     return -1;
@@ -843,18 +869,20 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
       cmds[n++] = (PsCmd){COM_QUERY, *c};
     }
     int pending = n;
-    /* The previous borrower began with SET autocommit: run it ahead for the next one,
-     * whose own identical statement then costs no round trip (watch.h). Not with
-     * compression or a connection handler plugin, whose sending this cannot stand in for. */
-    gboolean ahead = prelude && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr);
-    if (ahead)
-      cmds[n++] = (PsCmd){COM_QUERY, prelude};
+    /* The borrower began with session setup (SET NAMES, SET autocommit, ...): run it
+     * ahead for the next one, whose identical statements then cost no round trip
+     * (watch.h). Not with compression or a connection handler plugin, whose sending the
+     * watch cannot stand in for. */
+    gboolean ahead = nlearnt && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr) &&
+                     n + (int)nlearnt <= PS_PIPELINE_MAX;
+    for (guint i = 0; ahead && i < nlearnt; i++)
+      cmds[n++] = (PsCmd){COM_QUERY, learnt[i]};
     if (!send_pipeline(m, cmds, n, timeout_s)) {
       *why = "sending the session reset failed";
       return -1;
     }
     if (ahead)
-      ps_watch_set_ahead(watch, prelude);
+      ps_watch_sent_ahead(watch, restore_session, profile);
     return pending;
   }
   /* COM_RESET_CONNECTION keeps the current database, so a pool without a default database

@@ -12,27 +12,144 @@ struct PsWatch {
   struct st_mariadb_methods methods; /* first: m->methods points here */
   const struct st_mariadb_methods *orig;
   guint dirty;
-  gboolean first_due;      /* lent, and no command sent yet */
-  const char *first_sent;  /* the borrower's first command when it is a prelude */
-  const char *ahead;       /* a prelude the server ran ahead; its reply not yet read */
-  gboolean fresh_autocommit; /* the reset session's autocommit, to undo a prelude */
+  /* Answering ahead (watch.h). */
+  gboolean learning;                   /* lent: the leading preludes are being noted */
+  guint nlearnt;
+  char *learnt[PS_PRELUDE_MAX];        /* this borrow's leading preludes */
+  guint nahead, next;
+  char *ahead[PS_PRELUDE_MAX];         /* run ahead by the reset; replies next.. unread */
+  gboolean bypass;                     /* the watch's own commands: not looked at */
+  PsWatchRestore restore;
+  gpointer restore_data;
 };
 
-/* Statements a borrower may be answered ahead: the exact texts of mysql_autocommit()
- * (libmariadb.c), which Python's MySQLdb and Django send at every connect. Their only
- * effect is the session's autocommit, which the reply's status flags report. */
-static const char *const preludes[] = {"SET autocommit=0", "SET autocommit=1"};
+static void clear_learnt(PsWatch *w);
+static void clear_ahead(PsWatch *w);
 
-static const char *
-prelude_of(enum enum_server_command command, const char *arg, size_t length)
+/* ---- preludes ---- */
+
+static gboolean
+eat_ws(const char **p, const char *end)
 {
-  if (command != COM_QUERY || !arg)
-    return NULL;
-  size_t n = length ? length : strlen(arg);
-  for (guint i = 0; i < G_N_ELEMENTS(preludes); i++)
-    if (n == strlen(preludes[i]) && memcmp(arg, preludes[i], n) == 0)
-      return preludes[i];
-  return NULL;
+  const char *s = *p;
+  while (*p < end && **p == ' ')
+    (*p)++;
+  return *p > s;
+}
+
+/* A keyword, case-insensitive, not followed by a word byte. */
+static gboolean
+eat_kw(const char **p, const char *end, const char *kw)
+{
+  size_t n = strlen(kw);
+  if ((size_t)(end - *p) < n || g_ascii_strncasecmp(*p, kw, n) != 0)
+    return FALSE;
+  const char *after = *p + n;
+  if (after < end && (g_ascii_isalnum(*after) || *after == '_' || *after == '$'))
+    return FALSE;
+  *p = after;
+  return TRUE;
+}
+
+/* A plain identifier (a character set or collation name) or a number. */
+static gboolean
+eat_word(const char **p, const char *end)
+{
+  const char *s = *p;
+  while (*p < end && (g_ascii_isalnum(**p) || **p == '_'))
+    (*p)++;
+  return *p > s;
+}
+
+/* A literal: a word, a number, or a quoted string without quotes or backslashes inside. */
+static gboolean
+eat_literal(const char **p, const char *end)
+{
+  if (*p < end && (**p == '\'' || **p == '"')) {
+    char q = **p;
+    const char *s = *p + 1;
+    while (s < end && *s != q && *s != '\\')
+      s++;
+    if (s >= end || *s != q)
+      return FALSE;
+    *p = s + 1;
+    return TRUE;
+  }
+  return eat_word(p, end);
+}
+
+/* Session variables whose SET only changes the session (no function, no side effect). */
+static const char *const prelude_vars[] = {
+  "autocommit", "sql_mode", "time_zone", "character_set_client", "character_set_results",
+  "character_set_connection", "collation_connection", "transaction_isolation", "tx_isolation",
+  "transaction_read_only", "tx_read_only", "sql_auto_is_null", "names",
+};
+
+gboolean
+ps_watch_is_prelude(const char *sql, size_t len)
+{
+  if (!sql || len == 0 || len > PS_PRELUDE_LEN)
+    return FALSE;
+  const char *p = sql, *end = sql + len;
+  while (end > p && end[-1] == ' ')
+    end--;
+  if (!eat_kw(&p, end, "set") || !eat_ws(&p, end))
+    return FALSE;
+  if (eat_kw(&p, end, "names")) {
+    /* SET NAMES cs [COLLATE coll]: what mysql_set_character_set sends. */
+    if (!eat_ws(&p, end) || !eat_literal(&p, end))
+      return FALSE;
+    if (eat_ws(&p, end) && p < end &&
+        (!eat_kw(&p, end, "collate") || !eat_ws(&p, end) || !eat_literal(&p, end)))
+      return FALSE;
+    return p == end;
+  }
+  gboolean session = eat_kw(&p, end, "session") && eat_ws(&p, end);
+  if (session && eat_kw(&p, end, "transaction")) {
+    /* SET SESSION TRANSACTION ISOLATION LEVEL x | READ ONLY | READ WRITE */
+    static const char *const tails[] = {
+      "isolation level read committed", "isolation level read uncommitted",
+      "isolation level repeatable read", "isolation level serializable", "read only",
+      "read write"};
+    if (!eat_ws(&p, end))
+      return FALSE;
+    for (guint i = 0; i < G_N_ELEMENTS(tails); i++) {
+      const char *q = p;
+      gchar **words = g_strsplit(tails[i], " ", -1);
+      gboolean ok = TRUE;
+      for (guint k = 0; words[k] && ok; k++)
+        ok = (k == 0 || eat_ws(&q, end)) && eat_kw(&q, end, words[k]);
+      g_strfreev(words);
+      if (ok && q == end)
+        return TRUE;
+    }
+    return FALSE;
+  }
+  /* SET [SESSION] var = literal, or SET @@[session.]var = literal */
+  if (!session && end - p > 2 && p[0] == '@' && p[1] == '@') {
+    p += 2;
+    if (eat_kw(&p, end, "session")) {
+      if (p >= end || *p != '.')
+        return FALSE;
+      p++;
+    }
+  }
+  const char *name = p;
+  if (!eat_word(&p, end))
+    return FALSE;
+  gboolean known = FALSE;
+  for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && !known; i++)
+    known = (size_t)(p - name) == strlen(prelude_vars[i]) &&
+            g_ascii_strncasecmp(name, prelude_vars[i], (size_t)(p - name)) == 0 &&
+            strcmp(prelude_vars[i], "names") != 0;
+  if (!known)
+    return FALSE;
+  eat_ws(&p, end);
+  if (p >= end || *p != '=')
+    return FALSE;
+  p++;
+  eat_ws(&p, end);
+  return eat_literal(&p, end) && p == end;
 }
 
 /* A word is a maximal run of ASCII letters, digits, _ and $. Every other byte separates,
@@ -119,24 +236,52 @@ classify_command(enum enum_server_command command, const char *arg, size_t lengt
   }
 }
 
-/* Reads the reply of the prelude run ahead, and puts autocommit back to the reset
- * session's when the prelude changed it: the session is then exactly as if the prelude
- * had never been sent. */
-static gboolean
-settle(MYSQL *mysql, PsWatch *w)
+static void
+clear_ahead(PsWatch *w)
 {
-  const char *t = w->ahead;
-  w->ahead = NULL;
-  if (!t)
-    return TRUE;
-  if (w->orig->db_read_query_result(mysql))
-    return FALSE;
-  gboolean now = (mysql->server_status & SERVER_STATUS_AUTOCOMMIT) != 0;
-  if (now == w->fresh_autocommit)
-    return TRUE;
-  const char *undo = w->fresh_autocommit ? preludes[1] : preludes[0];
-  return w->orig->db_command(mysql, COM_QUERY, undo, strlen(undo), 1, NULL) == 0 &&
-         w->orig->db_read_query_result(mysql) == 0;
+  for (guint i = 0; i < w->nahead; i++)
+    g_free(w->ahead[i]);
+  w->nahead = w->next = 0;
+}
+
+/* Reads the replies of the statements run ahead that nobody asked for. An error reply (a
+ * prelude the server refused) is read like any other; FALSE only when the connection
+ * failed. */
+static gboolean
+drain(MYSQL *mysql, PsWatch *w)
+{
+  for (; w->next < w->nahead; w->next++) {
+    if (w->orig->db_read_query_result(mysql)) {
+      unsigned int e = mysql->net.last_errno;
+      if (e >= 2000 && e < 3000)
+        return FALSE; /* CR_*: the connection, not the statement */
+      mysql->net.last_errno = 0;
+      mysql->net.last_error[0] = '\0';
+      strcpy(mysql->net.sqlstate, "00000");
+    }
+  }
+  return TRUE;
+}
+
+/* The borrower sent something else than the next statement run ahead: the session has run
+ * statements it did not send. Read their replies, then make it the reset session again
+ * plus the statements it did send (the watch's restore callback), before its command. */
+static gboolean
+catch_up(MYSQL *mysql, PsWatch *w)
+{
+  guint matched = w->next;
+  /* The library follows the server's session tracking: a SET NAMES reply it reads switches
+   * its client-side character set. The borrower's own commands made it what it is now. */
+  const struct ma_charset_info_st *charset = mysql->charset;
+  gboolean ok = drain(mysql, w);
+  if (ok) {
+    w->bypass = TRUE;
+    ok = w->restore && w->restore(mysql, w->restore_data, (const char *const *)w->ahead, matched);
+    w->bypass = FALSE;
+  }
+  mysql->charset = charset;
+  clear_ahead(w);
+  return ok;
 }
 
 static int
@@ -144,19 +289,25 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
                    size_t length, my_bool skip_check, void *opt_arg)
 {
   PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
-  const char *prelude = prelude_of(command, arg, length);
-  if (w->first_due) {
-    w->first_due = FALSE;
-    w->first_sent = prelude;
+  if (w->bypass)
+    return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+  size_t n = arg ? (length ? length : strlen(arg)) : 0;
+  gboolean prelude = command == COM_QUERY && ps_watch_is_prelude(arg, n);
+  if (w->learning) {
+    if (prelude && w->nlearnt < PS_PRELUDE_MAX)
+      w->learnt[w->nlearnt++] = g_strndup(arg, n);
+    else
+      w->learning = FALSE;
   }
-  if (w->ahead) {
-    if (prelude == w->ahead && skip_check && mysql->status == MYSQL_STATUS_READY &&
+  if (w->next < w->nahead) {
+    const char *t = w->ahead[w->next];
+    if (prelude && skip_check && strlen(t) == n && memcmp(arg, t, n) == 0 &&
+        mysql->status == MYSQL_STATUS_READY &&
         !(mysql->server_status & SERVER_MORE_RESULTS_EXIST)) {
-      /* The server ran this very statement right after the reset, in the same session
-       * state: its reply is the next packet on the wire, and the library reads it as
-       * the reply to this command. What mthd_my_send_cmd does before and after sending,
-       * minus the sending. */
-      w->ahead = NULL;
+      /* The server ran this very statement after the reset, in the session state the
+       * borrower has now: its reply is the next packet on the wire, and the library reads
+       * it as the reply to this command. What mthd_my_send_cmd does around a send. */
+      w->next++;
       mysql->net.last_errno = 0;
       mysql->net.last_error[0] = '\0';
       strcpy(mysql->net.sqlstate, "00000");
@@ -166,7 +317,7 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
       mysql->net.compress_pkt_nr = 1;
       return 0;
     }
-    if (!settle(mysql, w))
+    if (!catch_up(mysql, w))
       return 1; /* the library's error is set on mysql, as a failed send would */
   }
   w->dirty |= classify_command(command, arg, length);
@@ -195,48 +346,70 @@ ps_watch_new(MYSQL *m)
 void
 ps_watch_free(PsWatch *w)
 {
+  if (!w)
+    return;
+  clear_learnt(w);
+  clear_ahead(w);
   g_free(w);
 }
 
+static void
+clear_learnt(PsWatch *w)
+{
+  for (guint i = 0; i < w->nlearnt; i++)
+    g_free(w->learnt[i]);
+  w->nlearnt = 0;
+}
+
 void
-ps_watch_lent(MYSQL *m, PsWatch *w)
+ps_watch_lent(PsWatch *w)
 {
   if (!w)
     return;
-  w->first_due = TRUE;
-  w->first_sent = NULL;
-  w->fresh_autocommit = (m->server_status & SERVER_STATUS_AUTOCOMMIT) != 0;
+  clear_learnt(w);
+  w->learning = TRUE;
 }
 
-const char *
-ps_watch_first_prelude(PsWatch *w)
+guint
+ps_watch_learnt(PsWatch *w, const char *const **stmts)
 {
-  return w ? w->first_sent : NULL;
+  if (!w) {
+    *stmts = NULL;
+    return 0;
+  }
+  w->learning = FALSE;
+  *stmts = (const char *const *)w->learnt;
+  return w->nlearnt;
 }
 
 void
-ps_watch_set_ahead(PsWatch *w, const char *prelude)
+ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data)
 {
-  if (w)
-    w->ahead = prelude;
+  if (!w)
+    return;
+  clear_ahead(w);
+  for (guint i = 0; i < w->nlearnt; i++)
+    w->ahead[i] = w->learnt[i];
+  w->nahead = w->nlearnt;
+  w->nlearnt = 0;
+  w->restore = restore;
+  w->restore_data = data;
 }
 
 gboolean
 ps_watch_ahead(const PsWatch *w)
 {
-  return w && w->ahead;
+  return w && w->next < w->nahead;
 }
 
 gboolean
 ps_watch_settle(MYSQL *m, PsWatch *w)
 {
-  if (!w || !w->ahead)
+  if (!w || w->next >= w->nahead)
     return TRUE;
-  if (m->methods != &w->methods) {
-    w->ahead = NULL; /* reconnected: that session, and its reply, are gone */
-    return TRUE;
-  }
-  return settle(m, w);
+  gboolean ok = m->methods != &w->methods || drain(m, w); /* reconnected: gone with it */
+  clear_ahead(w);
+  return ok;
 }
 
 guint

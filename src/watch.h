@@ -29,23 +29,36 @@ void ps_watch_free(PsWatch *w);
  * reconnected it, and the new session was not watched) or w is NULL: unknown means dirty. */
 guint ps_watch_take(MYSQL *m, PsWatch *w);
 
-/* Answering ahead. After a borrower whose first command was `SET autocommit=0|1` (the
- * text mysql_autocommit sends), the next reset sends that statement too, after the
- * reset's own commands, and leaves its reply unread: when the next borrower's first
- * command is the same text, it is not sent again, and the library reads the reply the
- * server already wrote (the round trip was paid at the return, off the critical path).
- * Any other first command first reads that reply and, when the prelude changed the
- * reset session's autocommit, puts it back (one round trip, only then).
- *
- * ps_watch_lent: the connection (in m, its reset replies read) is lent: the borrower's
- * first command is noted, and the session's autocommit kept for an undo. */
-void ps_watch_lent(MYSQL *m, PsWatch *w);
-/* The borrower's first command when it was a prelude (a static string), else NULL. */
-const char *ps_watch_first_prelude(PsWatch *w);
-/* The reset sent `prelude` after its own commands; its reply is still on the wire. */
-void ps_watch_set_ahead(PsWatch *w, const char *prelude);
+/* Answering ahead. A borrower's leading session setup (up to PS_PRELUDE_MAX statements of
+ * the forms ps_watch_is_prelude accepts: what MySQLdb and Django send at every connect,
+ * `SET NAMES utf8mb3`, `SET autocommit=0`, `SET SESSION TRANSACTION ISOLATION LEVEL ...`)
+ * is noted; the next reset sends the same statements after its own commands and leaves
+ * their replies unread. While the next borrower sends those statements in that order, they
+ * are not sent again: the library reads the replies the server already wrote, in the same
+ * session state (their round trips were paid at the return, off the critical path). At the
+ * first other command, the remaining replies are read and the restore callback makes the
+ * session the reset one plus the statements the borrower did send, before its command.
+ * Nothing of this reaches the server's view of the session that the borrower's own
+ * statements would not have made. */
+#define PS_PRELUDE_MAX 8
+#define PS_PRELUDE_LEN 256
+
+/* Makes the session in m the reset session again, then runs replay[0..n) (the restore
+ * runs its commands with the watch out of the way). FALSE with the error set on m. */
+typedef gboolean (*PsWatchRestore)(MYSQL *m, gpointer data, const char *const *replay, guint n);
+
+/* A statement whose only effect is setting the session's character set, autocommit,
+ * transaction characteristics or one of a few session variables to a literal. */
+gboolean ps_watch_is_prelude(const char *sql, size_t len);
+/* The connection is lent: its leading preludes are noted from now on. */
+void ps_watch_lent(PsWatch *w);
+/* The preludes this borrow began with (owned by w, valid until the next call below). */
+guint ps_watch_learnt(PsWatch *w, const char *const **stmts);
+/* The reset sent them after its own commands, replies unread; restore undoes a mismatch. */
+void ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data);
+/* Replies of statements run ahead are still on the wire. */
 gboolean ps_watch_ahead(const PsWatch *w);
-/* Reads a prelude reply nobody asked for (and undoes the prelude); FALSE on failure. */
+/* Reads those replies (no restore: a reset follows); FALSE when the connection failed. */
 gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
 
 /* The bits one statement text sets (for unit tests). */

@@ -1,9 +1,10 @@
-/* Answering ahead (watch.h): after a borrower that began with mysql_autocommit(), the
- * reset runs that same statement for the next borrower, whose identical first command is
- * then not sent again. Proven with the server's Com_set_option counter (one SET per
- * borrower, not two), @@autocommit, and every other first command seeing the reset
- * session exactly (the prelude undone). Pool of one (meson's environment): every borrow
- * gets the same session. */
+/* Answering ahead (watch.h): after a borrower that began with session setup statements
+ * (SET NAMES, SET autocommit, the isolation level: what MySQLdb and Django send at every
+ * connect), the reset runs the same statements for the next borrower, whose identical
+ * statements are then not sent again. Proven with the server's Com_set_option counter,
+ * a server frozen behind a proxy that the setup does not need, and every other first
+ * command seeing the reset session plus only what it sent. Pool of one (meson's
+ * environment): every borrow gets the same session. */
 #include <string.h>
 
 #include <criterion/criterion.h>
@@ -127,4 +128,120 @@ Test(ahead, a_ping_first_and_a_transaction_after_the_answered_statement)
   cr_assert_eq(pst_scalar(m, "SELECT COUNT(*) FROM ahead_t WHERE v = 42"), 0,
                "a transaction begun after an answered SET outlived its borrower");
   mysql_close(m);
+}
+
+/* ---- session setup sequences (what Django and MySQLdb send at every connect) ---- */
+
+/* Django's connect through MySQLdb: SET NAMES, SET autocommit=0, SET autocommit=1, the
+ * isolation level. Each call must succeed; returns FALSE at the first that fails. */
+static gboolean
+setup_session(MYSQL *m)
+{
+  return mysql_set_character_set(m, "latin1") == 0 && mysql_autocommit(m, 0) == 0 &&
+         mysql_autocommit(m, 1) == 0 &&
+         mysql_query(m, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED") == 0;
+}
+
+static void
+assert_setup_applied(MYSQL *m)
+{
+  cr_assert_str_eq(mysql_character_set_name(m), "latin1");
+  g_autofree char *cs = pst_scalar_str(m, "SELECT @@character_set_client");
+  cr_assert_str_eq(cs, "latin1");
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1);
+  g_autofree char *iso = pst_scalar_str(m, "SELECT @@tx_isolation");
+  cr_assert_str_eq(iso, "READ-COMMITTED");
+}
+
+static MYSQL *
+connect_via(PstProxy *p)
+{
+  unsigned int err = 0;
+  char msg[256] = "";
+  MYSQL *m = pst_try_connect_to("127.0.0.1", pst_proxy_port(p), 5, 2, &err, msg, sizeof msg);
+  cr_assert_not_null(m, "connect: %u %s", err, msg);
+  return m;
+}
+
+/* The proof that the setup costs no round trip: with the server frozen behind a proxy,
+ * the next borrower's whole setup still succeeds (its replies were on the wire before the
+ * freeze), while its first real query does not get through. */
+Test(ahead, a_whole_session_setup_is_answered_without_reaching_the_server)
+{
+  PstProxy *p = pst_proxy_start();
+  for (int i = 0; i < 2; i++) { /* the first borrow teaches, the second is answered */
+    MYSQL *m = connect_via(p);
+    cr_assert(setup_session(m), "setup: %s", mysql_error(m));
+    assert_setup_applied(m);
+    mysql_close(m);
+  }
+  g_usleep(500 * 1000); /* the reset's and the setup's replies arrive */
+  pst_proxy_freeze(p);
+  MYSQL *m = connect_via(p);
+  cr_assert(setup_session(m), "the setup needed the frozen server: %s", mysql_error(m));
+  cr_assert_str_eq(mysql_character_set_name(m), "latin1");
+  cr_assert(m->server_status & SERVER_STATUS_AUTOCOMMIT);
+  cr_assert_neq(mysql_query(m, "SELECT 1"), 0, "the server was not frozen");
+  pst_proxy_thaw(p);
+  mysql_close(m); /* failed: really closed */
+  m = connect_via(p);
+  cr_assert(setup_session(m), "%s", mysql_error(m));
+  assert_setup_applied(m);
+  mysql_close(m);
+  pst_proxy_stop(p);
+}
+
+/* A borrower that begins with part of the setup, then something else, gets the reset
+ * session plus what it sent itself: the rest of the setup run ahead is undone. */
+Test(ahead, a_borrower_that_stops_half_way_gets_only_its_own_setup)
+{
+  pst_admin();
+  MYSQL *m = pst_connect_app();
+  g_autofree char *fresh_cs = pst_scalar_str(m, "SELECT @@character_set_client");
+  g_autofree char *fresh_iso = pst_scalar_str(m, "SELECT @@tx_isolation");
+  mysql_close(m);
+  cr_assert_str_neq(fresh_cs, "latin1");
+  cr_assert_str_neq(fresh_iso, "READ-COMMITTED");
+  for (int i = 0; i < 2; i++) {
+    m = pst_connect_app();
+    cr_assert(setup_session(m), "%s", mysql_error(m));
+    mysql_close(m);
+  }
+  m = pst_connect_app();
+  cr_assert_eq(mysql_set_character_set(m, "latin1"), 0, "%s", mysql_error(m));
+  g_autofree char *cs = pst_scalar_str(m, "SELECT @@character_set_client");
+  g_autofree char *iso = pst_scalar_str(m, "SELECT @@tx_isolation");
+  cr_assert_str_eq(cs, "latin1", "its own SET NAMES was lost");
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1);
+  cr_assert_str_eq(iso, fresh_iso, "the isolation level run ahead leaked to it");
+  mysql_close(m);
+
+  /* Nothing of the setup: exactly the reset session. */
+  for (int i = 0; i < 2; i++) {
+    m = pst_connect_app();
+    cr_assert(setup_session(m), "%s", mysql_error(m));
+    mysql_close(m);
+  }
+  m = pst_connect_app();
+  g_autofree char *cs2 = pst_scalar_str(m, "SELECT @@character_set_client");
+  g_autofree char *iso2 = pst_scalar_str(m, "SELECT @@tx_isolation");
+  cr_assert_str_eq(cs2, fresh_cs);
+  cr_assert_str_eq(iso2, fresh_iso);
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1);
+  cr_assert_str_eq(mysql_character_set_name(m), fresh_cs);
+  mysql_close(m);
+}
+
+/* A setup statement the server refuses is answered with the server's own error, as when
+ * sent; the session goes on. */
+Test(ahead, a_refused_setup_statement_gets_the_server_error)
+{
+  const char *bad = "SET time_zone = 'Nowhere/Atlantis'";
+  for (int i = 0; i < 3; i++) {
+    MYSQL *m = pst_connect_app();
+    cr_assert_neq(mysql_query(m, bad), 0);
+    cr_assert_eq(mysql_errno(m), 1298, "borrow %d: %u %s", i, mysql_errno(m), mysql_error(m));
+    cr_assert_eq(pst_scalar(m, "SELECT 41 + 1"), 42);
+    mysql_close(m);
+  }
 }

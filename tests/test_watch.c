@@ -65,3 +65,66 @@ Test(watch, a_handle_without_a_watch_is_not_pooled_again)
   memset(&fake, 0, sizeof fake);
   cr_assert_eq(ps_watch_take(&fake, NULL), PS_DIRTY_ALL);
 }
+
+/* ---- statements that may be answered ahead ---- */
+
+typedef struct {
+  char sql[80]; /* inline: Criterion copies parameters into the test's process */
+  gboolean prelude;
+} PreludeCase;
+
+ParameterizedTestParameters(watch, only_pure_session_setup_is_answered_ahead)
+{
+  static PreludeCase cases[] = {
+    /* What the drivers send (libmariadb's mysql_autocommit / mysql_set_character_set,
+     * Django's isolation level). */
+    {"SET autocommit=0", TRUE},
+    {"SET autocommit=1", TRUE},
+    {"SET NAMES utf8mb3", TRUE},
+    {"SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci", TRUE},
+    {"SET NAMES 'latin1'", TRUE},
+    {"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", TRUE},
+    {"set session transaction isolation level serializable", TRUE},
+    {"SET SESSION TRANSACTION READ ONLY", TRUE},
+    {"SET sql_mode='STRICT_TRANS_TABLES,NO_ZERO_DATE'", TRUE},
+    {"SET SESSION time_zone = '+00:00'", TRUE},
+    {"SET @@session.sql_auto_is_null = 0", TRUE},
+    {"SET @@autocommit=1  ", TRUE},
+    /* Anything that could do more, or that the matcher does not fully understand. */
+    {"SET autocommit=0; DROP TABLE t", FALSE},
+    {"SET NAMES utf8mb3; SELECT 1", FALSE},
+    {"SET sql_mode=(SELECT f())", FALSE},
+    {"SET sql_mode=CONCAT(@@sql_mode, ',X')", FALSE},
+    {"SET time_zone=@tz", FALSE},
+    {"SET @x = 1", FALSE},
+    {"SET profiling=1", FALSE},
+    {"SET ROLE admin", FALSE},
+    {"SET GLOBAL sql_mode=''", FALSE},
+    {"SET TRANSACTION ISOLATION LEVEL READ COMMITTED", FALSE}, /* next transaction only */
+    {"SET sql_mode='it''s'", FALSE},
+    {"SET sql_mode='a\\'b'", FALSE},
+    {"SET NAMES utf8mb3 COLLATE", FALSE},
+    {"SET autocommit=0 /* comment */", FALSE},
+    {"SET autocommitx=0", FALSE},
+    {"SELECT 1", FALSE},
+    {"", FALSE},
+  };
+  return cr_make_param_array(PreludeCase, cases, G_N_ELEMENTS(cases));
+}
+
+ParameterizedTest(PreludeCase *c, watch, only_pure_session_setup_is_answered_ahead)
+{
+  cr_assert_eq(ps_watch_is_prelude(c->sql, strlen(c->sql)), c->prelude, "\"%s\"", c->sql);
+}
+
+Test(watch, a_prelude_is_judged_on_the_given_length_only)
+{
+  const char *sql = "SET autocommit=0; DROP TABLE t";
+  cr_assert(ps_watch_is_prelude(sql, 16));
+  cr_assert_not(ps_watch_is_prelude(sql, strlen(sql)));
+  char big[PS_PRELUDE_LEN + 40];
+  memset(big, 'a', sizeof big);
+  memcpy(big, "SET sql_mode='", 14);
+  big[sizeof big - 1] = '\'';
+  cr_assert_not(ps_watch_is_prelude(big, sizeof big), "longer than PS_PRELUDE_LEN");
+}
