@@ -992,14 +992,16 @@ ps_conn_replies_arrived(MYSQL *m, int pending)
   my_socket fd = ps_real.get_socket(m);
   if (fd == INVALID_SOCKET)
     return TRUE;
-  if (pvio->ctls || m->net.compress) {
+  if (m->net.compress) {
     /* The packets cannot be counted from outside: any byte is taken as the replies. */
     short revents;
     return poll_idle(m, POLLIN, &revents) != 0;
   }
   /* Count the complete packets waiting in the socket (4-byte header: 3-byte length, then
-   * the sequence number). The replies are OK/ERR packets of a few dozen bytes; a full
-   * peek buffer is as good as arrived. */
+   * the sequence number), or over TLS the complete records (5-byte header: type, version,
+   * 2-byte length): the server writes each reply with one flush, one record. The replies
+   * are OK/ERR packets of a few dozen bytes; a full peek buffer is as good as arrived. */
+  gboolean tls = pvio->ctls != NULL;
   unsigned char buf[1024];
   int saved = errno;
   ssize_t n;
@@ -1013,12 +1015,13 @@ ps_conn_replies_arrived(MYSQL *m, int pending)
   if ((size_t)n == sizeof buf)
     return TRUE;
   int complete = 0;
-  size_t at = 0;
-  while (at + 4 <= (size_t)n) {
-    size_t len = (size_t)buf[at] | (size_t)buf[at + 1] << 8 | (size_t)buf[at + 2] << 16;
-    if (at + 4 + len > (size_t)n)
+  size_t at = 0, hdr = tls ? 5 : 4;
+  while (at + hdr <= (size_t)n) {
+    size_t len = tls ? ((size_t)buf[at + 3] << 8 | (size_t)buf[at + 4])
+                     : ((size_t)buf[at] | (size_t)buf[at + 1] << 8 | (size_t)buf[at + 2] << 16);
+    if (at + hdr + len > (size_t)n)
       break;
-    at += 4 + len;
+    at += hdr + len;
     complete++;
   }
   if (complete >= pending)

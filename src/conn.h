@@ -129,7 +129,8 @@ gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
 
 /* Whether the replies of `pending` reset commands sent at return have arrived, so lending
  * the connection would not wait for the server. Looks without blocking (a peek at the
- * socket); over TLS or compression any readable byte counts as the replies. */
+ * socket, counting packets, or TLS records); with compression any readable byte counts as
+ * the replies. */
 gboolean ps_conn_replies_arrived(MYSQL *m, int pending);
 
 /* Whether the server has closed an idle connection, without waiting or reading: with reset
