@@ -39,11 +39,12 @@ CYCLE = os.path.join(BUILD, "bench", "cycle")
 PROXY = os.path.join(BUILD, "bench", "delayproxy")
 PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django live
 
-GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "fairness", "shimcost"]
+GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "shimcost"]
 POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
 FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
 DELAY_US = 250       # delayproxy: per chunk and direction, so +0.5 ms per round trip
 PY_THREADS = 16
+RTT_PY_THREADS = 4   # the pyrtt group: few threads, so the round trips, not the GIL, limit
 
 GROUP_TITLES = {
     "tcp": "C loop, TCP",
@@ -53,6 +54,8 @@ GROUP_TITLES = {
     "python": f"Python MySQLdb, {PY_THREADS}-thread pool",
     "django": f"Django ORM, {PY_THREADS}-thread pool",
     "fairness": f"256 threads on a pool of {FAIR_POOL}",
+    "pyrtt": f"Python MySQLdb, {RTT_PY_THREADS} threads, 0.5 ms RTT",
+    "djrtt": f"Django ORM, {RTT_PY_THREADS} threads, 0.5 ms RTT",
 }
 
 # Cycles per run (before --scale), chosen so that a run takes roughly 0.5 to 2 s on a
@@ -134,6 +137,24 @@ def variants(groups, scale):
             out.append(Variant("django", tag, PY_THREADS, n(tasks), cmd,
                                env=preload(POOL) if tag == "poolshim" else {},
                                pool=POOL if tag == "poolshim" else None))
+    if "pyrtt" in groups:
+        # The interpreted clients where the network is not loopback: each connect's own
+        # setup statements are round trips (MySQLdb: SET autocommit; Django: four).
+        script = os.path.join(HERE, "mysqldb_pool.py")
+        for tag, tasks, mode in (("nopool", 300, "connect"), ("poolshim", 800, "connect"),
+                                 ("sqlalchemy", 800, "sqlalchemy"), ("kept", 1500, "kept")):
+            cmd = [PY, script, str(n(tasks)), str(RTT_PY_THREADS), "--mode", mode,
+                   "--pool-size", str(POOL)]
+            out.append(Variant("pyrtt", tag, RTT_PY_THREADS, n(tasks), cmd,
+                               env=preload(POOL) if tag == "poolshim" else {},
+                               pool=POOL if tag == "poolshim" else None, proxy=True))
+        script = os.path.join(HERE, "django_pool.py")
+        for tag, tasks in (("nopool", 200), ("poolshim", 500), ("persistent", 1200)):
+            cmd = [PY, script, str(n(tasks)), str(RTT_PY_THREADS)]
+            cmd += ["--persistent"] if tag == "persistent" else []
+            out.append(Variant("djrtt", tag, RTT_PY_THREADS, n(tasks), cmd,
+                               env=preload(POOL) if tag == "poolshim" else {},
+                               pool=POOL if tag == "poolshim" else None, proxy=True))
     if "fairness" in groups:
         for threads, per in ((FAIR_POOL, 1000), (256, 32)):
             cyc = threads * max(1, n(per))
@@ -545,7 +566,7 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     # Checks per group.
     L.append("## Checks per group")
     L.append("")
-    for g in groups:
+    for g in groups + (["djrtt"] if "pyrtt" in groups else []):
         vs = [v for v in todo if v.group == g]
         if not vs:
             continue
