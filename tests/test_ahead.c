@@ -245,3 +245,43 @@ Test(ahead, a_refused_setup_statement_gets_the_server_error)
     mysql_close(m);
   }
 }
+
+/* Over TLS the statements run ahead are sent by the library (not in one raw write) and
+ * their replies read through TLS: the setup is still answered and applied. */
+static MYSQL *
+connect_tls(void)
+{
+  MYSQL *m = mysql_init(NULL);
+  my_bool on = 1;
+  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
+  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
+  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0),
+                     "connect: %s", mysql_error(m));
+  return m;
+}
+
+Test(ahead, a_session_setup_over_tls_is_answered_and_applied)
+{
+  pst_admin();
+  long long before = 0;
+  for (int i = 0; i < 4; i++) {
+    MYSQL *m = connect_tls();
+    cr_assert_not_null(mysql_get_ssl_cipher(m));
+    cr_assert(setup_session(m), "borrow %d: %s", i, mysql_error(m));
+    if (i == 2)
+      before = pst_status("Com_set_option");
+    assert_setup_applied(m);
+    mysql_close(m);
+  }
+  MYSQL *m = connect_tls();
+  cr_assert(setup_session(m), "%s", mysql_error(m)); /* reads the replies run ahead */
+  long long sets = pst_status("Com_set_option") - before;
+  /* Borrows 3 and 4 returned: each return SET ROLE plus the 4 setup statements run ahead
+   * (the borrowers' own were answered: sent, they would add 4 more each, or an undo). */
+  cr_assert_eq(sets, 2 * 5, "SET statements for 2 returns: %lld", sets);
+  assert_setup_applied(m);
+  mysql_close(m);
+}
