@@ -185,6 +185,25 @@ label_has_server(const char *label, gpointer server)
  * server are closed and pools below POOLSHIM_MIN_IDLE are filled. With POOLSHIM_HOST_MAX, a quiet process must not sit
  * on idle slots while another process waits: ten times a second (a hundred while it is
  * handing slots over), an idle connection of each server someone waits for is closed. */
+/* The bookkeeping of a connection just opened on a pool-owned handle (the key's template):
+ * watched, close-on-exec, and clean (PS_PHYS_IDLE) until it is filled or lent. */
+static PsPhys *
+phys_on_pool_handle(PsPool *pool, PsConnProfile *profile, MYSQL *h, int slot_fd,
+                    PsHostSlots *slots)
+{
+  PsPhys *p = g_new0(PsPhys, 1);
+  p->slot_fd = slot_fd;
+  p->slots = slots;
+  p->pool = pool;
+  p->profile = profile;
+  p->shell = h;
+  p->watch = ps_watch_new(h);
+  ps_conn_set_cloexec(h);
+  p->cloexec_done = TRUE;
+  p->state = PS_PHYS_IDLE;
+  return p;
+}
+
 /* POOLSHIM_MIN_IDLE: opens idle connections in the background until each pool that can has
  * its minimum (replacing those the sweep just closed), one at a time, no lock held. */
 static void
@@ -225,16 +244,7 @@ fill_pools(PsPool *pool)
                  ps_pool_key_label(key), err);
         break;
       }
-      PsPhys *p = g_new0(PsPhys, 1);
-      p->slot_fd = slot_fd;
-      p->slots = slots;
-      p->pool = pool;
-      p->profile = profile;
-      p->shell = h;
-      p->watch = ps_watch_new(h);
-      ps_conn_set_cloexec(h);
-      p->cloexec_done = TRUE;
-      p->state = PS_PHYS_IDLE;
+      PsPhys *p = phys_on_pool_handle(pool, profile, h, slot_fd, slots);
       ps_pool_filled(pool, key, p, &p->item); /* p->item is set before anyone can take it */
     }
   }
@@ -730,15 +740,8 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   }
   ps_debug("pool %s: the %u idle connections were still busy with their reset: opened one "
            "more", ps_pool_key_label(pk), busy);
-  PsPhys *p = g_new0(PsPhys, 1);
-  p->slot_fd = -1; /* never under POOLSHIM_HOST_MAX (new_pool) */
-  p->pool = pool;
-  p->profile = profile;
-  p->shell = h;
-  p->watch = ps_watch_new(h);
-  ps_conn_set_cloexec(h);
-  p->cloexec_done = TRUE;
-  p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
+  /* No host slot: never under POOLSHIM_HOST_MAX (new_pool). */
+  PsPhys *p = phys_on_pool_handle(pool, profile, h, -1, NULL);
   p->item = ps_pool_opened(pool, pk, p);
   ps_conn_move(m, p->shell);
   ps_conn_adopt(m);
