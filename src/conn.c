@@ -674,8 +674,6 @@ typedef struct {
   const char *arg;
 } PsCmd;
 
-#define PS_PIPELINE_MAX 32
-
 /* Sends the commands back to back without reading a reply: on a plain socket in one
  * send() of the packets the library would write one by one (a syscall and a server wake-up
  * instead of several); over TLS, compression or a connection handler, through the library,
@@ -758,6 +756,27 @@ read_reply(MYSQL *m)
   }
 }
 
+/* The fast reset's commands: COM_RESET_CONNECTION, COM_INIT_DB of `db` (unless NULL),
+ * SET ROLE, the init commands, then extra[0..nextra). g_free the array. */
+static PsCmd *
+reset_commands(const PsConnProfile *profile, const char *db, const char *const *extra,
+               guint nextra, int *n)
+{
+  guint ninit = profile->init_commands ? g_strv_length(profile->init_commands) : 0;
+  PsCmd *cmds = g_new(PsCmd, 3 + ninit + nextra);
+  int k = 0;
+  cmds[k++] = (PsCmd){COM_RESET_CONNECTION, ""};
+  if (db)
+    cmds[k++] = (PsCmd){COM_INIT_DB, db};
+  cmds[k++] = (PsCmd){COM_QUERY, profile->role_sql};
+  for (guint i = 0; i < ninit; i++)
+    cmds[k++] = (PsCmd){COM_QUERY, profile->init_commands[i]};
+  for (guint i = 0; i < nextra; i++)
+    cmds[k++] = (PsCmd){COM_QUERY, extra[i]};
+  *n = k;
+  return cmds;
+}
+
 /* PsWatchRestore: a borrower's first command was not the next statement run ahead for it.
  * COM_RESET_CONNECTION, the role, the init commands, then the statements the borrower did
  * send (answered ahead), in one write, every reply read: the session is then what the
@@ -766,15 +785,8 @@ read_reply(MYSQL *m)
 static gboolean
 restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nreplay)
 {
-  const PsConnProfile *profile = data;
-  PsCmd cmds[PS_PIPELINE_MAX];
-  int n = 0;
-  cmds[n++] = (PsCmd){COM_RESET_CONNECTION, ""};
-  cmds[n++] = (PsCmd){COM_QUERY, profile->role_sql};
-  for (char **c = profile->init_commands; c && *c && n < PS_PIPELINE_MAX; c++)
-    cmds[n++] = (PsCmd){COM_QUERY, *c};
-  for (guint i = 0; i < nreplay && n < PS_PIPELINE_MAX; i++)
-    cmds[n++] = (PsCmd){COM_QUERY, replay[i]};
+  int n;
+  g_autofree PsCmd *cmds = reset_commands(data, NULL, replay, nreplay, &n);
   if (!send_pipeline(m, cmds, n, m->options.write_timeout))
     return FALSE;
   for (int i = 0; i < n; i++)
@@ -782,7 +794,6 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
       return FALSE;
   return TRUE;
 }
-
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                        guint dirty, unsigned int timeout_s, const char **why);
 
@@ -855,28 +866,17 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
      * it (watch.c), a command the server would otherwise run for nothing on every return.
      * The role too survives the reset, and a stored function can change it unseen: it is
      * always restored. */
-    PsCmd cmds[PS_PIPELINE_MAX];
-    int n = 0;
-    cmds[n++] = (PsCmd){COM_RESET_CONNECTION, ""};
-    if ((dirty & PS_DIRTY_DB) || g_strcmp0(m->db, profile->db) != 0)
-      cmds[n++] = (PsCmd){COM_INIT_DB, profile->db};
-    cmds[n++] = (PsCmd){COM_QUERY, profile->role_sql};
-    for (char **c = profile->init_commands; c && *c; c++) {
-      if (n == PS_PIPELINE_MAX - 1) {
-        *why = "too many init commands to replay";
-        return -1;
-      }
-      cmds[n++] = (PsCmd){COM_QUERY, *c};
-    }
-    int pending = n;
+    const char *db = (dirty & PS_DIRTY_DB) || g_strcmp0(m->db, profile->db) != 0
+                       ? profile->db : NULL;
     /* The borrower began with session setup (SET NAMES, SET autocommit, ...): run it
      * ahead for the next one, whose identical statements then cost no round trip
      * (watch.h). Not with compression or a connection handler plugin, whose sending the
      * watch cannot stand in for. */
-    gboolean ahead = nlearnt && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr) &&
-                     n + (int)nlearnt <= PS_PIPELINE_MAX;
-    for (guint i = 0; ahead && i < nlearnt; i++)
-      cmds[n++] = (PsCmd){COM_QUERY, learnt[i]};
+    gboolean ahead = nlearnt && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr);
+    guint nahead = ahead ? nlearnt : 0;
+    int n;
+    g_autofree PsCmd *cmds = reset_commands(profile, db, learnt, nahead, &n);
+    int pending = n - (int)nahead;
     if (!send_pipeline(m, cmds, n, timeout_s)) {
       *why = "sending the session reset failed";
       return -1;
