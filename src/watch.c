@@ -82,7 +82,7 @@ eat_literal(const char **p, const char *end)
 static const char *const prelude_vars[] = {
   "autocommit", "sql_mode", "time_zone", "character_set_client", "character_set_results",
   "character_set_connection", "collation_connection", "transaction_isolation", "tx_isolation",
-  "transaction_read_only", "tx_read_only", "sql_auto_is_null", "names",
+  "transaction_read_only", "tx_read_only", "sql_auto_is_null",
 };
 
 gboolean
@@ -107,19 +107,17 @@ ps_watch_is_prelude(const char *sql, size_t len)
   gboolean session = eat_kw(&p, end, "session") && eat_ws(&p, end);
   if (session && eat_kw(&p, end, "transaction")) {
     /* SET SESSION TRANSACTION ISOLATION LEVEL x | READ ONLY | READ WRITE */
-    static const char *const tails[] = {
-      "isolation level read committed", "isolation level read uncommitted",
-      "isolation level repeatable read", "isolation level serializable", "read only",
-      "read write"};
+    static const char *const tails[][5] = {
+      {"isolation", "level", "read", "committed"}, {"isolation", "level", "read", "uncommitted"},
+      {"isolation", "level", "repeatable", "read"}, {"isolation", "level", "serializable"},
+      {"read", "only"}, {"read", "write"}};
     if (!eat_ws(&p, end))
       return FALSE;
     for (guint i = 0; i < G_N_ELEMENTS(tails); i++) {
       const char *q = p;
-      gchar **words = g_strsplit(tails[i], " ", -1);
       gboolean ok = TRUE;
-      for (guint k = 0; words[k] && ok; k++)
-        ok = (k == 0 || eat_ws(&q, end)) && eat_kw(&q, end, words[k]);
-      g_strfreev(words);
+      for (guint k = 0; tails[i][k] && ok; k++)
+        ok = (k == 0 || eat_ws(&q, end)) && eat_kw(&q, end, tails[i][k]);
       if (ok && q == end)
         return TRUE;
     }
@@ -140,8 +138,7 @@ ps_watch_is_prelude(const char *sql, size_t len)
   gboolean known = FALSE;
   for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && !known; i++)
     known = (size_t)(p - name) == strlen(prelude_vars[i]) &&
-            g_ascii_strncasecmp(name, prelude_vars[i], (size_t)(p - name)) == 0 &&
-            strcmp(prelude_vars[i], "names") != 0;
+            g_ascii_strncasecmp(name, prelude_vars[i], (size_t)(p - name)) == 0;
   if (!known)
     return FALSE;
   eat_ws(&p, end);
@@ -291,8 +288,10 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
   PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
   if (w->bypass)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
-  size_t n = arg ? (length ? length : strlen(arg)) : 0;
-  gboolean prelude = command == COM_QUERY && ps_watch_is_prelude(arg, n);
+  /* Statements are matched only while a borrow's setup is being noted or answered. */
+  gboolean looking = w->learning || w->next < w->nahead;
+  size_t n = looking && arg ? (length ? length : strlen(arg)) : 0;
+  gboolean prelude = looking && command == COM_QUERY && ps_watch_is_prelude(arg, n);
   if (w->learning) {
     if (prelude && w->nlearnt < PS_PRELUDE_MAX)
       w->learnt[w->nlearnt++] = g_strndup(arg, n);
