@@ -61,6 +61,26 @@ pst_connect_app(void)
                      pst_env("PS_TEST_DB"));
 }
 
+MYSQL *
+pst_connect_app_on(MYSQL *m)
+{
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        pst_port(), NULL, 0),
+                     "connect as %s failed: %u %s", pst_env("PS_TEST_USER"), mysql_errno(m),
+                     mysql_error(m));
+  return m;
+}
+
+void
+pst_require_tls(MYSQL *m)
+{
+  my_bool on = 1;
+  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
+  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
+  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+}
+
 static MYSQL *admin;
 
 void
@@ -242,6 +262,17 @@ pst_try_connect_to(const char *host, unsigned int port, unsigned int connect_tim
   }
   return connect_or_report(m, host, port, pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
                            pst_env("PS_TEST_DB"), err, msg, msglen);
+}
+
+MYSQL *
+pst_connect_via(PstProxy *p, unsigned int connect_timeout, unsigned int rw_timeout)
+{
+  unsigned int err = 0;
+  char msg[512] = "";
+  MYSQL *m = pst_try_connect_to("127.0.0.1", pst_proxy_port(p), connect_timeout, rw_timeout,
+                                &err, msg, sizeof msg);
+  cr_assert_not_null(m, "connect through the proxy failed: %u %s", err, msg);
+  return m;
 }
 
 struct PstProxy {

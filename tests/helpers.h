@@ -13,6 +13,12 @@ unsigned int pst_port(void);
 MYSQL *pst_connect(const char *user, const char *password, const char *db);
 /* The application user on the test database. */
 MYSQL *pst_connect_app(void);
+/* Connects a handle the test has set options on, as the application user on the test
+ * database. Fails the test on error. */
+MYSQL *pst_connect_app_on(MYSQL *m);
+/* Sets the options that make a connect require TLS with the test CA ($PS_TEST_TLS_CA),
+ * verifying the server's certificate. */
+void pst_require_tls(MYSQL *m);
 /* Tries to connect; returns NULL on error and leaves the handle (closed) errno in *err. */
 MYSQL *pst_try_connect(const char *user, const char *password, const char *db,
                        unsigned int *err, char *msg, size_t msglen);
@@ -63,6 +69,9 @@ int pst_proxy_cut(PstProxy *p);
 /* Proxied connections open right now. */
 int pst_proxy_conns(PstProxy *p);
 void pst_proxy_stop(PstProxy *p);
+/* Connects as the application user through the proxy, with the client's own timeouts
+ * (seconds). Fails the test on error. */
+MYSQL *pst_connect_via(PstProxy *p, unsigned int connect_timeout, unsigned int rw_timeout);
 
 /* Runs argv to completion with the test's environment changed by `env` (name, value
  * pairs, NULL-terminated; a NULL value unsets); stdout and stderr are captured. */

@@ -156,11 +156,7 @@ assert_setup_applied(MYSQL *m)
 static MYSQL *
 connect_via(PstProxy *p)
 {
-  unsigned int err = 0;
-  char msg[256] = "";
-  MYSQL *m = pst_try_connect_to("127.0.0.1", pst_proxy_port(p), 5, 2, &err, msg, sizeof msg);
-  cr_assert_not_null(m, "connect: %u %s", err, msg);
-  return m;
+  return pst_connect_via(p, 5, 2);
 }
 
 /* The proof that the setup costs no round trip: with the server frozen behind a proxy,
@@ -252,15 +248,8 @@ static MYSQL *
 connect_tls(void)
 {
   MYSQL *m = mysql_init(NULL);
-  my_bool on = 1;
-  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
-  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
-  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
-  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                        pst_port(), NULL, 0),
-                     "connect: %s", mysql_error(m));
-  return m;
+  pst_require_tls(m);
+  return pst_connect_app_on(m);
 }
 
 Test(ahead, a_session_setup_over_tls_is_answered_and_applied)

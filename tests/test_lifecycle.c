@@ -198,11 +198,7 @@ rows_seen(const char *tag)
 static MYSQL *
 connect_via(PstProxy *p)
 {
-  unsigned int err = 0;
-  char msg[512] = "";
-  MYSQL *m = pst_try_connect_to("127.0.0.1", pst_proxy_port(p), 2, 2, &err, msg, sizeof msg);
-  cr_assert_not_null(m, "connect through the proxy: %u %s", err, msg);
-  return m;
+  return pst_connect_via(p, 2, 2);
 }
 
 static char *

@@ -28,18 +28,23 @@ pool_of_two(void)
   pool_of("2");
 }
 
-/* A connection of the test user whose every reset takes the server a second. */
+/* A connection of the test user whose every reset takes the server a second (over TLS
+ * when asked). */
 static MYSQL *
-connect_slow_reset(void)
+connect_slow_reset_tls(gboolean tls)
 {
   MYSQL *m = mysql_init(NULL);
   cr_assert_not_null(m);
   cr_assert_eq(mysql_options(m, MYSQL_INIT_COMMAND, SLOW_INIT), 0);
-  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                        pst_port(), NULL, 0),
-                     "connect: %s", mysql_error(m));
-  return m;
+  if (tls)
+    pst_require_tls(m);
+  return pst_connect_app_on(m);
+}
+
+static MYSQL *
+connect_slow_reset(void)
+{
+  return connect_slow_reset_tls(FALSE);
 }
 
 /* Connects, leaves a trace in the session, reads its id, closes. */
@@ -177,29 +182,13 @@ Test(spare, under_host_max_the_busy_connection_is_lent, .init = host_max_dir,
 /* The extra connection is opened on the pool's own handle from the application's options:
  * over TLS it is encrypted and verified as the application asked, and it works once moved
  * into the application's handle. */
-static MYSQL *
-connect_tls_slow_reset(void)
-{
-  MYSQL *m = mysql_init(NULL);
-  my_bool on = 1;
-  cr_assert_eq(mysql_options(m, MYSQL_INIT_COMMAND, SLOW_INIT), 0);
-  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
-  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
-  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
-  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                        pst_port(), NULL, 0),
-                     "connect: %s", mysql_error(m));
-  return m;
-}
-
 Test(spare, an_extra_tls_connection_is_encrypted_as_the_application_asked, .init = pool_of_two)
 {
   pst_admin();
-  MYSQL *m = connect_tls_slow_reset();
+  MYSQL *m = connect_slow_reset_tls(TRUE);
   long long a = pst_scalar(m, "SELECT CONNECTION_ID()");
   mysql_close(m);
-  m = connect_tls_slow_reset(); /* right after the close: the extra connection */
+  m = connect_slow_reset_tls(TRUE); /* right after the close: the extra connection */
   long long b = pst_scalar(m, "SELECT CONNECTION_ID()");
   cr_assert_neq(b, a, "the connect waited for the returned connection's reset");
   g_autofree char *cipher = pst_scalar_str(m, "SELECT VARIABLE_VALUE FROM "

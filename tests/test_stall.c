@@ -30,20 +30,9 @@ now_ms(void)
 }
 
 static MYSQL *
-try_via(PstProxy *p, unsigned int *err, char *msg, size_t msglen)
-{
-  return pst_try_connect_to("127.0.0.1", pst_proxy_port(p), CONNECT_TIMEOUT_S, RW_TIMEOUT_S,
-                            err, msg, msglen);
-}
-
-static MYSQL *
 connect_via(PstProxy *p)
 {
-  unsigned int err = 0;
-  char msg[512] = "";
-  MYSQL *m = try_via(p, &err, msg, sizeof msg);
-  cr_assert_not_null(m, "connect through the proxy failed: %u %s", err, msg);
-  return m;
+  return pst_connect_via(p, CONNECT_TIMEOUT_S, RW_TIMEOUT_S);
 }
 
 static long long
@@ -427,13 +416,10 @@ try_tls_via(PstProxy *p, unsigned int *err, char *msg, size_t msglen)
 {
   MYSQL *m = mysql_init(NULL);
   unsigned int ct = CONNECT_TIMEOUT_S, rw = RW_TIMEOUT_S;
-  my_bool on = 1;
   mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
   mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &rw);
   mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &rw);
-  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
-  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
-  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+  pst_require_tls(m);
   if (mysql_real_connect(m, "127.0.0.1", pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
                          pst_env("PS_TEST_DB"), pst_proxy_port(p), NULL, 0))
     return m;

@@ -10,15 +10,8 @@ TestSuite(tls, .timeout = 60);
 static MYSQL *
 connect_tls_on(MYSQL *m)
 {
-  my_bool on = 1;
-  mysql_options(m, MYSQL_OPT_SSL_CA, pst_env("PS_TEST_TLS_CA"));
-  mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
-  mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
-  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                        pst_port(), NULL, 0),
-                     "%s", mysql_error(m));
-  return m;
+  pst_require_tls(m);
+  return pst_connect_app_on(m);
 }
 
 static MYSQL *
