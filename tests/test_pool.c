@@ -224,15 +224,25 @@ tag_ready(PsItem *item)
   return TRUE;
 }
 
+/* Opens n connections tagged 0xa, 0xb, ... and returns them in that order (the last is
+ * the warm end of the idle queue). */
+static void
+open_and_return(PsPool *pool, PsPoolKey *key, PsItem **items, guint n)
+{
+  for (guint i = 0; i < n; i++)
+    items[i] = open_one(pool, key, GINT_TO_POINTER(0xa + i));
+  for (guint i = 0; i < n; i++)
+    cr_assert(ps_pool_release(pool, items[i], TRUE));
+}
+
 Test(pool, a_ready_connection_is_lent_before_a_more_recent_busy_one)
 {
   PsPool *pool = new_pool(3, 0, 0, 0);
   ps_pool_set_ready_check(pool, tag_ready, TRUE);
   PsPoolKey *key = key_n(pool, 1);
-  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
-  PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
-  cr_assert(ps_pool_release(pool, a, TRUE));
-  cr_assert(ps_pool_release(pool, b, TRUE));
+  PsItem *it[2];
+  open_and_return(pool, key, it, 2);
+  PsItem *a = it[0], *b = it[1];
   busy_tags[0] = GINT_TO_POINTER(0xb); /* b came back last and is still resetting */
 
   PsGrant g;
@@ -254,8 +264,8 @@ Test(pool, a_key_with_room_opens_rather_than_wait_for_a_busy_connection)
   PsPool *pool = new_pool(2, 0, 0, 0);
   ps_pool_set_ready_check(pool, tag_ready, TRUE);
   PsPoolKey *key = key_n(pool, 1);
-  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
-  cr_assert(ps_pool_release(pool, a, TRUE));
+  PsItem *a;
+  open_and_return(pool, key, &a, 1);
   busy_tags[0] = GINT_TO_POINTER(0xa);
 
   PsGrant g;
@@ -280,12 +290,9 @@ Test(pool, without_room_the_longest_returned_busy_connection_is_lent)
   PsPool *pool = new_pool(3, 0, 0, 0);
   ps_pool_set_ready_check(pool, tag_ready, TRUE);
   PsPoolKey *key = key_n(pool, 1);
-  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
-  PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
-  PsItem *c = open_one(pool, key, GINT_TO_POINTER(0xc));
-  cr_assert(ps_pool_release(pool, a, TRUE));
-  cr_assert(ps_pool_release(pool, b, TRUE));
-  cr_assert(ps_pool_release(pool, c, TRUE));
+  PsItem *it[3];
+  open_and_return(pool, key, it, 3);
+  PsItem *a = it[0];
   busy_tags[0] = GINT_TO_POINTER(0xa);
   busy_tags[1] = GINT_TO_POINTER(0xb);
   busy_tags[2] = GINT_TO_POINTER(0xc);
@@ -305,10 +312,9 @@ Test(pool, without_growing_a_busy_connection_is_lent_not_a_new_one_opened)
   PsPool *pool = new_pool(4, 0, 0, 0);
   ps_pool_set_ready_check(pool, tag_ready, FALSE);
   PsPoolKey *key = key_n(pool, 1);
-  PsItem *a = open_one(pool, key, GINT_TO_POINTER(0xa));
-  PsItem *b = open_one(pool, key, GINT_TO_POINTER(0xb));
-  cr_assert(ps_pool_release(pool, a, TRUE));
-  cr_assert(ps_pool_release(pool, b, TRUE));
+  PsItem *it[2];
+  open_and_return(pool, key, it, 2);
+  PsItem *a = it[0];
   busy_tags[0] = GINT_TO_POINTER(0xa);
   busy_tags[1] = GINT_TO_POINTER(0xb);
 
@@ -335,10 +341,7 @@ Test(pool, a_request_asks_about_a_bounded_number_of_idle_connections)
   PsPool *pool = new_pool(40, 0, 0, 0);
   PsPoolKey *key = key_n(pool, 1);
   PsItem *items[30];
-  for (guint i = 0; i < G_N_ELEMENTS(items); i++)
-    items[i] = open_one(pool, key, GINT_TO_POINTER(0x100 + i));
-  for (guint i = 0; i < G_N_ELEMENTS(items); i++)
-    cr_assert(ps_pool_release(pool, items[i], TRUE));
+  open_and_return(pool, key, items, G_N_ELEMENTS(items));
   ps_pool_set_ready_check(pool, never_ready, TRUE);
   ready_calls = 0;
   PsGrant g;
