@@ -120,41 +120,33 @@ def variants(groups, scale):
                                    env=preload(POOL) if tag == "poolshim" else {},
                                    pool=POOL if tag == "poolshim" else None,
                                    tls=g == "tls", proxy=g == "rtt"))
-    if "python" in groups:
+    def mysqldb(group, threads, tasks, proxy=False):
         script = os.path.join(HERE, "mysqldb_pool.py")
-        for tag, tasks, mode in (("nopool", 3000, "connect"), ("poolshim", 4000, "connect"),
-                                 ("sqlalchemy", 4000, "sqlalchemy"), ("kept", 6000, "kept")):
-            cmd = [PY, script, str(n(tasks)), str(PY_THREADS), "--mode", mode,
-                   "--pool-size", str(POOL)]
-            out.append(Variant("python", tag, PY_THREADS, n(tasks), cmd,
+        for (tag, mode), t in zip((("nopool", "connect"), ("poolshim", "connect"),
+                                   ("sqlalchemy", "sqlalchemy"), ("kept", "kept")), tasks):
+            cmd = [PY, script, str(n(t)), str(threads), "--mode", mode, "--pool-size", str(POOL)]
+            out.append(Variant(group, tag, threads, n(t), cmd,
                                env=preload(POOL) if tag == "poolshim" else {},
-                               pool=POOL if tag == "poolshim" else None))
-    if "django" in groups:
+                               pool=POOL if tag == "poolshim" else None, proxy=proxy))
+
+    def django(group, threads, tasks, proxy=False):
         script = os.path.join(HERE, "django_pool.py")
-        for tag, tasks in (("nopool", 2000), ("poolshim", 3000), ("persistent", 5000)):
-            cmd = [PY, script, str(n(tasks)), str(PY_THREADS)]
+        for tag, t in zip(("nopool", "poolshim", "persistent"), tasks):
+            cmd = [PY, script, str(n(t)), str(threads)]
             cmd += ["--persistent"] if tag == "persistent" else []
-            out.append(Variant("django", tag, PY_THREADS, n(tasks), cmd,
+            out.append(Variant(group, tag, threads, n(t), cmd,
                                env=preload(POOL) if tag == "poolshim" else {},
-                               pool=POOL if tag == "poolshim" else None))
+                               pool=POOL if tag == "poolshim" else None, proxy=proxy))
+
+    if "python" in groups:
+        mysqldb("python", PY_THREADS, (3000, 4000, 4000, 6000))
+    if "django" in groups:
+        django("django", PY_THREADS, (2000, 3000, 5000))
     if "pyrtt" in groups:
         # The interpreted clients where the network is not loopback: each connect's own
         # setup statements are round trips (MySQLdb: SET autocommit; Django: four).
-        script = os.path.join(HERE, "mysqldb_pool.py")
-        for tag, tasks, mode in (("nopool", 300, "connect"), ("poolshim", 800, "connect"),
-                                 ("sqlalchemy", 800, "sqlalchemy"), ("kept", 1500, "kept")):
-            cmd = [PY, script, str(n(tasks)), str(RTT_PY_THREADS), "--mode", mode,
-                   "--pool-size", str(POOL)]
-            out.append(Variant("pyrtt", tag, RTT_PY_THREADS, n(tasks), cmd,
-                               env=preload(POOL) if tag == "poolshim" else {},
-                               pool=POOL if tag == "poolshim" else None, proxy=True))
-        script = os.path.join(HERE, "django_pool.py")
-        for tag, tasks in (("nopool", 200), ("poolshim", 500), ("persistent", 1200)):
-            cmd = [PY, script, str(n(tasks)), str(RTT_PY_THREADS)]
-            cmd += ["--persistent"] if tag == "persistent" else []
-            out.append(Variant("djrtt", tag, RTT_PY_THREADS, n(tasks), cmd,
-                               env=preload(POOL) if tag == "poolshim" else {},
-                               pool=POOL if tag == "poolshim" else None, proxy=True))
+        mysqldb("pyrtt", RTT_PY_THREADS, (300, 800, 800, 1500), proxy=True)
+        django("djrtt", RTT_PY_THREADS, (200, 500, 1200), proxy=True)
     if "fairness" in groups:
         for threads, per in ((FAIR_POOL, 1000), (256, 32)):
             cyc = threads * max(1, n(per))
