@@ -145,6 +145,25 @@ child_exit(PsHostSlots *slots, int status)
   _exit(status);
 }
 
+/* Forks a child that keeps its copies of the parent's descriptors until the parent closes
+ * *release (the write end of a pipe), then leaves with child_exit. */
+static pid_t
+fork_idle_child(PsHostSlots *slots, int *release)
+{
+  int go[2];
+  cr_assert_eq(pipe(go), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0, "fork");
+  if (pid == 0) {
+    close(go[1]);
+    char c;
+    child_exit(slots, read(go[0], &c, 1) == 0 ? 0 : 1);
+  }
+  close(go[0]);
+  *release = go[1];
+  return pid;
+}
+
 /* ---- within one process ------------------------------------------------------------ */
 
 Test(hostslots, max_slots_are_held_at_once_and_the_next_acquire_times_out_at_its_deadline)
@@ -257,21 +276,13 @@ Test(hostslots, a_child_forked_during_a_wait_does_not_keep_the_contention_signal
     g_usleep(5 * MS);
   cr_assert(ps_host_slots_contended(slots), "a waiter never showed");
   /* The child inherits the waiter's descriptor on the "waiting" file and keeps it open. */
-  int go[2];
-  cr_assert_eq(pipe(go), 0);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0, "fork");
-  if (pid == 0) {
-    close(go[1]);
-    char c;
-    child_exit(slots, read(go[0], &c, 1) == 0 ? 0 : 1);
-  }
-  close(go[0]);
+  int release;
+  pid_t pid = fork_idle_child(slots, &release);
   ps_host_slot_release(a);
   g_thread_join(thread);
   cr_assert_geq(w.fd, 0);
   cr_assert_not(ps_host_slots_contended(slots), "the child's copy still signals a waiter");
-  close(go[1]);
+  close(release);
   assert_exited_cleanly(pid);
   ps_host_slot_release(w.fd);
   ps_host_slots_free(slots);
@@ -442,21 +453,13 @@ Test(hostslots, release_frees_the_slot_while_a_forked_child_still_has_a_copy)
 {
   PsHostSlots *slots = new_slots("db1:3306", 1);
   int fd = take(slots);
-  int go[2];
-  cr_assert_eq(pipe(go), 0);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0, "fork");
-  if (pid == 0) {
-    close(go[1]);
-    char c;
-    child_exit(slots, read(go[0], &c, 1) == 0 ? 0 : 1); /* keeps its copy of fd until then */
-  }
-  close(go[0]);
+  int release;
+  pid_t pid = fork_idle_child(slots, &release); /* keeps its copy of fd until released */
   ps_host_slot_release(fd);
   GError *error = NULL;
   int again = ps_host_slot_acquire(slots, g_get_monotonic_time(), &error);
   cr_assert_geq(again, 0, "the child's copy kept the slot: %s", error ? error->message : "?");
-  close(go[1]);
+  close(release);
   assert_exited_cleanly(pid);
   ps_host_slot_release(again);
   ps_host_slots_free(slots);
