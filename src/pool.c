@@ -586,8 +586,7 @@ ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
   g_mutex_lock(&pool->lock);
   gboolean ok = key->idle.length + key->filling < MIN(key->settings.min_idle,
                                                       key->settings.pool_size) &&
-                key->open < key->settings.pool_size &&
-                (!pool->limits.total || pool->total_open < pool->limits.total);
+                room_to_grow(pool, key);
   if (ok) {
     key->open++;
     key->filling++;
