@@ -239,6 +239,18 @@ Test(hostslots, releasing_a_slot_lets_a_waiting_thread_acquire_before_its_deadli
   ps_host_slots_free(slots);
 }
 
+/* Starts w waiting for a slot in a thread, and returns once the slots show it waiting. */
+static GThread *
+start_waiter_seen(Waiter *w)
+{
+  GThread *thread = g_thread_new("waiter", wait_for_slot, w);
+  gint64 until = in_ms(5000);
+  while (!ps_host_slots_contended(w->slots) && g_get_monotonic_time() < until)
+    g_usleep(5 * MS);
+  cr_assert(ps_host_slots_contended(w->slots), "a waiter never showed");
+  return thread;
+}
+
 Test(hostslots, a_waiting_acquire_shows_as_contention_until_it_is_served)
 {
   PsHostSlots *slots = new_slots("db1:3306", 1);
@@ -246,11 +258,7 @@ Test(hostslots, a_waiting_acquire_shows_as_contention_until_it_is_served)
   int a = take(slots);
   cr_assert_not(ps_host_slots_contended(slots), "holding is not waiting");
   Waiter w = {.slots = slots, .deadline = in_ms(20000), .fd = -1};
-  GThread *thread = g_thread_new("waiter", wait_for_slot, &w);
-  gint64 until = in_ms(5000);
-  while (!ps_host_slots_contended(slots) && g_get_monotonic_time() < until)
-    g_usleep(5 * MS);
-  cr_assert(ps_host_slots_contended(slots), "a waiter never showed");
+  GThread *thread = start_waiter_seen(&w);
   cr_assert(ps_host_slots_contended(slots), "asking does not consume the signal");
   ps_host_slot_release(a);
   g_thread_join(thread);
@@ -270,11 +278,7 @@ Test(hostslots, a_child_forked_during_a_wait_does_not_keep_the_contention_signal
   PsHostSlots *slots = new_slots("db1:3306", 1);
   int a = take(slots);
   Waiter w = {.slots = slots, .deadline = in_ms(20000), .fd = -1};
-  GThread *thread = g_thread_new("waiter", wait_for_slot, &w);
-  gint64 until = in_ms(5000);
-  while (!ps_host_slots_contended(slots) && g_get_monotonic_time() < until)
-    g_usleep(5 * MS);
-  cr_assert(ps_host_slots_contended(slots), "a waiter never showed");
+  GThread *thread = start_waiter_seen(&w);
   /* The child inherits the waiter's descriptor on the "waiting" file and keeps it open. */
   int release;
   pid_t pid = fork_idle_child(slots, &release);
