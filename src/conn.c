@@ -694,7 +694,10 @@ send_pipeline(MYSQL *m, const PsCmd *cmds, int n, unsigned int timeout_s)
         return FALSE;
     return TRUE;
   }
-  g_autofree unsigned char *buf = g_malloc(total);
+  /* A reset is a few dozen bytes: no allocation on the way back to the pool. */
+  unsigned char small[1024];
+  g_autofree unsigned char *big = total > sizeof small ? g_malloc(total) : NULL;
+  unsigned char *buf = big ? big : small;
   gsize at = 0;
   for (int i = 0; i < n; i++) {
     gsize len = 1 + strlen(cmds[i].arg); /* < 16384: one packet each, sequence number 0 */
@@ -756,25 +759,30 @@ read_reply(MYSQL *m)
   }
 }
 
-/* The fast reset's commands: COM_RESET_CONNECTION, COM_INIT_DB of `db` (unless NULL),
- * SET ROLE, the init commands, then extra[0..nextra). g_free the array. */
-static PsCmd *
-reset_commands(const PsConnProfile *profile, const char *db, const char *const *extra,
-               guint nextra, int *n)
+/* How many commands reset_commands writes (at most). */
+static guint
+reset_commands_len(const PsConnProfile *profile, guint nextra)
 {
-  guint ninit = profile->init_commands ? g_strv_length(profile->init_commands) : 0;
-  PsCmd *cmds = g_new(PsCmd, 3 + ninit + nextra);
+  return 3 + (profile->init_commands ? g_strv_length(profile->init_commands) : 0) + nextra;
+}
+
+/* The fast reset's commands into cmds (reset_commands_len of them at most):
+ * COM_RESET_CONNECTION, COM_INIT_DB of `db` (unless NULL), SET ROLE, the init commands,
+ * then extra[0..nextra). Returns how many. */
+static int
+reset_commands(PsCmd *cmds, const PsConnProfile *profile, const char *db,
+               const char *const *extra, guint nextra)
+{
   int k = 0;
   cmds[k++] = (PsCmd){COM_RESET_CONNECTION, ""};
   if (db)
     cmds[k++] = (PsCmd){COM_INIT_DB, db};
   cmds[k++] = (PsCmd){COM_QUERY, profile->role_sql};
-  for (guint i = 0; i < ninit; i++)
-    cmds[k++] = (PsCmd){COM_QUERY, profile->init_commands[i]};
+  for (char **c = profile->init_commands; c && *c; c++)
+    cmds[k++] = (PsCmd){COM_QUERY, *c};
   for (guint i = 0; i < nextra; i++)
     cmds[k++] = (PsCmd){COM_QUERY, extra[i]};
-  *n = k;
-  return cmds;
+  return k;
 }
 
 /* PsWatchRestore: a borrower's first command was not the next statement run ahead for it.
@@ -785,8 +793,9 @@ reset_commands(const PsConnProfile *profile, const char *db, const char *const *
 static gboolean
 restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nreplay)
 {
-  int n;
-  g_autofree PsCmd *cmds = reset_commands(data, NULL, replay, nreplay, &n);
+  const PsConnProfile *profile = data;
+  PsCmd *cmds = g_newa(PsCmd, reset_commands_len(profile, nreplay));
+  int n = reset_commands(cmds, profile, NULL, replay, nreplay);
   if (!send_pipeline(m, cmds, n, m->options.write_timeout))
     return FALSE;
   for (int i = 0; i < n; i++)
@@ -874,8 +883,8 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
      * watch cannot stand in for. */
     gboolean ahead = nlearnt && !m->net.compress && !(EXT(m) && EXT(m)->conn_hdlr);
     guint nahead = ahead ? nlearnt : 0;
-    int n;
-    g_autofree PsCmd *cmds = reset_commands(profile, db, learnt, nahead, &n);
+    PsCmd *cmds = g_newa(PsCmd, reset_commands_len(profile, nahead));
+    int n = reset_commands(cmds, profile, db, learnt, nahead);
     int pending = n - (int)nahead;
     if (!send_pipeline(m, cmds, n, timeout_s)) {
       *why = "sending the session reset failed";
