@@ -66,7 +66,7 @@ ps_conn_template_free(PsConnTemplate *t)
 /* Everything ps_conn_key reads, in an order in which later options cannot undo earlier ones
  * (the TLS string options switch use_ssl on: SSL_ENFORCE comes after them). */
 static gboolean
-replay(const PsConnTemplate *t, MYSQL *h)
+replay(const PsConnTemplate *t, MYSQL *h, unsigned int timeout_s)
 {
   int bad = 0;
   for (guint i = 0; i < t->strings->len; i++) {
@@ -89,8 +89,9 @@ replay(const PsConnTemplate *t, MYSQL *h)
     bad |= ps_real.optionsv(h, MYSQL_OPT_CONNECT_ATTR_ADD, t->attr_keys[i], t->attr_values[i]);
   bad |= ps_real.optionsv(h, MYSQL_OPT_SSL_ENFORCE, &t->use_ssl);
   /* Background opens are bounded even when the application's are not: a process that exits
-   * waits for the one under way (ps_broker_drain). */
-  unsigned int connect_timeout = t->connect_timeout ? MIN(t->connect_timeout, 10) : 10;
+   * waits for the one under way (ps_broker_drain). A caller may bound it otherwise. */
+  unsigned int connect_timeout =
+    timeout_s ? timeout_s : t->connect_timeout ? MIN(t->connect_timeout, 10) : 10;
   bad |= ps_real.optionsv(h, MYSQL_OPT_CONNECT_TIMEOUT, &connect_timeout);
   if (t->read_timeout)
     bad |= ps_real.optionsv(h, MYSQL_OPT_READ_TIMEOUT, &t->read_timeout);
@@ -102,10 +103,10 @@ replay(const PsConnTemplate *t, MYSQL *h)
 }
 
 static MYSQL *
-replayed_handle(const PsConnTemplate *t)
+replayed_handle(const PsConnTemplate *t, unsigned int timeout_s)
 {
   MYSQL *h = ps_real.init(NULL);
-  if (h && !replay(t, h)) {
+  if (h && !replay(t, h, timeout_s)) {
     ps_real.close(h);
     h = NULL;
   }
@@ -172,7 +173,7 @@ ps_conn_template_new(MYSQL *m, const char *host, const char *user, const char *p
   t->attr_keys = g_strdupv(keys);
   t->attr_values = g_strdupv(values);
   /* The proof: a handle built from the template is keyed exactly like the application's. */
-  MYSQL *h = replayed_handle(t);
+  MYSQL *h = replayed_handle(t, 0);
   PsConnKey key;
   const char *unkeyable = NULL;
   gboolean same = h && ps_conn_key(h, t->host, t->user, t->passwd, t->db, t->port,
@@ -191,10 +192,8 @@ ps_conn_template_new(MYSQL *m, const char *host, const char *user, const char *p
 MYSQL *
 ps_conn_template_open(const PsConnTemplate *t, unsigned int timeout_s, char *err, gsize errlen)
 {
-  MYSQL *h = replayed_handle(t);
-  if (!h || (timeout_s && ps_real.optionsv(h, MYSQL_OPT_CONNECT_TIMEOUT, &timeout_s))) {
-    if (h)
-      ps_real.close(h);
+  MYSQL *h = replayed_handle(t, timeout_s);
+  if (!h) {
     g_strlcpy(err, "cannot build a handle", errlen);
     return NULL;
   }
