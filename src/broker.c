@@ -617,6 +617,17 @@ reset_timeout_s(void)
   return (unsigned int)MAX(1, (B.config.reset_timeout_us + 999999) / 1000000);
 }
 
+/* Whole seconds (at least 1; rounded up), the unit of the client library's timeouts, left
+ * until deadline_us (G_MAXINT64: none). */
+static unsigned int
+seconds_left(gint64 deadline_us)
+{
+  gint64 left = deadline_us - g_get_monotonic_time();
+  if (left > (gint64)G_MAXUINT * G_USEC_PER_SEC)
+    return G_MAXUINT;
+  return (unsigned int)MAX(1, (left + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
+}
+
 static PsPhys *
 take_lease(MYSQL *m)
 {
@@ -821,8 +832,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      gint64 left = net_deadline - g_get_monotonic_time();
-      unsigned int wait_s = (unsigned int)MIN((gint64)reset_s, MAX(1, (left + 999999) / 1000000));
+      unsigned int wait_s = MIN(reset_s, seconds_left(net_deadline));
       if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, wait_s, &why)) {
         discard_lent(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
@@ -858,8 +868,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     }
     if (grant.busy_idle) {
       /* Every idle connection still owes its reset's replies and the pool has room. */
-      gint64 left = net_deadline - g_get_monotonic_time();
-      unsigned int open_s = (unsigned int)MIN((gint64)reset_s, MAX(1, (left + 999999) / 1000000));
+      unsigned int open_s = MIN(reset_s, seconds_left(net_deadline));
       if (lend_new(pool, pk, m, open_s, grant.busy_idle))
         return m;
       /* Opening failed (the server's max_connections, a stall): the busy one, after all. */
@@ -878,10 +887,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       return NULL;
     }
     unsigned int own_timeout = m->options.connect_timeout;
-    if (net_deadline != G_MAXINT64) {
-      gint64 left = net_deadline - g_get_monotonic_time();
-      m->options.connect_timeout = (unsigned int)MAX(1, (left + 999999) / 1000000);
-    }
+    if (net_deadline != G_MAXINT64)
+      m->options.connect_timeout = seconds_left(net_deadline);
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
     m->options.connect_timeout = own_timeout;
     if (!r) {
