@@ -699,19 +699,24 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
   char server[512];
   ps_conn_key_server(key, server, sizeof server);
   g_autoptr(GError) error = NULL;
+  gpointer found = NULL;
   g_mutex_lock(&B.lock);
-  PsHostSlots *slots = g_hash_table_lookup(B.host_slots, server);
-  gboolean known = slots || g_hash_table_contains(B.host_slots, server);
-  if (!known) {
-    slots = ps_host_slots_new(B.host_root, server, B.config.host_max, &error);
-    g_hash_table_insert(B.host_slots, g_strdup(server), slots); /* NULL remembers a failure */
-  }
+  gboolean known = g_hash_table_lookup_extended(B.host_slots, server, NULL, &found);
   g_mutex_unlock(&B.lock);
-  if (!slots) {
-    if (error)
-      ps_warn("POOLSHIM_HOST_MAX: %s; connections to %s are not capped", error->message, server);
-    return TRUE;
+  if (!known) {
+    /* Directories are made and checked without B.lock; a thread that raced us keeps its own
+     * (NULL remembers a failure, already warned about). */
+    PsHostSlots *mine = ps_host_slots_open(B.host_root, server, B.config.host_max);
+    g_mutex_lock(&B.lock);
+    if (g_hash_table_lookup_extended(B.host_slots, server, NULL, &found))
+      ps_host_slots_free(mine);
+    else
+      g_hash_table_insert(B.host_slots, g_strdup(server), found = mine);
+    g_mutex_unlock(&B.lock);
   }
+  PsHostSlots *slots = found;
+  if (!slots)
+    return TRUE;
   int fd = ps_host_slot_acquire(slots, deadline, &error);
   if (fd >= 0) {
     *fd_out = fd;
@@ -729,8 +734,12 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
     ps_info("%s", msg);
     return FALSE;
   }
-  ps_warn("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped",
-          error ? error->message : "no slot", server);
+  if (g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_UNUSABLE))
+    ps_debug("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped", error->message,
+             server); /* warned once already */
+  else
+    ps_warn("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped",
+            error ? error->message : "no slot", server);
   return TRUE;
 }
 

@@ -65,7 +65,7 @@ static PsHostSlots *
 new_slots(const char *server, guint max)
 {
   GError *error = NULL;
-  PsHostSlots *slots = ps_host_slots_new(root, server, max, &error);
+  PsHostSlots *slots = ps_host_slots_new(root, FALSE, server, max, &error);
   cr_assert_not_null(slots, "ps_host_slots_new(%s): %s", server, error ? error->message : "?");
   return slots;
 }
@@ -516,16 +516,17 @@ assert_mode(const char *path, mode_t type, mode_t mode)
                (unsigned)(st.st_mode & 07777), (unsigned)mode);
 }
 
-Test(hostslots, directories_are_01777_and_slot_files_0666_whatever_the_umask)
+Test(hostslots, directories_are_0700_and_slot_files_0600_whatever_the_umask)
 {
-  mode_t old = umask(077);
+  /* Nobody else can write into what we create, nor open a slot file to hold it. */
+  mode_t old = umask(0);
   PsHostSlots *slots = new_slots("db1:3306", 1);
   int fd = take(slots);
   umask(old);
-  assert_mode(root, S_IFDIR, 01777);
-  assert_mode(ps_host_slots_dir(slots), S_IFDIR, 01777);
+  assert_mode(root, S_IFDIR, 0700);
+  assert_mode(ps_host_slots_dir(slots), S_IFDIR, 0700);
   char *file = g_build_filename(ps_host_slots_dir(slots), "0", NULL);
-  assert_mode(file, S_IFREG, 0666);
+  assert_mode(file, S_IFREG, 0600);
   g_free(file);
   ps_host_slot_release(fd);
   ps_host_slots_free(slots);
@@ -536,14 +537,14 @@ Test(hostslots, failures_name_the_path_and_leak_no_descriptor)
   guint fds_before = count_open_fds();
   GError *error = NULL;
   char *missing = g_build_filename(tmp, "no", "such", NULL);
-  cr_assert_null(ps_host_slots_new(missing, "db1:3306", 2, &error));
+  cr_assert_null(ps_host_slots_new(missing, FALSE, "db1:3306", 2, &error));
   cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_FAILED));
   cr_assert_not_null(strstr(error->message, missing), "%s", error->message);
   g_clear_error(&error);
   g_free(missing);
 
-  /* A symlink planted as a slot file (the directory is world-writable): not followed, and
-   * the error names it instead of waiting for the deadline. */
+  /* A symlink planted as the only slot file: not followed, and the error says no slot is
+   * usable instead of waiting for the deadline. */
   PsHostSlots *slots = new_slots("db1:3306", 1);
   char *file = g_build_filename(ps_host_slots_dir(slots), "0", NULL);
   char *target = g_build_filename(tmp, "planted", NULL);
@@ -551,18 +552,26 @@ Test(hostslots, failures_name_the_path_and_leak_no_descriptor)
   gint64 started = g_get_monotonic_time();
   cr_assert_eq(ps_host_slot_acquire(slots, in_ms(20000), &error), -1);
   cr_assert_lt(g_get_monotonic_time() - started, 10 * SEC, "waited for the deadline");
-  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_FAILED), "%s",
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_UNUSABLE), "%s",
             error ? error->message : "no error set");
-  cr_assert_not_null(strstr(error->message, file), "%s", error->message);
+  cr_assert_not_null(strstr(error->message, ps_host_slots_dir(slots)), "%s", error->message);
   cr_assert(!g_file_test(target, G_FILE_TEST_EXISTS), "the symlink was followed");
   g_clear_error(&error);
   g_free(target);
   g_free(file);
 
-  /* The slot directory removed under a live PsHostSlots. */
+  /* The slot directory removed under a live PsHostSlots (tmp cleaners): made again. */
   rm_tree(ps_host_slots_dir(slots));
+  int fd = ps_host_slot_acquire(slots, in_ms(5000), &error);
+  cr_assert_geq(fd, 0, "%s", error ? error->message : "?");
+  ps_host_slot_release(fd);
+  /* The root replaced by a file: refused, and the error names it. */
+  rm_tree(root);
+  cr_assert(g_file_set_contents(root, "", 0, NULL));
   cr_assert_eq(ps_host_slot_acquire(slots, in_ms(5000), &error), -1);
-  cr_assert_not_null(strstr(error->message, ps_host_slots_dir(slots)), "%s", error->message);
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED), "%s",
+            error ? error->message : "no error set");
+  cr_assert_not_null(strstr(error->message, root), "%s", error->message);
   g_clear_error(&error);
   ps_host_slots_free(slots);
   cr_assert_eq(count_open_fds(), fds_before, "descriptors leaked");
