@@ -1040,6 +1040,34 @@ ps_broker_close(MYSQL *m)
   maybe_sweep();
 }
 
+/* At exit (or mysql_library_end): every idle connection is closed. Those holding a
+ * POOLSHIM_HOST_MAX slot keep it until the server has closed their session, all waited for
+ * at once, at most POOLSHIM_RESET_TIMEOUT or 1 s in total: a stalled server delays the exit
+ * by that, not by that per connection. No lock is held. */
+static void
+close_all_idle(void)
+{
+  GSList *victims = ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN);
+  GArray *socks = g_array_new(FALSE, FALSE, sizeof(int));
+  for (GSList *l = victims; l; l = l->next) {
+    PsItem *item = l->data;
+    PsPhys *p = item->conn;
+    phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
+    if (p->slot_fd < 0) {
+      ps_conn_close(p->shell);
+      continue;
+    }
+    int fd = ps_conn_close_keep_socket(p->shell);
+    g_array_append_val(socks, fd);
+  }
+  gint64 wait_us = MIN(B.config.reset_timeout_us, G_USEC_PER_SEC);
+  ps_conn_wait_sockets_closed((int *)socks->data, socks->len, g_get_monotonic_time() + wait_us);
+  g_array_free(socks, TRUE);
+  for (GSList *l = victims; l; l = l->next)
+    phys_free(((PsItem *)l->data)->conn); /* frees the slots, now that the sessions ended */
+  g_slist_free(victims);
+}
+
 void
 ps_broker_drain(void)
 {
@@ -1051,7 +1079,7 @@ ps_broker_drain(void)
   g_mutex_lock(&B.house_lock);
   g_mutex_unlock(&B.house_lock);
   adopt_fork();
-  close_victims(ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN), FALSE);
+  close_all_idle();
 }
 
 void
