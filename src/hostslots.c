@@ -60,8 +60,8 @@ static void
 set_refused(GError **error, const char *path, const struct stat *st, const char *why)
 {
   if (st == NULL)
-    g_set_error(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED, "refusing %s: %s",
-                path, why);
+    g_set_error(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED, "refusing %s: %s", path,
+                why);
   else
     g_set_error(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED,
                 "refusing %s: %s (owner uid %u, group %u, mode %04o)", path, why,
@@ -94,9 +94,9 @@ dir_refusal(const struct stat *st, const struct stat *parent, gboolean private_r
   if (!S_ISDIR(st->st_mode))
     return "not a directory";
   if (private_root)
-    return st->st_uid != geteuid()          ? "a private directory owned by another user"
+    return st->st_uid != geteuid()         ? "a private directory owned by another user"
            : (st->st_mode & 07777) != 0700 ? "a private directory whose mode is not 0700"
-                                            : NULL;
+                                           : NULL;
   if (!owner_trusted(st, parent))
     return parent ? "owned by a user who is not this one, root or a member of its group"
                   : "owned by a user who is neither this one nor root";
@@ -108,8 +108,7 @@ dir_refusal(const struct stat *st, const struct stat *parent, gboolean private_r
 /* Gives what we just created in `parent` the mode it calls for: in a group directory the
  * group shares it (its group set if the setgid bit did not), anywhere else it is ours. */
 static void
-share_like(int fd, struct stat *st, const struct stat *parent, mode_t group_mode,
-           mode_t own_mode)
+share_like(int fd, struct stat *st, const struct stat *parent, mode_t group_mode, mode_t own_mode)
 {
   gboolean group = is_group_dir(parent);
   if (group && st->st_gid != parent->st_gid && fchown(fd, (uid_t)-1, parent->st_gid) == 0)
@@ -126,7 +125,8 @@ share_like(int fd, struct stat *st, const struct stat *parent, mode_t group_mode
 static int
 open_root(const PsHostSlots *slots, struct stat *st, GError **error)
 {
-  if (mkdir(slots->root, 0700) != 0 && errno != EEXIST) {
+  gboolean made = mkdir(slots->root, 0700) == 0;
+  if (!made && errno != EEXIST) {
     set_failed(error, errno, "create directory", slots->root);
     return -1;
   }
@@ -141,8 +141,8 @@ open_root(const PsHostSlots *slots, struct stat *st, GError **error)
       close(fd);
     return -1;
   }
-  if (slots->private_root && S_ISDIR(st->st_mode) && st->st_uid == geteuid() &&
-      (st->st_mode & 07777) != 0700 && fchmod(fd, 0700) == 0)
+  if ((made || slots->private_root) && S_ISDIR(st->st_mode) && st->st_uid == geteuid() &&
+      (st->st_mode & 07777) != 0700 && fchmod(fd, 0700) == 0) /* or the umask's mode */
     st->st_mode = (st->st_mode & ~(mode_t)07777) | 0700;
   const char *why = dir_refusal(st, NULL, slots->private_root);
   if (why) {

@@ -48,9 +48,10 @@ void ps_host_slots_free(PsHostSlots *slots);
 /* The slot directory, for log lines. */
 const char *ps_host_slots_dir(const PsHostSlots *slots);
 
-/* Takes a free slot, waiting until deadline_us (g_get_monotonic_time() clock) while all N are
- * held; a deadline already past still tries each slot once. Thread-safe. Returns a descriptor
- * (O_CLOEXEC) that holds the lock, or -1 with PS_HOST_SLOTS_ERROR_TIMED_OUT or _FAILED.
+/* Takes a free slot, waiting until deadline_us (g_get_monotonic_time() clock) while all usable
+ * slots are held; a deadline already past still tries each slot once. Thread-safe. Returns a
+ * descriptor (O_CLOEXEC) that holds the lock, or -1 with PS_HOST_SLOTS_ERROR_TIMED_OUT,
+ * _UNUSABLE (no slot file passes the checks), _REFUSED (a directory does not) or _FAILED.
  *
  * Fork: a child shares the parent's locks through its inherited copies of these descriptors;
  * ps_host_slots_after_fork(TRUE) closes them. The child must NOT call ps_host_slot_release()

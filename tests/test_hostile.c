@@ -49,8 +49,8 @@ run(const char *const *args, const char *host_max, const char *dir, const char *
   cr_assert(WIFEXITED(ops_status(p)) && WEXITSTATUS(ops_status(p)) == 0,
             "the probe did not finish (status %#x: %s)\n%s\n%s", ops_status(p),
             WIFSIGNALED(ops_status(p)) && WTERMSIG(ops_status(p)) == SIGALRM
-              ? "hung until its alarm"
-              : "failed",
+                ? "hung until its alarm"
+                : "failed",
             ops_out(p), ops_err(p));
   return p;
 }
@@ -131,8 +131,9 @@ Test(hostile, fifos_under_every_slot_name_and_waiting_hang_neither_connect_nor_c
   /* One warning per planted file, one that nothing is capped: not one per connect. */
   cr_assert_eq(pst_count_lines_with(ops_err(p), "is a FIFO: skipped"), 3, "%s", ops_err(p));
   cr_assert_eq(pst_count_lines_with(ops_err(p), "is usable"), 1, "%s", ops_err(p));
-  fprintf(stderr, "hostile: FIFOs under 0, 1 and waiting: connect, reuse (%s), fork and exit "
-                  "finished; %lld server connections\n",
+  fprintf(stderr,
+          "hostile: FIFOs under 0, 1 and waiting: connect, reuse (%s), fork and exit "
+          "finished; %lld server connections\n",
           ids, opened);
   ops_free(p);
   ops_rm_tree(dir);
@@ -288,8 +289,8 @@ Test(hostile, the_exit_drain_closes_idle_connections_together_while_the_server_i
   gint64 took_ms = (g_get_monotonic_time() - t0) / 1000;
   cr_assert(WIFEXITED(ops_status(p)) && WEXITSTATUS(ops_status(p)) == 0, "status %#x\n%s",
             ops_status(p), ops_err(p));
-  fprintf(stderr, "hostile: exit with 8 idle connections behind a frozen server: %" G_GINT64_FORMAT
-                  " ms\n",
+  fprintf(stderr,
+          "hostile: exit with 8 idle connections behind a frozen server: %" G_GINT64_FORMAT " ms\n",
           took_ms);
   /* A liveness bound, not a speed figure: one wait of at most 1 s for all, where a wait per
    * connection (5 s each) took 40 s. */
