@@ -699,19 +699,24 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
   char server[512];
   ps_conn_key_server(key, server, sizeof server);
   g_autoptr(GError) error = NULL;
+  gpointer found = NULL;
   g_mutex_lock(&B.lock);
-  PsHostSlots *slots = g_hash_table_lookup(B.host_slots, server);
-  gboolean known = slots || g_hash_table_contains(B.host_slots, server);
-  if (!known) {
-    slots = ps_host_slots_new(B.host_root, server, B.config.host_max, &error);
-    g_hash_table_insert(B.host_slots, g_strdup(server), slots); /* NULL remembers a failure */
-  }
+  gboolean known = g_hash_table_lookup_extended(B.host_slots, server, NULL, &found);
   g_mutex_unlock(&B.lock);
-  if (!slots) {
-    if (error)
-      ps_warn("POOLSHIM_HOST_MAX: %s; connections to %s are not capped", error->message, server);
-    return TRUE;
+  if (!known) {
+    /* Directories are made and checked without B.lock; a thread that raced us keeps its own
+     * (NULL remembers a failure, already warned about). */
+    PsHostSlots *mine = ps_host_slots_open(B.host_root, server, B.config.host_max);
+    g_mutex_lock(&B.lock);
+    if (g_hash_table_lookup_extended(B.host_slots, server, NULL, &found))
+      ps_host_slots_free(mine);
+    else
+      g_hash_table_insert(B.host_slots, g_strdup(server), found = mine);
+    g_mutex_unlock(&B.lock);
   }
+  PsHostSlots *slots = found;
+  if (!slots)
+    return TRUE;
   int fd = ps_host_slot_acquire(slots, deadline, &error);
   if (fd >= 0) {
     *fd_out = fd;
@@ -729,8 +734,12 @@ take_host_slot(const PsConnKey *key, PsPoolKey *pk, gint64 deadline, gint64 star
     ps_info("%s", msg);
     return FALSE;
   }
-  ps_warn("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped",
-          error ? error->message : "no slot", server);
+  if (g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_UNUSABLE))
+    ps_debug("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped", error->message,
+             server); /* warned once already */
+  else
+    ps_warn("POOLSHIM_HOST_MAX: %s; this connection to %s is not capped",
+            error ? error->message : "no slot", server);
   return TRUE;
 }
 
@@ -1031,6 +1040,34 @@ ps_broker_close(MYSQL *m)
   maybe_sweep();
 }
 
+/* At exit (or mysql_library_end): every idle connection is closed. Those holding a
+ * POOLSHIM_HOST_MAX slot keep it until the server has closed their session, all waited for
+ * at once, at most POOLSHIM_RESET_TIMEOUT or 1 s in total: a stalled server delays the exit
+ * by that, not by that per connection. No lock is held. */
+static void
+close_all_idle(void)
+{
+  GSList *victims = ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN);
+  GArray *socks = g_array_new(FALSE, FALSE, sizeof(int));
+  for (GSList *l = victims; l; l = l->next) {
+    PsItem *item = l->data;
+    PsPhys *p = item->conn;
+    phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
+    if (p->slot_fd < 0) {
+      ps_conn_close(p->shell);
+      continue;
+    }
+    int fd = ps_conn_close_keep_socket(p->shell);
+    g_array_append_val(socks, fd);
+  }
+  gint64 wait_us = MIN(B.config.reset_timeout_us, G_USEC_PER_SEC);
+  ps_conn_wait_sockets_closed((int *)socks->data, socks->len, g_get_monotonic_time() + wait_us);
+  g_array_free(socks, TRUE);
+  for (GSList *l = victims; l; l = l->next)
+    phys_free(((PsItem *)l->data)->conn); /* frees the slots, now that the sessions ended */
+  g_slist_free(victims);
+}
+
 void
 ps_broker_drain(void)
 {
@@ -1042,7 +1079,7 @@ ps_broker_drain(void)
   g_mutex_lock(&B.house_lock);
   g_mutex_unlock(&B.house_lock);
   adopt_fork();
-  close_victims(ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN), FALSE);
+  close_all_idle();
 }
 
 void

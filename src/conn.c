@@ -1094,30 +1094,57 @@ ps_conn_close(MYSQL *m)
 void
 ps_conn_close_and_wait(MYSQL *m, int timeout_ms)
 {
+  int copy = ps_conn_close_keep_socket(m);
+  ps_conn_wait_sockets_closed(&copy, 1, g_get_monotonic_time() + (gint64)timeout_ms * 1000);
+}
+
+int
+ps_conn_close_keep_socket(MYSQL *m)
+{
   if (!m)
-    return;
+    return -1;
   /* A duplicate keeps the socket open past mysql_close (which sends COM_QUIT): the server's
-   * own close shows as EOF on it, so when this returns the server has let the session go.
+   * own close shows as EOF on it, so once that is read the server has let the session go.
    * What a host-wide cap needs: the next process may then connect without the server ever
    * seeing more sessions than slots. */
   my_socket fd = m->net.pvio ? ps_real.get_socket(m) : INVALID_SOCKET;
   int saved = errno;
   int copy = fd == INVALID_SOCKET ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
   ps_real.close(m);
-  if (copy >= 0) {
-    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-    char buf[256];
-    for (;;) {
-      gint64 left = deadline - g_get_monotonic_time();
-      struct pollfd p = {.fd = copy, .events = POLLIN};
-      if (left <= 0 || poll(&p, 1, (int)MAX(1, left / 1000)) <= 0)
-        break;
-      ssize_t n = recv(copy, buf, sizeof buf, MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-        break; /* EOF: the server closed its side */
+  errno = saved;
+  return copy;
+}
+
+void
+ps_conn_wait_sockets_closed(const int *fds, guint n, gint64 deadline_us)
+{
+  int saved = errno;
+  struct pollfd *p = g_new(struct pollfd, MAX(n, 1));
+  guint open = 0;
+  for (guint i = 0; i < n; i++)
+    if (fds[i] >= 0)
+      p[open++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+  /* One deadline for all: closing many costs one wait, not one per connection. */
+  while (open > 0) {
+    gint64 left = deadline_us - g_get_monotonic_time();
+    if (left <= 0)
+      break;
+    if (poll(p, open, (int)MAX(1, MIN(left / 1000, G_MAXINT))) < 0 && errno != EINTR)
+      break;
+    for (guint i = 0; i < open;) {
+      char buf[256];
+      ssize_t got = p[i].revents ? recv(p[i].fd, buf, sizeof buf, MSG_DONTWAIT) : -1;
+      if (p[i].revents && (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))) {
+        close(p[i].fd); /* EOF: the server closed its side */
+        p[i] = p[--open];
+      } else {
+        i++;
+      }
     }
-    close(copy);
   }
+  for (guint i = 0; i < open; i++)
+    close(p[i].fd);
+  g_free(p);
   errno = saved;
 }
 

@@ -156,6 +156,11 @@ void ps_conn_set_error(MYSQL *m, unsigned int errnum, const char *sqlstate, cons
 void ps_conn_close(MYSQL *m);
 /* Closes politely and waits (up to timeout_ms) until the server has closed its side. */
 void ps_conn_close_and_wait(MYSQL *m, int timeout_ms);
+/* The two halves of ps_conn_close_and_wait, for closing many at once: closes politely and
+ * returns a duplicate of the socket (-1 when there was none) that shows the server's close;
+ * then waits for all of them (EOF) until deadline_us (monotonic) and closes them. */
+int ps_conn_close_keep_socket(MYSQL *m);
+void ps_conn_wait_sockets_closed(const int *fds, guint n, gint64 deadline_us);
 /* Closes without sending anything: for connections inherited across fork(), whose
  * session belongs to the parent. The TLS state is abandoned, not shut down. */
 void ps_conn_abandon(MYSQL *m);

@@ -4,7 +4,12 @@
  *
  *   work THREADS CYCLES SLEEP_MS  each thread: connect, SELECT SLEEP (or SELECT 1), close
  *   hold N SECONDS                N connections open at once for SECONDS (0: until stdin ends)
- *   idle N SECONDS                N connections opened and closed, then SECONDS of no call */
+ *   idle N SECONDS                N connections opened and closed, then SECONDS of no call
+ *   fork                          connect, close, connect again (IDS: both server ids), then
+ *                                 a fork()ed child connects and closes (CHILD: its status)
+ *
+ * PST_ALARM=SECONDS: the probe is killed by SIGALRM after that long, so a hang inside the
+ * client library or the shim ends it (the test sees the signal) instead of outliving it. */
 #include <mysql.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -12,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "probe.h"
@@ -191,9 +197,43 @@ scenario_idle(int n, int seconds)
   return 0;
 }
 
+/* ---- fork ---- */
+
+/* One connect, its server id, one close; 0 when the connect or the query failed. */
+static long long
+connect_once(void)
+{
+  long long id = 0;
+  MYSQL *m = open_one();
+  if (m && query(m, "SELECT CONNECTION_ID()", &id) != 0)
+    id = 0;
+  if (m)
+    mysql_close(m);
+  return id;
+}
+
+static int
+scenario_fork(void)
+{
+  long long first = connect_once(), second = connect_once();
+  report("IDS", "%lld,%lld", first, second);
+  pid_t pid = fork();
+  if (pid == 0)
+    _exit(connect_once() > 0 ? 0 : 1);
+  int status = -1;
+  if (pid > 0)
+    while (waitpid(pid, &status, 0) < 0)
+      ;
+  report("CHILD", "%d", status);
+  report_errors();
+  return 0;
+}
+
 int
 main(int argc, char **argv)
 {
+  if (getenv("PST_ALARM"))
+    alarm((unsigned)atoi(getenv("PST_ALARM")));
   report("PID", "%d", (int)getpid());
   const char *s = argc > 1 ? argv[1] : "";
   if (strcmp(s, "work") == 0 && argc == 5)
@@ -202,7 +242,9 @@ main(int argc, char **argv)
     return scenario_hold(atoi(argv[2]), atoi(argv[3]));
   if (strcmp(s, "idle") == 0 && argc == 4)
     return scenario_idle(atoi(argv[2]), atoi(argv[3]));
+  if (strcmp(s, "fork") == 0 && argc == 2)
+    return scenario_fork();
   fprintf(stderr, "usage: opsprobe work THREADS CYCLES SLEEP_MS | hold N SECONDS | "
-                  "idle N SECONDS\n");
+                  "idle N SECONDS | fork\n");
   return 2;
 }

@@ -65,7 +65,7 @@ static PsHostSlots *
 new_slots(const char *server, guint max)
 {
   GError *error = NULL;
-  PsHostSlots *slots = ps_host_slots_new(root, server, max, &error);
+  PsHostSlots *slots = ps_host_slots_new(root, FALSE, server, max, &error);
   cr_assert_not_null(slots, "ps_host_slots_new(%s): %s", server, error ? error->message : "?");
   return slots;
 }
@@ -516,16 +516,17 @@ assert_mode(const char *path, mode_t type, mode_t mode)
                (unsigned)(st.st_mode & 07777), (unsigned)mode);
 }
 
-Test(hostslots, directories_are_01777_and_slot_files_0666_whatever_the_umask)
+Test(hostslots, directories_are_0700_and_slot_files_0600_whatever_the_umask)
 {
-  mode_t old = umask(077);
+  /* Nobody else can write into what we create, nor open a slot file to hold it. */
+  mode_t old = umask(0);
   PsHostSlots *slots = new_slots("db1:3306", 1);
   int fd = take(slots);
   umask(old);
-  assert_mode(root, S_IFDIR, 01777);
-  assert_mode(ps_host_slots_dir(slots), S_IFDIR, 01777);
+  assert_mode(root, S_IFDIR, 0700);
+  assert_mode(ps_host_slots_dir(slots), S_IFDIR, 0700);
   char *file = g_build_filename(ps_host_slots_dir(slots), "0", NULL);
-  assert_mode(file, S_IFREG, 0666);
+  assert_mode(file, S_IFREG, 0600);
   g_free(file);
   ps_host_slot_release(fd);
   ps_host_slots_free(slots);
@@ -536,14 +537,14 @@ Test(hostslots, failures_name_the_path_and_leak_no_descriptor)
   guint fds_before = count_open_fds();
   GError *error = NULL;
   char *missing = g_build_filename(tmp, "no", "such", NULL);
-  cr_assert_null(ps_host_slots_new(missing, "db1:3306", 2, &error));
+  cr_assert_null(ps_host_slots_new(missing, FALSE, "db1:3306", 2, &error));
   cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_FAILED));
   cr_assert_not_null(strstr(error->message, missing), "%s", error->message);
   g_clear_error(&error);
   g_free(missing);
 
-  /* A symlink planted as a slot file (the directory is world-writable): not followed, and
-   * the error names it instead of waiting for the deadline. */
+  /* A symlink planted as the only slot file: not followed, and the error says no slot is
+   * usable instead of waiting for the deadline. */
   PsHostSlots *slots = new_slots("db1:3306", 1);
   char *file = g_build_filename(ps_host_slots_dir(slots), "0", NULL);
   char *target = g_build_filename(tmp, "planted", NULL);
@@ -551,18 +552,26 @@ Test(hostslots, failures_name_the_path_and_leak_no_descriptor)
   gint64 started = g_get_monotonic_time();
   cr_assert_eq(ps_host_slot_acquire(slots, in_ms(20000), &error), -1);
   cr_assert_lt(g_get_monotonic_time() - started, 10 * SEC, "waited for the deadline");
-  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_FAILED), "%s",
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_UNUSABLE), "%s",
             error ? error->message : "no error set");
-  cr_assert_not_null(strstr(error->message, file), "%s", error->message);
+  cr_assert_not_null(strstr(error->message, ps_host_slots_dir(slots)), "%s", error->message);
   cr_assert(!g_file_test(target, G_FILE_TEST_EXISTS), "the symlink was followed");
   g_clear_error(&error);
   g_free(target);
   g_free(file);
 
-  /* The slot directory removed under a live PsHostSlots. */
+  /* The slot directory removed under a live PsHostSlots (tmp cleaners): made again. */
   rm_tree(ps_host_slots_dir(slots));
+  int fd = ps_host_slot_acquire(slots, in_ms(5000), &error);
+  cr_assert_geq(fd, 0, "%s", error ? error->message : "?");
+  ps_host_slot_release(fd);
+  /* The root replaced by a file: refused, and the error names it. */
+  rm_tree(root);
+  cr_assert(g_file_set_contents(root, "", 0, NULL));
   cr_assert_eq(ps_host_slot_acquire(slots, in_ms(5000), &error), -1);
-  cr_assert_not_null(strstr(error->message, ps_host_slots_dir(slots)), "%s", error->message);
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED), "%s",
+            error ? error->message : "no error set");
+  cr_assert_not_null(strstr(error->message, root), "%s", error->message);
   g_clear_error(&error);
   ps_host_slots_free(slots);
   cr_assert_eq(count_open_fds(), fds_before, "descriptors leaked");
@@ -582,4 +591,123 @@ Test(hostslots, default_root_is_an_absolute_path_this_process_can_write_or_creat
     g_free(parent);
   }
   g_free(dir);
+}
+
+/* ---- who is trusted (runs as root, as CI does: files are given to nobody) ----------- */
+
+#define NOBODY 65534
+#define NOGROUP 65534
+
+static void
+assert_owned(const char *path, uid_t uid, gid_t gid, mode_t mode)
+{
+  struct stat st;
+  cr_assert_eq(lstat(path, &st), 0, "%s: %s", path, g_strerror(errno));
+  cr_assert_eq(st.st_uid, uid, "%s: owner %u", path, (unsigned)st.st_uid);
+  cr_assert_eq(st.st_gid, gid, "%s: group %u", path, (unsigned)st.st_gid);
+  cr_assert_eq(st.st_mode & 07777, mode, "%s has mode %04o, not %04o", path,
+               (unsigned)(st.st_mode & 07777), (unsigned)mode);
+}
+
+/* Slot file `name` of `slots` is the file open on fd. */
+static gboolean
+is_slot(PsHostSlots *slots, const char *name, int fd)
+{
+  char *path = g_build_filename(ps_host_slots_dir(slots), name, NULL);
+  struct stat a, b;
+  gboolean same = stat(path, &a) == 0 && fstat(fd, &b) == 0 && a.st_ino == b.st_ino;
+  g_free(path);
+  return same;
+}
+
+Test(hostslots, in_a_group_directory_members_share_and_other_files_are_skipped)
+{
+  cr_assert_eq(geteuid(), 0, "this test gives files to nobody");
+  /* What an administrator makes: install -d -m 3770 -o root -g GROUP. */
+  cr_assert_eq(mkdir(root, 0700), 0);
+  cr_assert_eq(chown(root, 0, NOGROUP), 0);
+  cr_assert_eq(chmod(root, 03770), 0);
+  PsHostSlots *slots = new_slots("db1:3306", 3);
+  /* What we create there is the group's: sticky, setgid, group-readable slot files. */
+  assert_owned(ps_host_slots_dir(slots), 0, NOGROUP, 03770);
+  int fds[3];
+  for (int i = 0; i < 3; i++) /* makes all three files */
+    fds[i] = take(slots);
+  for (int i = 0; i < 3; i++)
+    ps_host_slot_release(fds[i]);
+  char *path = g_build_filename(ps_host_slots_dir(slots), "0", NULL);
+  char *member = g_build_filename(ps_host_slots_dir(slots), "1", NULL);
+  char *stranger = g_build_filename(ps_host_slots_dir(slots), "2", NULL);
+  assert_owned(path, 0, NOGROUP, 0640);
+  /* A member's file (the directory's group) counts; a file of nobody's own group is not a
+   * member's: skipped. */
+  g_remove(member);
+  g_remove(stranger);
+  cr_assert(g_file_set_contents(member, "", 0, NULL));
+  cr_assert_eq(chown(member, NOBODY, NOGROUP), 0);
+  cr_assert(g_file_set_contents(stranger, "", 0, NULL));
+  cr_assert_eq(chown(stranger, NOBODY, 0), 0);
+  int a = take(slots), b = take(slots);
+  cr_assert(is_slot(slots, "0", a) || is_slot(slots, "0", b), "slot 0 was not used");
+  cr_assert(is_slot(slots, "1", a) || is_slot(slots, "1", b), "the member's slot was not used");
+  assert_all_held(slots);
+  ps_host_slot_release(a);
+  ps_host_slot_release(b);
+  ps_host_slots_free(slots);
+
+  /* A member's server directory is used; one that does not carry the group is refused. */
+  slots = new_slots("db2:3306", 1);
+  char *dir = g_strdup(ps_host_slots_dir(slots));
+  ps_host_slots_free(slots);
+  cr_assert_eq(chown(dir, NOBODY, NOGROUP), 0);
+  slots = new_slots("db2:3306", 1);
+  ps_host_slot_release(take(slots));
+  ps_host_slots_free(slots);
+  cr_assert_eq(chown(dir, NOBODY, 0), 0);
+  GError *error = NULL;
+  cr_assert_null(ps_host_slots_new(root, FALSE, "db2:3306", 1, &error));
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED), "%s",
+            error ? error->message : "no error");
+  cr_assert_not_null(strstr(error->message, dir), "%s", error->message);
+  g_clear_error(&error);
+
+  /* A group directory without the sticky bit: members could remove each other's files. */
+  cr_assert_eq(chmod(root, 02770), 0);
+  cr_assert_null(ps_host_slots_new(root, FALSE, "db1:3306", 1, &error));
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED), "%s",
+            error ? error->message : "no error");
+  cr_assert_not_null(strstr(error->message, root), "%s", error->message);
+  g_clear_error(&error);
+  g_free(dir);
+  g_free(path);
+  g_free(member);
+  g_free(stranger);
+}
+
+Test(hostslots, a_private_root_is_made_0700_narrowed_when_ours_and_refused_when_not)
+{
+  cr_assert_eq(geteuid(), 0, "this test gives files to nobody");
+  GError *error = NULL;
+  mode_t old = umask(0);
+  PsHostSlots *slots = ps_host_slots_new(root, TRUE, "db1:3306", 1, &error);
+  umask(old);
+  cr_assert_not_null(slots, "%s", error ? error->message : "?");
+  assert_owned(root, 0, 0, 0700);
+  ps_host_slots_free(slots);
+
+  /* Made 01777 by an older poolshim: ours, so narrowed (never the other way). */
+  cr_assert_eq(chmod(root, 01777), 0);
+  slots = ps_host_slots_new(root, TRUE, "db1:3306", 1, &error);
+  cr_assert_not_null(slots, "%s", error ? error->message : "?");
+  assert_owned(root, 0, 0, 0700);
+  ps_host_slots_free(slots);
+
+  /* Another user's, whatever its mode: refused, left as it is. */
+  cr_assert_eq(chown(root, NOBODY, NOGROUP), 0);
+  cr_assert_null(ps_host_slots_new(root, TRUE, "db1:3306", 1, &error));
+  cr_assert(g_error_matches(error, PS_HOST_SLOTS_ERROR, PS_HOST_SLOTS_ERROR_REFUSED), "%s",
+            error ? error->message : "no error");
+  cr_assert_not_null(strstr(error->message, root), "%s", error->message);
+  g_clear_error(&error);
+  assert_owned(root, NOBODY, NOGROUP, 0700);
 }
