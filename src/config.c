@@ -406,8 +406,8 @@ warn_bad_value(const PsVar *v, const char *text, const PsKeyFile *f, const char 
 {
   char accepted[200];
   describe_accepted(v, accepted, sizeof accepted);
-  /* Escaped: a value with a newline must not forge a second message line. */
-  g_autofree char *shown = g_strescape(text, NULL);
+  /* ps_log escapes the line: a value with a newline cannot forge a second one. */
+  const char *shown = text;
   if (f) {
     g_autofree char *key = file_key_of(v);
     ps_warn("%s:%u: [%s] %s = \"%.60s\" is not valid (expected %s); using %s", f->path,
