@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -679,15 +680,54 @@ ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettin
   out->reset = merged.reset;
 }
 
-static const char *
-environ_lookup(const char *name, G_GNUC_UNUSED gpointer user_data)
+static const PsVar *
+var_by_name(const char *name)
 {
-  return g_getenv(name);
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+    if (g_str_equal(vars[i].name, name))
+      return &vars[i];
+  return NULL;
+}
+
+/* In a privileged process (setuid, setgid, file capabilities: AT_SECURE) the environment is
+ * the caller's, and the string variables are all paths of files the process would create,
+ * append to, rename over or read with its own privileges: like secure_getenv(3), they are
+ * not taken from it. The others only tune pooling inside the process. */
+typedef struct {
+  gboolean secure;
+  GPtrArray *ignored; /* names of path variables that were set; NULL when none yet */
+} PsEnvFilter;
+
+static const char *
+environ_lookup(const char *name, gpointer user_data)
+{
+  PsEnvFilter *filter = user_data;
+  const char *value = g_getenv(name);
+  if (!value || !filter->secure)
+    return value;
+  const PsVar *v = var_by_name(name);
+  if (!v || v->type != PS_T_STRING)
+    return value;
+  if (!filter->ignored)
+    filter->ignored = g_ptr_array_new();
+  gboolean seen = FALSE;
+  for (guint i = 0; i < filter->ignored->len && !seen; i++)
+    seen = filter->ignored->pdata[i] == (gpointer)v->name;
+  if (!seen)
+    g_ptr_array_add(filter->ignored, (gpointer)v->name);
+  return NULL;
 }
 
 void
 ps_config_from_environ(PsConfig *out)
 {
+  ps_config_from_environ_secure(out, getauxval(AT_SECURE) != 0);
+}
+
+void
+ps_config_from_environ_secure(PsConfig *out, gboolean secure)
+{
+  PsEnvFilter filter = {.secure = secure};
   GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
   for (char **e = environ; e && *e; e++) {
     if (g_str_has_prefix(*e, "POOLSHIM_")) {
@@ -696,8 +736,22 @@ ps_config_from_environ(PsConfig *out)
     }
   }
   g_ptr_array_add(names, NULL);
-  ps_config_parse(out, environ_lookup, NULL, (const char *const *)names->pdata);
+  ps_config_parse(out, environ_lookup, &filter, (const char *const *)names->pdata);
   g_ptr_array_unref(names);
+  if (filter.ignored) {
+    /* In table order, whatever order the parser asked in. */
+    GString *list = g_string_new(NULL);
+    for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+      for (guint j = 0; j < filter.ignored->len; j++)
+        if (filter.ignored->pdata[j] == (gpointer)vars[i].name)
+          g_string_append_printf(list, "%s%s", list->len ? ", " : "", vars[i].name);
+    ps_warn("this process runs with elevated privileges (setuid, setgid or capabilities): "
+            "%s ignored from the environment (file settings are not taken from the "
+            "caller's environment); using the defaults",
+            list->str);
+    g_string_free(list, TRUE);
+    g_ptr_array_unref(filter.ignored);
+  }
 }
 
 gboolean

@@ -676,3 +676,45 @@ Test(config, min_idle_is_set_per_pool_and_never_above_the_pool_size)
   ps_config_clear(&cfg);
   unlink(path);
 }
+
+/* ---- privileged processes ---------------------------------------------------------- */
+
+Test(config, in_a_privileged_process_no_path_is_taken_from_the_environment)
+{
+  g_autofree char *path = write_key_file("[default]\npool_size = 7\n");
+  g_setenv("POOLSHIM_CONFIG", path, TRUE);
+  g_setenv("POOLSHIM_LOG_FILE", "/tmp/pst-secure-log", TRUE);
+  g_setenv("POOLSHIM_STATS_FILE", "/tmp/pst-secure-%p.prom", TRUE);
+  g_setenv("POOLSHIM_HOST_DIR", "/tmp/pst-secure-slots", TRUE);
+  g_setenv("POOLSHIM_TIMEOUT", "3s", TRUE);
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  ps_config_from_environ_secure(&cfg, TRUE);
+  g_autofree char *out = capture_end(&cap);
+  cr_assert_null(cfg.config_file);
+  cr_assert_null(cfg.log_file);
+  cr_assert_null(cfg.stats_file);
+  cr_assert_null(cfg.host_dir);
+  cr_assert_eq(cfg.pool_size, 10, "the key file was read");
+  cr_assert_eq(cfg.timeout_us, 3 * SEC, "a variable that names no file is kept");
+  cr_assert_eq(count_lines(out), 1, "%s", out);
+  cr_assert(strstr(out, "poolshim: warning: this process runs with elevated privileges"), "%s",
+            out);
+  cr_assert(strstr(out, "POOLSHIM_LOG_FILE, POOLSHIM_STATS_FILE, POOLSHIM_HOST_DIR, "
+                        "POOLSHIM_CONFIG ignored"),
+            "%s", out);
+  ps_config_clear(&cfg);
+
+  /* The same environment in an ordinary process: every one of them is used, silently. */
+  capture_start(&cap);
+  ps_config_from_environ_secure(&cfg, FALSE);
+  g_autofree char *plain = capture_end(&cap);
+  cr_assert_str_empty(plain, "%s", plain);
+  cr_assert_str_eq(cfg.config_file, path);
+  cr_assert_str_eq(cfg.log_file, "/tmp/pst-secure-log");
+  cr_assert_str_eq(cfg.host_dir, "/tmp/pst-secure-slots");
+  cr_assert_eq(cfg.pool_size, 7);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
