@@ -30,13 +30,16 @@ printf '[default]\nlog = debug\nbogus_key = 1\n' >"$dir/out/conf"
 chmod 644 "$dir/out/conf"
 
 run() { # run WHO: the probe with the file settings, as nobody (setuid) or as root
-  out="$dir/$1.out" err="$dir/$1.err"
+  who=$1 out="$dir/$1.out" err="$dir/$1.err"
   set -- env POOLSHIM_LOG_FILE="$dir/out/$1.log" POOLSHIM_STATS_FILE="$dir/out/$1.prom" \
     POOLSHIM_CONFIG="$dir/out/conf" "$dir/secureprobe" "$dir/libpoolshim.so"
-  if [ "$(basename "$out" .out)" = nobody ]; then
+  if [ "$who" = nobody ]; then
     set -- setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups "$@"
   fi
-  timeout 60 "$@" >"$out" 2>"$err" || fail "the probe failed ($?): $(cat "$out" "$err")"
+  # No LD_PRELOAD: the probe loads the shim itself, and a test wrapper's preload (the TSan
+  # pass's) must not run inside setpriv and env as nobody, where it cannot write its logs.
+  set -- env -u LD_PRELOAD "$@"
+  timeout 60 "$@" >"$out" 2>"$err" || fail "the probe run as $who failed ($?): $(cat "$out" "$err")"
 }
 
 run nobody
