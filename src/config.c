@@ -5,7 +5,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -297,53 +299,98 @@ file_key_of(const PsVar *v)
   return g_ascii_strdown(v->name + strlen("POOLSHIM_"), -1);
 }
 
+/* Whether `key` is the key file's name of `v` (file_key_of), without allocating: called
+ * for every key of the file. */
+static gboolean
+is_file_key_of(const PsVar *v, const char *key)
+{
+  const char *n = v->name + strlen("POOLSHIM_");
+  for (; *n && *key; n++, key++)
+    if (*key != g_ascii_tolower(*n))
+      return FALSE;
+  return !*n && !*key;
+}
+
 static const PsVar *
 var_by_file_key(const char *key)
 {
-  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
-    g_autofree char *k = file_key_of(&vars[i]);
-    if (vars[i].where && g_str_equal(k, key))
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+    if (vars[i].where && is_file_key_of(&vars[i], key))
       return &vars[i];
-  }
   return NULL;
 }
 
-/* GKeyFile keeps no line numbers: find the line of `key` in `group` in the text, 0 if not
- * found. Messages name the file and line so that an operator can go straight there. */
-static guint
-line_of(const char *contents, const char *group, const char *key)
-{
-  g_auto(GStrv) lines = g_strsplit(contents, "\n", -1);
-  gboolean in_group = FALSE;
-  for (guint i = 0; lines[i]; i++) {
-    g_autofree char *l = g_strstrip(g_strdup(lines[i]));
-    if (l[0] == '[') {
-      char *end = strrchr(l, ']');
-      in_group = end && (gsize)(end - l - 1) == strlen(group) &&
-                 strncmp(l + 1, group, strlen(group)) == 0;
-      if (in_group && !key)
-        return i + 1;
-      continue;
-    }
-    if (!in_group || !key || l[0] == '#' || l[0] == ';')
-      continue;
-    char *eq = strchr(l, '=');
-    if (!eq)
-      continue;
-    *eq = '\0';
-    if (g_str_equal(g_strstrip(l), key))
-      return i + 1;
-  }
-  return 0;
-}
+/* At most this many messages about one key file; then one line counts the rest (a file of
+ * 100,000 bad keys must not become 100,000 lines inside the host's first connect). */
+#define PS_CONFIG_FILE_WARNINGS 50
+#define PS_CONFIG_FILE_MAX (16 * 1024 * 1024)
 
 typedef struct {
   char *path;
   char *contents;
   GKeyFile *kf;
+  /* GKeyFile keeps no line numbers: "group" and "group\nkey" -> the line of their first
+   * occurrence, indexed in one pass over the text (a search per message was quadratic). */
+  GHashTable *lines;
+  guint warnings;
 } PsKeyFile;
 
-/* Reads POOLSHIM_CONFIG: a regular file of at most 1 MiB (never a FIFO or a device that
+static void
+index_lines(PsKeyFile *f)
+{
+  f->lines = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_autofree char *group = NULL;
+  guint number = 0;
+  for (char *line = f->contents; line; ) {
+    char *next = strchr(line, '\n');
+    number++;
+    g_autofree char *l = g_strstrip(next ? g_strndup(line, (gsize)(next - line)) : g_strdup(line));
+    line = next ? next + 1 : NULL;
+    char *key;
+    if (l[0] == '[') {
+      char *end = strrchr(l, ']');
+      g_free(group);
+      group = end ? g_strndup(l + 1, (gsize)(end - l - 1)) : NULL;
+      key = group ? g_strdup(group) : NULL;
+    } else {
+      char *eq = strchr(l, '=');
+      if (!group || !eq || l[0] == '#' || l[0] == ';')
+        continue;
+      *eq = '\0';
+      key = g_strconcat(group, "\n", g_strstrip(l), NULL);
+    }
+    if (key && !g_hash_table_contains(f->lines, key))
+      g_hash_table_insert(f->lines, key, GUINT_TO_POINTER(number));
+    else
+      g_free(key);
+  }
+}
+
+/* The line of `key` in `group` (of the group's header when key is NULL), 0 if not found.
+ * Messages name the file and line so that an operator can go straight there. */
+static guint
+line_of(const PsKeyFile *f, const char *group, const char *key)
+{
+  if (!f->lines)
+    return 0;
+  g_autofree char *k = key ? g_strconcat(group, "\n", key, NULL) : g_strdup(group);
+  return GPOINTER_TO_UINT(g_hash_table_lookup(f->lines, k));
+}
+
+/* One message about the file, "PATH:LINE: ...", up to PS_CONFIG_FILE_WARNINGS of them. */
+static void G_GNUC_PRINTF(4, 5)
+file_warn(PsKeyFile *f, const char *group, const char *key, const char *fmt, ...)
+{
+  if (f->warnings++ >= PS_CONFIG_FILE_WARNINGS)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *text = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  ps_warn("%s:%u: %s", f->path, line_of(f, group, key), text);
+}
+
+/* Reads POOLSHIM_CONFIG: a regular file of at most 16 MiB (never a FIFO or a device that
  * would block or never end the host's first connect). */
 static gboolean
 key_file_load(PsKeyFile *f, const char *path)
@@ -356,8 +403,8 @@ key_file_load(PsKeyFile *f, const char *path)
             path, g_strerror(errno));
     return FALSE;
   }
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > 1024 * 1024) {
-    ps_warn("POOLSHIM_CONFIG=%s is not a regular file of at most 1 MiB; using the environment "
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > PS_CONFIG_FILE_MAX) {
+    ps_warn("POOLSHIM_CONFIG=%s is not a regular file of at most 16 MiB; using the environment "
             "and defaults",
             path);
     close(fd);
@@ -366,7 +413,7 @@ key_file_load(PsKeyFile *f, const char *path)
   GString *text = g_string_sized_new((gsize)st.st_size + 1);
   char buf[4096];
   ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0 && text->len <= 1024 * 1024)
+  while ((n = read(fd, buf, sizeof buf)) > 0 && text->len <= PS_CONFIG_FILE_MAX)
     g_string_append_len(text, buf, n);
   close(fd);
   f->contents = g_string_free(text, FALSE);
@@ -378,6 +425,7 @@ key_file_load(PsKeyFile *f, const char *path)
     g_clear_pointer(&f->kf, g_key_file_free);
     return FALSE;
   }
+  index_lines(f);
   return TRUE;
 }
 
@@ -387,6 +435,7 @@ key_file_clear(PsKeyFile *f)
   g_free(f->path);
   g_free(f->contents);
   g_clear_pointer(&f->kf, g_key_file_free);
+  g_clear_pointer(&f->lines, g_hash_table_unref);
 }
 
 /* The value of `v` in `group`, trimmed, or NULL. */
@@ -401,17 +450,17 @@ key_file_value(const PsKeyFile *f, const char *group, const PsVar *v)
 }
 
 static void
-warn_bad_value(const PsVar *v, const char *text, const PsKeyFile *f, const char *group,
+warn_bad_value(const PsVar *v, const char *text, PsKeyFile *f, const char *group,
                const char *fallback)
 {
   char accepted[200];
   describe_accepted(v, accepted, sizeof accepted);
-  /* Escaped: a value with a newline must not forge a second message line. */
-  g_autofree char *shown = g_strescape(text, NULL);
+  /* ps_log escapes the line: a value with a newline cannot forge a second one. */
+  const char *shown = text;
   if (f) {
     g_autofree char *key = file_key_of(v);
-    ps_warn("%s:%u: [%s] %s = \"%.60s\" is not valid (expected %s); using %s", f->path,
-            line_of(f->contents, group, key), group, key, shown, accepted, fallback);
+    file_warn(f, group, key, "[%s] %s = \"%.60s\" is not valid (expected %s); using %s", group,
+              key, shown, accepted, fallback);
   } else {
     ps_warn("%s=\"%.60s\" is not valid (expected %s); using %s", v->name, shown, accepted,
             fallback);
@@ -443,7 +492,7 @@ is_log_var(const PsVar *v)
 }
 
 static void
-parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLookup lookup,
+parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup lookup,
                  gpointer user_data)
 {
   /* "[pool]" alone has no pattern: never read past its end. */
@@ -451,9 +500,10 @@ parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLook
   while (*pattern == ' ')
     pattern++;
   if (!*pattern) {
-    ps_warn("%s:%u: [%s] names no pool (expected [pool user@host:port/db], globs allowed); "
-            "group ignored",
-            f->path, line_of(f->contents, group, NULL), group);
+    file_warn(f, group, NULL,
+              "[%s] names no pool (expected [pool user@host:port/db], globs allowed); group "
+              "ignored",
+              group);
     return;
   }
   PsPoolRule *rule = g_new0(PsPoolRule, 1);
@@ -464,9 +514,10 @@ parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLook
     const PsVar *v = var_by_file_key(keys[k]);
     gsize index = v ? (gsize)(v - vars) : 0;
     if (!v || !(v->where & PS_WHERE_POOL)) {
-      ps_warn("%s:%u: [%s] %s cannot be set per pool (accepted: pool_size, min_idle, timeout, "
-              "max_lifetime, idle_timeout, reset); ignored",
-              f->path, line_of(f->contents, group, keys[k]), group, keys[k]);
+      file_warn(f, group, keys[k],
+                "[%s] %s cannot be set per pool (accepted: pool_size, min_idle, timeout, "
+                "max_lifetime, idle_timeout, reset); ignored",
+                group, keys[k]);
       continue;
     }
     g_autofree char *text = key_file_value(f, group, v);
@@ -476,8 +527,8 @@ parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLook
       continue;
     }
     if (lookup(v->name, user_data)) {
-      ps_warn("%s:%u: [%s] %s is overridden by %s from the environment", f->path,
-              line_of(f->contents, group, keys[k]), group, keys[k], v->name);
+      file_warn(f, group, keys[k], "[%s] %s is overridden by %s from the environment", group,
+                keys[k], v->name);
       continue;
     }
     store(&rule->values, v, value, text);
@@ -489,7 +540,7 @@ parse_pool_group(PsConfig *out, const PsKeyFile *f, const char *group, PsEnvLook
 }
 
 static void
-check_file_groups(PsConfig *out, const PsKeyFile *f, PsEnvLookup lookup, gpointer user_data)
+check_file_groups(PsConfig *out, PsKeyFile *f, PsEnvLookup lookup, gpointer user_data)
 {
   g_auto(GStrv) groups = g_key_file_get_groups(f->kf, NULL);
   for (guint g = 0; groups && groups[g]; g++) {
@@ -498,8 +549,8 @@ check_file_groups(PsConfig *out, const PsKeyFile *f, PsEnvLookup lookup, gpointe
       continue;
     }
     if (!g_str_equal(groups[g], "default")) {
-      ps_warn("%s:%u: unknown group [%s] ignored (expected [default] or [pool PATTERN])",
-              f->path, line_of(f->contents, groups[g], NULL), groups[g]);
+      file_warn(f, groups[g], NULL,
+                "unknown group [%s] ignored (expected [default] or [pool PATTERN])", groups[g]);
       continue;
     }
     g_auto(GStrv) keys = g_key_file_get_keys(f->kf, groups[g], NULL, NULL);
@@ -507,9 +558,13 @@ check_file_groups(PsConfig *out, const PsKeyFile *f, PsEnvLookup lookup, gpointe
       if (var_by_file_key(keys[k]))
         continue;
       if (g_str_equal(keys[k], "config")) {
-        ps_warn("%s:%u: [default] config can only be set in the environment (POOLSHIM_CONFIG); "
-                "ignored",
-                f->path, line_of(f->contents, "default", keys[k]));
+        file_warn(f, "default", keys[k],
+                  "[default] config can only be set in the environment (POOLSHIM_CONFIG); "
+                  "ignored");
+        continue;
+      }
+      if (f->warnings >= PS_CONFIG_FILE_WARNINGS) {
+        f->warnings++; /* counted, not shown: no name suggestion to compute */
         continue;
       }
       g_autofree char *upper = g_ascii_strup(keys[k], -1);
@@ -517,9 +572,8 @@ check_file_groups(PsConfig *out, const PsKeyFile *f, PsEnvLookup lookup, gpointe
       const char *closest = ps_config_closest_name(as_var);
       g_autofree char *suggest =
         closest ? g_ascii_strdown(closest + strlen("POOLSHIM_"), -1) : NULL;
-      ps_warn("%s:%u: [default] unknown key %s ignored%s%s%s", f->path,
-              line_of(f->contents, "default", keys[k]), keys[k],
-              suggest ? "; did you mean " : "", suggest ? suggest : "", suggest ? "?" : "");
+      file_warn(f, "default", keys[k], "[default] unknown key %s ignored%s%s%s", keys[k],
+                suggest ? "; did you mean " : "", suggest ? suggest : "", suggest ? "?" : "");
     }
   }
 }
@@ -582,7 +636,10 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
   }
   if (file.kf)
     check_file_groups(out, &file, lookup, user_data);
-  else
+  if (file.warnings > PS_CONFIG_FILE_WARNINGS)
+    ps_warn("%s: %u more problems not shown", file.path,
+            file.warnings - PS_CONFIG_FILE_WARNINGS);
+  if (!file.kf)
     g_clear_pointer(&out->config_file, g_free);
   key_file_clear(&file);
   for (gsize i = 0; present_names && present_names[i]; i++) {
@@ -679,15 +736,54 @@ ps_config_pool_settings(const PsConfig *cfg, const char *pool_name, PsPoolSettin
   out->reset = merged.reset;
 }
 
-static const char *
-environ_lookup(const char *name, G_GNUC_UNUSED gpointer user_data)
+static const PsVar *
+var_by_name(const char *name)
 {
-  return g_getenv(name);
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+    if (g_str_equal(vars[i].name, name))
+      return &vars[i];
+  return NULL;
+}
+
+/* In a privileged process (setuid, setgid, file capabilities: AT_SECURE) the environment is
+ * the caller's, and the string variables are all paths of files the process would create,
+ * append to, rename over or read with its own privileges: like secure_getenv(3), they are
+ * not taken from it. The others only tune pooling inside the process. */
+typedef struct {
+  gboolean secure;
+  GPtrArray *ignored; /* names of path variables that were set; NULL when none yet */
+} PsEnvFilter;
+
+static const char *
+environ_lookup(const char *name, gpointer user_data)
+{
+  PsEnvFilter *filter = user_data;
+  const char *value = g_getenv(name);
+  if (!value || !filter->secure)
+    return value;
+  const PsVar *v = var_by_name(name);
+  if (!v || v->type != PS_T_STRING)
+    return value;
+  if (!filter->ignored)
+    filter->ignored = g_ptr_array_new();
+  gboolean seen = FALSE;
+  for (guint i = 0; i < filter->ignored->len && !seen; i++)
+    seen = filter->ignored->pdata[i] == (gpointer)v->name;
+  if (!seen)
+    g_ptr_array_add(filter->ignored, (gpointer)v->name);
+  return NULL;
 }
 
 void
 ps_config_from_environ(PsConfig *out)
 {
+  ps_config_from_environ_secure(out, getauxval(AT_SECURE) != 0);
+}
+
+void
+ps_config_from_environ_secure(PsConfig *out, gboolean secure)
+{
+  PsEnvFilter filter = {.secure = secure};
   GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
   for (char **e = environ; e && *e; e++) {
     if (g_str_has_prefix(*e, "POOLSHIM_")) {
@@ -696,8 +792,22 @@ ps_config_from_environ(PsConfig *out)
     }
   }
   g_ptr_array_add(names, NULL);
-  ps_config_parse(out, environ_lookup, NULL, (const char *const *)names->pdata);
+  ps_config_parse(out, environ_lookup, &filter, (const char *const *)names->pdata);
   g_ptr_array_unref(names);
+  if (filter.ignored) {
+    /* In table order, whatever order the parser asked in. */
+    GString *list = g_string_new(NULL);
+    for (gsize i = 0; i < G_N_ELEMENTS(vars); i++)
+      for (guint j = 0; j < filter.ignored->len; j++)
+        if (filter.ignored->pdata[j] == (gpointer)vars[i].name)
+          g_string_append_printf(list, "%s%s", list->len ? ", " : "", vars[i].name);
+    ps_warn("this process runs with elevated privileges (setuid, setgid or capabilities): "
+            "%s ignored from the environment (file settings are not taken from the "
+            "caller's environment); using the defaults",
+            list->str);
+    g_string_free(list, TRUE);
+    g_ptr_array_unref(filter.ignored);
+  }
 }
 
 gboolean

@@ -55,8 +55,12 @@ void ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
 void ps_config_clear(PsConfig *cfg);
 gboolean ps_config_equal(const PsConfig *a, const PsConfig *b);
 
-/* Parses the process environment (environ). */
+/* Parses the process environment (environ). In a privileged process (getauxval(AT_SECURE):
+ * setuid, setgid, capabilities) the path variables (POOLSHIM_LOG_FILE, POOLSHIM_STATS_FILE,
+ * POOLSHIM_HOST_DIR, POOLSHIM_CONFIG) are not read from it: one warning names those set. */
 void ps_config_from_environ(PsConfig *out);
+/* The same with AT_SECURE given (for tests). */
+void ps_config_from_environ_secure(PsConfig *out, gboolean secure);
 
 /* The settings of the pool named `pool_name` (user@host:port/db): the first [pool PATTERN]
  * group that matches it, over the process-wide values. */

@@ -69,10 +69,13 @@ gboolean
 ps_conn_library_ok(const char **why)
 {
   unsigned long v = ps_real.get_client_version ? ps_real.get_client_version() : 0;
-  /* Lets a test take the unsupported-library path with the real library. */
+#ifdef PS_TEST_HOOKS
+  /* Lets a test take the unsupported-library path with the real library: compiled only into
+   * tests/'s libpoolshim-test.so, never into the installed library. */
   const char *forced = g_getenv("POOLSHIM_TEST_CLIENT_VERSION");
   if (forced)
     v = strtoul(forced, NULL, 10);
+#endif
   /* mysql_get_client_version() is the Connector/C package version: 3.3.x is verified. */
   if (v < 30300 || v >= 30400) {
     *why = "unsupported client library version (poolshim is verified with Connector/C 3.3)";

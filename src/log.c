@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -103,21 +104,67 @@ ps_log_release(void)
   g_string_free(lines, TRUE);
 }
 
+gsize
+ps_log_escape(char *out, gsize cap, const char *in, gsize len)
+{
+  static const char hex[] = "0123456789abcdef";
+  gsize o = 0;
+  if (!cap)
+    return 0;
+  for (gsize i = 0; i < len; i++) {
+    guchar c = (guchar)in[i];
+    char piece[4];
+    gsize plen;
+    if (c == '\\') {
+      piece[0] = piece[1] = '\\';
+      plen = 2;
+    } else if (c < 0x20 || c >= 0x7f) {
+      piece[0] = '\\';
+      piece[1] = 'x';
+      piece[2] = hex[c >> 4];
+      piece[3] = hex[c & 15];
+      plen = 4;
+    } else {
+      piece[0] = (char)c;
+      plen = 1;
+    }
+    if (o + plen >= cap) /* never half an escape */
+      break;
+    memcpy(out + o, piece, plen);
+    o += plen;
+  }
+  out[o] = '\0';
+  return o;
+}
+
+char *
+ps_log_escape_dup(const char *in)
+{
+  gsize len = strlen(in);
+  char *out = g_malloc(len * 4 + 1);
+  ps_log_escape(out, len * 4 + 1, in, len);
+  return out;
+}
+
 void
 ps_log(PsLogLevel level, const char *fmt, ...)
 {
   if (!ps_log_enabled(level))
     return;
   int saved = errno; /* logging must not change what the host sees in errno */
-  char line[1024];
+  char line[1024], body[1024];
   int fd = g_atomic_int_get(&log_fd);
   int n = format_prefix(line, sizeof line, fd != STDERR_FILENO);
   n += snprintf(line + n, sizeof line - (size_t)n, "%s: ", level_names[level]);
   va_list ap;
   va_start(ap, fmt);
-  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  int m = vsnprintf(body, sizeof body, fmt, ap);
   va_end(ap);
-  size_t len = (size_t)n + (m < 0 ? 0 : MIN((size_t)m, sizeof line - (size_t)n - 2));
+  /* Escaped here, once for every message: pool labels, paths and values come from the
+   * program's connect arguments and the environment, and a newline or an escape sequence in
+   * a database name must not forge a line or reach a terminal raw. */
+  size_t len = (size_t)n + ps_log_escape(line + n, sizeof line - (size_t)n - 1, body,
+                                         m < 0 ? 0 : MIN((size_t)m, sizeof body - 1));
   line[len++] = '\n';
   /* Only while the configuration is read does a line take the lock: a fork at any other
    * moment never leaves the child a held lock to block its first message on. */

@@ -18,6 +18,13 @@ gboolean ps_log_open_file(const char *path);
 void ps_log_hold(void);
 void ps_log_release(void);
 gboolean ps_log_enabled(PsLogLevel level);
+/* Every message is escaped with this before it is written: bytes below 0x20, 0x7f and
+ * non-ASCII bytes become \xNN and a backslash becomes two, so that nothing a program or
+ * user supplies (a newline in a database name, a terminal escape) can forge a line.
+ * Writes at most `cap` bytes with the NUL, never half an escape; returns the length. */
+gsize ps_log_escape(char *out, gsize cap, const char *in, gsize len);
+/* The same, newly allocated (g_free). */
+char *ps_log_escape_dup(const char *in);
 void ps_log(PsLogLevel level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 #define ps_error(...) ps_log(PS_LOG_ERROR, __VA_ARGS__)

@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* A label value as the format wants it: backslash, double quote and newline escaped. */
@@ -84,9 +86,93 @@ static const struct {
    "Waits that ended in error 1040 (POOLSHIM_TIMEOUT).", f_wait_timeouts},
 };
 
-char *
-ps_stats_format(const PsStatsReport *r)
+/* Busier first: connections in use and connects waiting now, then connects served, then
+ * connections open; ties keep creation order (the sort is on indices). */
+static gint
+busier_first(gconstpointer a, gconstpointer b, gpointer data)
 {
+  const GArray *keys = data;
+  const PsKeySnapshot *x = &g_array_index(keys, PsKeySnapshot, *(const guint *)a);
+  const PsKeySnapshot *y = &g_array_index(keys, PsKeySnapshot, *(const guint *)b);
+  guint64 bx = (guint64)x->lent + x->waiting, by = (guint64)y->lent + y->waiting;
+  if (bx != by)
+    return bx > by ? -1 : 1;
+  if (x->counts.borrowed != y->counts.borrowed)
+    return x->counts.borrowed > y->counts.borrowed ? -1 : 1;
+  if (x->open != y->open)
+    return x->open > y->open ? -1 : 1;
+  return *(const guint *)a < *(const guint *)b ? -1 : 1;
+}
+
+static void
+add_into(PsKeySnapshot *sum, const PsKeySnapshot *k)
+{
+  sum->settings.pool_size += k->settings.pool_size;
+  sum->open += k->open;
+  sum->idle += k->idle;
+  sum->lent += k->lent;
+  sum->waiting += k->waiting;
+  PsKeyCounts *c = &sum->counts;
+  const PsKeyCounts *d = &k->counts;
+  c->borrowed += d->borrowed;
+  c->served_idle += d->served_idle;
+  c->opened += d->opened;
+  c->closed += d->closed;
+  c->waits += d->waits;
+  c->wait_timeouts += d->wait_timeouts;
+  c->resets += d->resets;
+  for (guint i = 0; i < PS_CLOSE_REASONS; i++)
+    c->closed_by[i] += d->closed_by[i];
+  for (guint i = 0; i < PS_WAIT_BUCKETS; i++)
+    c->wait_buckets[i] += d->wait_buckets[i];
+  c->wait_count += d->wait_count;
+  c->wait_sum_us += d->wait_sum_us;
+}
+
+/* The keys the file lists: all of them up to PS_STATS_MAX_POOLS; beyond that the busiest
+ * PS_STATS_MAX_POOLS (in creation order) and one "(other N pools)" entry summing the rest,
+ * so that the file stays bounded whatever the program connects with. Shallow copies: the
+ * labels stay the caller's, but for the sum's (freed by the caller via *other_label). */
+static GArray *
+bounded_keys(const GArray *keys, char **other_label)
+{
+  guint n = keys ? keys->len : 0;
+  GArray *shown = g_array_new(FALSE, TRUE, sizeof(PsKeySnapshot));
+  *other_label = NULL;
+  if (n <= PS_STATS_MAX_POOLS) {
+    if (n)
+      g_array_append_vals(shown, keys->data, n);
+    return shown;
+  }
+  g_autofree guint *order = g_new(guint, n);
+  for (guint i = 0; i < n; i++)
+    order[i] = i;
+  g_qsort_with_data(order, (gint)n, sizeof *order, busier_first, (gpointer)keys);
+  g_autofree gboolean *listed = g_new0(gboolean, n);
+  for (guint i = 0; i < PS_STATS_MAX_POOLS; i++)
+    listed[order[i]] = TRUE;
+  PsKeySnapshot other = {0};
+  for (guint i = 0; i < n; i++) {
+    const PsKeySnapshot *k = &g_array_index(keys, PsKeySnapshot, i);
+    if (listed[i])
+      g_array_append_vals(shown, k, 1);
+    else
+      add_into(&other, k);
+  }
+  *other_label = g_strdup_printf("(other %u pools)", n - PS_STATS_MAX_POOLS);
+  other.label = *other_label;
+  g_array_append_val(shown, other);
+  return shown;
+}
+
+char *
+ps_stats_format(const PsStatsReport *report)
+{
+  g_autofree char *other_label = NULL;
+  g_autoptr(GArray) shown = bounded_keys(report->keys, &other_label);
+  PsStatsReport bounded = *report;
+  bounded.keys = shown;
+  const PsStatsReport *r = &bounded;
   GString *out = g_string_new(NULL);
   g_autofree char *pid = g_strdup_printf("{pid=\"%d\"}", r->pid);
   header(out, "poolshim_info", "gauge", "The library version and the process it runs in.");
@@ -196,16 +282,26 @@ gboolean
 ps_stats_write_file(const char *path, const char *text, GError **error)
 {
   /* A hidden name in the same directory (node_exporter reads only *.prom; rename(2) is
-   * atomic within one file system), unique per process and thread. */
+   * atomic within one file system), created with O_EXCL under a random suffix (mkostemps):
+   * in a directory others may write (the recommended /run/poolshim is 01777) nobody can
+   * predict the name to plant a link or a file there first. */
   g_autofree char *dir = g_path_get_dirname(path);
   g_autofree char *base = g_path_get_basename(path);
-  g_autofree char *tmp = g_strdup_printf("%s/.%s.%d.%p.tmp", dir, base, (int)getpid(),
-                                         (void *)g_thread_self());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  g_autofree char *tmp = g_strdup_printf("%s/.%s.XXXXXX.tmp", dir, base);
+  int fd = mkostemps(tmp, 4, O_CLOEXEC);
+  /* mkostemps creates 0600; the file is for node_exporter and poolshim-stat, which may run
+   * as other users (the counters and pool names are not secrets of the process). */
+  if (fd >= 0 && fchmod(fd, 0644) != 0) {
+    int e = errno;
+    close(fd);
+    unlink(tmp);
+    errno = e;
+    fd = -1;
+  }
   if (fd < 0) {
     int e = errno;
-    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot create %s: %s", tmp,
-                g_strerror(e));
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot create a file in %s: %s",
+                dir, g_strerror(e));
     return FALSE;
   }
   gsize len = strlen(text), done = 0;
@@ -223,6 +319,8 @@ ps_stats_write_file(const char *path, const char *text, GError **error)
     }
     done += (gsize)w;
   }
+  /* rename(2) replaces a link at `path` itself, never the file it points to; it fails on a
+   * directory. */
   if (close(fd) != 0 || rename(tmp, path) != 0) {
     int e = errno;
     unlink(tmp);

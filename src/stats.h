@@ -16,6 +16,10 @@ typedef struct {
   GArray *keys;           /* of PsKeySnapshot, may be NULL */
 } PsStatsReport;
 
+/* The file lists at most this many pools (the busiest); the rest are summed into one
+ * pool="(other N pools)" series per metric. */
+#define PS_STATS_MAX_POOLS 100
+
 /* The whole file, in the Prometheus text exposition format 0.0.4. */
 char *ps_stats_format(const PsStatsReport *report);
 
@@ -27,6 +31,6 @@ char *ps_stats_expand_path(const char *pattern, int pid, const char *program);
  * the same rule poolshim-stat relies on. */
 char *ps_stats_program_name(const char *argv0);
 
-/* Writes `text` to a temporary file beside `path`, then renames it over `path`: a reader
- * (node_exporter, poolshim-stat) never sees half a file. */
+/* Writes `text` to a temporary file beside `path` (O_EXCL, a random name, mode 0644), then
+ * renames it over `path`: a reader (node_exporter, poolshim-stat) never sees half a file. */
 gboolean ps_stats_write_file(const char *path, const char *text, GError **error);

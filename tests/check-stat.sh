@@ -133,6 +133,41 @@ check "only *.prom, no dot files, in a directory" eval '[ -s "$tmp/json" ] && [ 
 "$bin" "$tmp/ctl" >"$tmp/out" 2>&1
 check "control characters shown escaped in the table" grep -qF 'a\nb\x09c\x01d' "$tmp/out"
 
+# --- a FIFO or a device given or planted: one line and a prompt exit, never a hang ---
+mkfifo "$tmp/fifo.prom"
+timeout 10 "$bin" "$tmp/fifo.prom" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "a FIFO argument: exit status 1, not a hang (124)" [ $rc -eq 1 ]
+check "a FIFO argument: one line naming it" eval '[ "$(cat "$tmp/err")" = "poolshim-stat: $tmp/fifo.prom: not a regular file, skipped" ]'
+timeout 10 "$bin" /dev/zero >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "a device argument: exit status 1, not endless reading (124)" [ $rc -eq 1 ]
+check "a device argument: one line naming it" eval '[ "$(cat "$tmp/err")" = "poolshim-stat: /dev/zero: not a regular file, skipped" ]'
+mkdir "$tmp/fifodir"
+mkfifo "$tmp/fifodir/planted-1.prom"
+cp "$samples/gunicorn-1.prom" "$tmp/fifodir/"
+timeout 10 "$bin" "$tmp/fifodir" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "a FIFO planted in a directory: the other files are still shown" eval '[ $rc -eq 0 ] && grep -q gunicorn "$tmp/out"'
+check "a FIFO planted in a directory: one line naming it" eval '[ "$(cat "$tmp/err")" = "poolshim-stat: $tmp/fifodir/planted-1.prom: not a regular file, skipped" ]'
+
+# --- escape sequences in program and file names never reach the terminal raw ---
+esc=$(printf '\033')
+mkdir "$tmp/esc"
+evil="$tmp/esc/x${esc}]0;owned$(printf '\007')${esc}[2J-1.prom"
+{
+  printf 'poolshim_info{version="0.1.0",pid="1",program="p\033[31mred"} 1\n'
+  printf 'poolshim_unpooled_total{pid="1"} 2\n'
+  printf 'poolshim_pool_size{pid="1",pool="a\033[2Jb"} 1\n'
+  printf 'not a sample\n'
+} >"$evil"
+"$bin" "$tmp/esc" >"$tmp/out" 2>"$tmp/err"
+check "no raw escape byte on stdout or stderr" eval '! grep -q "$esc" "$tmp/out" "$tmp/err"'
+check "the file name is shown escaped in a warning" grep -qF 'x\x1b]0;owned\x07\x1b[2J-1.prom: line 4' "$tmp/err"
+check "the program name is shown escaped in the table and the unpooled line" \
+  eval '[ "$(grep -cF "p\\x1b[31mred" "$tmp/out")" -ge 2 ]'
+check "the pool name is shown escaped" grep -qF 'a\x1b[2Jb' "$tmp/out"
+
 # --- exit statuses and the no-argument mode ---
 "$bin" "$tmp/empty" >"$tmp/out" 2>"$tmp/err"
 rc=$?

@@ -676,3 +676,112 @@ Test(config, min_idle_is_set_per_pool_and_never_above_the_pool_size)
   ps_config_clear(&cfg);
   unlink(path);
 }
+
+/* ---- privileged processes ---------------------------------------------------------- */
+
+Test(config, in_a_privileged_process_no_path_is_taken_from_the_environment)
+{
+  g_autofree char *path = write_key_file("[default]\npool_size = 7\n");
+  g_setenv("POOLSHIM_CONFIG", path, TRUE);
+  g_setenv("POOLSHIM_LOG_FILE", "/tmp/pst-secure-log", TRUE);
+  g_setenv("POOLSHIM_STATS_FILE", "/tmp/pst-secure-%p.prom", TRUE);
+  g_setenv("POOLSHIM_HOST_DIR", "/tmp/pst-secure-slots", TRUE);
+  g_setenv("POOLSHIM_TIMEOUT", "3s", TRUE);
+  PsConfig cfg;
+  Capture cap;
+  capture_start(&cap);
+  ps_config_from_environ_secure(&cfg, TRUE);
+  g_autofree char *out = capture_end(&cap);
+  cr_assert_null(cfg.config_file);
+  cr_assert_null(cfg.log_file);
+  cr_assert_null(cfg.stats_file);
+  cr_assert_null(cfg.host_dir);
+  cr_assert_eq(cfg.pool_size, 10, "the key file was read");
+  cr_assert_eq(cfg.timeout_us, 3 * SEC, "a variable that names no file is kept");
+  cr_assert_eq(count_lines(out), 1, "%s", out);
+  cr_assert(strstr(out, "poolshim: warning: this process runs with elevated privileges"), "%s",
+            out);
+  cr_assert(strstr(out, "POOLSHIM_LOG_FILE, POOLSHIM_STATS_FILE, POOLSHIM_HOST_DIR, "
+                        "POOLSHIM_CONFIG ignored"),
+            "%s", out);
+  ps_config_clear(&cfg);
+
+  /* The same environment in an ordinary process: every one of them is used, silently. */
+  capture_start(&cap);
+  ps_config_from_environ_secure(&cfg, FALSE);
+  g_autofree char *plain = capture_end(&cap);
+  cr_assert_str_empty(plain, "%s", plain);
+  cr_assert_str_eq(cfg.config_file, path);
+  cr_assert_str_eq(cfg.log_file, "/tmp/pst-secure-log");
+  cr_assert_str_eq(cfg.host_dir, "/tmp/pst-secure-slots");
+  cr_assert_eq(cfg.pool_size, 7);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+/* ---- large key files ---------------------------------------------------------------- */
+
+/* Liveness, not speed: parsing used to search the whole text for every message (quadratic:
+ * 4,000 keys took over a second); a 100,000-key file must finish well inside this. */
+#define LARGE_FILE_BOUND_US (20 * SEC)
+
+Test(config, a_key_file_of_100000_unknown_keys_is_parsed_with_bounded_messages)
+{
+  GString *text = g_string_new("[default]\n");
+  for (guint i = 0; i < 100000; i++)
+    g_string_append_printf(text, "k%u=1\n", i);
+  g_string_append(text, "pool_size = 7\n");
+  g_autofree char *path = write_key_file(text->str);
+  g_string_free(text, TRUE);
+  PsConfig cfg;
+  gint64 start = g_get_monotonic_time();
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  gint64 took = g_get_monotonic_time() - start;
+  cr_assert_lt(took, LARGE_FILE_BOUND_US, "parsing took %" G_GINT64_FORMAT " ms", took / 1000);
+  cr_assert_eq(cfg.pool_size, 7, "the one valid key was not applied");
+  /* 50 messages with their lines, then one that counts the rest. */
+  cr_assert_eq(count_lines(out), 51, "%s", out);
+  g_autofree char *first = g_strdup_printf("poolshim: warning: %s:2: [default] unknown key k0 "
+                                           "ignored",
+                                           path);
+  cr_assert(g_str_has_prefix(out, first), "%s", out);
+  g_autofree char *fiftieth = g_strdup_printf("%s:51: [default] unknown key k49 ignored", path);
+  cr_assert(strstr(out, fiftieth), "%s", out);
+  g_autofree char *rest = g_strdup_printf("poolshim: warning: %s: 99950 more problems not shown\n",
+                                          path);
+  cr_assert(g_str_has_suffix(out, rest), "%s", out);
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
+Test(config, a_key_file_of_100000_pool_keys_is_parsed_and_applied)
+{
+  GString *text = g_string_new("[default]\npool_size = 3\n");
+  for (guint i = 0; i < 50000; i++)
+    g_string_append_printf(text, "[pool u%u@h:1/d]\npool_size = %u\nreset = %s\n", i, i % 50 + 1,
+                           i % 2 ? "none" : "rollback");
+  g_autofree char *path = write_key_file(text->str);
+  g_string_free(text, TRUE);
+  PsConfig cfg;
+  gint64 start = g_get_monotonic_time();
+  g_autofree char *out = parse_with_file(&cfg, path, NULL);
+  gint64 took = g_get_monotonic_time() - start;
+  cr_assert_lt(took, LARGE_FILE_BOUND_US, "parsing took %" G_GINT64_FORMAT " ms", took / 1000);
+  cr_assert_str_empty(out, "%s", out);
+  cr_assert_eq(cfg.pool_size, 3);
+  cr_assert_not_null(cfg.pool_rules);
+  cr_assert_eq(cfg.pool_rules->len, 50000);
+  static const guint probes[] = {0, 1, 12345, 49998, 49999};
+  for (gsize i = 0; i < G_N_ELEMENTS(probes); i++) {
+    g_autofree char *name = g_strdup_printf("u%u@h:1/d", probes[i]);
+    PsPoolSettings s;
+    ps_config_pool_settings(&cfg, name, &s);
+    cr_assert_eq(s.pool_size, probes[i] % 50 + 1, "%s: size %u", name, s.pool_size);
+    cr_assert_eq(s.reset, probes[i] % 2 ? PS_RESET_NONE : PS_RESET_ROLLBACK, "%s", name);
+  }
+  PsPoolSettings other;
+  ps_config_pool_settings(&cfg, "nobody@h:1/d", &other);
+  cr_assert_eq(other.pool_size, 3, "a pool no group names keeps the process-wide size");
+  ps_config_clear(&cfg);
+  unlink(path);
+}

@@ -25,8 +25,12 @@ probe(const char *scenario, gboolean shim, const char *const *extra)
 {
   const char *argv[] = {pst_env("PST_LEAKPROBE"), scenario, NULL};
   GPtrArray *env = g_ptr_array_new();
+  /* A test hook (POOLSHIM_TEST_*) is only in the test build of the library. */
+  gboolean hook = FALSE;
+  for (const char *const *e = extra; e && *e; e += 2)
+    hook |= g_str_has_prefix(*e, "POOLSHIM_TEST_");
   g_ptr_array_add(env, "LD_PRELOAD");
-  g_ptr_array_add(env, shim ? (gpointer)pst_env("PST_LIB") : NULL);
+  g_ptr_array_add(env, shim ? (gpointer)pst_env(hook ? "PST_LIB_TEST" : "PST_LIB") : NULL);
   /* Only what the scenario asks for: not the test process's own settings. */
   static const char *const ours[] = {"POOLSHIM_RESET_TIMEOUT", "POOLSHIM_POOL_SIZE",
                                      "POOLSHIM_TIMEOUT", NULL};

@@ -416,3 +416,53 @@ Test(observe, messages_go_to_the_log_file_with_time_and_pid)
   pst_run_clear(&b);
   ops_rm_tree(tmp);
 }
+
+Test(observe, a_newline_and_a_quote_in_a_database_name_reach_the_log_and_the_stats_file_escaped)
+{
+  /* A database whose name would forge a log line if written raw. */
+  static const char db[] = "pst_nl\npoolshim: error: forged \"q";
+  MYSQL *admin = pst_admin();
+  pst_exec(admin, "DROP DATABASE IF EXISTS `%s`", db);
+  pst_exec(admin, "CREATE DATABASE `%s`", db);
+  pst_exec(admin, "GRANT ALL ON `%s`.* TO '%s'@'%%', '%s'@'localhost'", db,
+           pst_env("PS_TEST_USER"), pst_env("PS_TEST_USER"));
+  g_autofree char *tmp = ops_tmp_dir("pst-observe"), *label = pool_label(db);
+  g_autofree char *log = g_build_filename(tmp, "log", NULL);
+  g_autofree char *stats = g_build_filename(tmp, "s.prom", NULL);
+  const char *args[] = {"work", "1", "3", "0", NULL};
+  const char *env[] = {"POOLSHIM_LOG", "info", "POOLSHIM_LOG_FILE", log, "POOLSHIM_STATS_FILE",
+                       stats, "PS_TEST_DB", db, NULL};
+  PstRun r = run_probe(args, env);
+  cr_assert_eq(report_int(r.out, "OK"), 3, "%s\n%s", r.out, r.err);
+  cr_assert_eq(report_int(r.out, "ERRORS"), 0, "%s\n%s", r.out, r.err);
+  /* The server saw the database: the connects really used it. */
+  cr_assert_eq(pst_scalar(admin, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE "
+                                 "SCHEMA_NAME = 'pst_nl\\npoolshim: error: forged \"q'"),
+               1);
+  g_autofree char *t = ops_read_file(log);
+  g_autofree char *escaped = g_strdup_printf("%s@%s:%s/pst_nl\\x0apoolshim: error: forged \"q",
+                                             pst_env("PS_TEST_USER"), pst_env("PS_TEST_HOST"),
+                                             pst_env("PS_TEST_PORT"));
+  g_autofree char *new_pool = g_strdup_printf("info: new pool %s (size", escaped);
+  cr_assert_eq(pst_count_lines_with(t, new_pool), 1, "%s", t);
+  g_auto(GStrv) lines = g_strsplit(t, "\n", -1);
+  for (char **l = lines; *l; l++)
+    cr_assert(!**l || g_regex_match_simple("^20[0-9-]{8}T[0-9:.]{12}Z poolshim\\[[0-9]+\\]: ", *l,
+                                           0, 0),
+              "a forged log line: '%s'\nlog:\n%s", *l, t);
+  cr_assert_null(strstr(t, "\npoolshim: error: forged"), "%s", t);
+  /* The stats file: the label as the Prometheus text format escapes it. */
+  g_autofree char *s = ops_read_file(stats);
+  g_autofree char *want = g_strdup_printf("poolshim_borrowed_total{pid=\"%lld\",pool=\"%s@%s:%s/"
+                                          "pst_nl\\npoolshim: error: forged \\\"q\"} 3",
+                                          report_int(r.out, "PID"), pst_env("PS_TEST_USER"),
+                                          pst_env("PS_TEST_HOST"), pst_env("PS_TEST_PORT"));
+  cr_assert_eq(pst_count_lines_with(s, want), 1, "no line %s in:\n%s", want, s);
+  g_auto(GStrv) slines = g_strsplit(s, "\n", -1);
+  for (char **l = slines; *l; l++)
+    cr_assert(!**l || **l == '#' || g_str_has_prefix(*l, "poolshim_"), "a forged sample: '%s'",
+              *l);
+  pst_run_clear(&r);
+  pst_exec(admin, "DROP DATABASE `%s`", db);
+  ops_rm_tree(tmp);
+}

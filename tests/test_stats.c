@@ -4,6 +4,8 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "pool.h"
@@ -141,4 +143,149 @@ Test(stats, the_file_is_replaced_atomically_and_nothing_is_left_behind)
   cr_assert(strstr(error->message, "missing"), "the error names the path: %s", error->message);
   g_unlink(path);
   g_rmdir(dir);
+}
+
+/* The temporary name the writer used before: pid and thread address, both known to anyone. */
+static char *
+old_predictable_tmp(const char *dir, const char *base)
+{
+  return g_strdup_printf("%s/.%s.%d.%p.tmp", dir, base, (int)getpid(), (void *)g_thread_self());
+}
+
+Test(stats, a_link_planted_at_a_predictable_temp_name_is_not_followed)
+{
+  g_autofree char *dir = g_dir_make_tmp("poolshim-stats-XXXXXX", NULL);
+  g_autofree char *victim = g_build_filename(dir, "victim", NULL);
+  g_autofree char *decoy = g_build_filename(dir, "decoy", NULL);
+  cr_assert(g_file_set_contents(victim, "precious\n", -1, NULL));
+  g_autofree char *path = g_build_filename(dir, "p.prom", NULL);
+  g_autofree char *planted = old_predictable_tmp(dir, "p.prom");
+  cr_assert_eq(symlink(victim, planted), 0);
+  /* Watch every name created in the directory while the file is written. */
+  int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  cr_assert_geq(in, 0);
+  cr_assert_geq(inotify_add_watch(in, dir, IN_CREATE | IN_MOVED_FROM), 0);
+  g_autoptr(GError) error = NULL;
+  cr_assert(ps_stats_write_file(path, "counters\n", &error), "the write failed: %s",
+            error ? error->message : "");
+  char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+  ssize_t got = read(in, buf, sizeof buf);
+  close(in);
+  cr_assert_gt(got, 0, "no file was created in the directory");
+  g_autofree char *pid = g_strdup_printf(".%d.", (int)getpid());
+  guint temps = 0;
+  for (char *p = buf; p < buf + got;) {
+    struct inotify_event *ev = (struct inotify_event *)p;
+    if (ev->len && (ev->mask & IN_CREATE) && g_str_has_prefix(ev->name, ".p.prom.")) {
+      temps++;
+      cr_assert_null(strstr(ev->name, pid), "the temp name holds the pid: %s", ev->name);
+      cr_assert_null(strstr(ev->name, "0x"), "the temp name holds an address: %s", ev->name);
+    }
+    p += sizeof *ev + ev->len;
+  }
+  cr_assert_eq(temps, 1, "one temporary file per write");
+  g_autofree char *kept = NULL, *written = NULL;
+  cr_assert(g_file_get_contents(victim, &kept, NULL, NULL));
+  cr_assert_str_eq(kept, "precious\n", "the file behind the link was written");
+  cr_assert(g_file_get_contents(path, &written, NULL, NULL));
+  cr_assert_str_eq(written, "counters\n");
+  struct stat st;
+  cr_assert_eq(lstat(path, &st), 0);
+  cr_assert(S_ISREG(st.st_mode));
+  cr_assert_eq(st.st_mode & 07777, 0644, "mode %o", st.st_mode & 07777);
+  /* A plain file planted under the old name is not truncated or reused either. */
+  g_unlink(planted);
+  cr_assert(g_file_set_contents(planted, "theirs\n", -1, NULL));
+  cr_assert(ps_stats_write_file(path, "again\n", NULL));
+  g_autofree char *theirs = NULL;
+  cr_assert(g_file_get_contents(planted, &theirs, NULL, NULL));
+  cr_assert_str_eq(theirs, "theirs\n");
+  g_unlink(planted);
+  g_unlink(path);
+  g_unlink(victim);
+  g_unlink(decoy);
+  g_rmdir(dir);
+}
+
+static guint
+count_pool_labels(const char *text, const char *metric)
+{
+  GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_autofree char *prefix = g_strconcat(metric, "{", NULL);
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  for (char **l = lines; *l; l++) {
+    if (!g_str_has_prefix(*l, prefix))
+      continue;
+    const char *pool = strstr(*l, "pool=\"");
+    cr_assert_not_null(pool, "%s", *l);
+    const char *end = strchr(pool + 6, '"');
+    g_hash_table_add(seen, g_strndup(pool + 6, (gsize)(end - pool - 6)));
+  }
+  guint n = g_hash_table_size(seen);
+  g_hash_table_unref(seen);
+  return n;
+}
+
+Test(stats, twenty_thousand_pools_give_the_busiest_and_one_line_for_the_rest)
+{
+  GArray *keys = g_array_new(FALSE, TRUE, sizeof(PsKeySnapshot));
+  GPtrArray *labels = g_ptr_array_new_with_free_func(g_free);
+  guint64 borrowed_sum = 0, listed_sum = 0;
+  for (guint i = 0; i < 20000; i++) {
+    char *label = g_strdup_printf("u%u@h:1/db", i);
+    g_ptr_array_add(labels, label);
+    PsKeySnapshot k = {.label = label, .open = 1, .idle = 1};
+    k.settings.pool_size = 2;
+    /* Pools 19900.. are the busiest: served the most connects. */
+    k.counts.borrowed = i >= 19900 ? 1000 + i : 1;
+    k.counts.closed_by[PS_CLOSE_LIFETIME] = 1;
+    k.counts.wait_buckets[0] = 1;
+    k.counts.wait_count = 1;
+    borrowed_sum += k.counts.borrowed;
+    if (i >= 19900)
+      listed_sum += k.counts.borrowed;
+    g_array_append_val(keys, k);
+  }
+  PsStatsReport r = {.version = "1", .pid = 7, .program = "p", .keys = keys};
+  g_autofree char *text = ps_stats_format(&r);
+  cr_assert_eq(count_pool_labels(text, "poolshim_borrowed_total"), PS_STATS_MAX_POOLS + 1);
+  cr_assert_eq(count_pool_labels(text, "poolshim_connections"), PS_STATS_MAX_POOLS + 1);
+  cr_assert_eq(count_pool_labels(text, "poolshim_wait_seconds_bucket"), PS_STATS_MAX_POOLS + 1);
+  cr_assert(has_line(text, "poolshim_borrowed_total{pid=\"7\",pool=\"u19999@h:1/db\"} 20999"),
+            "the busiest pool is listed");
+  cr_assert_null(strstr(text, "pool=\"u0@h:1/db\""), "an idle pool is listed");
+  g_autofree char *other = g_strdup_printf(
+    "poolshim_borrowed_total{pid=\"7\",pool=\"(other 19900 pools)\"} %" G_GUINT64_FORMAT,
+    borrowed_sum - listed_sum);
+  cr_assert(has_line(text, other), "no sum line %s", other);
+  cr_assert(has_line(text, "poolshim_connections{pid=\"7\",pool=\"(other 19900 pools)\","
+                           "state=\"idle\"} 19900"));
+  cr_assert(has_line(text, "poolshim_closed_total{pid=\"7\",pool=\"(other 19900 pools)\","
+                           "reason=\"lifetime\"} 19900"));
+  cr_assert(has_line(text, "poolshim_pool_size{pid=\"7\",pool=\"(other 19900 pools)\"} 39800"));
+  /* Bounded: about 30 lines per listed pool, whatever the number of pools. */
+  guint nlines = 0;
+  for (const char *c = text; *c; c++)
+    nlines += *c == '\n';
+  cr_assert_lt(nlines, 40 * (PS_STATS_MAX_POOLS + 1), "%u lines", nlines);
+  g_array_unref(keys);
+  g_ptr_array_unref(labels);
+}
+
+Test(stats, up_to_the_bound_every_pool_is_listed_and_no_sum_line)
+{
+  GArray *keys = g_array_new(FALSE, TRUE, sizeof(PsKeySnapshot));
+  GPtrArray *labels = g_ptr_array_new_with_free_func(g_free);
+  for (guint i = 0; i < PS_STATS_MAX_POOLS; i++) {
+    char *label = g_strdup_printf("u%u@h:1/db", i);
+    g_ptr_array_add(labels, label);
+    PsKeySnapshot k = {.label = label};
+    g_array_append_val(keys, k);
+  }
+  PsStatsReport r = {.version = "1", .pid = 7, .program = "p", .keys = keys};
+  g_autofree char *text = ps_stats_format(&r);
+  cr_assert_eq(count_pool_labels(text, "poolshim_borrowed_total"), PS_STATS_MAX_POOLS);
+  cr_assert_null(strstr(text, "(other"));
+  g_array_unref(keys);
+  g_ptr_array_unref(labels);
 }

@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <glib.h>
 #include <locale.h>
 #include <math.h>
@@ -12,6 +13,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,15 +91,18 @@ static guint warnings; /* lines on stderr: after a specific one, the generic one
 
 static void ps_stat_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
+static char *ps_stat_printable(const char *s);
+
+/* Messages name files and processes others may have named: escaped like table cells. */
 static void
 ps_stat_warn(const char *fmt, ...)
 {
   va_list ap;
   va_start(ap, fmt);
-  fputs("poolshim-stat: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  g_autofree char *text = g_strdup_vprintf(fmt, ap);
   va_end(ap);
+  g_autofree char *shown = ps_stat_printable(text);
+  fprintf(stderr, "poolshim-stat: %s\n", shown);
   warnings++;
 }
 
@@ -306,9 +311,23 @@ ps_stat_apply(PsStatProc *proc, const PsSample *s)
 static PsStatProc *
 ps_stat_read_file(const char *path, gint64 want_pid)
 {
-  FILE *f = fopen(path, "re");
+  /* Non-blocking, and only a regular file: a FIFO or a device (planted in a shared
+   * directory, or given by mistake) must not hang the program or make it read forever. */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    ps_stat_warn("%s: %s", path, g_strerror(errno));
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ps_stat_warn("%s: not a regular file, skipped", path);
+    close(fd);
+    return NULL;
+  }
+  FILE *f = fdopen(fd, "r");
   if (!f) {
     ps_stat_warn("%s: %s", path, g_strerror(errno));
+    close(fd);
     return NULL;
   }
   PsStatProc *proc = g_new0(PsStatProc, 1);
@@ -532,19 +551,35 @@ ps_stat_age(double written, double now)
   return g_strdup_printf("%" G_GINT64_FORMAT "d", age / 86400);
 }
 
-/* Names are shown as they are, except control characters: they would break the columns and
- * could drive the operator's terminal. */
+/* Names are shown as they are (UTF-8 too), except control characters (C0, DEL and the C1
+ * range U+0080..U+009F, which some terminals obey as escape sequences) and bytes that are
+ * not UTF-8: they would break the columns and could drive the operator's terminal. */
 static char *
 ps_stat_printable(const char *s)
 {
   GString *out = g_string_new(NULL);
-  for (const guchar *p = (const guchar *)s; *p; p++) {
-    if (*p == '\n')
+  for (const char *p = s; *p;) {
+    guchar c = (guchar)*p;
+    if (c == '\n') {
       g_string_append(out, "\\n");
-    else if (*p < 0x20 || *p == 0x7f)
-      g_string_append_printf(out, "\\x%02x", *p);
-    else
-      g_string_append_c(out, (char)*p);
+      p++;
+    } else if (c < 0x20 || c == 0x7f) {
+      g_string_append_printf(out, "\\x%02x", c);
+      p++;
+    } else if (c < 0x80) {
+      g_string_append_c(out, (char)c);
+      p++;
+    } else {
+      gunichar u = g_utf8_get_char_validated(p, -1);
+      if (u == (gunichar)-1 || u == (gunichar)-2 || (u >= 0x80 && u <= 0x9f)) {
+        g_string_append_printf(out, "\\x%02x", c); /* one byte at a time */
+        p++;
+      } else {
+        const char *next = g_utf8_next_char(p);
+        g_string_append_len(out, p, next - p);
+        p = next;
+      }
+    }
   }
   return g_string_free(out, FALSE);
 }
@@ -620,10 +655,11 @@ ps_stat_print_table(GPtrArray *procs, double now)
       g_ptr_array_add(rows, ps_stat_row(proc, "-", NULL, now));
     else if (proc->pools->len > 1)
       g_ptr_array_add(rows, ps_stat_row(proc, "(total)", &total, now));
-    if (proc->unpooled)
+    if (proc->unpooled) {
+      g_autofree char *program = ps_stat_printable(proc->program ? proc->program : "-");
       g_string_append_printf(unpooled, "%s pid %" G_GINT64_FORMAT " (%s): %" G_GUINT64_FORMAT,
-                             unpooled->len ? "," : "", proc->pid,
-                             proc->program ? proc->program : "-", proc->unpooled);
+                             unpooled->len ? "," : "", proc->pid, program, proc->unpooled);
+    }
   }
   glong width[PS_N_COLS] = {0};
   for (guint r = 0; r < rows->len; r++)
