@@ -644,6 +644,9 @@ lend(PsPhys *p, MYSQL *m)
 {
   p->handle = m;
   p->unpoolable = NULL;
+  /* Whatever the reset or the pool's own query left, the application sees a fresh handle. */
+  if (p->profile)
+    ps_conn_present_fresh(m, p->profile);
   ps_watch_lent(p->watch);
   if (B.config.leak_warn_us) {
     p->lent_since_us = g_get_monotonic_time();

@@ -470,6 +470,14 @@ query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
 PsConnProfile *
 ps_conn_profile_new(MYSQL *m, const char *requested_db)
 {
+  /* Read before the pool's own query below overwrites them. */
+  PsConnFresh fresh = {
+    .affected_rows = m->affected_rows,
+    .insert_id = m->insert_id,
+    .field_count = m->field_count,
+    .warning_count = m->warning_count,
+    .has_info = m->info != NULL,
+  };
   unsigned long wait_timeout_s = 0;
   gboolean ok;
   char *role = query_role(m, &wait_timeout_s, &ok);
@@ -486,6 +494,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   p->role_sql = role_statement(p->role);
   p->charset = m->charset;
   p->init_commands = ps_conn_init_commands(m);
+  p->fresh = fresh;
   return p;
 }
 
@@ -1071,6 +1080,30 @@ ps_conn_adopt(MYSQL *m)
     pvio->methods->set_timeout(pvio, PVIO_READ_TIMEOUT, (int)m->options.read_timeout);
     pvio->methods->set_timeout(pvio, PVIO_WRITE_TIMEOUT, (int)m->options.write_timeout);
   }
+  m->net.last_errno = 0;
+  m->net.last_error[0] = '\0';
+  strcpy(m->net.sqlstate, "00000");
+}
+
+void
+ps_conn_present_fresh(MYSQL *m, const PsConnProfile *profile)
+{
+  /* mysql_real_connect (mthd_my_real_connect in mariadb_lib.c) leaves what the auth OK
+   * packet's ma_read_ok_packet set (affected rows and insert id 0, its warning count; the
+   * struct was zeroed by mysql_init, so field_count 0 and info NULL), or, with init
+   * commands, what the last one's reply set; then sqlstate "00000" and no error. A pooled
+   * connection shows instead the reset's replies, the pool's own `SELECT CURRENT_ROLE()`
+   * (field count 2) or an earlier borrower's last command: replaced by the values the
+   * pool's first real connect showed (PsConnFresh). mysql_info(): the library points it
+   * into its read buffer; NULL when a fresh connect has none, else the message the reset's
+   * re-run init commands left (on the first connect, the pool's own query has replaced it:
+   * NULL). The server status stays the session's own: its autocommit bit is the truth. */
+  m->affected_rows = profile->fresh.affected_rows;
+  m->insert_id = profile->fresh.insert_id;
+  m->field_count = profile->fresh.field_count;
+  m->warning_count = profile->fresh.warning_count;
+  if (!profile->fresh.has_info)
+    m->info = NULL;
   m->net.last_errno = 0;
   m->net.last_error[0] = '\0';
   strcpy(m->net.sqlstate, "00000");
