@@ -378,8 +378,8 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   /* Connection attributes reach the server at the handshake. */
   g_autofree char **attr_keys = NULL;
   g_autofree char **attr_vals = NULL;
-  guint nattrs = ext && ext->connect_attrs.records
-                   ? ps_conn_user_attributes(m, &attr_keys, &attr_vals) : 0;
+  guint nattrs =
+      ext && ext->connect_attrs.records ? ps_conn_user_attributes(m, &attr_keys, &attr_vals) : 0;
   for (guint i = 0; i < nattrs; i++) {
     feed_str(s, attr_keys[i]);
     feed_str(s, attr_vals[i]);
@@ -497,11 +497,11 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
 {
   /* Read before the pool's own query below overwrites them. */
   PsConnFresh fresh = {
-    .affected_rows = m->affected_rows,
-    .insert_id = m->insert_id,
-    .field_count = m->field_count,
-    .warning_count = m->warning_count,
-    .has_info = m->info != NULL,
+      .affected_rows = m->affected_rows,
+      .insert_id = m->insert_id,
+      .field_count = m->field_count,
+      .warning_count = m->warning_count,
+      .has_info = m->info != NULL,
   };
   unsigned long wait_timeout_s = 0;
   gboolean ok;

@@ -45,163 +45,192 @@ typedef struct {
 } FpItem;
 
 static const FpItem corpus[] = {
-  /* harmless, errors, warnings */
-  {FP_SQL, "SELECT 1"},
-  {FP_SQL, "DO 1"},
-  {FP_SQL, "SELECT COUNT(*) FROM fp_t"},
-  {FP_SQL, "SELECT * FROM fp_t WHERE id = 1"},
-  {FP_SQL, "SHOW VARIABLES LIKE 'time_zone'"},
-  {FP_SQL, "SELECT SQL_CALC_FOUND_ROWS * FROM fp_t LIMIT 1"},
-  {FP_SQL, "SELECT no_such_column FROM fp_t"},
-  {FP_SQL, "SELEC 1"},
-  {FP_SQL, "INSERT INTO fp_no_such_table VALUES (1)"},
-  {FP_SQL, "SELECT CAST('fingerprint' AS SIGNED)"},
-  {FP_SQL, "SET STATEMENT max_join_size = 10 FOR SELECT 1"},
-  /* user variables, every way */
-  {FP_SQL, "SET @fp_a = 1"},
-  {FP_SQL, "SET @fp_b := 'two'"},
-  {FP_SQL, "SELECT @fp_c := 3"},
-  {FP_SQL, "SELECT 4 INTO @fp_d"},
-  {FP_SQL, "SELECT v FROM fp_t WHERE id = 1 INTO @fp_e"},
-  {FP_SQL, "DO @fp_j := 5"},
-  {FP_SQL, "SET @fp_h = 8, SESSION sql_mode = 'ANSI_QUOTES'"},
-  {FP_SQL, "SELECT @fp_i := LAST_INSERT_ID()"},
-  {FP_SQL, "CALL fp_p_uvar()"},
-  {FP_SQL, "SELECT fp_f_uvar()"},
-  {FP_SQL, "PREPARE fp_s2 FROM 'SET @fp_g = ?'"},
-  {FP_SQL, "EXECUTE fp_s2 USING 9"},
-  {FP_SQL, "INSERT INTO fp_t (v) VALUES (11)"}, /* the trigger sets @fp_trg */
-  /* session variables */
-  {FP_SQL, "SET time_zone = '+05:00'"},
-  {FP_SQL, "SET SESSION sql_mode = 'ANSI_QUOTES,NO_ZERO_DATE'"},
-  {FP_SQL, "SET sql_mode = 'NO_BACKSLASH_ESCAPES'"},
-  {FP_SQL, "SET autocommit = 0"},
-  {FP_SQL, "SET autocommit = 1"},
-  {FP_AUTOCOMMIT, NULL},
-  {FP_SQL, "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
-  {FP_SQL, "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED"},
-  {FP_SQL, "SET SESSION TRANSACTION READ ONLY"},
-  {FP_SQL, "SET NAMES latin1"},
-  {FP_SQL, "SET NAMES utf8mb3 COLLATE utf8mb3_bin"},
-  {FP_SQL, "SET CHARACTER SET latin1"},
-  {FP_SQL, "SET character_set_results = NULL"},
-  {FP_SET_CHARSET, "latin1"},
-  {FP_SET_CHARSET, "utf8mb3"},
-  {FP_SQL, "SET max_join_size = 1000"},
-  {FP_SQL, "SET div_precision_increment = 9"},
-  {FP_SQL, "SET @@session.sql_select_limit = 1"},
-  {FP_SQL, "SET SESSION group_concat_max_len = 5"},
-  {FP_SQL, "SET lock_wait_timeout = 3"},
-  {FP_SQL, "SET innodb_lock_wait_timeout = 2"},
-  {FP_SQL, "SET foreign_key_checks = 0, unique_checks = 0"},
-  {FP_SQL, "SET sql_safe_updates = 1"},
-  {FP_SQL, "SET auto_increment_increment = 5, auto_increment_offset = 3"},
-  {FP_SQL, "SET insert_id = 1000000"},
-  {FP_SQL, "SET timestamp = 1000000000"},
-  {FP_SQL, "SET lc_time_names = 'de_DE'"},
-  {FP_SQL, "SET completion_type = 'CHAIN'"},
-  {FP_SQL, "SET SESSION wait_timeout = 100"},
-  {FP_SQL, "SET SESSION max_statement_time = 5"},
-  {FP_SQL, "SET optimizer_switch = 'index_merge=off'"},
-  {FP_SQL, "SET default_storage_engine = MyISAM"},
-  {FP_SQL, "SET SESSION old_mode = 'NO_PROGRESS_INFO'"},
-  {FP_SQL, "SET sql_auto_is_null = 1, sql_notes = 0, max_error_count = 10"},
-  {FP_SQL, "SET sql_buffer_result = 1"},
-  {FP_SQL, "SET profiling = 1"},
-  /* statements that switch session tracking off, then change something */
-  {FP_SQL, "SET session_track_state_change = OFF"},
-  {FP_SQL, "SET session_track_system_variables = ''\nSET time_zone = '+02:00'"},
-  {FP_SQL, "SET session_track_schema = OFF\nUSE @DB2@"},
-  {FP_SQL, "SET session_track_transaction_info = 'CHARACTERISTICS'"},
-  {FP_SQL, "CALL fp_p_tracking()"},
-  /* transactions and savepoints */
-  {FP_SQL, "START TRANSACTION"},
-  {FP_SQL, "BEGIN"},
-  {FP_SQL, "START TRANSACTION READ ONLY"},
-  {FP_SQL, "START TRANSACTION WITH CONSISTENT SNAPSHOT"},
-  {FP_SQL, "COMMIT"},
-  {FP_SQL, "ROLLBACK"},
-  {FP_SQL, "COMMIT AND CHAIN"},
-  {FP_SQL, "SAVEPOINT fp_sp"},
-  {FP_SQL, "ROLLBACK TO SAVEPOINT fp_sp"},
-  {FP_SQL, "RELEASE SAVEPOINT fp_sp"},
-  {FP_SQL, "UPDATE fp_t SET v = v + 1 WHERE id = 1"},
-  {FP_SQL, "SELECT * FROM fp_t WHERE id = 1 FOR UPDATE"},
-  {FP_SQL, "DELETE FROM fp_t WHERE v = 11 LIMIT 1"},
-  {FP_SQL, "START TRANSACTION\nINSERT INTO fp_t (v) VALUES (12)"},
-  /* XA (a prepared one is closed, not pooled; the harness rolls it back) */
-  {FP_SQL, "XA START 'fp_x'"},
-  {FP_SQL, "XA END 'fp_x'"},
-  {FP_SQL, "XA PREPARE 'fp_x'"},
-  {FP_SQL, "XA COMMIT 'fp_x'"},
-  {FP_SQL, "XA ROLLBACK 'fp_x'"},
-  {FP_SQL, "XA START 'fp_x'\nINSERT INTO fp_t (v) VALUES (13)\nXA END 'fp_x'"},
-  {FP_SQL, "XA COMMIT 'fp_x' ONE PHASE"},
-  /* temporary tables */
-  {FP_SQL, "CREATE TEMPORARY TABLE fp_tmp1 (a INT)"},
-  {FP_SQL, "CREATE TEMPORARY TABLE fp_tmp2 ENGINE=InnoDB AS SELECT * FROM fp_t LIMIT 2"},
-  {FP_SQL, "INSERT INTO fp_tmp1 VALUES (1)"},
-  {FP_SQL, "DROP TEMPORARY TABLE fp_tmp1"},
-  {FP_SQL, "CREATE TEMPORARY TABLE fp_t (x INT)"}, /* shadows the real table */
-  {FP_SQL, "CALL fp_p_tmp()"},
-  /* SQL and binary prepared statements */
-  {FP_SQL, "PREPARE fp_s1 FROM 'SELECT 1'"},
-  {FP_SQL, "EXECUTE fp_s1"},
-  {FP_SQL, "DEALLOCATE PREPARE fp_s1"},
-  {FP_SQL, "PREPARE fp_s3 FROM 'SELECT * FROM fp_t WHERE id = ?'"},
-  {FP_STMT_OPEN, "SELECT ?"},
-  {FP_STMT_RUN_OPEN, "SELECT v FROM fp_t WHERE id = 1"},
-  {FP_STMT_CLOSED, "SELECT id FROM fp_t WHERE v = ?"},
-  /* named locks */
-  {FP_SQL, "SELECT GET_LOCK('fp_l1', 0)"},
-  {FP_SQL, "DO GET_LOCK('fp_l2', 0)"},
-  {FP_SQL, "SELECT RELEASE_LOCK('fp_l1')"},
-  {FP_SQL, "DO RELEASE_ALL_LOCKS()"},
-  {FP_SQL, "SELECT fp_f_lock()"},
-  {FP_SQL, "CALL fp_p_lock()"},
-  /* table locks, handlers */
-  {FP_SQL, "LOCK TABLES fp_t WRITE"},
-  {FP_SQL, "LOCK TABLES fp_t READ"},
-  {FP_SQL, "UNLOCK TABLES"},
-  {FP_SQL, "HANDLER fp_t OPEN"},
-  {FP_SQL, "HANDLER fp_t OPEN AS fp_h\nHANDLER fp_h READ FIRST"},
-  {FP_SQL, "HANDLER fp_t CLOSE"},
-  /* the database */
-  {FP_SQL, "USE @DB2@"},
-  {FP_SELECT_DB, NULL},
-  /* procedures and functions that change session state */
-  {FP_SQL, "CALL fp_p_state()"},
-  {FP_SQL, "SELECT fp_f_var()"},
-  /* LAST_INSERT_ID, sequences, roles */
-  {FP_SQL, "SELECT LAST_INSERT_ID(42)"},
-  {FP_SQL, "UPDATE fp_t SET v = LAST_INSERT_ID(v) WHERE id = 1"},
-  {FP_SQL, "SELECT NEXTVAL(fp_seq)"},
-  {FP_SQL, "SET ROLE fp_role"},
-  {FP_SQL, "SET ROLE NONE"},
-  {FP_SQL, "CALL fp_p_role()"},
+    /* harmless, errors, warnings */
+    {FP_SQL, "SELECT 1"},
+    {FP_SQL, "DO 1"},
+    {FP_SQL, "SELECT COUNT(*) FROM fp_t"},
+    {FP_SQL, "SELECT * FROM fp_t WHERE id = 1"},
+    {FP_SQL, "SHOW VARIABLES LIKE 'time_zone'"},
+    {FP_SQL, "SELECT SQL_CALC_FOUND_ROWS * FROM fp_t LIMIT 1"},
+    {FP_SQL, "SELECT no_such_column FROM fp_t"},
+    {FP_SQL, "SELEC 1"},
+    {FP_SQL, "INSERT INTO fp_no_such_table VALUES (1)"},
+    {FP_SQL, "SELECT CAST('fingerprint' AS SIGNED)"},
+    {FP_SQL, "SET STATEMENT max_join_size = 10 FOR SELECT 1"},
+    /* user variables, every way */
+    {FP_SQL, "SET @fp_a = 1"},
+    {FP_SQL, "SET @fp_b := 'two'"},
+    {FP_SQL, "SELECT @fp_c := 3"},
+    {FP_SQL, "SELECT 4 INTO @fp_d"},
+    {FP_SQL, "SELECT v FROM fp_t WHERE id = 1 INTO @fp_e"},
+    {FP_SQL, "DO @fp_j := 5"},
+    {FP_SQL, "SET @fp_h = 8, SESSION sql_mode = 'ANSI_QUOTES'"},
+    {FP_SQL, "SELECT @fp_i := LAST_INSERT_ID()"},
+    {FP_SQL, "CALL fp_p_uvar()"},
+    {FP_SQL, "SELECT fp_f_uvar()"},
+    {FP_SQL, "PREPARE fp_s2 FROM 'SET @fp_g = ?'"},
+    {FP_SQL, "EXECUTE fp_s2 USING 9"},
+    {FP_SQL, "INSERT INTO fp_t (v) VALUES (11)"}, /* the trigger sets @fp_trg */
+    /* session variables */
+    {FP_SQL, "SET time_zone = '+05:00'"},
+    {FP_SQL, "SET SESSION sql_mode = 'ANSI_QUOTES,NO_ZERO_DATE'"},
+    {FP_SQL, "SET sql_mode = 'NO_BACKSLASH_ESCAPES'"},
+    {FP_SQL, "SET autocommit = 0"},
+    {FP_SQL, "SET autocommit = 1"},
+    {FP_AUTOCOMMIT, NULL},
+    {FP_SQL, "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
+    {FP_SQL, "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED"},
+    {FP_SQL, "SET SESSION TRANSACTION READ ONLY"},
+    {FP_SQL, "SET NAMES latin1"},
+    {FP_SQL, "SET NAMES utf8mb3 COLLATE utf8mb3_bin"},
+    {FP_SQL, "SET CHARACTER SET latin1"},
+    {FP_SQL, "SET character_set_results = NULL"},
+    {FP_SET_CHARSET, "latin1"},
+    {FP_SET_CHARSET, "utf8mb3"},
+    {FP_SQL, "SET max_join_size = 1000"},
+    {FP_SQL, "SET div_precision_increment = 9"},
+    {FP_SQL, "SET @@session.sql_select_limit = 1"},
+    {FP_SQL, "SET SESSION group_concat_max_len = 5"},
+    {FP_SQL, "SET lock_wait_timeout = 3"},
+    {FP_SQL, "SET innodb_lock_wait_timeout = 2"},
+    {FP_SQL, "SET foreign_key_checks = 0, unique_checks = 0"},
+    {FP_SQL, "SET sql_safe_updates = 1"},
+    {FP_SQL, "SET auto_increment_increment = 5, auto_increment_offset = 3"},
+    {FP_SQL, "SET insert_id = 1000000"},
+    {FP_SQL, "SET timestamp = 1000000000"},
+    {FP_SQL, "SET lc_time_names = 'de_DE'"},
+    {FP_SQL, "SET completion_type = 'CHAIN'"},
+    {FP_SQL, "SET SESSION wait_timeout = 100"},
+    {FP_SQL, "SET SESSION max_statement_time = 5"},
+    {FP_SQL, "SET optimizer_switch = 'index_merge=off'"},
+    {FP_SQL, "SET default_storage_engine = MyISAM"},
+    {FP_SQL, "SET SESSION old_mode = 'NO_PROGRESS_INFO'"},
+    {FP_SQL, "SET sql_auto_is_null = 1, sql_notes = 0, max_error_count = 10"},
+    {FP_SQL, "SET sql_buffer_result = 1"},
+    {FP_SQL, "SET profiling = 1"},
+    /* statements that switch session tracking off, then change something */
+    {FP_SQL, "SET session_track_state_change = OFF"},
+    {FP_SQL, "SET session_track_system_variables = ''\nSET time_zone = '+02:00'"},
+    {FP_SQL, "SET session_track_schema = OFF\nUSE @DB2@"},
+    {FP_SQL, "SET session_track_transaction_info = 'CHARACTERISTICS'"},
+    {FP_SQL, "CALL fp_p_tracking()"},
+    /* transactions and savepoints */
+    {FP_SQL, "START TRANSACTION"},
+    {FP_SQL, "BEGIN"},
+    {FP_SQL, "START TRANSACTION READ ONLY"},
+    {FP_SQL, "START TRANSACTION WITH CONSISTENT SNAPSHOT"},
+    {FP_SQL, "COMMIT"},
+    {FP_SQL, "ROLLBACK"},
+    {FP_SQL, "COMMIT AND CHAIN"},
+    {FP_SQL, "SAVEPOINT fp_sp"},
+    {FP_SQL, "ROLLBACK TO SAVEPOINT fp_sp"},
+    {FP_SQL, "RELEASE SAVEPOINT fp_sp"},
+    {FP_SQL, "UPDATE fp_t SET v = v + 1 WHERE id = 1"},
+    {FP_SQL, "SELECT * FROM fp_t WHERE id = 1 FOR UPDATE"},
+    {FP_SQL, "DELETE FROM fp_t WHERE v = 11 LIMIT 1"},
+    {FP_SQL, "START TRANSACTION\nINSERT INTO fp_t (v) VALUES (12)"},
+    /* XA (a prepared one is closed, not pooled; the harness rolls it back) */
+    {FP_SQL, "XA START 'fp_x'"},
+    {FP_SQL, "XA END 'fp_x'"},
+    {FP_SQL, "XA PREPARE 'fp_x'"},
+    {FP_SQL, "XA COMMIT 'fp_x'"},
+    {FP_SQL, "XA ROLLBACK 'fp_x'"},
+    {FP_SQL, "XA START 'fp_x'\nINSERT INTO fp_t (v) VALUES (13)\nXA END 'fp_x'"},
+    {FP_SQL, "XA COMMIT 'fp_x' ONE PHASE"},
+    /* temporary tables */
+    {FP_SQL, "CREATE TEMPORARY TABLE fp_tmp1 (a INT)"},
+    {FP_SQL, "CREATE TEMPORARY TABLE fp_tmp2 ENGINE=InnoDB AS SELECT * FROM fp_t LIMIT 2"},
+    {FP_SQL, "INSERT INTO fp_tmp1 VALUES (1)"},
+    {FP_SQL, "DROP TEMPORARY TABLE fp_tmp1"},
+    {FP_SQL, "CREATE TEMPORARY TABLE fp_t (x INT)"}, /* shadows the real table */
+    {FP_SQL, "CALL fp_p_tmp()"},
+    /* SQL and binary prepared statements */
+    {FP_SQL, "PREPARE fp_s1 FROM 'SELECT 1'"},
+    {FP_SQL, "EXECUTE fp_s1"},
+    {FP_SQL, "DEALLOCATE PREPARE fp_s1"},
+    {FP_SQL, "PREPARE fp_s3 FROM 'SELECT * FROM fp_t WHERE id = ?'"},
+    {FP_STMT_OPEN, "SELECT ?"},
+    {FP_STMT_RUN_OPEN, "SELECT v FROM fp_t WHERE id = 1"},
+    {FP_STMT_CLOSED, "SELECT id FROM fp_t WHERE v = ?"},
+    /* named locks */
+    {FP_SQL, "SELECT GET_LOCK('fp_l1', 0)"},
+    {FP_SQL, "DO GET_LOCK('fp_l2', 0)"},
+    {FP_SQL, "SELECT RELEASE_LOCK('fp_l1')"},
+    {FP_SQL, "DO RELEASE_ALL_LOCKS()"},
+    {FP_SQL, "SELECT fp_f_lock()"},
+    {FP_SQL, "CALL fp_p_lock()"},
+    /* table locks, handlers */
+    {FP_SQL, "LOCK TABLES fp_t WRITE"},
+    {FP_SQL, "LOCK TABLES fp_t READ"},
+    {FP_SQL, "UNLOCK TABLES"},
+    {FP_SQL, "HANDLER fp_t OPEN"},
+    {FP_SQL, "HANDLER fp_t OPEN AS fp_h\nHANDLER fp_h READ FIRST"},
+    {FP_SQL, "HANDLER fp_t CLOSE"},
+    /* the database */
+    {FP_SQL, "USE @DB2@"},
+    {FP_SELECT_DB, NULL},
+    /* procedures and functions that change session state */
+    {FP_SQL, "CALL fp_p_state()"},
+    {FP_SQL, "SELECT fp_f_var()"},
+    /* LAST_INSERT_ID, sequences, roles */
+    {FP_SQL, "SELECT LAST_INSERT_ID(42)"},
+    {FP_SQL, "UPDATE fp_t SET v = LAST_INSERT_ID(v) WHERE id = 1"},
+    {FP_SQL, "SELECT NEXTVAL(fp_seq)"},
+    {FP_SQL, "SET ROLE fp_role"},
+    {FP_SQL, "SET ROLE NONE"},
+    {FP_SQL, "CALL fp_p_role()"},
 };
 
 /* Names the fingerprint reads back: every user variable, lock, temporary table, prepared
  * statement and handler the corpus can leave. */
-static const char *const user_vars[] = {"fp_a", "fp_b", "fp_c",  "fp_d", "fp_e", "fp_f",
-                                        "fp_g", "fp_h", "fp_i",  "fp_j", "fp_p", "fp_fn",
-                                        "fp_trg", "fp_t", NULL};
+static const char *const user_vars[] = {"fp_a", "fp_b",  "fp_c",   "fp_d", "fp_e",
+                                        "fp_f", "fp_g",  "fp_h",   "fp_i", "fp_j",
+                                        "fp_p", "fp_fn", "fp_trg", "fp_t", NULL};
 static const char *const lock_names[] = {"fp_l1", "fp_l2", "fp_lfn", "fp_lp", NULL};
 static const char *const temp_tables[] = {"fp_tmp1", "fp_tmp2", NULL};
 static const char *const sql_statements[] = {"fp_s1", "fp_s2", "fp_s3", NULL};
 static const char *const handlers[] = {"fp_t", "fp_h", NULL};
 /* Every session variable the corpus (or a routine it calls) can change. */
-static const char *const session_vars[] = {
-  "time_zone", "sql_mode", "autocommit", "tx_isolation", "tx_read_only",
-  "character_set_client", "character_set_connection", "character_set_results",
-  "collation_connection", "max_join_size", "div_precision_increment", "sql_select_limit",
-  "group_concat_max_len", "lock_wait_timeout", "innodb_lock_wait_timeout",
-  "foreign_key_checks", "unique_checks", "sql_safe_updates", "auto_increment_increment",
-  "auto_increment_offset", "insert_id", "lc_time_names", "completion_type", "wait_timeout",
-  "max_statement_time", "optimizer_switch", "default_storage_engine", "old_mode",
-  "sql_auto_is_null", "sql_notes", "max_error_count", "sql_buffer_result", "profiling",
-  "session_track_state_change", "session_track_system_variables", "session_track_schema",
-  "session_track_transaction_info", "in_transaction", "last_insert_id", NULL};
+static const char *const session_vars[] = {"time_zone",
+                                           "sql_mode",
+                                           "autocommit",
+                                           "tx_isolation",
+                                           "tx_read_only",
+                                           "character_set_client",
+                                           "character_set_connection",
+                                           "character_set_results",
+                                           "collation_connection",
+                                           "max_join_size",
+                                           "div_precision_increment",
+                                           "sql_select_limit",
+                                           "group_concat_max_len",
+                                           "lock_wait_timeout",
+                                           "innodb_lock_wait_timeout",
+                                           "foreign_key_checks",
+                                           "unique_checks",
+                                           "sql_safe_updates",
+                                           "auto_increment_increment",
+                                           "auto_increment_offset",
+                                           "insert_id",
+                                           "lc_time_names",
+                                           "completion_type",
+                                           "wait_timeout",
+                                           "max_statement_time",
+                                           "optimizer_switch",
+                                           "default_storage_engine",
+                                           "old_mode",
+                                           "sql_auto_is_null",
+                                           "sql_notes",
+                                           "max_error_count",
+                                           "sql_buffer_result",
+                                           "profiling",
+                                           "session_track_state_change",
+                                           "session_track_system_variables",
+                                           "session_track_schema",
+                                           "session_track_transaction_info",
+                                           "in_transaction",
+                                           "last_insert_id",
+                                           NULL};
 
 /* ---- running things ---- */
 
@@ -378,13 +407,14 @@ fingerprint(MYSQL *m, MYSQL *outsider, Fp *fp)
                            lock_names[i]);
     g_ptr_array_add(names, g_strdup_printf("lock %s", lock_names[i]));
   }
-  g_string_append_printf(sql, ", DATABASE(), LAST_INSERT_ID(), CURRENT_ROLE(), "
-                              "LASTVAL(%s.fp_seq), "
-                              "ABS(@@timestamp - UNIX_TIMESTAMP(SYSDATE(6))) < 600, "
-                              "@@character_set_client",
+  g_string_append_printf(sql,
+                         ", DATABASE(), LAST_INSERT_ID(), CURRENT_ROLE(), "
+                         "LASTVAL(%s.fp_seq), "
+                         "ABS(@@timestamp - UNIX_TIMESTAMP(SYSDATE(6))) < 600, "
+                         "@@character_set_client",
                          db1);
   static const char *const more[] = {"database", "last_insert_id()", "current_role",
-                                     "lastval", "timestamp_is_now", "server charset"};
+                                     "lastval",  "timestamp_is_now", "server charset"};
   for (guint i = 0; i < G_N_ELEMENTS(more); i++)
     g_ptr_array_add(names, g_strdup(more[i]));
   g_ptr_array_add(names, NULL);
@@ -483,28 +513,28 @@ setup_schema(void)
 {
   MYSQL *m = pst_connect_app_via(FALSE, TRUE);
   static const char *const ddl[] = {
-    "CREATE TABLE IF NOT EXISTS fp_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB",
-    "INSERT IGNORE INTO fp_t (id, v) VALUES (1, 0)",
-    "CREATE SEQUENCE IF NOT EXISTS fp_seq",
-    "CREATE OR REPLACE TRIGGER fp_trg BEFORE INSERT ON fp_t FOR EACH ROW SET @fp_trg = NEW.v",
-    "CREATE OR REPLACE PROCEDURE fp_p_uvar() SQL SECURITY INVOKER SET @fp_f = 6",
-    "CREATE OR REPLACE PROCEDURE fp_p_state() SQL SECURITY INVOKER "
-    "BEGIN SET @fp_p = 7; SET SESSION time_zone = '+03:00'; "
-    "SET SESSION div_precision_increment = 2; END",
-    "CREATE OR REPLACE PROCEDURE fp_p_tmp() SQL SECURITY INVOKER "
-    "CREATE TEMPORARY TABLE IF NOT EXISTS fp_tmp2 (a INT)",
-    "CREATE OR REPLACE PROCEDURE fp_p_lock() SQL SECURITY INVOKER DO GET_LOCK('fp_lp', 0)",
-    "CREATE OR REPLACE PROCEDURE fp_p_role() SQL SECURITY INVOKER SET ROLE fp_role",
-    "CREATE OR REPLACE PROCEDURE fp_p_tracking() SQL SECURITY INVOKER "
-    "BEGIN SET SESSION session_track_state_change = OFF; "
-    "SET SESSION session_track_system_variables = ''; SET SESSION max_join_size = 77; "
-    "SET @fp_t = 1; END",
-    "CREATE OR REPLACE FUNCTION fp_f_lock() RETURNS INT NOT DETERMINISTIC SQL SECURITY "
-    "INVOKER RETURN GET_LOCK('fp_lfn', 0)",
-    "CREATE OR REPLACE FUNCTION fp_f_uvar() RETURNS INT NOT DETERMINISTIC SQL SECURITY "
-    "INVOKER BEGIN SET @fp_fn = 1; RETURN 1; END",
-    "CREATE OR REPLACE FUNCTION fp_f_var() RETURNS INT NOT DETERMINISTIC SQL SECURITY "
-    "INVOKER BEGIN SET SESSION time_zone = '+07:00'; RETURN 1; END",
+      "CREATE TABLE IF NOT EXISTS fp_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB",
+      "INSERT IGNORE INTO fp_t (id, v) VALUES (1, 0)",
+      "CREATE SEQUENCE IF NOT EXISTS fp_seq",
+      "CREATE OR REPLACE TRIGGER fp_trg BEFORE INSERT ON fp_t FOR EACH ROW SET @fp_trg = NEW.v",
+      "CREATE OR REPLACE PROCEDURE fp_p_uvar() SQL SECURITY INVOKER SET @fp_f = 6",
+      "CREATE OR REPLACE PROCEDURE fp_p_state() SQL SECURITY INVOKER "
+      "BEGIN SET @fp_p = 7; SET SESSION time_zone = '+03:00'; "
+      "SET SESSION div_precision_increment = 2; END",
+      "CREATE OR REPLACE PROCEDURE fp_p_tmp() SQL SECURITY INVOKER "
+      "CREATE TEMPORARY TABLE IF NOT EXISTS fp_tmp2 (a INT)",
+      "CREATE OR REPLACE PROCEDURE fp_p_lock() SQL SECURITY INVOKER DO GET_LOCK('fp_lp', 0)",
+      "CREATE OR REPLACE PROCEDURE fp_p_role() SQL SECURITY INVOKER SET ROLE fp_role",
+      "CREATE OR REPLACE PROCEDURE fp_p_tracking() SQL SECURITY INVOKER "
+      "BEGIN SET SESSION session_track_state_change = OFF; "
+      "SET SESSION session_track_system_variables = ''; SET SESSION max_join_size = 77; "
+      "SET @fp_t = 1; END",
+      "CREATE OR REPLACE FUNCTION fp_f_lock() RETURNS INT NOT DETERMINISTIC SQL SECURITY "
+      "INVOKER RETURN GET_LOCK('fp_lfn', 0)",
+      "CREATE OR REPLACE FUNCTION fp_f_uvar() RETURNS INT NOT DETERMINISTIC SQL SECURITY "
+      "INVOKER BEGIN SET @fp_fn = 1; RETURN 1; END",
+      "CREATE OR REPLACE FUNCTION fp_f_var() RETURNS INT NOT DETERMINISTIC SQL SECURITY "
+      "INVOKER BEGIN SET SESSION time_zone = '+07:00'; RETURN 1; END",
   };
   for (guint i = 0; i < G_N_ELEMENTS(ddl); i++)
     pst_exec(m, "%s", ddl[i]);
@@ -569,10 +599,10 @@ run_rounds(gboolean via_socket)
   const char *seed_env = g_getenv("PS_FP_SEED");
   guint32 seed = seed_env ? (guint32)g_ascii_strtoull(seed_env, NULL, 10) : g_random_int();
   const char *rounds_env = g_getenv("PS_FP_ROUNDS");
-  guint rounds = rounds_env ? (guint)g_ascii_strtoull(rounds_env, NULL, 10)
-                            : default_rounds(expect_leak);
-  cr_log_info("fingerprint over %s, POOLSHIM_RESET=%s: PS_FP_SEED=%u PS_FP_ROUNDS=%u%s",
-              transport, mode, seed, rounds, expect_leak ? " PS_FP_EXPECT_LEAK=1" : "");
+  guint rounds =
+      rounds_env ? (guint)g_ascii_strtoull(rounds_env, NULL, 10) : default_rounds(expect_leak);
+  cr_log_info("fingerprint over %s, POOLSHIM_RESET=%s: PS_FP_SEED=%u PS_FP_ROUNDS=%u%s", transport,
+              mode, seed, rounds, expect_leak ? " PS_FP_EXPECT_LEAK=1" : "");
   setup_schema();
   GRand *rand = g_rand_new_with_seed(seed);
 
@@ -584,8 +614,8 @@ run_rounds(gboolean via_socket)
   fingerprint(f, outsider, &fresh);
   mysql_close(f);
 
-  g_autoptr(GHashTable) residual_seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                                              NULL);
+  g_autoptr(GHashTable) residual_seen =
+      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   g_autoptr(GHashTable) leaked = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   guint same = 0, leaking = 0, done = 0;
   for (guint round = 0; round < rounds; round++, done++) {
@@ -650,8 +680,8 @@ run_rounds(gboolean via_socket)
   g_hash_table_iter_init(&it, residual_seen);
   while (g_hash_table_iter_next(&it, &key, NULL))
     g_string_append_printf(seen, " %s", (char *)key);
-  cr_log_info("%s: %u rounds, %u on the same connection, residual seen:%s", transport, done,
-              same, seen->len ? seen->str : " none");
+  cr_log_info("%s: %u rounds, %u on the same connection, residual seen:%s", transport, done, same,
+              seen->len ? seen->str : " none");
   g_string_free(seen, TRUE);
   cr_assert_gt(same * 2, done, "over %s only %u of %u rounds got the same server connection",
                transport, same, done);
@@ -660,11 +690,13 @@ run_rounds(gboolean via_socket)
     g_hash_table_iter_init(&it, leaked);
     while (g_hash_table_iter_next(&it, &key, NULL))
       g_string_append_printf(what, " %s", (char *)key);
-    cr_log_info("%s, POOLSHIM_RESET=%s: %u of %u rounds leaked:%s", transport, mode, leaking,
-                done, what->str);
+    cr_log_info("%s, POOLSHIM_RESET=%s: %u of %u rounds leaked:%s", transport, mode, leaking, done,
+                what->str);
     g_string_free(what, TRUE);
-    cr_assert_gt(leaking, 0, "POOLSHIM_RESET=%s leaks, but %u rounds over %s found no "
-                 "difference: the fingerprint has no teeth", mode, done, transport);
+    cr_assert_gt(leaking, 0,
+                 "POOLSHIM_RESET=%s leaks, but %u rounds over %s found no "
+                 "difference: the fingerprint has no teeth",
+                 mode, done, transport);
   } else {
     /* The reference itself did not drift (a leak into server-wide state would hide). */
     MYSQL *f2 = pst_connect_app_via(via_socket, TRUE);
@@ -674,8 +706,7 @@ run_rounds(gboolean via_socket)
     mysql_close(f2);
     GString *drift = g_string_new(NULL);
     guint n = compare(&again, &fresh, FALSE, drift, residual_seen);
-    cr_assert_eq(n, 0, "a fresh connection's fingerprint changed during the run:\n%s",
-                 drift->str);
+    cr_assert_eq(n, 0, "a fresh connection's fingerprint changed during the run:\n%s", drift->str);
     g_string_free(drift, TRUE);
     fp_clear(&again);
   }

@@ -56,9 +56,9 @@ assert_same_face(const Face *got, const Face *fresh, const char *when)
                got->warnings, fresh->warnings);
   cr_expect_eq(got->insert_id, fresh->insert_id, "%s: mysql_insert_id %llu, fresh %llu", when,
                (unsigned long long)got->insert_id, (unsigned long long)fresh->insert_id);
-  cr_expect_eq(got->affected_rows, fresh->affected_rows,
-               "%s: mysql_affected_rows %llu, fresh %llu", when,
-               (unsigned long long)got->affected_rows, (unsigned long long)fresh->affected_rows);
+  cr_expect_eq(got->affected_rows, fresh->affected_rows, "%s: mysql_affected_rows %llu, fresh %llu",
+               when, (unsigned long long)got->affected_rows,
+               (unsigned long long)fresh->affected_rows);
   cr_expect_eq(got->field_count, fresh->field_count, "%s: mysql_field_count %u, fresh %u", when,
                got->field_count, fresh->field_count);
   cr_expect_str_eq(got->info, fresh->info, "%s: mysql_info", when);
@@ -77,8 +77,7 @@ assert_thread_id_is_the_servers(MYSQL *m, const char *when)
 {
   unsigned long tid = mysql_thread_id(m);
   long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
-  cr_assert_eq((long long)tid, id, "%s: mysql_thread_id %lu, CONNECTION_ID() %lld", when, tid,
-               id);
+  cr_assert_eq((long long)tid, id, "%s: mysql_thread_id %lu, CONNECTION_ID() %lld", when, tid, id);
   return id;
 }
 
@@ -103,7 +102,7 @@ static void
 inserted_row(MYSQL *m)
 {
   g_autofree char *sql =
-    g_strdup_printf("INSERT INTO t (v) VALUES (%d)", 4000000 + g_random_int_range(0, 1000000));
+      g_strdup_printf("INSERT INTO t (v) VALUES (%d)", 4000000 + g_random_int_range(0, 1000000));
   cr_assert_eq(mysql_query(m, sql), 0, "%s", mysql_error(m));
   cr_assert_gt(mysql_insert_id(m), 0);
   cr_assert_eq(mysql_affected_rows(m), 1);
@@ -144,15 +143,11 @@ typedef struct {
 } Borrower;
 
 static Borrower borrowers[] = {
-  {"failed statement", failed_statement, FALSE},
-  {"warnings", warnings, FALSE},
-  {"inserted row", inserted_row, FALSE},
-  {"changed charset", changed_charset, FALSE},
-  {"update info", updated_with_info, FALSE},
-  {"result set", result_set_read, FALSE},
-  {"autocommit off", autocommit_off, FALSE},
-  {"failed statement", failed_statement, TRUE},
-  {"inserted row", inserted_row, TRUE},
+    {"failed statement", failed_statement, FALSE}, {"warnings", warnings, FALSE},
+    {"inserted row", inserted_row, FALSE},         {"changed charset", changed_charset, FALSE},
+    {"update info", updated_with_info, FALSE},     {"result set", result_set_read, FALSE},
+    {"autocommit off", autocommit_off, FALSE},     {"failed statement", failed_statement, TRUE},
+    {"inserted row", inserted_row, TRUE},
 };
 
 ParameterizedTestParameters(fresh, a_pooled_handle_shows_what_a_fresh_connect_shows)
@@ -192,8 +187,8 @@ ParameterizedTest(int *index, fresh, a_pooled_handle_shows_what_a_fresh_connect_
     face_of(m, &got);
     g_snprintf(when, sizeof when, "[%s] reused connection, borrow %d", b->name, round + 2);
     assert_same_face(&got, &fresh, when);
-    cr_assert_eq(assert_thread_id_is_the_servers(m, when), id,
-                 "%s: not the same server connection", when);
+    cr_assert_eq(assert_thread_id_is_the_servers(m, when), id, "%s: not the same server connection",
+                 when);
     if (round == 0)
       b->leave(m);
     mysql_close(m);
