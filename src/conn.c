@@ -614,7 +614,7 @@ ps_conn_move(MYSQL *to, MYSQL *from)
   /* mariadb_reconnect's `*mysql = tmp_mysql`, as an exchange of everything but what belongs
    * to the handle: its options (kept in place, so no status_data dangles) and the text of
    * its last error (512 of the struct's 1,272 bytes). The spans are widened to whole 16-byte
-   * units into that text, whose mixed bytes are then cleared: it is rewritten before anyone
+   * units into that text, which is then emptied on both sides: it is rewritten before anyone
    * reads it (ps_conn_present_fresh when lent, a reply or ps_conn_set_error otherwise).
    * About a third of the bytes of three whole-struct copies, moved once. */
   const gsize err_at = offsetof(MYSQL, net.last_error), err_end = SPAN_END(net.last_error);
@@ -718,8 +718,8 @@ restore_role(MYSQL *m, const PsConnProfile *profile)
 static void
 set_socket_timeout(MARIADB_PVIO *pvio, enum enum_pvio_timeout type, unsigned int seconds)
 {
-  int want = seconds > 0 ? (int)seconds * 1000 : -1;
-  if (pvio->timeout[type] != want)
+  gint64 want = seconds > 0 ? (gint64)seconds * 1000 : -1;
+  if ((gint64)pvio->timeout[type] != want)
     pvio->methods->set_timeout(pvio, type, (int)seconds);
 }
 
