@@ -118,7 +118,8 @@ void ps_conn_profile_free(gpointer profile);
 MYSQL *ps_conn_shell_new(unsigned int timeout_s);
 
 /* The transplant: the live connection in `from` moves to `to`, and `to`'s (empty) state
- * moves to `from`. Each struct keeps its own options, statements and allocation flag.
+ * moves to `from`. Each struct keeps its own options, statements and allocation flag; the
+ * text of the last error stays too, emptied on both (mysql_error() is "" until the next).
  * Every back-pointer is repaired; this mirrors mariadb_reconnect's `*mysql = tmp_mysql`. */
 void ps_conn_move(MYSQL *to, MYSQL *from);
 
