@@ -695,7 +695,10 @@ change_user(MYSQL *m, const PsConnProfile *profile)
 static gboolean
 end_transaction(MYSQL *m, gboolean reset_follows, const char **why)
 {
-  if (run_and_drain(m, "ROLLBACK"))
+  /* Whatever completion_type the borrower set: CHAIN would open the next borrower's
+   * transaction (its autocommitted writes then lost at its close), RELEASE would end the
+   * session. */
+  if (run_and_drain(m, "ROLLBACK AND NO CHAIN NO RELEASE"))
     return TRUE;
   if (m->net.last_errno == ER_XAER_RMFAIL && reset_follows &&
       (strstr(m->net.last_error, "ACTIVE") || strstr(m->net.last_error, "IDLE")))
