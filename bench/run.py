@@ -642,6 +642,25 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                      "the kernel side of send/recv/poll and the wait for the server are not "
                      "in these numbers. See bench/shimcost.py for exactly what is counted.")
             L.append("")
+            modes = s.get("modes") or {}
+            if modes:
+                L.append("Per reset mode (`POOLSHIM_RESET`; `none` sends no command at a "
+                         "return without a transaction: the stand-in for a connection "
+                         "returned with nothing to reset). *added* = total minus freeing the "
+                         "application's emptied handle (libmariadb's `mysql_close` on it, "
+                         "which the application's own close does without the pool too); "
+                         "issue 12's target: under 3,000.")
+                L.append("")
+                L.append("| mode | total | inside libmariadb | freeing the handle | added "
+                         "| added < 3,000 |")
+                L.append("|---|---:|---:|---:|---:|:---:|")
+                for name, m in modes.items():
+                    L.append(f"| {name} | {m['total']:,.0f} | {m['libmariadb']:,.0f} | "
+                             f"{m['handle_free']:,.0f} | {m['added']:,.0f} | "
+                             f"{'yes' if m['added'] < 3000 else 'no'} |")
+                L.append("")
+                L.append(f"The mode `{s.get('mode', 'default')}` in detail:")
+                L.append("")
             L.append("| what | instructions per pair |")
             L.append("|---|---:|")
             L.append(f"| total: inclusive cost of libpoolshim's `mysql_real_connect` + "
@@ -763,7 +782,10 @@ def main():
             sys.path.insert(0, HERE)
             import shimcost as sc
             try:
-                shimcost = sc.measure(CYCLE, LIB, workdir)
+                # PS_SHIMCOST_MODES: the reset modes measured, e.g. "auto,always,none".
+                modes = tuple(m.strip() for m in os.environ.get(
+                    "PS_SHIMCOST_MODES", "default,none").split(",") if m.strip())
+                shimcost = sc.measure(CYCLE, LIB, workdir, modes=modes)
             except Exception as exc:  # reported in the table, does not lose the rest
                 shimcost = {"error": str(exc).strip().splitlines()[0][:300]}
     finally:

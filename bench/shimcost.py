@@ -32,6 +32,18 @@ From the callgrind output file (parsed here, not sampled) we take, per pair:
               directly (`by object`, inclusive cost of call arcs from libpoolshim.so into
               each other object, e.g. GLib's SHA-256 for the pool key, dladdr in ld.so).
 
+  handle_free the part of `total` that frees the application's handle: libmariadb's
+              mysql_close called by the shim on the struct the connection was moved out
+              of (its options, its extensions, the struct itself). The application's own
+              mysql_close does exactly this work without the pool too.
+  added       total - handle_free: what the pool adds to a connect+close pair (the
+              figure issue 12 sets at under 3,000 instructions).
+
+Each figure is measured per reset mode (POOLSHIM_RESET): the default, and `none`, whose
+return sends no command when the borrower left no transaction, the stand-in for a
+returned connection with nothing to reset (`auto` when nothing changed). More modes:
+`--modes default,none,auto`.
+
 Cross-check: `total` equals the inclusive figures callgrind_annotate --inclusive=yes
 prints for the two entry points (also reported). For reference, the same is measured
 without the shim: the inclusive cost of libmariadb's own mysql_real_connect and
@@ -39,7 +51,8 @@ mysql_close per pair, i.e. what a physical connect+close costs the client in use
 (handshake parsing, authentication scramble, COM_QUIT), again without the kernel's share.
 
 Usage (normally called from bench/run.py): shimcost.py CYCLE LIB WORKDIR [N1 N2]
-Server coordinates from PS_TEST_*. Prints a JSON object.
+[--modes default,none]. Server coordinates from PS_TEST_*. Prints a JSON object: the
+default mode's figures at the top level, every mode's under "modes".
 """
 import json
 import os
@@ -125,6 +138,7 @@ def analyse(path):
     by_obj = defaultdict(int)
     callbacks = 0   # libmariadb -> libpoolshim (would be double-subtracted)
     real_pair = 0   # libmariadb's own mysql_real_connect + mysql_close, called by anyone
+    handle_free = 0  # libpoolshim -> libmariadb's mysql_close: freeing a handle
     for ((ob, fn), (cob, cfn)), cost in arcs.items():
         kind, ckind = obj_kind(ob), obj_kind(cob)
         if ckind == "libpoolshim" and cfn in shim_entries and kind != "libpoolshim":
@@ -133,6 +147,8 @@ def analyse(path):
             by_obj[ckind] += cost
             if ckind == "libmariadb":
                 libmariadb += cost
+                if cfn == "mysql_close":
+                    handle_free += cost
         if kind == "libmariadb" and ckind == "libpoolshim":
             callbacks += cost
         if ckind == "libmariadb" and cfn in shim_entries and kind != "libmariadb":
@@ -141,7 +157,8 @@ def analyse(path):
         if obj_kind(ob) == "libpoolshim":
             shim_self += cost
     return dict(total=total, libmariadb=libmariadb, shim_self=shim_self,
-                by_obj=dict(by_obj), callbacks=callbacks, real_pair=real_pair)
+                by_obj=dict(by_obj), callbacks=callbacks, real_pair=real_pair,
+                handle_free=handle_free)
 
 
 def annotate_total(path):
@@ -157,13 +174,17 @@ def annotate_total(path):
     return total
 
 
-def run_callgrind(cycle, lib, workdir, n, preload):
-    out = os.path.join(workdir, f"callgrind.{'shim' if preload else 'plain'}.{n}.out")
+def run_callgrind(cycle, lib, workdir, n, preload, mode="default"):
+    tag = f"shim-{mode}" if preload else "plain"
+    out = os.path.join(workdir, f"callgrind.{tag}.{n}.out")
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    env.pop("POOLSHIM_RESET", None)
     if preload:
         env["LD_PRELOAD"] = lib
         env["POOLSHIM_POOL_SIZE"] = "1"
+        if mode != "default":
+            env["POOLSHIM_RESET"] = mode
     res = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                           cycle, "--threads", "1", "--cycles", str(n)],
                          env=env, capture_output=True, text=True, timeout=600)
@@ -173,33 +194,44 @@ def run_callgrind(cycle, lib, workdir, n, preload):
     return out
 
 
-def measure(cycle, lib, workdir, n1=200, n2=1200):
-    files = {(p, n): run_callgrind(cycle, lib, workdir, n, p)
-             for p in (True, False) for n in (n1, n2)}
-    a1, a2 = analyse(files[(True, n1)]), analyse(files[(True, n2)])
+def measure(cycle, lib, workdir, n1=200, n2=1200, modes=("default", "none")):
     d = n2 - n1
+    plain = {n: analyse(run_callgrind(cycle, lib, workdir, n, False)) for n in (n1, n2)}
+    by_mode = {}
+    for mode in modes:
+        files = {n: run_callgrind(cycle, lib, workdir, n, True, mode) for n in (n1, n2)}
+        a1, a2 = analyse(files[n1]), analyse(files[n2])
 
-    def per(key):
-        return (a2[key] - a1[key]) / d
+        def per(key):
+            return (a2[key] - a1[key]) / d
 
-    total, libmariadb = per("total"), per("libmariadb")
-    objs = sorted(set(a1["by_obj"]) | set(a2["by_obj"]))
-    by_obj = {o: (a2["by_obj"].get(o, 0) - a1["by_obj"].get(o, 0)) / d for o in objs}
-    ann = (annotate_total(files[(True, n2)]) - annotate_total(files[(True, n1)])) / d
-    p1, p2 = analyse(files[(False, n1)]), analyse(files[(False, n2)])
-    return dict(
-        n1=n1, n2=n2,
-        total=total, libmariadb=libmariadb, shim_only=total - libmariadb,
-        shim_self=per("shim_self"),
-        shim_by_obj={o: v for o, v in by_obj.items() if o != "libmariadb" and abs(v) >= 0.5},
-        callbacks=per("callbacks"),
-        annotate_total=ann,
-        physical_pair=(p2["real_pair"] - p1["real_pair"]) / d,
-    )
+        total, libmariadb = per("total"), per("libmariadb")
+        objs = sorted(set(a1["by_obj"]) | set(a2["by_obj"]))
+        by_obj = {o: (a2["by_obj"].get(o, 0) - a1["by_obj"].get(o, 0)) / d for o in objs}
+        ann = (annotate_total(files[n2]) - annotate_total(files[n1])) / d
+        by_mode[mode] = dict(
+            total=total, libmariadb=libmariadb, shim_only=total - libmariadb,
+            shim_self=per("shim_self"),
+            shim_by_obj={o: v for o, v in by_obj.items()
+                         if o != "libmariadb" and abs(v) >= 0.5},
+            callbacks=per("callbacks"),
+            handle_free=per("handle_free"),
+            added=total - per("handle_free"),
+            annotate_total=ann,
+        )
+    first = by_mode[modes[0]]
+    return dict(first, n1=n1, n2=n2, mode=modes[0], modes=by_mode,
+                physical_pair=(plain[n2]["real_pair"] - plain[n1]["real_pair"]) / d)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (4, 6):
+    args = sys.argv[1:]
+    modes = ("default", "none")
+    if "--modes" in args:
+        i = args.index("--modes")
+        modes = tuple(m.strip() for m in args[i + 1].split(",") if m.strip())
+        del args[i:i + 2]
+    if len(args) not in (3, 5):
         sys.exit(__doc__.split("Usage")[1])
-    extra = [int(x) for x in sys.argv[4:6]]
-    print(json.dumps(measure(sys.argv[1], sys.argv[2], sys.argv[3], *extra), indent=2))
+    extra = [int(x) for x in args[3:5]]
+    print(json.dumps(measure(args[0], args[1], args[2], *extra, modes=modes), indent=2))

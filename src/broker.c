@@ -121,6 +121,8 @@ close_shell(PsPhys *p)
 static void
 close_victims(GSList *victims, gboolean inherited)
 {
+  if (!victims)
+    return; /* the usual case, on every connect */
   for (GSList *l = victims; l; l = l->next) {
     PsItem *item = l->data;
     PsPhys *p = item->conn;
@@ -631,10 +633,9 @@ seconds_left(gint64 deadline_us)
 static PsPhys *
 take_lease(MYSQL *m)
 {
+  PsPhys *p = NULL;
   g_mutex_lock(&B.lock);
-  PsPhys *p = g_hash_table_lookup(B.lent, m);
-  if (p)
-    g_hash_table_remove(B.lent, m);
+  g_hash_table_steal_extended(B.lent, m, NULL, (gpointer *)&p); /* one lookup */
   g_mutex_unlock(&B.lock);
   return p;
 }
@@ -644,6 +645,9 @@ lend(PsPhys *p, MYSQL *m)
 {
   p->handle = m;
   p->unpoolable = NULL;
+  /* Whatever the reset or the pool's own query left, the application sees a fresh handle. */
+  if (p->profile)
+    ps_conn_present_fresh(m, p->profile);
   ps_watch_lent(p->watch);
   if (B.config.leak_warn_us) {
     p->lent_since_us = g_get_monotonic_time();
@@ -841,8 +845,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      unsigned int wait_s = MIN(reset_s, seconds_left(net_deadline));
-      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, wait_s, &why)) {
+      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile,
+                                           MIN(reset_s, seconds_left(net_deadline)), &why)) {
         discard_lent(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */

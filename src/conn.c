@@ -8,6 +8,7 @@
 #include <errmsg.h>
 #include <mysqld_error.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -235,13 +236,15 @@ static void
 feed_optional(PsKeyBuf *kb, const char *const *fields, guint count)
 {
   guint64 mask = 0;
+  guint set[64], nset = 0;
   for (guint i = 0; i < count; i++)
-    if (fields[i])
+    if (fields[i]) {
       mask |= G_GUINT64_CONSTANT(1) << i;
+      set[nset++] = i;
+    }
   kb_put(kb, &mask, sizeof mask);
-  for (guint i = 0; i < count; i++)
-    if (fields[i])
-      feed_str(kb, fields[i]);
+  for (guint k = 0; k < nset; k++)
+    feed_str(kb, fields[set[k]]);
 }
 
 static gboolean
@@ -311,7 +314,7 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     return FALSE;
   }
   const char *h = nonempty(host, m->options.host);
-  if (h && (strstr(h, "://") || strchr(h, ';') || strchr(h, '='))) {
+  if (h && strpbrk(h, ":;=") && (strstr(h, "://") || strpbrk(h, ";="))) {
     *why = "connection string or connection handler";
     return FALSE;
   }
@@ -378,7 +381,8 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   /* Connection attributes reach the server at the handshake. */
   g_autofree char **attr_keys = NULL;
   g_autofree char **attr_vals = NULL;
-  guint nattrs = ps_conn_user_attributes(m, &attr_keys, &attr_vals);
+  guint nattrs =
+      ext && ext->connect_attrs.records ? ps_conn_user_attributes(m, &attr_keys, &attr_vals) : 0;
   for (guint i = 0; i < nattrs; i++) {
     feed_str(s, attr_keys[i]);
     feed_str(s, attr_vals[i]);
@@ -386,8 +390,28 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   /* The end of the attributes: no string length can take this value. */
   guint32 end = G_MAXUINT32;
   kb_put(s, &end, sizeof end);
+  /* A program connects with the same settings again and again: the digest of the last
+   * connect of this thread is reused when every byte hashed is the same (the comparison
+   * is exact, so the key still covers every setting). Not when the bytes did not fit the
+   * buffer (long init commands): part of them is already hashed. The buffer holds the
+   * password, as the pooled connections' structs do; it never leaves the process. */
+  static __thread struct {
+    gsize n;
+    guint8 digest[PS_KEY_DIGEST_LEN];
+    guint8 buf[sizeof kb.buf];
+  } last;
+  gboolean whole = kb.sip.len == 0;
+  if (whole && last.n == kb.n && memcmp(last.buf, kb.buf, kb.n) == 0) {
+    memcpy(key->digest, last.digest, sizeof key->digest);
+    return TRUE;
+  }
   sip_feed(&kb.sip, kb.buf, kb.n);
   sip_final(&kb.sip, key->digest);
+  if (whole) {
+    last.n = kb.n;
+    memcpy(last.buf, kb.buf, kb.n);
+    memcpy(last.digest, key->digest, sizeof last.digest);
+  }
   return TRUE;
 }
 
@@ -414,8 +438,9 @@ ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key)
 {
   /* The struct keeps the user and password it authenticated with (mysql_close_memory frees
    * them): an exact comparison, whatever the digest says. */
-  return g_strcmp0(pooled->user, key->user ? key->user : "") == 0 &&
-         g_strcmp0(pooled->passwd, key->password) == 0;
+  const char *user = key->user ? key->user : "";
+  return pooled->user && pooled->passwd && key->password && strcmp(pooled->user, user) == 0 &&
+         strcmp(pooled->passwd, key->password) == 0;
 }
 
 static gboolean run_and_drain(MYSQL *m, const char *sql);
@@ -473,6 +498,14 @@ query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
 PsConnProfile *
 ps_conn_profile_new(MYSQL *m, const char *requested_db)
 {
+  /* Read before the pool's own query below overwrites them. */
+  PsConnFresh fresh = {
+      .affected_rows = m->affected_rows,
+      .insert_id = m->insert_id,
+      .field_count = m->field_count,
+      .warning_count = m->warning_count,
+      .has_info = m->info != NULL,
+  };
   unsigned long wait_timeout_s = 0;
   gboolean ok;
   char *role = query_role(m, &wait_timeout_s, &ok);
@@ -489,6 +522,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   p->role_sql = role_statement(p->role);
   p->charset = m->charset;
   p->init_commands = ps_conn_init_commands(m);
+  p->fresh = fresh;
   return p;
 }
 
@@ -552,14 +586,47 @@ repair_back_pointers(MYSQL *m)
     (b) = swap_tmp_;                                                                               \
   } while (0)
 
+/* Exchanges the bytes [from, to) of two structs, 16 at a time in registers. */
+typedef guint64 PsSwapUnit __attribute__((vector_size(16)));
+
+static inline void
+swap_span(MYSQL *a, MYSQL *b, gsize from, gsize to)
+{
+  guint8 *x = (guint8 *)a, *y = (guint8 *)b;
+  gsize i = from;
+#pragma GCC unroll 16
+  for (; i + sizeof(PsSwapUnit) <= to; i += sizeof(PsSwapUnit)) {
+    PsSwapUnit u, v;
+    memcpy(&u, x + i, sizeof u);
+    memcpy(&v, y + i, sizeof v);
+    memcpy(x + i, &v, sizeof v);
+    memcpy(y + i, &u, sizeof u);
+  }
+  for (; i < to; i++) {
+    guint8 t = x[i];
+    x[i] = y[i];
+    y[i] = t;
+  }
+}
+
+#define SPAN_END(field) (offsetof(MYSQL, field) + sizeof(((MYSQL *)0)->field))
+
 void
 ps_conn_move(MYSQL *to, MYSQL *from)
 {
-  MYSQL tmp = *to;
-  *to = *from;
-  *from = tmp;
-  /* What belongs to the handle, not to the connection, stays where it was. */
-  SWAP(to->options, from->options);
+  /* mariadb_reconnect's `*mysql = tmp_mysql`, as an exchange of everything but what belongs
+   * to the handle: its options (kept in place, so no status_data dangles) and the text of
+   * its last error (512 of the struct's 1,272 bytes). The spans are widened to whole 16-byte
+   * units into that text, which is then emptied on both sides: it is rewritten before anyone
+   * reads it (ps_conn_present_fresh when lent, a reply or ps_conn_set_error otherwise).
+   * About a third of the bytes of three whole-struct copies, moved once. */
+  const gsize err_at = offsetof(MYSQL, net.last_error), err_end = SPAN_END(net.last_error);
+  swap_span(to, from, 0, MIN(err_end, (err_at + 15) & ~(gsize)15));
+  swap_span(to, from, MAX(err_at, err_end & ~(gsize)15), offsetof(MYSQL, options));
+  swap_span(to, from, SPAN_END(options), sizeof(MYSQL));
+  to->net.last_error[0] = '\0';
+  from->net.last_error[0] = '\0';
+  /* Also the handle's, and in the spans above: swapped back. */
   SWAP(to->free_me, from->free_me);
   SWAP(to->stmts, from->stmts);
   if (EXT(to) && EXT(from))
@@ -631,7 +698,10 @@ change_user(MYSQL *m, const PsConnProfile *profile)
 static gboolean
 end_transaction(MYSQL *m, gboolean reset_follows, const char **why)
 {
-  if (run_and_drain(m, "ROLLBACK"))
+  /* Whatever completion_type the borrower set: CHAIN would open the next borrower's
+   * transaction (its autocommitted writes then lost at its close), RELEASE would end the
+   * session. */
+  if (run_and_drain(m, "ROLLBACK AND NO CHAIN NO RELEASE"))
     return TRUE;
   if (m->net.last_errno == ER_XAER_RMFAIL && reset_follows &&
       (strstr(m->net.last_error, "ACTIVE") || strstr(m->net.last_error, "IDLE")))
@@ -648,13 +718,24 @@ restore_role(MYSQL *m, const PsConnProfile *profile)
   return run_and_drain(m, profile->role_sql);
 }
 
+/* Applies a timeout (seconds, 0 = none) to the socket unless it already has it: each
+ * change is a setsockopt(). pvio_socket_set_timeout stores it as `timeout > 0 ? timeout *
+ * 1000 : -1` milliseconds in pvio->timeout[type] (plugins/pvio/pvio_socket.c). */
+static void
+set_socket_timeout(MARIADB_PVIO *pvio, enum enum_pvio_timeout type, unsigned int seconds)
+{
+  gint64 want = seconds > 0 ? (gint64)seconds * 1000 : -1;
+  if ((gint64)pvio->timeout[type] != want)
+    pvio->methods->set_timeout(pvio, type, (int)seconds);
+}
+
 static void
 bound_round_trips(MYSQL *m, unsigned int timeout_s)
 {
   MARIADB_PVIO *pvio = m->net.pvio;
   if (pvio && pvio->methods && pvio->methods->set_timeout) {
-    pvio->methods->set_timeout(pvio, PVIO_READ_TIMEOUT, (int)timeout_s);
-    pvio->methods->set_timeout(pvio, PVIO_WRITE_TIMEOUT, (int)timeout_s);
+    set_socket_timeout(pvio, PVIO_READ_TIMEOUT, timeout_s);
+    set_socket_timeout(pvio, PVIO_WRITE_TIMEOUT, timeout_s);
   }
   /* TLS reads take their timeout from the options (ma_tls_read in secure/openssl.c). */
   m->options.read_timeout = timeout_s;
@@ -828,7 +909,9 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
            "mysql_set_server_option) or went unwatched (an automatic reconnect)";
     return -1;
   }
-  bound_round_trips(m, timeout_s);
+  /* `none` with no transaction and nothing run ahead sends nothing: no bounds to set. */
+  if (mode != PS_RESET_NONE || ps_watch_ahead(watch) || (m->server_status & SERVER_STATUS_IN_TRANS))
+    bound_round_trips(m, timeout_s);
   /* A borrower that sent fewer commands leaves replies of statements run ahead for it. */
   const char *const *learnt = NULL;
   guint nlearnt = ps_watch_learnt(watch, &learnt);
@@ -1071,9 +1154,33 @@ ps_conn_adopt(MYSQL *m)
   MARIADB_PVIO *pvio = m->net.pvio;
   /* mthd_my_real_connect applies the handle's timeouts to the socket after connecting. */
   if (pvio && pvio->methods && pvio->methods->set_timeout) {
-    pvio->methods->set_timeout(pvio, PVIO_READ_TIMEOUT, (int)m->options.read_timeout);
-    pvio->methods->set_timeout(pvio, PVIO_WRITE_TIMEOUT, (int)m->options.write_timeout);
+    set_socket_timeout(pvio, PVIO_READ_TIMEOUT, m->options.read_timeout);
+    set_socket_timeout(pvio, PVIO_WRITE_TIMEOUT, m->options.write_timeout);
   }
+  m->net.last_errno = 0;
+  m->net.last_error[0] = '\0';
+  strcpy(m->net.sqlstate, "00000");
+}
+
+void
+ps_conn_present_fresh(MYSQL *m, const PsConnProfile *profile)
+{
+  /* mysql_real_connect (mthd_my_real_connect in mariadb_lib.c) leaves what the auth OK
+   * packet's ma_read_ok_packet set (affected rows and insert id 0, its warning count; the
+   * struct was zeroed by mysql_init, so field_count 0 and info NULL), or, with init
+   * commands, what the last one's reply set; then sqlstate "00000" and no error. A pooled
+   * connection shows instead the reset's replies, the pool's own `SELECT CURRENT_ROLE()`
+   * (field count 2) or an earlier borrower's last command: replaced by the values the
+   * pool's first real connect showed (PsConnFresh). mysql_info(): the library points it
+   * into its read buffer; NULL when a fresh connect has none, else the message the reset's
+   * re-run init commands left (on the first connect, the pool's own query has replaced it:
+   * NULL). The server status stays the session's own: its autocommit bit is the truth. */
+  m->affected_rows = profile->fresh.affected_rows;
+  m->insert_id = profile->fresh.insert_id;
+  m->field_count = profile->fresh.field_count;
+  m->warning_count = profile->fresh.warning_count;
+  if (!profile->fresh.has_info)
+    m->info = NULL;
   m->net.last_errno = 0;
   m->net.last_error[0] = '\0';
   strcpy(m->net.sqlstate, "00000");
@@ -1090,8 +1197,14 @@ ps_conn_set_error(MYSQL *m, unsigned int errnum, const char *sqlstate, const cha
 void
 ps_conn_close(MYSQL *m)
 {
-  if (m)
-    ps_real.close(m);
+  if (!m)
+    return;
+  /* A return that sent nothing left the last borrower's timeouts (maybe none) on the
+   * socket: COM_QUIT is written within the shell's own. */
+  MARIADB_PVIO *pvio = m->net.pvio;
+  if (pvio && pvio->methods && pvio->methods->set_timeout)
+    set_socket_timeout(pvio, PVIO_WRITE_TIMEOUT, m->options.write_timeout);
+  ps_real.close(m);
 }
 
 void

@@ -83,6 +83,14 @@ void ps_conn_template_free(PsConnTemplate *t);
 MYSQL *ps_conn_template_open(const PsConnTemplate *t, unsigned int timeout_s, char *err,
                              gsize errlen);
 
+/* What the client API shows right after mysql_real_connect returns (mysql_affected_rows,
+ * mysql_insert_id, ...): the auth OK packet's, or the last init command's. */
+typedef struct {
+  my_ulonglong affected_rows, insert_id;
+  unsigned int field_count, warning_count;
+  gboolean has_info; /* mysql_info() was not NULL (an init command's message) */
+} PsConnFresh;
+
 /* What a fresh connection of one key looks like; shared by all its connections. */
 typedef struct {
   char *db;                               /* NULL: no default database */
@@ -95,10 +103,12 @@ typedef struct {
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
   PsConnTemplate *opener;                 /* opens more of this key without the application
                                            * (MIN_IDLE, growing past busy ones); or NULL */
+  PsConnFresh fresh;                      /* what the API showed after the first connect */
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the
- * role and wait_timeout; the handle's visible state is left as the connect left it).
+ * role and wait_timeout; what the connect left visible is recorded first, for
+ * ps_conn_present_fresh).
  * NULL when that query failed: the connection is then broken, and nothing is learnt. */
 PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
 void ps_conn_profile_free(gpointer profile);
@@ -108,7 +118,8 @@ void ps_conn_profile_free(gpointer profile);
 MYSQL *ps_conn_shell_new(unsigned int timeout_s);
 
 /* The transplant: the live connection in `from` moves to `to`, and `to`'s (empty) state
- * moves to `from`. Each struct keeps its own options, statements and allocation flag.
+ * moves to `from`. Each struct keeps its own options, statements and allocation flag; the
+ * text of the last error stays too, emptied on both (mysql_error() is "" until the next).
  * Every back-pointer is repaired; this mirrors mariadb_reconnect's `*mysql = tmp_mysql`. */
 void ps_conn_move(MYSQL *to, MYSQL *from);
 
@@ -148,6 +159,12 @@ gboolean ps_conn_idle_alive(MYSQL *m);
 /* Makes a freshly lent handle behave as if it had connected itself: its own read/write
  * timeouts on the socket, the session-tracking callback, a clean error state. */
 void ps_conn_adopt(MYSQL *m);
+
+/* Makes what the client API returns about the last command (error, SQLSTATE, warning count,
+ * insert id, affected rows, field count, info) exactly what mysql_real_connect left on the
+ * pool's first connection: the pool's own queries and earlier borrowers never show. Called
+ * on every handle the application gets, pooled or freshly connected. */
+void ps_conn_present_fresh(MYSQL *m, const PsConnProfile *profile);
 
 /* Sets the error a failed connect reports (mysql_errno/mysql_sqlstate/mysql_error). */
 void ps_conn_set_error(MYSQL *m, unsigned int errnum, const char *sqlstate, const char *msg);

@@ -72,6 +72,24 @@ pst_connect_app_on(MYSQL *m)
   return m;
 }
 
+MYSQL *
+pst_connect_app_via(gboolean via_socket, gboolean unpooled)
+{
+  MYSQL *m = mysql_init(NULL);
+  cr_assert_not_null(m);
+  if (unpooled)
+    mysql_options(m, MYSQL_READ_DEFAULT_FILE, "/dev/null");
+  const char *host = via_socket ? "localhost" : pst_env("PS_TEST_HOST");
+  const char *sock = via_socket ? pst_env("PS_TEST_SOCKET") : NULL;
+  cr_assert_not_null(mysql_real_connect(m, host, pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        via_socket ? 0 : pst_port(), sock, 0),
+                     "connect as %s (%s%s) failed: %u %s", pst_env("PS_TEST_USER"),
+                     via_socket ? "socket" : "TCP", unpooled ? ", unpooled" : "",
+                     mysql_errno(m), mysql_error(m));
+  return m;
+}
+
 void
 pst_require_tls(MYSQL *m)
 {

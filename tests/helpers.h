@@ -16,6 +16,10 @@ MYSQL *pst_connect_app(void);
 /* Connects a handle the test has set options on, as the application user on the test
  * database. Fails the test on error. */
 MYSQL *pst_connect_app_on(MYSQL *m);
+/* The application user on the test database, over TCP or (via_socket) the Unix socket
+ * ($PS_TEST_SOCKET). unpooled: with an (empty) option file, which the shim never pools, so
+ * the session is a fresh one of the server's. Fails the test on error. */
+MYSQL *pst_connect_app_via(gboolean via_socket, gboolean unpooled);
 /* Sets the options that make a connect require TLS with the test CA ($PS_TEST_TLS_CA),
  * verifying the server's certificate. */
 void pst_require_tls(MYSQL *m);

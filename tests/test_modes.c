@@ -80,3 +80,42 @@ Test(modes, none_mode_still_never_carries_a_transaction_over, .init = none_mode)
                0, "an open transaction was committed");
   mysql_close(next);
 }
+
+/* The pool's ROLLBACK must not open the next borrower's transaction: a kept
+ * completion_type=CHAIN would make it chain one, and the next borrower, believing itself in
+ * autocommit, would lose its writes at its close. */
+static void
+check_no_chained_transaction(void)
+{
+  long long v = 5000000 + g_random_int_range(0, 1000000);
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  pst_exec(m, "SET SESSION completion_type = 'CHAIN'");
+  pst_exec(m, "START TRANSACTION");
+  pst_exec(m, "INSERT INTO t (v) VALUES (%lld)", v);
+  mysql_close(m);
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  cr_assert_eq(pst_scalar(next, "SELECT @@in_transaction"), 0,
+               "the pool's rollback chained a transaction into the next borrower");
+  pst_exec(next, "INSERT INTO t (v) VALUES (%lld)", v + 1);
+  mysql_close(next);
+  /* The next borrower's autocommitted row is there; the first borrower's is not. */
+  cr_assert_eq(pst_scalar(pst_admin(), "SELECT COUNT(*) FROM %s.t WHERE v = %lld",
+                          pst_env("PS_TEST_DB"), v + 1),
+               1);
+  cr_assert_eq(pst_scalar(pst_admin(), "SELECT COUNT(*) FROM %s.t WHERE v = %lld",
+                          pst_env("PS_TEST_DB"), v),
+               0);
+}
+
+Test(modes, rollback_mode_never_chains_a_transaction_into_the_next_borrower,
+     .init = rollback_mode)
+{
+  check_no_chained_transaction();
+}
+
+Test(modes, none_mode_never_chains_a_transaction_into_the_next_borrower, .init = none_mode)
+{
+  check_no_chained_transaction();
+}
