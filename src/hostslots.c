@@ -1,6 +1,7 @@
 /* hostslots.c: host-wide connection slots as flock()ed files (see hostslots.h). Owns the slot
  * directories, the checks on whatever it finds in them, and the descriptors it hands out; no
- * MySQL, no pool policy. Nothing here blocks: every open is O_NONBLOCK, every flock LOCK_NB. */
+ * MySQL, no pool policy. Nothing here blocks on a file: every open is O_NONBLOCK, every flock
+ * LOCK_NB; the only wait is ps_host_slot_acquire's sleep between rounds, with no lock held. */
 #include "hostslots.h"
 
 #include <errno.h>

@@ -24,6 +24,11 @@ TestSuite(hostile, .timeout = 110);
 static OpsProbe *
 start(const char *const *args, const char *host_max, const char *dir, const char *tmpdir)
 {
+  /* The fork scenario's child starts the shim's threads again: ThreadSanitizer (the tsan
+   * pass) refuses new threads after a multi-threaded fork unless told otherwise. */
+  const char *tsan = g_getenv("TSAN_OPTIONS");
+  g_autofree char *tsan_fork =
+      tsan ? g_strconcat(tsan, ":die_after_fork=0", NULL) : g_strdup("die_after_fork=0");
   /* clang-format off */
   const char *env[] = {
     "POOLSHIM_HOST_MAX", host_max,
@@ -35,6 +40,7 @@ start(const char *const *args, const char *host_max, const char *dir, const char
     "XDG_RUNTIME_DIR", NULL,
     "TMPDIR", tmpdir,
     "PST_ALARM", ALARM_S,
+    "TSAN_OPTIONS", tsan_fork,
     NULL};
   /* clang-format on */
   return ops_start(args, env);
