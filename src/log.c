@@ -137,15 +137,6 @@ ps_log_escape(char *out, gsize cap, const char *in, gsize len)
   return o;
 }
 
-char *
-ps_log_escape_dup(const char *in)
-{
-  gsize len = strlen(in);
-  char *out = g_malloc(len * 4 + 1);
-  ps_log_escape(out, len * 4 + 1, in, len);
-  return out;
-}
-
 void
 ps_log(PsLogLevel level, const char *fmt, ...)
 {

@@ -23,8 +23,6 @@ gboolean ps_log_enabled(PsLogLevel level);
  * user supplies (a newline in a database name, a terminal escape) can forge a line.
  * Writes at most `cap` bytes with the NUL, never half an escape; returns the length. */
 gsize ps_log_escape(char *out, gsize cap, const char *in, gsize len);
-/* The same, newly allocated (g_free). */
-char *ps_log_escape_dup(const char *in);
 void ps_log(PsLogLevel level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 #define ps_error(...) ps_log(PS_LOG_ERROR, __VA_ARGS__)
