@@ -39,7 +39,8 @@ CYCLE = os.path.join(BUILD, "bench", "cycle")
 PROXY = os.path.join(BUILD, "bench", "delayproxy")
 PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django live
 
-GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "shimcost"]
+GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "revalidate",
+          "shimcost"]
 POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
 FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
 DELAY_US = 250       # delayproxy: per chunk and direction, so +0.5 ms per round trip
@@ -56,6 +57,7 @@ GROUP_TITLES = {
     "fairness": f"256 threads on a pool of {FAIR_POOL}",
     "pyrtt": f"Python MySQLdb, {RTT_PY_THREADS} threads, 0.5 ms RTT",
     "djrtt": f"Django ORM, {RTT_PY_THREADS} threads, 0.5 ms RTT",
+    "revalidate": "C loop, TCP, credentials proved again (POOLSHIM_REVALIDATE)",
 }
 
 # Cycles per run (before --scale), chosen so that a run takes roughly 0.5 to 2 s on a
@@ -71,7 +73,8 @@ CYCLES = {
 CYCLES["socket"] = CYCLES["tcp"]
 LABELS = {"nopool": "no pool", "poolshim": "poolshim", "kept": "kept connection (limit)",
           "sqlalchemy": "SQLAlchemy QueuePool (code change)",
-          "persistent": "CONN_MAX_AGE=None (persistent)"}
+          "persistent": "CONN_MAX_AGE=None (persistent)",
+          "reval": "poolshim, POOLSHIM_REVALIDATE=1ms (a proof at about every connect)"}
 
 
 class Variant:
@@ -147,6 +150,16 @@ def variants(groups, scale):
         # setup statements are round trips (MySQLdb: SET autocommit; Django: four).
         mysqldb("pyrtt", RTT_PY_THREADS, (300, 800, 800, 1500), proxy=True)
         django("djrtt", RTT_PY_THREADS, (200, 500, 1200), proxy=True)
+    if "revalidate" in groups:
+        # The cost of proving a pool's credentials again (COM_CHANGE_USER on the connect
+        # path): the default (one proof a minute) against a proof at nearly every connect;
+        # the server's Com_change_user counts the proofs.
+        cyc = n(CYCLES["tcp"]["poolshim"][1])
+        for tag, env in (("poolshim", preload(POOL)),
+                         ("reval", dict(preload(POOL), POOLSHIM_REVALIDATE="1ms"))):
+            cmd = [CYCLE, "--threads", "1", "--cycles", str(cyc)]
+            out.append(Variant("revalidate", tag, 1, cyc, cmd, env=env, pool=POOL,
+                               baseline="poolshim"))
     if "fairness" in groups:
         for threads, per in ((FAIR_POOL, 1000), (256, 32)):
             cyc = threads * max(1, n(per))
@@ -295,6 +308,7 @@ def run_once(conn, v, proxy):
         proxy.stats()  # reset its counters
         cpu0 = proxy.cpu_seconds()
     before = status(conn, "Connections")
+    cu_before = status(conn, "Com_change_user")
     spid = server_pid()
     scpu0 = _pid_cpu(spid) if spid else None
     t0 = time.monotonic()
@@ -305,10 +319,12 @@ def run_once(conn, v, proxy):
         rc, stdout, stderr = -1, "", f"timed out after {exc.timeout} s"
     wall = time.monotonic() - t0
     after = status(conn, "Connections")
+    cu_after = status(conn, "Com_change_user")
     scpu1 = _pid_cpu(spid) if spid else None
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     fields = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
-    r = {"rc": rc, "conns": after - before, "wall": wall, "notes": []}
+    r = {"rc": rc, "conns": after - before, "wall": wall, "notes": [],
+         "change_users": cu_after - cu_before}
     if scpu0 is not None and v.cycles:
         r["server_us"] = (scpu1 - scpu0) * 1e6 / v.cycles  # server CPU per cycle
     if "seconds" in fields:
@@ -570,6 +586,24 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                  f"{'yes' if within else '**NO**'} ({detail}); errors: "
                  f"{'none' if not errs else '**' + '; '.join(errs) + '**'}")
     L.append("")
+
+    if "revalidate" in groups:
+        d, e = by_key.get(("revalidate", 1, "poolshim")), by_key.get(("revalidate", 1, "reval"))
+        if d and e and d.med_sec and e.med_sec:
+            proofs = median(r["change_users"] for r in e.runs)
+            base = median(r["change_users"] for r in d.runs)
+            extra = proofs - base
+            per = (e.med_sec - d.med_sec) * 1e6 / extra if extra > 0 else float("nan")
+            L.append("## Revalidation: the cost of proving credentials again")
+            L.append("")
+            L.append(f"1 thread, {e.cycles} connect/SELECT 1/close cycles per run: with the "
+                     f"default `POOLSHIM_REVALIDATE=60s` the server counted {base:.0f} "
+                     f"`COM_CHANGE_USER` per run; with `1ms`, {proofs:.0f}. Median run time "
+                     f"{d.med_sec:.3f} s vs {e.med_sec:.3f} s: about {per:.0f} us of the "
+                     "loop's wall time per proof (a `COM_CHANGE_USER` round trip, the role "
+                     "and init commands restored). At the default interval one connect per "
+                     "pool per minute pays it.")
+            L.append("")
 
     if "fairness" in groups:
         v8, v256 = by_key.get(("fairness", FAIR_POOL, "poolshim")), by_key.get(("fairness", 256, "poolshim"))
