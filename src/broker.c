@@ -494,12 +494,15 @@ adopt_fork(void)
       ((PsPhys *)value)->slot_fd = -1;
   }
   g_mutex_unlock(&B.lock);
-  if (old) {
+  if (old && !__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
     /* Threads do not survive fork(). Started after B.lock is released: the stats writer
-     * takes stats_lock, which comes before B.lock in the lock order. */
+     * takes stats_lock, which comes before B.lock in the lock order. Not when the child's
+     * first call is its drain (exit, mysql_library_end). */
     start_watchdog();
     start_stats_writer();
     start_housekeeper();
+  }
+  if (old) {
     ps_debug("fork detected: abandoning the parent's idle connections");
     close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
     /* `old` itself stays allocated: the parent's lent handles still point into it. */
@@ -759,17 +762,17 @@ revoke_key(PsPool *pool, PsPoolKey *pk, unsigned int errnum)
 }
 
 /* The connection p, just moved into (and adopted by) the application's handle m, is proved
- * again when the
+ * again (each round trip within timeout_s) when the
  * key's last proof is older than POOLSHIM_REVALIDATE. Unless PS_PROOF_OK, the connection
  * is back out of m (m is as before the connect) and closed. */
 static PsProof
-prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m)
+prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s)
 {
   gint64 now = g_get_monotonic_time();
   if (!ps_pool_key_claim_proof(pk, now, B.config.revalidate_us))
     return PS_PROOF_OK;
   unsigned int errnum = 0;
-  PsProof proof = ps_conn_reauthenticate(m, p->profile, p->watch, reset_timeout_s(), &errnum);
+  PsProof proof = ps_conn_reauthenticate(m, p->profile, p->watch, timeout_s, &errnum);
   ps_debug("pool %s: credentials proved again: %s (%u)", ps_pool_key_label(pk),
            proof == PS_PROOF_OK ? "accepted" : proof == PS_PROOF_REFUSED ? "refused" : "lost",
            errnum);
@@ -778,12 +781,13 @@ prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m)
     return proof;
   }
   ps_conn_move(p->shell, m);
+  PsPool *pool = p->pool;
   if (proof == PS_PROOF_LOST) {
     ps_pool_key_proved(pk, 0); /* the next connect proves it */
     discard_lent(p, NULL, PS_CLOSE_DEAD, "lost while re-authenticating");
   } else {
     discard_lent(p, NULL, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
-    revoke_key(p->pool, pk, errnum);
+    revoke_key(pool, pk, errnum);
   }
   return proof;
 }
@@ -1002,7 +1006,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       }
       ps_conn_move(m, p->shell);
       ps_conn_adopt(m);
-      PsProof proof = prove_if_due(p, pk, m);
+      PsProof proof = prove_if_due(p, pk, m, MIN(reset_s, seconds_left(net_deadline)));
       if (proof == PS_PROOF_LOST)
         continue;
       if (proof == PS_PROOF_REFUSED)
