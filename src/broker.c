@@ -762,9 +762,9 @@ revoke_key(PsPool *pool, PsPoolKey *pk, unsigned int errnum)
 }
 
 /* The connection p, just moved into (and adopted by) the application's handle m, is proved
- * again (each round trip within timeout_s) when the
- * key's last proof is older than POOLSHIM_REVALIDATE. Unless PS_PROOF_OK, the connection
- * is back out of m (m is as before the connect) and closed. */
+ * again (each round trip within timeout_s) when the key's last proof is older than
+ * POOLSHIM_REVALIDATE. Unless PS_PROOF_OK, the connection is back out of m (m is as before
+ * the connect) and closed. */
 static PsProof
 prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s)
 {
