@@ -39,7 +39,8 @@ CYCLE = os.path.join(BUILD, "bench", "cycle")
 PROXY = os.path.join(BUILD, "bench", "delayproxy")
 PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django live
 
-GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "shimcost"]
+GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "revalidate",
+          "shimcost"]
 POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
 FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
 DELAY_US = 250       # delayproxy: per chunk and direction, so +0.5 ms per round trip
@@ -56,6 +57,7 @@ GROUP_TITLES = {
     "fairness": f"256 threads on a pool of {FAIR_POOL}",
     "pyrtt": f"Python MySQLdb, {RTT_PY_THREADS} threads, 0.5 ms RTT",
     "djrtt": f"Django ORM, {RTT_PY_THREADS} threads, 0.5 ms RTT",
+    "revalidate": "C loop, TCP, credentials proved again (POOLSHIM_REVALIDATE)",
 }
 
 # Cycles per run (before --scale), chosen so that a run takes roughly 0.5 to 2 s on a
@@ -74,7 +76,8 @@ CYCLES["socket"] = CYCLES["tcp"]
 LABELS = {"nopool": "no pool", "poolshim": "poolshim", "kept": "kept connection (limit)",
           "always": "poolshim, POOLSHIM_RESET=always",
           "sqlalchemy": "SQLAlchemy QueuePool (code change)",
-          "persistent": "CONN_MAX_AGE=None (persistent)"}
+          "persistent": "CONN_MAX_AGE=None (persistent)",
+          "reval": "poolshim, POOLSHIM_REVALIDATE=1ms (a proof at most every ms)"}
 
 
 class Variant:
@@ -161,6 +164,16 @@ def variants(groups, scale):
         # setup statements are round trips (MySQLdb: SET autocommit; Django: four).
         mysqldb("pyrtt", RTT_PY_THREADS, (300, 800, 800, 1500), proxy=True)
         django("djrtt", RTT_PY_THREADS, (200, 500, 1200), proxy=True)
+    if "revalidate" in groups:
+        # The cost of proving a pool's credentials again (COM_CHANGE_USER on the connect
+        # path): the default (one proof a minute) against one every millisecond (the
+        # smallest interval; at most one proof per connect).
+        cyc = n(CYCLES["tcp"]["poolshim"][1])
+        for tag, env in (("poolshim", preload(POOL)),
+                         ("reval", dict(preload(POOL), POOLSHIM_REVALIDATE="1ms"))):
+            cmd = [CYCLE, "--threads", "1", "--cycles", str(cyc)]
+            out.append(Variant("revalidate", tag, 1, cyc, cmd, env=env, pool=POOL,
+                               baseline="poolshim"))
     if "fairness" in groups:
         for tag in POOLED:
             for threads, per in ((FAIR_POOL, 1000), (256, 32)):
@@ -593,6 +606,26 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                  f"{'yes' if within else '**NO**'} ({detail}); errors: "
                  f"{'none' if not errs else '**' + '; '.join(errs) + '**'}")
     L.append("")
+
+    if "revalidate" in groups:
+        d, e = by_key.get(("revalidate", 1, "poolshim")), by_key.get(("revalidate", 1, "reval"))
+        if d and e and d.med_sec and e.med_sec:
+            # At most one proof per connect and per millisecond of the run.
+            most = min(e.cycles, e.med_sec * 1000)
+            per = (e.med_sec - d.med_sec) * 1e6 / most
+            sd = median(r.get("server_us", float("nan")) for r in d.runs)
+            se = median(r.get("server_us", float("nan")) for r in e.runs)
+            L.append("## Revalidation: the cost of proving credentials again")
+            L.append("")
+            L.append(f"1 thread, {e.cycles} connect/SELECT 1/close cycles per run. Default "
+                     f"`POOLSHIM_REVALIDATE=60s` (no proof within a run): {d.med_sec:.3f} s, "
+                     f"server CPU {sd:.1f} us per cycle. `1ms` (a `COM_CHANGE_USER` proof at "
+                     f"most every millisecond, so at most {most:.0f} per run): "
+                     f"{e.med_sec:.3f} s, server CPU {se:.1f} us per cycle. So at least "
+                     f"{per:.0f} us of the loop's wall time per proof (a round trip, the "
+                     "role and init commands restored). At the default interval one connect "
+                     "per pool per minute pays it.")
+            L.append("")
 
     if "fairness" in groups:
         v8, v256 = by_key.get(("fairness", FAIR_POOL, "poolshim")), by_key.get(("fairness", 256, "poolshim"))

@@ -1,6 +1,15 @@
 /* broker.c: the pool policy. Owns the process-wide pool, the table of lent handles and the
  * life of each physical connection (PsPhysState and phys_enter). Knows nothing of MYSQL
- * internals (conn.c) and finds no symbols (interpose.c). No lock is held across I/O. */
+ * internals (conn.c) and finds no symbols (interpose.c). No lock is held across I/O.
+ *
+ * Lock order (a thread that holds one may take only those after it; before_fork takes them
+ * all in this order; ThreadSanitizer's deadlock detector checks it in the tsan pass):
+ *   1. B.house_lock      (house_busy only)
+ *   2. B.stats_lock      (one statistics writer; held while the file is written)
+ *   3. B.lock            (lent handles, B.pool, B.forked, B.host_slots)
+ *   4. PsPool.lock       (pool.c; its ready/match callbacks take no lock)
+ *   5. hostslots.c's registry_lock
+ * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
 
 #include <dlfcn.h>
@@ -71,7 +80,9 @@ static struct {
   char *program;
   gint64 start_time_us;
   gboolean stopping;     /* drained (exit, mysql_library_end): nothing is opened ahead any more */
-  GMutex house_lock;     /* held by the housekeeper while it calls the client library */
+  GMutex house_lock;     /* guards house_busy; held briefly, never across I/O */
+  GCond house_idle;      /* signalled when house_busy becomes FALSE */
+  gboolean house_busy;   /* the housekeeper is in a tick (maybe inside the client library) */
 } B;
 
 static void start_watchdog(void);
@@ -213,11 +224,11 @@ fill_pools(PsPool *pool)
 {
   if (__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE))
     return;
-  g_autoptr(GPtrArray) keys = ps_pool_key_list(pool);
+  GPtrArray *keys = ps_pool_key_list(pool);
   for (guint i = 0; i < keys->len; i++) {
     PsPoolKey *key = keys->pdata[i];
     PsConnProfile *profile = ps_pool_key_data(key);
-    if (!profile || !profile->opener)
+    if (!profile || !profile->opener || ps_pool_key_revoked(key))
       continue;
     while (!__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE) && ps_pool_reserve_fill(pool, key)) {
       int slot_fd = -1;
@@ -246,10 +257,12 @@ fill_pools(PsPool *pool)
                  ps_pool_key_label(key), err);
         break;
       }
+      ps_pool_key_proved(key, g_get_monotonic_time());
       PsPhys *p = phys_on_pool_handle(pool, profile, h, slot_fd, slots);
       ps_pool_filled(pool, key, p, &p->item); /* p->item is set before anyone can take it */
     }
   }
+  ps_pool_key_list_free(pool, keys);
 }
 
 /* An idle connection the server has closed (KILL, restart, its own timeout): one poll
@@ -261,10 +274,24 @@ idle_dead(PsItem *item, gpointer data)
   return ps_conn_idle_closed(p->shell, p->pending > 0 || ps_watch_ahead(p->watch));
 }
 
+/* A pool that has had no connection, no waiter and no connect for this long is freed with
+ * its label, counters and password (memory stays bounded when every connect brings other
+ * credentials); a pool that never had a connection goes at once (ps_broker_connect). */
+#define PS_POOL_FORGET_US (60 * G_USEC_PER_SEC)
+
+static void
+forget_pools(PsPool *pool)
+{
+  guint n = ps_pool_forget_unused(pool, PS_POOL_FORGET_US);
+  if (n)
+    ps_debug("freed %u pools unused for %d s", n, (int)(PS_POOL_FORGET_US / G_USEC_PER_SEC));
+}
+
 /* What every tick does: reap, then fill. */
 static void
 keep_pools(PsPool *pool)
 {
+  forget_pools(pool);
   close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
   GSList *dead = ps_pool_take_idle_matching(pool, idle_dead, NULL, PS_CLOSE_DEAD);
   for (GSList *l = dead; l; l = l->next) {
@@ -284,14 +311,20 @@ static gboolean hand_over_slots(PsPool *pool);
 static gboolean
 house_tick(gboolean *handed_over)
 {
+  /* No lock across the tick (it connects and closes): fork() never waits for the network;
+   * only the drain waits for house_busy to end (ps_broker_drain). */
   g_mutex_lock(&B.house_lock);
-  if (__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
-    g_mutex_unlock(&B.house_lock);
+  gboolean stopping = __atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE);
+  B.house_busy = !stopping;
+  g_mutex_unlock(&B.house_lock);
+  if (stopping)
     return FALSE;
-  }
   if (B.config.host_max)
     *handed_over = hand_over_slots(B.pool);
   keep_pools(B.pool);
+  g_mutex_lock(&B.house_lock);
+  B.house_busy = FALSE;
+  g_cond_broadcast(&B.house_idle);
   g_mutex_unlock(&B.house_lock);
   return TRUE;
 }
@@ -396,9 +429,9 @@ exit_drain(void)
     write_stats();
 }
 
-/* The order every thread takes these in: the housekeeper's (it may be inside the client
- * library, whose own locks a child must not inherit held: fork waits for its tick), the
- * stats writer's, the broker's, the pool's, the host slots' registry. */
+/* fork() takes every lock in the lock order (top of this file), so that a child never
+ * inherits one held by another thread. None is held across network I/O, so fork() waits
+ * for memory work only, whatever the server does (the housekeeper's connects hold none). */
 static void
 before_fork(void)
 {
@@ -432,6 +465,11 @@ after_fork_child(void)
   B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
+  /* The parent's housekeeper may be inside a connect: no thread of the child is. The
+   * connection it is opening is the parent's, in no pool yet: the child never sees it
+   * (its memory and socket are left alone). The child's own housekeeper starts with its
+   * first call (adopt_fork). */
+  B.house_busy = FALSE;
   g_mutex_unlock(&B.house_lock);
 }
 
@@ -456,11 +494,16 @@ adopt_fork(void)
     g_hash_table_iter_init(&it, B.lent);
     while (g_hash_table_iter_next(&it, NULL, &value))
       ((PsPhys *)value)->slot_fd = -1;
-    start_watchdog(); /* threads do not survive fork() */
+  }
+  g_mutex_unlock(&B.lock);
+  if (old && !__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
+    /* Threads do not survive fork(). Started after B.lock is released: the stats writer
+     * takes stats_lock, which comes before B.lock in the lock order. Not when the child's
+     * first call is its drain (exit, mysql_library_end). */
+    start_watchdog();
     start_stats_writer();
     start_housekeeper();
   }
-  g_mutex_unlock(&B.lock);
   if (old) {
     ps_debug("fork detected: abandoning the parent's idle connections");
     close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
@@ -611,6 +654,7 @@ maybe_sweep(void)
                                    __ATOMIC_RELAXED))
     return;
   close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+  forget_pools(B.pool);
 }
 
 static unsigned int
@@ -692,6 +736,82 @@ release_or_expire(PsPhys *p, gboolean reset)
 
 
 
+/* ---- revalidation (POOLSHIM_REVALIDATE) ----
+ * A pool compares a connect's password with the one its connections authenticated with,
+ * and COM_RESET_CONNECTION does not authenticate: without a new proof, credentials the
+ * server no longer accepts (ALTER USER ... IDENTIFIED BY, ACCOUNT LOCK, DROP USER) would
+ * keep working for as long as pooled connections live. So the first connect of a key
+ * after the interval re-authenticates the connection it is lent, on its own handle (whose
+ * options, attributes and auth settings are the key's), before it sees it; one connect
+ * per interval pays the round trip, the others go on with the last proof. A refusal
+ * revokes the key: its idle connections close, its lent ones close at return, and its
+ * connects go straight to the real mysql_real_connect, which reports the server's own
+ * error, until one of them succeeds. No lock is held: the connection is the caller's. */
+
+static gboolean
+item_of_key(PsItem *item, gpointer key)
+{
+  return item->owner == key;
+}
+
+static void
+revoke_key(PsPool *pool, PsPoolKey *pk, unsigned int errnum)
+{
+  ps_pool_key_set_revoked(pk);
+  GSList *idle = ps_pool_take_idle_matching(pool, item_of_key, pk, PS_CLOSE_REVOKED);
+  ps_info("pool %s: the server refused its credentials (error %u): its %u idle connections "
+          "are closed, lent ones close at return, connects go to the server until one "
+          "succeeds", ps_pool_key_label(pk), errnum, g_slist_length(idle));
+  close_victims(idle, FALSE);
+}
+
+/* The connection p, just moved into (and adopted by) the application's handle m, is proved
+ * again (each round trip within timeout_s) when the key's last proof is older than
+ * POOLSHIM_REVALIDATE. Unless PS_PROOF_OK, the connection is back out of m (m is as before
+ * the connect) and closed. */
+static PsProof
+prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s)
+{
+  gint64 now = g_get_monotonic_time();
+  if (!ps_pool_key_claim_proof(pk, now, B.config.revalidate_us))
+    return PS_PROOF_OK;
+  unsigned int errnum = 0;
+  PsProof proof = ps_conn_reauthenticate(m, p->profile, p->watch, timeout_s, &errnum);
+  ps_debug("pool %s: credentials proved again: %s (%u)", ps_pool_key_label(pk),
+           proof == PS_PROOF_OK ? "accepted" : proof == PS_PROOF_REFUSED ? "refused" : "lost",
+           errnum);
+  if (proof == PS_PROOF_OK) {
+    ps_conn_adopt(m); /* the handle's own timeouts on the socket again, a clean error state */
+    return proof;
+  }
+  ps_conn_move(p->shell, m);
+  PsPool *pool = p->pool;
+  if (proof == PS_PROOF_LOST) {
+    ps_pool_key_proved(pk, 0); /* the next connect proves it */
+    discard_lent(p, NULL, PS_CLOSE_DEAD, "lost while re-authenticating");
+  } else {
+    discard_lent(p, NULL, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
+    revoke_key(pool, pk, errnum);
+  }
+  return proof;
+}
+
+/* A connect of a revoked key: the real one, unpooled, so the caller sees exactly what the
+ * server says; a success proves the credentials again and pooling resumes. */
+static MYSQL *
+connect_revoked(MYSQL *m, PsPoolKey *pk, const char *host, const char *user,
+                const char *passwd, const char *db, unsigned int port,
+                const char *unix_socket, unsigned long client_flag)
+{
+  __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
+  MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+  if (r && ps_pool_key_revoked(pk)) {
+    ps_pool_key_proved(pk, g_get_monotonic_time());
+    ps_info("pool %s: the server accepts its credentials again", ps_pool_key_label(pk));
+  }
+  return r;
+}
+
 /* POOLSHIM_HOST_MAX: a slot for one more physical connection to this server, shared with
  * every poolshim process on the host, waited for until the connect's deadline. FALSE (with
  * error 1040 on m, as for a full pool) when none came free in time. A slot directory that
@@ -764,6 +884,7 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   }
   ps_debug("pool %s: the %u idle connections were still busy with their reset: opened one "
            "more", ps_pool_key_label(pk), busy);
+  ps_pool_key_proved(pk, g_get_monotonic_time());
   /* No host slot: never under POOLSHIM_HOST_MAX (new_pool). */
   PsPhys *p = phys_on_pool_handle(pool, profile, h, -1, NULL);
   p->item = ps_pool_opened(pool, pk, p);
@@ -772,6 +893,11 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   lend(p, m);
   return TRUE;
 }
+
+static MYSQL *connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp,
+                             const char *host, const char *user, const char *passwd,
+                             const char *db, unsigned int port, const char *unix_socket,
+                             unsigned long client_flag);
 
 MYSQL *
 ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *passwd,
@@ -803,7 +929,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   }
 
   PsPool *pool = B.pool;
-  PsPoolKey *pk = ps_pool_key_find(pool, key.digest);
+  PsPoolKey *pk = ps_pool_key_find(pool, key.digest); /* held until the connect ends */
   if (!pk) {
     char label[256];
     ps_conn_key_label(&key, label, sizeof label);
@@ -811,6 +937,23 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     ps_config_pool_settings(&B.config, label, &settings);
     pk = ps_pool_key(pool, key.digest, label, &settings);
   }
+  MYSQL *r = ps_pool_key_revoked(pk)
+               ? connect_revoked(m, pk, host, user, passwd, db, port, unix_socket, client_flag)
+               : connect_on_key(m, pool, pk, &key, host, user, passwd, db, port, unix_socket,
+                                client_flag);
+  /* A key that never had a connection (a wrong password) leaves nothing behind. */
+  ps_pool_key_release(pool, pk, !r && !ps_pool_key_data(pk));
+  maybe_sweep();
+  return r;
+}
+
+static MYSQL *
+connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, const char *host,
+               const char *user, const char *passwd, const char *db, unsigned int port,
+               const char *unix_socket, unsigned long client_flag)
+{
+  const PsConnKey key = *keyp;
+  const char *why = NULL;
   const PsPoolSettings *settings = ps_pool_key_settings(pk);
   gint64 started = g_get_monotonic_time();
   gint64 deadline = started + settings->timeout_us;
@@ -876,6 +1019,11 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       }
       ps_conn_move(m, p->shell);
       ps_conn_adopt(m);
+      PsProof proof = prove_if_due(p, pk, m, MIN(reset_s, seconds_left(net_deadline)));
+      if (proof == PS_PROOF_LOST)
+        continue;
+      if (proof == PS_PROOF_REFUSED)
+        return connect_revoked(m, pk, host, user, passwd, db, port, unix_socket, client_flag);
       lend(p, m);
       return m;
     }
@@ -909,6 +1057,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
+    ps_pool_key_proved(pk, g_get_monotonic_time());
     PsConnProfile *profile = ps_pool_key_data(pk);
     if (!profile) {
       PsConnProfile *mine = ps_conn_profile_new(m, key.db);
@@ -1011,6 +1160,10 @@ ps_broker_close(MYSQL *m)
     discard_lent(p, m, PS_CLOSE_UNCLEAN, why);
     return;
   }
+  if (ps_pool_key_revoked(p->item->owner)) {
+    discard_lent(p, m, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
+    return;
+  }
   if (p->slot_fd >= 0 && ps_host_slots_contended(p->slots)) {
     /* Kept idle, it would hold a slot another process is waiting for. */
     discard_lent(p, m, PS_CLOSE_OVER_LIMIT, "another connect waits for a POOLSHIM_HOST_MAX slot");
@@ -1081,6 +1234,8 @@ ps_broker_drain(void)
    * the application's back while it shuts down. */
   __atomic_store_n(&B.stopping, TRUE, __ATOMIC_RELEASE);
   g_mutex_lock(&B.house_lock);
+  while (B.house_busy) /* at most the connect it is in: bounded by the connect timeout */
+    g_cond_wait(&B.house_idle, &B.house_lock);
   g_mutex_unlock(&B.house_lock);
   adopt_fork();
   close_all_idle();

@@ -74,6 +74,13 @@ static const PsVar vars[] = {
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "
    "a reset that times out closes the connection."},
+  {"POOLSHIM_REVALIDATE", PS_T_DURATION, "60s", 0, US(86400), NULL,
+   G_STRUCT_OFFSET(PsConfig, revalidate_us), FILE_ONLY,
+   "The longest a pool lends connections on credentials the server has not accepted again: "
+   "the first connect after this interval re-authenticates (COM_CHANGE_USER) the connection "
+   "it gets; if the server refuses (password changed, account locked or dropped), that "
+   "connect fails with the server's own error and the pool's idle connections are closed; "
+   "0 turns it off."},
   {"POOLSHIM_LEAK_WARN", PS_T_DURATION, "0", 0, US(30 * 86400), NULL,
    G_STRUCT_OFFSET(PsConfig, leak_warn_us), FILE_ONLY,
    "Warn once per borrow about a connection the application has held longer than this, "

@@ -34,6 +34,7 @@ typedef struct {
   PsResetMode reset;
   gint64 reset_timeout_us;   /* bound on each round trip of a reset */
   gint64 leak_warn_us;       /* warn about connections lent longer than this; 0 = off */
+  gint64 revalidate_us;      /* re-authenticate a pool's credentials this often; 0 = off */
   PsLogLevel log_level;
   char *log_file;            /* NULL = stderr */
   char *stats_file;          /* pattern with %p, %n, %%; NULL = no stats file */

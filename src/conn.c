@@ -2,6 +2,7 @@
  * what mysql_real_connect and mysql_close do). Each trick names the library code it mirrors.
  * No pool policy and no locking here: callers decide when; this file knows how. */
 #include "conn.h"
+#include "secret.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1038,6 +1039,26 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
   return TRUE;
 }
 
+PsProof
+ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
+                       unsigned int timeout_s, unsigned int *errnum)
+{
+  /* The reset bounds its round trips on the handle's options: they are the application's. */
+  unsigned int rt = m->options.read_timeout, wt = m->options.write_timeout;
+  my_bool reconnect = m->options.reconnect;
+  const char *why = NULL;
+  int r = reset_begin(m, PS_RESET_CHANGE_USER, profile, watch, ps_watch_take(m, watch),
+                      timeout_s, &why);
+  ps_watch_take(m, watch); /* the proof's commands are not the borrower's doing */
+  m->options.read_timeout = rt;
+  m->options.write_timeout = wt;
+  m->options.reconnect = reconnect;
+  if (r == 0)
+    return PS_PROOF_OK;
+  *errnum = m->net.last_errno;
+  return *errnum > 0 && *errnum < CR_MIN_ERROR ? PS_PROOF_REFUSED : PS_PROOF_LOST;
+}
+
 /* One poll of an idle connection's socket without waiting: poll's result (-1 also when the
  * connection has no socket), *revents set when it is 1. errno is left as it was. */
 static int
@@ -1204,6 +1225,7 @@ ps_conn_close(MYSQL *m)
   MARIADB_PVIO *pvio = m->net.pvio;
   if (pvio && pvio->methods && pvio->methods->set_timeout)
     set_socket_timeout(pvio, PVIO_WRITE_TIMEOUT, m->options.write_timeout);
+  ps_secret_wipe(m->passwd); /* the library frees it as it is */
   ps_real.close(m);
 }
 
@@ -1226,6 +1248,7 @@ ps_conn_close_keep_socket(MYSQL *m)
   my_socket fd = m->net.pvio ? ps_real.get_socket(m) : INVALID_SOCKET;
   int saved = errno;
   int copy = fd == INVALID_SOCKET ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  ps_secret_wipe(m->passwd);
   ps_real.close(m);
   errno = saved;
   return copy;
@@ -1274,5 +1297,6 @@ ps_conn_abandon(MYSQL *m)
    * mysql_close_slow_part sends COM_QUIT only when net.buff is set. */
   free(m->net.buff);
   m->net.buff = NULL;
+  ps_secret_wipe(m->passwd);
   ps_real.close(m);
 }

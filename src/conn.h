@@ -138,6 +138,22 @@ int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWa
 gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
                            unsigned int timeout_s, const char **why);
 
+/* What ps_conn_reauthenticate found. */
+typedef enum {
+  PS_PROOF_OK,      /* the server accepted the credentials again */
+  PS_PROOF_REFUSED, /* the server answered with an error (1045, 4151 locked, ...) */
+  PS_PROOF_LOST,    /* the connection failed (a client-side error): says nothing */
+} PsProof;
+
+/* Proves that the server still accepts the credentials of the clean connection now in `m`
+ * (just lent into the application's handle, whose options are the key's own):
+ * COM_CHANGE_USER with the connection's own user and password and the key's database
+ * re-runs authentication and the account checks. The session is left as a change_user
+ * reset leaves it (a fresh one); the handle's own timeouts and reconnect flag are kept. On
+ * PS_PROOF_REFUSED, *errnum names the server's error. */
+PsProof ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
+                               unsigned int timeout_s, unsigned int *errnum);
+
 /* Whether the replies of `pending` reset commands sent at return have arrived, so lending
  * the connection would not wait for the server. Looks without blocking (a peek at the
  * socket, counting packets, or TLS records); with compression any readable byte counts as

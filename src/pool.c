@@ -7,6 +7,7 @@
 struct PsPoolKey {
   guint8 digest[PS_KEY_DIGEST_LEN];
   char *label;
+  char *base_label; /* as asked for, without the "#n" */
   PsPool *pool;
   PsPoolSettings settings;
   PsKeyCounts counts;
@@ -20,7 +21,21 @@ struct PsPoolKey {
   GDestroyNotify data_destroy;
   gint64 idle_cap_us; /* 0 = none; below the server's wait_timeout */
   guint full_in_pass; /* dispatch pass in which this key could serve no more waiters */
+  /* What keeps the key alive (ps_pool_forget_unused frees it only when all are zero):
+   * callers between ps_pool_key/key_find/key_list and the matching release, and PsItems
+   * (counted from their creation to ps_pool_item_free, also while closed as victims). */
+  guint holds;
+  guint items;
+  gint64 last_used_us; /* the last hold released or item freed */
+  gint64 proved_us;    /* atomic: the last time the server accepted the key's credentials */
+  gint revoked;        /* atomic: the server refused them since (ps_pool_key_set_revoked) */
 };
+
+/* How many keys asked for one label (for "#n" suffixes), and how many of them live. */
+typedef struct {
+  guint seen;
+  guint live;
+} PsLabelUse;
 
 typedef struct {
   PsPoolKey *key;
@@ -35,7 +50,8 @@ struct PsPool {
   GMutex lock;
   PsPoolLimits limits;
   GHashTable *keys; /* digest -> PsPoolKey* */
-  GHashTable *labels; /* label -> number of keys that asked for it */
+  GHashTable *labels; /* label -> PsLabelUse* */
+  guint next_serial;  /* creation order of keys, never reused */
   GQueue waiters;   /* of PsWaiter.link, in arrival order */
   guint total_open;
   gint64 (*now)(void);
@@ -49,7 +65,7 @@ static const char *const reason_names[PS_CLOSE_REASONS] = {
   [PS_CLOSE_LIFETIME] = "lifetime",         [PS_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
   [PS_CLOSE_DEAD] = "dead",                 [PS_CLOSE_UNCLEAN] = "error",
   [PS_CLOSE_RESET_FAILED] = "reset_failed", [PS_CLOSE_OVER_LIMIT] = "over_limit",
-  [PS_CLOSE_SHUTDOWN] = "shutdown",
+  [PS_CLOSE_SHUTDOWN] = "shutdown",         [PS_CLOSE_REVOKED] = "revoked",
 };
 
 const gint64 ps_wait_bucket_us[PS_WAIT_BUCKETS - 1] = {100, 1000, 10000, 100000, 1000000,
@@ -96,6 +112,8 @@ digest_equal(gconstpointer a, gconstpointer b)
   return memcmp(a, b, PS_KEY_DIGEST_LEN) == 0;
 }
 
+/* The key's data (the profile, with its opener's copy of the password) wipes what is secret
+ * in its destroy function. */
 static void
 key_free(gpointer p)
 {
@@ -103,6 +121,7 @@ key_free(gpointer p)
   if (key->data_destroy)
     key->data_destroy(key->data);
   g_free(key->label);
+  g_free(key->base_label);
   g_free(key);
 }
 
@@ -115,7 +134,7 @@ ps_pool_new(const PsPoolLimits *limits)
   if (pool->limits.per_key == 0)
     pool->limits.per_key = 1;
   pool->keys = g_hash_table_new_full(digest_hash, digest_equal, NULL, key_free);
-  pool->labels = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  pool->labels = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   g_queue_init(&pool->waiters);
   pool->now = g_get_monotonic_time;
   return pool;
@@ -338,10 +357,16 @@ ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *la
     memcpy(key->digest, digest, PS_KEY_DIGEST_LEN);
     /* Same user, server and database with other options is another pool: its statistics
      * need a name of their own. */
-    guint seen = GPOINTER_TO_UINT(g_hash_table_lookup(pool->labels, label));
-    g_hash_table_insert(pool->labels, g_strdup(label), GUINT_TO_POINTER(seen + 1));
-    key->label = seen ? g_strdup_printf("%s#%u", label, seen + 1) : g_strdup(label);
-    key->serial = g_hash_table_size(pool->keys);
+    PsLabelUse *use = g_hash_table_lookup(pool->labels, label);
+    if (!use) {
+      use = g_new0(PsLabelUse, 1);
+      g_hash_table_insert(pool->labels, g_strdup(label), use);
+    }
+    key->base_label = g_strdup(label);
+    key->label = use->seen ? g_strdup_printf("%s#%u", label, use->seen + 1) : g_strdup(label);
+    use->seen++;
+    use->live++;
+    key->serial = pool->next_serial++;
     if (settings) {
       key->settings = *settings;
     } else {
@@ -355,6 +380,8 @@ ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *la
     g_queue_init(&key->idle);
     g_hash_table_insert(pool->keys, key->digest, key);
   }
+  key->holds++;
+  key->last_used_us = pool->now();
   g_mutex_unlock(&pool->lock);
   return key;
 }
@@ -364,8 +391,101 @@ ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
 {
   g_mutex_lock(&pool->lock);
   PsPoolKey *key = g_hash_table_lookup(pool->keys, digest);
+  if (key)
+    key->holds++;
   g_mutex_unlock(&pool->lock);
   return key;
+}
+
+/* Nothing refers to the key: no caller holds it, no connection of it exists or is being
+ * opened, nobody waits for one. */
+static gboolean
+key_unused(const PsPoolKey *key)
+{
+  return key->holds == 0 && key->items == 0 && key->open == 0 && key->waiting == 0 &&
+         key->filling == 0;
+}
+
+/* Takes an unused key out of the pool (under the lock); the caller frees it outside. */
+static void
+unlink_key(PsPool *pool, PsPoolKey *key)
+{
+  g_hash_table_steal(pool->keys, key->digest);
+  PsLabelUse *use = g_hash_table_lookup(pool->labels, key->base_label);
+  /* The numbering starts again only once no key of the label lives: names stay unique. */
+  if (use && --use->live == 0)
+    g_hash_table_remove(pool->labels, key->base_label);
+}
+
+void
+ps_pool_key_release(PsPool *pool, PsPoolKey *key, gboolean forget_now)
+{
+  if (!key)
+    return;
+  g_mutex_lock(&pool->lock);
+  if (key->holds > 0)
+    key->holds--;
+  key->last_used_us = pool->now();
+  gboolean forget = forget_now && key_unused(key);
+  if (forget)
+    unlink_key(pool, key);
+  g_mutex_unlock(&pool->lock);
+  if (forget)
+    key_free(key);
+}
+
+guint
+ps_pool_forget_unused(PsPool *pool, gint64 unused_us)
+{
+  GSList *gone = NULL;
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    if (key_unused(key) && now - key->last_used_us >= unused_us)
+      gone = g_slist_prepend(gone, key);
+  }
+  for (GSList *l = gone; l; l = l->next)
+    unlink_key(pool, l->data);
+  g_mutex_unlock(&pool->lock);
+  guint n = g_slist_length(gone);
+  g_slist_free_full(gone, key_free);
+  return n;
+}
+
+gboolean
+ps_pool_key_claim_proof(PsPoolKey *key, gint64 now_us, gint64 interval_us)
+{
+  gint64 last = __atomic_load_n(&key->proved_us, __ATOMIC_ACQUIRE);
+  if (interval_us <= 0 || now_us - last < interval_us)
+    return FALSE;
+  /* One connect proves it; the others that arrive meanwhile go on with the last proof. */
+  return __atomic_compare_exchange_n(&key->proved_us, &last, now_us, FALSE, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE);
+}
+
+void
+ps_pool_key_proved(PsPoolKey *key, gint64 when_us)
+{
+  __atomic_store_n(&key->proved_us, when_us, __ATOMIC_RELEASE);
+  if (when_us)
+    __atomic_store_n(&key->revoked, FALSE, __ATOMIC_RELEASE);
+}
+
+void
+ps_pool_key_set_revoked(PsPoolKey *key)
+{
+  __atomic_store_n(&key->revoked, TRUE, __ATOMIC_RELEASE);
+  __atomic_store_n(&key->proved_us, 0, __ATOMIC_RELEASE);
+}
+
+gboolean
+ps_pool_key_revoked(const PsPoolKey *key)
+{
+  return __atomic_load_n(&key->revoked, __ATOMIC_ACQUIRE);
 }
 
 const char *
@@ -480,6 +600,7 @@ new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
 {
   item->conn = conn;
   item->owner = key;
+  key->items++;
   item->link.data = item;
   item->created_us = now;
   item->idle_since_us = now;
@@ -652,10 +773,20 @@ ps_pool_key_list(PsPool *pool)
   GHashTableIter it;
   gpointer value;
   g_hash_table_iter_init(&it, pool->keys);
-  while (g_hash_table_iter_next(&it, NULL, &value))
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    ((PsPoolKey *)value)->holds++;
     g_ptr_array_add(keys, value);
+  }
   g_mutex_unlock(&pool->lock);
   return keys;
+}
+
+void
+ps_pool_key_list_free(PsPool *pool, GPtrArray *keys)
+{
+  for (guint i = 0; i < keys->len; i++)
+    ps_pool_key_release(pool, keys->pdata[i], FALSE);
+  g_ptr_array_unref(keys);
 }
 
 GSList *
@@ -687,6 +818,14 @@ ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpoi
 void
 ps_pool_item_free(PsItem *item)
 {
+  PsPoolKey *key = item ? item->owner : NULL;
+  if (key) {
+    PsPool *pool = key->pool;
+    g_mutex_lock(&pool->lock);
+    key->items--;
+    key->last_used_us = pool->now();
+    g_mutex_unlock(&pool->lock);
+  }
   g_free(item);
 }
 
@@ -709,6 +848,13 @@ ps_pool_counts(PsPool *pool, PsPoolCounts *out)
   g_mutex_unlock(&pool->lock);
 }
 
+static gint
+by_serial(gconstpointer a, gconstpointer b)
+{
+  guint sa = ((const PsKeySnapshot *)a)->serial, sb = ((const PsKeySnapshot *)b)->serial;
+  return sa < sb ? -1 : sa > sb;
+}
+
 static void
 snapshot_clear(gpointer data)
 {
@@ -725,10 +871,12 @@ ps_pool_snapshot(PsPool *pool)
   g_array_set_size(out, n);
   GHashTableIter it;
   gpointer value;
+  guint i = 0;
   g_hash_table_iter_init(&it, pool->keys);
   while (g_hash_table_iter_next(&it, NULL, &value)) {
     PsPoolKey *key = value;
-    PsKeySnapshot *s = &g_array_index(out, PsKeySnapshot, key->serial);
+    PsKeySnapshot *s = &g_array_index(out, PsKeySnapshot, i++);
+    s->serial = key->serial;
     s->label = g_strdup(key->label);
     s->settings = key->settings;
     s->counts = key->counts;
@@ -738,6 +886,7 @@ ps_pool_snapshot(PsPool *pool)
     s->waiting = key->waiting;
   }
   g_mutex_unlock(&pool->lock);
+  g_array_sort(out, by_serial); /* creation order: keys come and go */
   return out;
 }
 
@@ -745,6 +894,9 @@ void
 ps_pool_free(PsPool *pool, GSList **victims)
 {
   GSList *idle = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
+  /* Every item, the victims included, may outlive the pool: none refers to its key now. */
+  for (GSList *l = idle; l; l = l->next)
+    ((PsItem *)l->data)->owner = NULL;
   if (victims)
     *victims = g_slist_concat(*victims, idle);
   else

@@ -20,6 +20,7 @@ typedef enum {
   PS_CLOSE_RESET_FAILED,  /* the session reset failed */
   PS_CLOSE_OVER_LIMIT,    /* evicted to make room under POOLSHIM_MAX_CONNECTIONS */
   PS_CLOSE_SHUTDOWN,      /* process exit or mysql_server_end */
+  PS_CLOSE_REVOKED,       /* the server refused the key's credentials (POOLSHIM_REVALIDATE) */
   PS_CLOSE_REASONS
 } PsCloseReason;
 
@@ -79,6 +80,7 @@ typedef struct {
 /* A consistent copy of one key, taken under the pool's lock. */
 typedef struct {
   char *label;
+  guint serial; /* creation order */
   PsPoolSettings settings;
   PsKeyCounts counts;
   guint open, idle, lent, waiting; /* open - idle - lent = being opened */
@@ -91,12 +93,29 @@ void ps_pool_free(PsPool *pool, GSList **victims);
 /* Finds or creates the sub-pool of a key. `label` (user@host:port/db, no secrets) names it
  * in messages and statistics; a second key with the same label (other options) gets "#2"
  * appended. `settings` (size, lifetime, idle timeout; NULL = the pool's limits) apply to
- * this key alone. The returned pointer lives as long as the pool. */
+ * this key alone. The caller holds the returned key (it is not freed) until it calls
+ * ps_pool_key_release; connections of the key, waiters and items hold it too. */
 PsPoolKey *ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label,
                        const PsPoolSettings *settings);
+/* Ends a hold. `forget_now`: a key that nothing else uses is freed at once (a connect that
+ * failed leaves no pool behind); else it stays until ps_pool_forget_unused. */
+void ps_pool_key_release(PsPool *pool, PsPoolKey *key, gboolean forget_now);
+/* Frees every key that has had no connection, waiter or holder for `unused_us` (its label,
+ * counters and data, whose destroy function wipes what is secret). Returns how many. */
+guint ps_pool_forget_unused(PsPool *pool, gint64 unused_us);
+
+/* When the server last accepted the key's credentials (revalidation, POOLSHIM_REVALIDATE).
+ * claim_proof: TRUE for the one caller that should prove them again now (the last proof is
+ * `interval_us` old; interval 0 = never); it is recorded as proved at `now_us` so that
+ * others go on meanwhile. proved(0) makes the next caller prove them. set_revoked: the
+ * server refused them; revoked until proved(non-zero). */
+gboolean ps_pool_key_claim_proof(PsPoolKey *key, gint64 now_us, gint64 interval_us);
+void ps_pool_key_proved(PsPoolKey *key, gint64 when_us);
+void ps_pool_key_set_revoked(PsPoolKey *key);
+gboolean ps_pool_key_revoked(const PsPoolKey *key);
 const char *ps_pool_key_label(const PsPoolKey *key);
 const PsPoolSettings *ps_pool_key_settings(const PsPoolKey *key);
-/* The sub-pool of a digest, or NULL when none exists yet. */
+/* The sub-pool of a digest (held, as ps_pool_key), or NULL when none exists yet. */
 PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]);
 /* One caller-owned pointer per key, set once (the first caller wins; a later one is
  * destroyed with `destroy`). Returns the pointer in place. */
@@ -137,13 +156,15 @@ void ps_pool_fill_failed(PsPool *pool, PsPoolKey *key);
  * without blocking, never wait). */
 GSList *ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointer data),
                                    gpointer data, PsCloseReason reason);
-/* Every key now (the pointers live as long as the pool); free with g_ptr_array_unref. */
+/* Every key now, each held; free with ps_pool_key_list_free. */
 GPtrArray *ps_pool_key_list(PsPool *pool);
+void ps_pool_key_list_free(PsPool *pool, GPtrArray *keys);
 
 /* Takes out the longest-idle connection among the keys whose label `match` accepts (called
  * under the pool's lock: no I/O in it), as a list of zero or one victim. */
 GSList *ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),
                                  gpointer data, PsCloseReason reason);
+/* Frees an item (closed or abandoned): only then does its key stop counting it. */
 void ps_pool_item_free(PsItem *item);
 void ps_pool_counts(PsPool *pool, PsPoolCounts *out);
 /* Every key, in creation order (GArray of PsKeySnapshot; freeing it frees the labels). */

@@ -4,6 +4,7 @@
  * mysql_optionsv onto fresh handles. The proof that a replayed handle is the same pool is the
  * key digest itself: a template whose replay gives another digest is refused. */
 #include "conn.h"
+#include "secret.h"
 
 #include <string.h>
 
@@ -50,9 +51,7 @@ ps_conn_template_free(PsConnTemplate *t)
     return;
   g_free(t->host);
   g_free(t->user);
-  if (t->passwd)
-    memset(t->passwd, 0, strlen(t->passwd));
-  g_free(t->passwd);
+  ps_secret_free(t->passwd);
   g_free(t->db);
   g_free(t->unix_socket);
   g_array_unref(t->strings);

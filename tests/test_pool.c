@@ -1094,3 +1094,120 @@ Test(pool, each_key_counts_its_own_borrows_closes_resets_and_waits)
   cr_assert_eq(ps_close_reason_name(PS_CLOSE_UNCLEAN)[0], 'e', "named \"error\" in statistics");
   ps_pool_free(pool, NULL);
 }
+
+/* ---- freeing unused keys (bounded memory) ------------------------------------------- */
+
+static guint keys_destroyed;
+
+static void
+count_destroy(gpointer data)
+{
+  keys_destroyed++;
+}
+
+static guint
+pools_now(PsPool *pool)
+{
+  PsPoolCounts c;
+  ps_pool_counts(pool, &c);
+  return c.keys;
+}
+
+Test(pool, a_key_nothing_refers_to_is_freed_with_its_data_and_its_label)
+{
+  PsPool *pool = new_pool(2, 0, 0, 0);
+  ps_pool_set_clock(pool, fake_clock);
+  keys_destroyed = 0;
+  PsPoolKey *k = key_n(pool, 1);
+  ps_pool_key_set_data(k, GINT_TO_POINTER(1), count_destroy);
+  PsPoolKey *k2 = key_n(pool, 1);
+  cr_assert_eq(k2, k);
+  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0, "held twice: kept");
+  ps_pool_key_release(pool, k, FALSE);
+  ps_pool_key_release(pool, k, FALSE);
+  fake_now_us += 59 * SEC;
+  cr_assert_eq(ps_pool_forget_unused(pool, 60 * SEC), 0, "used 59 s ago: kept");
+  fake_now_us += 1 * SEC;
+  cr_assert_eq(ps_pool_forget_unused(pool, 60 * SEC), 1, "unused for 60 s: freed");
+  cr_assert_eq(keys_destroyed, 1, "its data is destroyed (the profile wipes the password)");
+  cr_assert_eq(pools_now(pool), 0);
+  /* A key with the same label later is named as if the old one never existed. */
+  guint8 d[PS_KEY_DIGEST_LEN] = {9};
+  PsPoolKey *again = ps_pool_key(pool, d, "user1@host:3306/db", NULL);
+  cr_assert_str_eq(ps_pool_key_label(again), "user1@host:3306/db");
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, a_key_is_kept_while_a_connection_a_waiter_or_a_victim_refers_to_it)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *k = key_n(pool, 1);
+  PsItem *item = open_one(pool, k, GINT_TO_POINTER(1));
+  ps_pool_key_release(pool, k, TRUE);
+  cr_assert_eq(pools_now(pool), 1, "a lent connection keeps its key");
+  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0, "an idle connection keeps its key");
+  GSList *victims = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
+  cr_assert_eq(g_slist_length(victims), 1);
+  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0, "a victim being closed keeps its key");
+  cr_assert_str_eq(ps_pool_key_label(item->owner), "user1@host:3306/db");
+  free_victims(victims);
+  cr_assert_eq(ps_pool_forget_unused(pool, 0), 1, "nothing refers to it any more");
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, a_key_that_failed_its_first_open_is_freed_at_once)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  for (int i = 0; i < 1000; i++) {
+    guint8 d[PS_KEY_DIGEST_LEN] = {0};
+    memcpy(d, &i, sizeof i);
+    PsPoolKey *k = ps_pool_key(pool, d, "u@h:1/db", NULL);
+    PsGrant g;
+    ps_pool_acquire(pool, k, in_ms(1000), &g);
+    cr_assert_eq(g.kind, PS_GRANT_OPEN);
+    ps_pool_open_failed(pool, k);
+    ps_pool_key_release(pool, k, TRUE);
+  }
+  cr_assert_eq(pools_now(pool), 0, "no pool left behind by failed opens");
+  /* A key that is still wanted is not freed by forget_now. */
+  PsPoolKey *k = key_n(pool, 2);
+  PsPoolKey *held = key_n(pool, 2);
+  ps_pool_key_release(pool, k, TRUE);
+  cr_assert_eq(pools_now(pool), 1, "another caller still holds it");
+  ps_pool_key_release(pool, held, TRUE);
+  cr_assert_eq(pools_now(pool), 0);
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, statistics_keep_creation_order_when_keys_are_freed)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *a = key_n(pool, 1), *b = key_n(pool, 2), *c = key_n(pool, 3);
+  ps_pool_key_release(pool, b, TRUE);
+  PsPoolKey *d = key_n(pool, 4);
+  g_autoptr(GArray) snap = ps_pool_snapshot(pool);
+  cr_assert_eq(snap->len, 3);
+  cr_assert_str_eq(g_array_index(snap, PsKeySnapshot, 0).label, ps_pool_key_label(a));
+  cr_assert_str_eq(g_array_index(snap, PsKeySnapshot, 1).label, ps_pool_key_label(c));
+  cr_assert_str_eq(g_array_index(snap, PsKeySnapshot, 2).label, ps_pool_key_label(d));
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, one_caller_proves_a_key_per_interval_and_a_refusal_revokes_it)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *k = key_n(pool, 1);
+  ps_pool_key_proved(k, 100 * SEC);
+  cr_assert_not(ps_pool_key_claim_proof(k, 159 * SEC, 60 * SEC), "proved 59 s ago");
+  cr_assert(ps_pool_key_claim_proof(k, 160 * SEC, 60 * SEC), "60 s: due");
+  cr_assert_not(ps_pool_key_claim_proof(k, 160 * SEC, 60 * SEC), "claimed: only one caller");
+  cr_assert_not(ps_pool_key_claim_proof(k, 999 * SEC, 0), "interval 0: never");
+  ps_pool_key_set_revoked(k);
+  cr_assert(ps_pool_key_revoked(k));
+  cr_assert(ps_pool_key_claim_proof(k, 161 * SEC, 60 * SEC), "revoked: due at once");
+  ps_pool_key_proved(k, 162 * SEC);
+  cr_assert_not(ps_pool_key_revoked(k), "a new proof ends the revocation");
+  ps_pool_free(pool, NULL);
+}

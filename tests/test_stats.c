@@ -89,8 +89,8 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
     cr_assert(g_regex_match_simple("^[a-z_]+(\\{.*\\})? [0-9.]+$", all[i], 0, 0), "line: %s",
               all[i]);
   }
-  /* 4 process lines; per pool 3 + 8 single + 7 closed + 7 buckets + sum + count = 27. */
-  cr_assert_eq(samples, 4 + 2 * 27, "%u samples", samples);
+  /* 4 process lines; per pool 3 + 8 single + 8 closed + 7 buckets + sum + count = 28. */
+  cr_assert_eq(samples, 4 + 2 * 28, "%u samples", samples);
 }
 
 Test(stats, no_pool_yet_gives_a_valid_file)
