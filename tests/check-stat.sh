@@ -85,7 +85,7 @@ import json, sys
 d = json.load(open(sys.argv[1], encoding="utf-8"))
 p = {x["program"]: x for x in d["processes"]}
 g, w = p["gunicorn"], p["worker"]
-reasons = ["lifetime", "idle_timeout", "dead", "error", "reset_failed", "over_limit", "shutdown"]
+reasons = ["lifetime", "idle_timeout", "dead", "error", "reset_failed", "over_limit", "shutdown", "revoked"]
 les = ["0.0001", "0.001", "0.01", "0.1", "1", "10", "+Inf"]
 checks = [
     [x["file"].rsplit("/", 1)[1] for x in d["processes"]]
@@ -95,7 +95,7 @@ checks = [
     {k: v for k, v in g["pools"][1].items() if k not in ("pool", "closed", "wait_seconds")}
     == dict(size=4, lent=4, idle=0, opening=1, waiting=2, borrowed=200, served_idle=150,
             opened=9, resets=190, waits=60, wait_timeouts=2),
-    g["pools"][1]["closed"] == dict(zip(reasons, [2, 0, 3, 0, 0, 0, 0])),
+    g["pools"][1]["closed"] == dict(zip(reasons, [2, 0, 3, 0, 0, 0, 0, 0])),
     list(g["pools"][1]["closed"]) == reasons,
     g["pools"][1]["wait_seconds"] == {
         "buckets": [{"le": le, "count": c}

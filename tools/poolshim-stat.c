@@ -24,7 +24,7 @@
 #define PS_STAT_ANY '\001'
 
 static const char *const reasons[] = {"lifetime",     "idle_timeout", "dead",    "error",
-                                      "reset_failed", "over_limit",   "shutdown"};
+                                      "reset_failed", "over_limit",   "shutdown", "revoked"};
 #define PS_N_REASONS G_N_ELEMENTS(reasons)
 static const char *const bucket_le[] = {"0.0001", "0.001", "0.01", "0.1", "1", "10", "+Inf"};
 static const double bucket_bound[] = {1e-4, 1e-3, 1e-2, 0.1, 1, 10, INFINITY};
