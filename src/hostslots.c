@@ -540,7 +540,10 @@ ps_host_slots_private_root(void)
     return g_build_filename(xdg, "poolshim", NULL);
   char leaf[32];
   g_snprintf(leaf, sizeof leaf, "poolshim-%u", (unsigned)geteuid());
-  return g_build_filename(g_get_tmp_dir(), leaf, NULL);
+  /* What g_get_tmp_dir() reads, without its process-wide cache: connects of several threads
+   * get here at once, and that cache is filled under a lock of GLib's own. */
+  const char *tmp = secure_getenv("TMPDIR");
+  return g_build_filename(tmp != NULL && *tmp != '\0' ? tmp : "/tmp", leaf, NULL);
 }
 
 char *

@@ -76,6 +76,7 @@ void ps_host_slot_release(int fd);
  * /run is writable, else ps_host_slots_private_root(). Creates nothing. */
 char *ps_host_slots_default_root(void);
 /* The per-user root: "$XDG_RUNTIME_DIR/poolshim" when that variable names a writable
- * directory (ignored in set-user-ID processes), else "<g_get_tmp_dir()>/poolshim-<euid>".
+ * directory (ignored in set-user-ID processes), else "$TMPDIR/poolshim-<euid>" ("/tmp"
+ * when TMPDIR is unset or empty).
  * A cap kept there binds only this user's processes. Creates nothing. */
 char *ps_host_slots_private_root(void);
