@@ -30,7 +30,7 @@ typedef enum {
 } PsPhysState;
 
 static const char *const state_names[] = {"lent", "resetting", "idle", "closed"};
-static const char *const reset_names[] = {"reset", "change_user", "rollback", "none"};
+static const char *const reset_names[] = {"always", "change_user", "rollback", "none", "auto"};
 
 typedef struct {
   PsPhysState state;
@@ -40,6 +40,7 @@ typedef struct {
   MYSQL *handle;         /* the application's struct while lent */
   PsConnProfile *profile;
   int pending;             /* replies of a reset sent at return, read before lending */
+  PsPlan plan;             /* what the last return sent (POOLSHIM_RESET=auto chooses) */
   const char *unpoolable;   /* set while lent (change_user, replication): never pool again */
   gint64 lent_since_us;
   gboolean leak_warned;
@@ -185,6 +186,20 @@ label_has_server(const char *label, gpointer server)
  * server are closed and pools below POOLSHIM_MIN_IDLE are filled. With POOLSHIM_HOST_MAX, a quiet process must not sit
  * on idle slots while another process waits: ten times a second (a hundred while it is
  * handing slots over), an idle connection of each server someone waits for is closed. */
+/* Starts watching the connection just opened in m. POOLSHIM_RESET=auto needs session
+ * tracking on in it: turned on here unless the profile's first query already did
+ * (`tracking`); a connection where that fails gets the full reset at every return. */
+static void
+watch_opened(PsPhys *p, MYSQL *m, gboolean tracking)
+{
+  gboolean track = p->profile && p->profile->track;
+  if (track && !tracking)
+    tracking = ps_conn_track_session(m);
+  p->watch = ps_watch_new(m);
+  if (track && tracking)
+    ps_watch_set_auto(p->watch);
+}
+
 /* The bookkeeping of a connection just opened on a pool-owned handle (the key's template):
  * watched, close-on-exec, and clean (PS_PHYS_IDLE) until it is filled or lent. */
 static PsPhys *
@@ -197,7 +212,7 @@ phys_on_pool_handle(PsPool *pool, PsConnProfile *profile, MYSQL *h, int slot_fd,
   p->pool = pool;
   p->profile = profile;
   p->shell = h;
-  p->watch = ps_watch_new(h);
+  watch_opened(p, h, FALSE);
   ps_conn_set_cloexec(h);
   p->cloexec_done = TRUE;
   p->state = PS_PHYS_IDLE;
@@ -833,7 +848,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
       unsigned int wait_s = MIN(reset_s, seconds_left(net_deadline));
-      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile, wait_s, &why)) {
+      if (p->pending &&
+          !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile, wait_s, &why)) {
         discard_lent(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */
@@ -897,8 +913,9 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
       return NULL;
     }
     PsConnProfile *profile = ps_pool_key_data(pk);
+    gboolean tracking = FALSE; /* the profile's first query turned session tracking on */
     if (!profile) {
-      PsConnProfile *mine = ps_conn_profile_new(m, key.db);
+      PsConnProfile *mine = ps_conn_profile_new(m, key.db, settings->reset == PS_RESET_AUTO);
       if (mine) {
         /* Opens connections on the pool's own handles: kept idle (POOLSHIM_MIN_IDLE) or
          * lent when every idle one is still busy with its reset. Without one, the pool
@@ -913,8 +930,10 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
           ps_debug("pool %s: no connection is opened without the application: %s",
                    ps_pool_key_label(pk), no_opener);
       }
-      if (mine)
+      if (mine) {
+        tracking = mine->track;
         profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
+      }
       if (mine && profile == mine) {
         ps_info("new pool %s (size %u, timeout %" G_GINT64_FORMAT " ms, max lifetime %" G_GINT64_FORMAT
                 " s, reset %s)",
@@ -935,7 +954,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
     p->profile = profile;
     p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
     p->item = ps_pool_opened(pool, pk, p);
-    p->watch = ps_watch_new(m);
+    watch_opened(p, m, tracking);
     lend(p, m);
     if (!profile)
       p->unpoolable = "the connection failed while the pool learnt its session";
@@ -1007,7 +1026,7 @@ ps_broker_close(MYSQL *m)
   phys_enter(p, PS_PHYS_RESETTING, NULL);
   unsigned int timeout_s = reset_timeout_s();
   p->pending = ps_conn_reset_begin(m, ps_pool_key_settings(p->item->owner)->reset, p->profile,
-                                   p->watch, timeout_s, &why);
+                                   p->watch, timeout_s, &p->plan, &why);
   if (p->pending < 0) {
     discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
     return;

@@ -14,6 +14,7 @@
 
 #include "log.h"
 #include "mirror.h"
+#include "session.h"
 #include "watch.h"
 
 #ifndef INVALID_SOCKET
@@ -417,6 +418,14 @@ ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key)
 
 static gboolean run_and_drain(MYSQL *m, const char *sql);
 
+/* A command of a reset pipeline. */
+typedef struct {
+  enum enum_server_command cmd;
+  const char *arg;
+} PsCmd;
+
+static gboolean send_pipeline(MYSQL *m, const PsCmd *cmds, int n, unsigned int timeout_s);
+
 /* SET ROLE for the session's original role (a backquoted identifier). */
 static char *
 role_statement(const char *role)
@@ -436,14 +445,20 @@ role_statement(const char *role)
 /* CURRENT_ROLE() and @@wait_timeout of the session in m, read once per pool; the handle's
  * visible results are restored after. */
 static char *
-query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
+query_role(MYSQL *m, gboolean track, unsigned long *wait_timeout_s, gboolean *ok)
 {
   my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
   unsigned int warnings = m->warning_count, status = m->server_status;
   char *role = NULL;
   static const char sql[] = "SELECT CURRENT_ROLE(), @@session.wait_timeout";
   *ok = FALSE;
-  if (ps_real.real_query(m, sql, sizeof sql - 1) == 0) {
+  /* With tracking, both statements go in one write; the SET's reply is read first. */
+  const PsCmd cmds[] = {{COM_QUERY, PS_SESSION_TRACKING_SQL}, {COM_QUERY, sql}};
+  gboolean sent = track ? send_pipeline(m, cmds, 2, m->options.write_timeout) &&
+                            m->methods->db_read_query_result(m) == 0 &&
+                            m->methods->db_read_query_result(m) == 0
+                        : ps_real.real_query(m, sql, sizeof sql - 1) == 0;
+  if (sent) {
     MYSQL_RES *res = ps_real.store_result(m);
     if (res) {
       *ok = TRUE;
@@ -467,12 +482,30 @@ query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
   return role;
 }
 
+gboolean
+ps_conn_track_session(MYSQL *m)
+{
+  my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
+  unsigned int warnings = m->warning_count, status = m->server_status;
+  gboolean ok = run_and_drain(m, PS_SESSION_TRACKING_SQL);
+  m->affected_rows = affected;
+  m->insert_id = insert_id;
+  m->warning_count = warnings;
+  m->server_status = status;
+  if (ok) {
+    m->net.last_errno = 0;
+    m->net.last_error[0] = '\0';
+    strcpy(m->net.sqlstate, "00000");
+  }
+  return ok;
+}
+
 PsConnProfile *
-ps_conn_profile_new(MYSQL *m, const char *requested_db)
+ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
 {
   unsigned long wait_timeout_s = 0;
   gboolean ok;
-  char *role = query_role(m, &wait_timeout_s, &ok);
+  char *role = query_role(m, track, &wait_timeout_s, &ok);
   if (!ok) {
     /* The connection failed under us: nothing learnt can be trusted for the whole pool. */
     g_free(role);
@@ -486,6 +519,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   p->role_sql = role_statement(p->role);
   p->charset = m->charset;
   p->init_commands = ps_conn_init_commands(m);
+  p->track = track;
   return p;
 }
 
@@ -668,11 +702,6 @@ send_only(MYSQL *m, enum enum_server_command cmd, const char *arg)
   return m->methods->db_command(m, cmd, arg, arg ? strlen(arg) : 0, 1, NULL) == 0;
 }
 
-/* A command of a reset pipeline. */
-typedef struct {
-  enum enum_server_command cmd;
-  const char *arg;
-} PsCmd;
 
 /* Sends the commands back to back without reading a reply: on a plain socket in one
  * send() of the packets the library would write one by one (a syscall and a server wake-up
@@ -763,12 +792,13 @@ read_reply(MYSQL *m)
 static guint
 reset_commands_len(const PsConnProfile *profile, guint nextra)
 {
-  return 3 + (profile->init_commands ? g_strv_length(profile->init_commands) : 0) + nextra;
+  return 4 + (profile->init_commands ? g_strv_length(profile->init_commands) : 0) + nextra;
 }
 
 /* The fast reset's commands into cmds (reset_commands_len of them at most):
  * COM_RESET_CONNECTION, COM_INIT_DB of `db` (unless NULL), SET ROLE, the init commands,
- * then extra[0..nextra). Returns how many. */
+ * session tracking on again (auto mode: the reset turned it off), then extra[0..nextra).
+ * Returns how many. */
 static int
 reset_commands(PsCmd *cmds, const PsConnProfile *profile, const char *db,
                const char *const *extra, guint nextra)
@@ -780,6 +810,8 @@ reset_commands(PsCmd *cmds, const PsConnProfile *profile, const char *db,
   cmds[k++] = (PsCmd){COM_QUERY, profile->role_sql};
   for (char **c = profile->init_commands; c && *c; c++)
     cmds[k++] = (PsCmd){COM_QUERY, *c};
+  if (profile->track)
+    cmds[k++] = (PsCmd){COM_QUERY, PS_SESSION_TRACKING_SQL};
   for (guint i = 0; i < nextra; i++)
     cmds[k++] = (PsCmd){COM_QUERY, extra[i]};
   return k;
@@ -804,21 +836,52 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
   return TRUE;
 }
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
-                       guint dirty, unsigned int timeout_s, const char **why);
+                       guint dirty, unsigned int timeout_s, PsPlan *plan, const char **why);
 
 int
 ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
-                    unsigned int timeout_s, const char **why)
+                    unsigned int timeout_s, PsPlan *plan, const char **why)
 {
   guint dirty = ps_watch_take(m, watch);
-  int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, why);
+  *plan = mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO ? PS_PLAN_FULL : PS_PLAN_MODE;
+  int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, plan, why);
   ps_watch_take(m, watch); /* the reset's own commands are not the next borrower's doing */
   return pending;
 }
 
+/* POOLSHIM_RESET=auto: the session is the fresh one, plus the borrow's leading session setup
+ * (kept for the next borrower), plus at most an open transaction. Nothing is sent, or
+ * ROLLBACK alone, its reply read at the next lend like a reset's. -1 when it cannot be sent. */
+static int
+reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeout_s,
+            PsPlan *plan, const char **why)
+{
+  gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
+  ps_watch_keep(watch, restore_session, profile);
+  /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
+   * switches it again when that borrower sends it (the kept reply carries the charset). */
+  m->charset = profile->charset;
+  m->status = MYSQL_STATUS_READY;
+  m->affected_rows = ~(my_ulonglong)0;
+  m->insert_id = 0;
+  m->warning_count = 0;
+  m->info = NULL;
+  if (!in_trans) {
+    *plan = ps_watch_kept(watch) ? PS_PLAN_KEEP : PS_PLAN_NOTHING;
+    return 0;
+  }
+  *plan = PS_PLAN_ROLLBACK;
+  const PsCmd rollback = {COM_QUERY, "ROLLBACK"};
+  if (!send_pipeline(m, &rollback, 1, timeout_s)) {
+    *why = "sending ROLLBACK failed";
+    return -1;
+  }
+  return 1;
+}
+
 static int
 reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, guint dirty,
-            unsigned int timeout_s, const char **why)
+            unsigned int timeout_s, PsPlan *plan, const char **why)
 {
   if ((dirty & PS_DIRTY_UNPOOLABLE) && mode != PS_RESET_NONE) {
     *why = "the session holds state no reset clears (SET profiling, a server option set with "
@@ -826,6 +889,14 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
     return -1;
   }
   bound_round_trips(m, timeout_s);
+  /* Auto: every command was classified and every reply looked at (watch.c, session.c). Not
+   * when replies of statements run ahead are still unread (the borrower sent fewer: the
+   * session holds statements it did not send), nor with statement handles, whose server
+   * side only a reset or their close ends. */
+  if (mode == PS_RESET_AUTO && ps_watch_auto(watch) && !(dirty & (PS_DIRTY_FULL | PS_DIRTY_DB)) &&
+      !ps_watch_ahead(watch) && !m->stmts &&
+      !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED))
+    return reset_light(m, profile, watch, timeout_s, plan, why);
   /* A borrower that sent fewer commands leaves replies of statements run ahead for it. */
   const char *const *learnt = NULL;
   guint nlearnt = ps_watch_learnt(watch, &learnt);
@@ -866,7 +937,7 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
   /* Statement handles are invalidated exactly as mysql_close invalidates them. */
   if (m->methods && m->methods->invalidate_stmts)
     m->methods->invalidate_stmts(m, "mysql_close()");
-  if (mode == PS_RESET_RESET && profile->db &&
+  if ((mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO) && profile->db &&
       !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED)) {
     /* The fast path: COM_RESET_CONNECTION, SET ROLE and the init commands go out
      * together now; their replies are read when the connection is next lent, by which time
@@ -911,12 +982,16 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
       return -1;
     }
   }
+  if (profile->track && !run_and_drain(m, PS_SESSION_TRACKING_SQL)) {
+    *why = "turning session tracking on failed";
+    return -1;
+  }
   return 0;
 }
 
 gboolean
-ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int timeout_s,
-                  const char **why)
+ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
+                  unsigned int timeout_s, const char **why)
 {
   if (pending) {
     /* The borrower's connect deadline may be shorter than the reset timeout. */
@@ -927,6 +1002,10 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
   }
   for (int i = 0; i < pending; i++) {
     if (!read_reply(m)) {
+      if (plan == PS_PLAN_ROLLBACK) {
+        *why = "ROLLBACK failed";
+        return FALSE;
+      }
       if (i == 0 && m->net.last_errno == ER_UNKNOWN_COM_ERROR) {
         /* A server without COM_RESET_CONNECTION: COM_CHANGE_USER from now on. */
         __atomic_store_n(&profile->no_reset_command, TRUE, __ATOMIC_RELAXED);
@@ -935,7 +1014,7 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
       return FALSE;
     }
   }
-  if (pending) {
+  if (pending && plan != PS_PLAN_ROLLBACK) {
     /* What mysql_reset_connection and mysql_select_db do after their replies. The server is
      * back at the handshake charset; the client side keeps whatever SET NAMES made it. */
     m->charset = profile->charset;

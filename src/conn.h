@@ -93,14 +93,20 @@ typedef struct {
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
+  gboolean track;                         /* POOLSHIM_RESET=auto: session tracking is turned on
+                                           * in every connection and after every reset */
   PsConnTemplate *opener;                 /* opens more of this key without the application
                                            * (MIN_IDLE, growing past busy ones); or NULL */
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the
- * role and wait_timeout; the handle's visible state is left as the connect left it).
+ * role and wait_timeout, in one write with the statement that turns session tracking on
+ * when `track`; the handle's visible state is left as the connect left it).
  * NULL when that query failed: the connection is then broken, and nothing is learnt. */
-PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
+PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track);
+/* Turns session tracking on in a connection just opened (PS_SESSION_TRACKING_SQL, one round
+ * trip; the handle's visible state is left as the connect left it). FALSE: it failed. */
+gboolean ps_conn_track_session(MYSQL *m);
 void ps_conn_profile_free(gpointer profile);
 
 /* A pool-owned MYSQL that holds a connection while it is idle. Its timeouts bound the
@@ -122,9 +128,19 @@ gboolean ps_conn_returnable(MYSQL *m, const char **why);
  * that ps_conn_reset_end must read before the connection is lent again), or fails (-1,
  * *why set: close the connection). Every round trip is bounded by `timeout_s` seconds:
  * the real mysql_close never waits for the server, so neither may this. */
+/* What a return cost the server (POOLSHIM_RESET=auto chooses; the other modes have one). */
+typedef enum {
+  PS_PLAN_NOTHING,  /* auto: nothing changed, no command */
+  PS_PLAN_KEEP,     /* auto: only the leading session setup changed: kept for the next one */
+  PS_PLAN_ROLLBACK, /* auto: an open transaction, and nothing else: ROLLBACK alone */
+  PS_PLAN_FULL,     /* auto or always: the full reset */
+  PS_PLAN_MODE,     /* change_user, rollback or none: what the mode does */
+  PS_PLAN_COUNT
+} PsPlan;
+
 int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
-                        unsigned int timeout_s, const char **why);
-gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
+                        unsigned int timeout_s, PsPlan *plan, const char **why);
+gboolean ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
                            unsigned int timeout_s, const char **why);
 
 /* Whether the replies of `pending` reset commands sent at return have arrived, so lending

@@ -8,6 +8,21 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "session.h"
+
+/* What the last command sent was, to judge the state-change flag of its final reply. */
+typedef enum {
+  PS_LAST_NONE,    /* nothing since the lend, or the pool's own commands */
+  PS_LAST_QUIET,   /* CLEAN or TXN (session.h): a state change flag is unexplained */
+  PS_LAST_PRELUDE, /* a leading session setup statement: it sets what the tracker reports */
+} PsLast;
+
+/* What the server answered to a session setup statement, to answer it again (kept mode). */
+typedef struct {
+  unsigned int server_status, warning_count;
+  const struct ma_charset_info_st *charset;
+} PsReply;
+
 struct PsWatch {
   struct st_mariadb_methods methods; /* first: m->methods points here */
   const struct st_mariadb_methods *orig;
@@ -21,6 +36,14 @@ struct PsWatch {
   gboolean bypass;                     /* the watch's own commands: not looked at */
   PsWatchRestore restore;
   gpointer restore_data;
+  /* POOLSHIM_RESET=auto (ps_watch_set_auto): session tracking is on in this session. */
+  gboolean auto_mode;
+  PsLast last;
+  int learnt_pending;                  /* learnt[] whose reply the library reads next; -1 */
+  PsReply learnt_reply[PS_PRELUDE_MAX];
+  gboolean kept;                       /* ahead[] are applied already, no reply is owed */
+  PsReply ahead_reply[PS_PRELUDE_MAX];
+  const PsReply *fake;                 /* kept mode: the answer to the command just taken */
 };
 
 static void clear_learnt(PsWatch *w);
@@ -233,12 +256,44 @@ classify_command(enum enum_server_command command, const char *arg, size_t lengt
   }
 }
 
+/* POOLSHIM_RESET=auto: PS_DIRTY_FULL for a command whose effect on the session only a full
+ * reset is known to undo. */
+static guint
+classify_auto(enum enum_server_command command, const char *arg, size_t n)
+{
+  switch (command) {
+  case COM_QUERY:
+    return arg && ps_session_classify_sql(arg, n) != PS_STMT_FULL ? 0 : PS_DIRTY_FULL;
+  case COM_QUIT:
+  case COM_PING:
+  case COM_STATISTICS:
+  case COM_FIELD_LIST:
+  case COM_PROCESS_INFO:
+    return 0;
+  default: /* COM_INIT_DB, prepared statements, COM_RESET_CONNECTION (tracking off), ... */
+    return PS_DIRTY_FULL;
+  }
+}
+
+/* The final reply of the last command is in m (an OK packet, or the EOF that ended a result
+ * set): the server flags any change of what session tracking covers. After a statement the
+ * scan called CLEAN or TXN, nothing explains one. */
+static void
+note_reply(PsWatch *w, const MYSQL *m)
+{
+  if (w->auto_mode && w->last == PS_LAST_QUIET &&
+      (m->server_status & SERVER_SESSION_STATE_CHANGED))
+    w->dirty |= PS_DIRTY_FULL;
+}
+
 static void
 clear_ahead(PsWatch *w)
 {
   for (guint i = 0; i < w->nahead; i++)
     g_free(w->ahead[i]);
   w->nahead = w->next = 0;
+  w->kept = FALSE;
+  w->fake = NULL;
 }
 
 /* Reads the replies of the statements run ahead that nobody asked for. An error reply (a
@@ -270,7 +325,7 @@ catch_up(MYSQL *mysql, PsWatch *w)
   /* The library follows the server's session tracking: a SET NAMES reply it reads switches
    * its client-side character set. The borrower's own commands made it what it is now. */
   const struct ma_charset_info_st *charset = mysql->charset;
-  gboolean ok = drain(mysql, w);
+  gboolean ok = w->kept || drain(mysql, w); /* kept: no reply is owed */
   if (ok) {
     w->bypass = TRUE;
     ok = w->restore && w->restore(mysql, w->restore_data, (const char *const *)w->ahead, matched);
@@ -278,6 +333,7 @@ catch_up(MYSQL *mysql, PsWatch *w)
   }
   mysql->charset = charset;
   clear_ahead(w);
+  w->last = PS_LAST_NONE;
   return ok;
 }
 
@@ -288,25 +344,37 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
   PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
   if (w->bypass)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+  note_reply(w, mysql); /* the previous command's final reply */
+  w->learnt_pending = -1;
+  w->fake = NULL;
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
-  size_t n = looking && arg ? (length ? length : strlen(arg)) : 0;
+  size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;
   gboolean prelude = looking && command == COM_QUERY && ps_watch_is_prelude(arg, n);
+  int learnt = -1;
   if (w->learning) {
-    if (prelude && w->nlearnt < PS_PRELUDE_MAX)
+    if (prelude && w->nlearnt < PS_PRELUDE_MAX) {
+      learnt = (int)w->nlearnt;
       w->learnt[w->nlearnt++] = g_strndup(arg, n);
-    else
+    } else {
       w->learning = FALSE;
+    }
   }
   if (w->next < w->nahead) {
     const char *t = w->ahead[w->next];
     if (prelude && skip_check && strlen(t) == n && memcmp(arg, t, n) == 0 &&
         mysql->status == MYSQL_STATUS_READY &&
         !(mysql->server_status & SERVER_MORE_RESULTS_EXIST)) {
-      /* The server ran this very statement after the reset, in the session state the
-       * borrower has now: its reply is the next packet on the wire, and the library reads
-       * it as the reply to this command. What mthd_my_send_cmd does around a send. */
+      /* On the wire: the server ran this very statement after the reset, in the session
+       * state the borrower has now: its reply is the next packet on the wire, and the
+       * library reads it as the reply to this command. Kept: the session already holds it,
+       * and the reply the server gave it then is given again (watched_read_query_result).
+       * What mthd_my_send_cmd does around a send. */
+      if (w->kept)
+        w->fake = &w->ahead_reply[w->next];
       w->next++;
+      w->learnt_pending = learnt;
+      w->last = PS_LAST_PRELUDE;
       mysql->net.last_errno = 0;
       mysql->net.last_error[0] = '\0';
       strcpy(mysql->net.sqlstate, "00000");
@@ -320,7 +388,51 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
       return 1; /* the library's error is set on mysql, as a failed send would */
   }
   w->dirty |= classify_command(command, arg, length);
+  if (w->auto_mode && learnt < 0)
+    w->dirty |= classify_auto(command, arg, n);
+  w->learnt_pending = learnt;
+  w->last = learnt >= 0 ? PS_LAST_PRELUDE : PS_LAST_QUIET;
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+}
+
+/* Reads the reply of a command, or gives the kept one. In auto mode an OK packet is looked
+ * at: a generated insert id (LAST_INSERT_ID() would show it) and the state change flag. */
+static int
+watched_read_query_result(MYSQL *mysql)
+{
+  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
+  if (w->bypass)
+    return w->orig->db_read_query_result(mysql);
+  int rc = 0;
+  if (w->fake) {
+    /* What ma_read_ok_packet leaves for a SET: the session already is in this state. */
+    const PsReply *r = w->fake;
+    w->fake = NULL;
+    mysql->field_count = 0;
+    mysql->affected_rows = 0;
+    mysql->insert_id = 0;
+    mysql->server_status = r->server_status;
+    mysql->warning_count = r->warning_count;
+    mysql->info = NULL;
+    mysql->charset = r->charset;
+    mysql->status = MYSQL_STATUS_READY;
+  } else {
+    rc = w->orig->db_read_query_result(mysql);
+  }
+  if (w->learnt_pending >= 0) {
+    if (rc)
+      w->dirty |= w->auto_mode ? PS_DIRTY_FULL : 0; /* refused: the session is not as noted */
+    else
+      w->learnt_reply[w->learnt_pending] =
+        (PsReply){mysql->server_status, mysql->warning_count, mysql->charset};
+    w->learnt_pending = -1;
+  }
+  if (!rc && w->auto_mode && mysql->field_count == 0) {
+    if (mysql->insert_id)
+      w->dirty |= PS_DIRTY_FULL;
+    note_reply(w, mysql);
+  }
+  return rc;
 }
 
 static void
@@ -329,6 +441,7 @@ hook(PsWatch *w, MYSQL *m)
   w->orig = m->methods;
   w->methods = *m->methods;
   w->methods.db_command = watched_db_command;
+  w->methods.db_read_query_result = watched_read_query_result;
   m->methods = &w->methods;
 }
 
@@ -338,6 +451,7 @@ ps_watch_new(MYSQL *m)
   if (!m->methods || !m->methods->db_command)
     return NULL;
   PsWatch *w = g_new0(PsWatch, 1);
+  w->learnt_pending = -1;
   hook(w, m);
   return w;
 }
@@ -367,6 +481,9 @@ ps_watch_lent(PsWatch *w)
     return;
   clear_learnt(w);
   w->learning = TRUE;
+  w->dirty = 0; /* the pool's own commands since the return are nobody's doing */
+  w->last = PS_LAST_NONE;
+  w->learnt_pending = -1;
 }
 
 guint
@@ -391,6 +508,7 @@ ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data)
     w->ahead[i] = w->learnt[i];
   w->nahead = w->nlearnt;
   w->nlearnt = 0;
+  w->kept = FALSE;
   w->restore = restore;
   w->restore_data = data;
 }
@@ -398,15 +516,62 @@ ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data)
 gboolean
 ps_watch_ahead(const PsWatch *w)
 {
-  return w && w->next < w->nahead;
+  return w && !w->kept && w->next < w->nahead;
+}
+
+gboolean
+ps_watch_auto(const PsWatch *w)
+{
+  return w && w->auto_mode;
+}
+
+void
+ps_watch_set_auto(PsWatch *w)
+{
+  if (w)
+    w->auto_mode = TRUE;
+}
+
+void
+ps_watch_keep(PsWatch *w, PsWatchRestore restore, gpointer data)
+{
+  if (!w)
+    return;
+  w->learning = FALSE;
+  if (w->kept && w->next < w->nahead) {
+    /* The borrower sent only the first ones of the kept statements, each answered: the
+     * session still holds them all. */
+    w->next = 0;
+    clear_learnt(w);
+    return;
+  }
+  clear_ahead(w);
+  for (guint i = 0; i < w->nlearnt; i++) {
+    w->ahead[i] = w->learnt[i];
+    w->ahead_reply[i] = w->learnt_reply[i];
+  }
+  w->nahead = w->nlearnt;
+  w->nlearnt = 0;
+  w->kept = w->nahead > 0;
+  w->restore = restore;
+  w->restore_data = data;
+}
+
+guint
+ps_watch_kept(const PsWatch *w)
+{
+  return w && w->kept ? w->nahead : 0;
 }
 
 gboolean
 ps_watch_settle(MYSQL *m, PsWatch *w)
 {
-  if (!w || w->next >= w->nahead)
+  if (!w || w->next >= w->nahead) {
+    if (w)
+      clear_ahead(w); /* kept ones go with the reset that follows */
     return TRUE;
-  gboolean ok = m->methods != &w->methods || drain(m, w); /* reconnected: gone with it */
+  }
+  gboolean ok = w->kept || m->methods != &w->methods || drain(m, w); /* reconnected: gone */
   clear_ahead(w);
   return ok;
 }
@@ -418,6 +583,8 @@ ps_watch_take(MYSQL *m, PsWatch *w)
    * table back: what the new session went through is unknown. */
   if (!w || m->methods != &w->methods)
     return PS_DIRTY_ALL;
+  note_reply(w, m); /* the last command's final reply */
+  w->last = PS_LAST_NONE;
   guint bits = w->dirty;
   w->dirty = 0;
   return bits;

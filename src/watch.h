@@ -14,7 +14,10 @@ typedef enum {
   PS_DIRTY_DB = 1 << 0,         /* USE, COM_INIT_DB, DROP DATABASE, dynamic SQL, CALL */
   PS_DIRTY_UNPOOLABLE = 1 << 1, /* profiling history, COM_SET_OPTION, unknown commands, a
                                    reconnect: survive every reset or cannot be known */
-  PS_DIRTY_ALL = PS_DIRTY_DB | PS_DIRTY_UNPOOLABLE,
+  PS_DIRTY_FULL = 1 << 2,       /* POOLSHIM_RESET=auto: something only a full reset undoes
+                                   (session.h), a state change the server flagged that no
+                                   statement explains, a generated insert id */
+  PS_DIRTY_ALL = PS_DIRTY_DB | PS_DIRTY_UNPOOLABLE | PS_DIRTY_FULL,
 } PsDirty;
 
 typedef struct PsWatch PsWatch;
@@ -56,8 +59,20 @@ void ps_watch_lent(PsWatch *w);
 guint ps_watch_learnt(PsWatch *w, const char *const **stmts);
 /* The reset sent them after its own commands, replies unread; restore undoes a mismatch. */
 void ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data);
-/* Replies of statements run ahead are still on the wire. */
+/* Replies of statements run ahead are still on the wire (not kept ones: they owe none). */
 gboolean ps_watch_ahead(const PsWatch *w);
+/* POOLSHIM_RESET=auto: session tracking is on in m's session (session.h); every command is
+ * classified, and the replies looked at (PS_DIRTY_FULL). */
+void ps_watch_set_auto(PsWatch *w);
+gboolean ps_watch_auto(const PsWatch *w);
+/* Auto mode, a return with nothing to reset: the session keeps this borrow's leading
+ * setup statements (or still holds all those kept before, when the borrower sent only the
+ * first of them). The next borrower's identical statements are answered with the replies
+ * the server gave them, without sending anything; at its first other command, restore
+ * makes the session the reset one plus what it did send. */
+void ps_watch_keep(PsWatch *w, PsWatchRestore restore, gpointer data);
+/* How many statements the session holds for the next borrower (kept mode). */
+guint ps_watch_kept(const PsWatch *w);
 /* Reads those replies (no restore: a reset follows); FALSE when the connection failed. */
 gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
 
