@@ -30,6 +30,7 @@ typedef enum {
 } PsPhysState;
 
 static const char *const state_names[] = {"lent", "resetting", "idle", "closed"};
+G_STATIC_ASSERT(PS_PLAN_COUNT == PS_STATS_PLANS);
 static const char *const reset_names[] = {"always", "change_user", "rollback", "none", "auto"};
 
 typedef struct {
@@ -61,6 +62,7 @@ static struct {
   gboolean forked;       /* set in a child: the pool is the parent's */
   gint64 last_sweep_us;
   guint64 resets, unpooled;
+  guint64 plans[PS_PLAN_COUNT]; /* returns by what they cost (PsPlan) */
   GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
   GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
   GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
@@ -363,6 +365,11 @@ write_stats(void)
     .start_time_us = B.start_time_us,
     .written_time_us = g_get_real_time(),
     .unpooled = __atomic_load_n(&B.unpooled, __ATOMIC_RELAXED),
+    .returns = {__atomic_load_n(&B.plans[PS_PLAN_NOTHING], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_KEEP], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_ROLLBACK], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_FULL], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
   };
   g_mutex_lock(&B.stats_lock);
   r.keys = ps_pool_snapshot(B.pool);
@@ -463,6 +470,7 @@ adopt_fork(void)
     B.pool = new_pool();
     B.forked = FALSE;
     B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
+    memset(B.plans, 0, sizeof B.plans);
     /* The parent's lent connections: their slot descriptors were closed at fork. */
     GHashTableIter it;
     gpointer value;
@@ -1032,6 +1040,7 @@ ps_broker_close(MYSQL *m)
     return;
   }
   __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&B.plans[p->plan], 1, __ATOMIC_RELAXED);
   if (!p->shell && !(p->shell = ps_conn_shell_new(timeout_s))) {
     discard_lent(p, m, PS_CLOSE_UNCLEAN, "out of memory for a shell");
     return;

@@ -857,6 +857,13 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
             PsPlan *plan, const char **why)
 {
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
+  /* Sent before the watch keeps anything: over TLS the send goes through its command hook,
+   * which must not take ROLLBACK for the next borrower's divergent first command. */
+  const PsCmd rollback = {COM_QUERY, "ROLLBACK"};
+  if (in_trans && !send_pipeline(m, &rollback, 1, timeout_s)) {
+    *why = "sending ROLLBACK failed";
+    return -1;
+  }
   ps_watch_keep(watch, restore_session, profile);
   /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
    * switches it again when that borrower sends it (the kept reply carries the charset). */
@@ -871,11 +878,6 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
     return 0;
   }
   *plan = PS_PLAN_ROLLBACK;
-  const PsCmd rollback = {COM_QUERY, "ROLLBACK"};
-  if (!send_pipeline(m, &rollback, 1, timeout_s)) {
-    *why = "sending ROLLBACK failed";
-    return -1;
-  }
   return 1;
 }
 

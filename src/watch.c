@@ -350,7 +350,10 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
   size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;
-  gboolean prelude = looking && command == COM_QUERY && ps_watch_is_prelude(arg, n);
+  /* Only what the library sends without reading the reply itself (mysql_send_query, as
+   * mysql_real_query does): the reply is then read through watched_read_query_result. */
+  gboolean prelude =
+    looking && command == COM_QUERY && skip_check && ps_watch_is_prelude(arg, n);
   int learnt = -1;
   if (w->learning) {
     if (prelude && w->nlearnt < PS_PRELUDE_MAX) {
