@@ -505,6 +505,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
 {
   unsigned long wait_timeout_s = 0;
   gboolean ok;
+  unsigned int server_status = m->server_status;
   char *role = query_role(m, track, &wait_timeout_s, &ok);
   if (!ok) {
     /* The connection failed under us: nothing learnt can be trusted for the whole pool. */
@@ -520,6 +521,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
   p->charset = m->charset;
   p->init_commands = ps_conn_init_commands(m);
   p->track = track;
+  p->server_status = server_status;
   return p;
 }
 
@@ -868,6 +870,10 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
   /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
    * switches it again when that borrower sends it (the kept reply carries the charset). */
   m->charset = profile->charset;
+  /* Drivers read autocommit from the status flags (MySQLdb's get_autocommit decides whether
+   * to send SET autocommit): the next borrower must see a fresh session's, not the last
+   * reply's (a kept SET autocommit=0 is answered with its own status when sent again). */
+  m->server_status = profile->server_status;
   m->status = MYSQL_STATUS_READY;
   m->affected_rows = ~(my_ulonglong)0;
   m->insert_id = 0;
@@ -1025,6 +1031,8 @@ ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
       m->db = strdup(profile->db);
     }
   }
+  if (pending && profile->track)
+    m->server_status = profile->server_status; /* not the tracking SET's state-change flag */
   m->status = MYSQL_STATUS_READY;
   m->affected_rows = ~(my_ulonglong)0;
   m->insert_id = 0;

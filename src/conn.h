@@ -93,6 +93,8 @@ typedef struct {
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
+  unsigned int server_status;             /* what the connect left in server_status: the
+                                           * client's view of autocommit in a fresh session */
   gboolean track;                         /* POOLSHIM_RESET=auto: session tracking is turned on
                                            * in every connection and after every reset */
   PsConnTemplate *opener;                 /* opens more of this key without the application

@@ -48,7 +48,7 @@ static const char *const pure_functions[] = {
   "json_array", "json_value", "json_unquote", "json_contains", "json_length", "connection_id",
   "version", "database", "schema", "user", "current_user", "session_user", "system_user",
   "found_rows", "row_count", "char", "ascii", "ord", "bin", "oct", "format", "rand", "uuid",
-  "sleep", "binary", "decimal", "signed", "unsigned", "integer", "datetime", "row",
+  "sleep", "binary", "decimal", "signed", "unsigned", "integer", "datetime", "row", "convert_tz",
 };
 
 /* Keywords after which a parenthesis opens a list or a subquery, not a call. */

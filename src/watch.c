@@ -342,7 +342,8 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
                    size_t length, my_bool skip_check, void *opt_arg)
 {
   PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
-  if (w->bypass)
+  /* COM_QUIT ends the session: nothing kept for it needs restoring first. */
+  if (w->bypass || command == COM_QUIT)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
   note_reply(w, mysql); /* the previous command's final reply */
   w->learnt_pending = -1;

@@ -319,3 +319,24 @@ Test(auto_reset, always_pays_the_full_reset_at_every_return)
   long long sets = snap().set_option - before.set_option;
   cr_assert_eq(sets, 20, "SET ROLE at every return: %lld", sets);
 }
+
+Test(auto_reset, a_kept_autocommit_off_is_not_what_the_next_borrower_is_told)
+{
+  /* MySQLdb sends SET autocommit=0 only when the status flags say autocommit is on: a
+   * borrower told the kept session's flags would skip it and run with autocommit on. */
+  setup_objects();
+  MYSQL *m = pst_connect_app();
+  cr_assert_eq(mysql_autocommit(m, 0), 0);
+  pst_exec(m, "SELECT 1");
+  mysql_close(m);
+  m = pst_connect_app();
+  cr_assert(m->server_status & SERVER_STATUS_AUTOCOMMIT, "status 0x%x", m->server_status);
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 1);
+  mysql_close(m);
+  m = pst_connect_app();
+  cr_assert(m->server_status & SERVER_STATUS_AUTOCOMMIT, "status 0x%x", m->server_status);
+  cr_assert_eq(mysql_autocommit(m, 0), 0);
+  cr_assert_not(m->server_status & SERVER_STATUS_AUTOCOMMIT, "status 0x%x", m->server_status);
+  cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 0);
+  mysql_close(m);
+}
