@@ -858,7 +858,8 @@ static int
 reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeout_s,
             PsPlan *plan, const char **why)
 {
-  gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
+  gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
+                      ps_watch_maybe_in_trans(watch);
   /* Sent before the watch keeps anything: over TLS the send goes through its command hook,
    * which must not take ROLLBACK for the next borrower's divergent first command. */
   const PsCmd rollback = {COM_QUERY, "ROLLBACK"};

@@ -44,6 +44,9 @@ struct PsWatch {
   gboolean kept;                       /* ahead[] are applied already, no reply is owed */
   PsReply ahead_reply[PS_PRELUDE_MAX];
   const PsReply *fake;                 /* kept mode: the answer to the command just taken */
+  gboolean maybe_in_trans;             /* an error reply with autocommit off: the failed
+                                          statement may have begun a transaction, and an
+                                          error packet carries no status flags to say so */
 };
 
 static void clear_learnt(PsWatch *w);
@@ -423,6 +426,8 @@ watched_read_query_result(MYSQL *mysql)
   } else {
     rc = w->orig->db_read_query_result(mysql);
   }
+  if (rc && w->auto_mode && !(mysql->server_status & SERVER_STATUS_AUTOCOMMIT))
+    w->maybe_in_trans = TRUE;
   if (w->learnt_pending >= 0) {
     if (rc)
       w->dirty |= w->auto_mode ? PS_DIRTY_FULL : 0; /* refused: the session is not as noted */
@@ -486,6 +491,7 @@ ps_watch_lent(PsWatch *w)
   clear_learnt(w);
   w->learning = TRUE;
   w->dirty = 0; /* the pool's own commands since the return are nobody's doing */
+  w->maybe_in_trans = FALSE;
   w->last = PS_LAST_NONE;
   w->learnt_pending = -1;
 }
@@ -521,6 +527,12 @@ gboolean
 ps_watch_ahead(const PsWatch *w)
 {
   return w && !w->kept && w->next < w->nahead;
+}
+
+gboolean
+ps_watch_maybe_in_trans(const PsWatch *w)
+{
+  return w && w->maybe_in_trans;
 }
 
 gboolean

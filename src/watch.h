@@ -65,6 +65,9 @@ gboolean ps_watch_ahead(const PsWatch *w);
  * classified, and the replies looked at (PS_DIRTY_FULL). */
 void ps_watch_set_auto(PsWatch *w);
 gboolean ps_watch_auto(const PsWatch *w);
+/* A command of this borrow failed while autocommit was off: a transaction may be open
+ * although the status flags (not carried by error packets) do not say so. */
+gboolean ps_watch_maybe_in_trans(const PsWatch *w);
 /* Auto mode, a return with nothing to reset: the session keeps this borrow's leading
  * setup statements (or still holds all those kept before, when the borrower sent only the
  * first of them). The next borrower's identical statements are answered with the replies

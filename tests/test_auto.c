@@ -340,3 +340,23 @@ Test(auto_reset, a_kept_autocommit_off_is_not_what_the_next_borrower_is_told)
   cr_assert_eq(pst_scalar(m, "SELECT @@autocommit"), 0);
   mysql_close(m);
 }
+
+Test(auto_reset, a_failed_statement_with_autocommit_off_leaves_no_transaction_behind)
+{
+  /* The error packet carries no status flags: the transaction the failed INSERT began is
+   * invisible in the client's status, and must still be rolled back. */
+  setup_objects();
+  pst_exec(pst_admin(), "INSERT INTO poolshim_test.auto_t VALUES (5, 5)");
+  MYSQL *m = pst_connect_app();
+  long long id = (long long)mysql_thread_id(m); /* no statement: the setup leads */
+  cr_assert_eq(mysql_autocommit(m, 0), 0);
+  pst_exec(m, "SELECT 1"); /* its status flags: no transaction, no state change */
+  cr_assert_neq(mysql_query(m, "INSERT INTO auto_t VALUES (5, 0)"), 0, "no duplicate key");
+  mysql_close(m);
+  m = pst_connect_app();
+  cr_assert_eq(mysql_autocommit(m, 0), 0); /* the same setup: answered, nothing restored */
+  cr_assert_eq(pst_scalar(m, "SELECT @@in_transaction"), 0);
+  cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), id);
+  mysql_close(m);
+  pst_exec(pst_admin(), "DELETE FROM poolshim_test.auto_t");
+}
