@@ -368,6 +368,7 @@ write_stats(void)
     .returns = {__atomic_load_n(&B.plans[PS_PLAN_NOTHING], __ATOMIC_RELAXED),
                 __atomic_load_n(&B.plans[PS_PLAN_KEEP], __ATOMIC_RELAXED),
                 __atomic_load_n(&B.plans[PS_PLAN_ROLLBACK], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_RESTORE], __ATOMIC_RELAXED),
                 __atomic_load_n(&B.plans[PS_PLAN_FULL], __ATOMIC_RELAXED),
                 __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
   };

@@ -445,12 +445,14 @@ role_statement(const char *role)
 /* CURRENT_ROLE() and @@wait_timeout of the session in m, read once per pool; the handle's
  * visible results are restored after. */
 static char *
-query_role(MYSQL *m, gboolean track, unsigned long *wait_timeout_s, gboolean *ok)
+query_role(MYSQL *m, gboolean track, unsigned long *wait_timeout_s, gboolean *init_connect,
+           gboolean *ok)
 {
   my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
   unsigned int warnings = m->warning_count, status = m->server_status;
   char *role = NULL;
-  static const char sql[] = "SELECT CURRENT_ROLE(), @@session.wait_timeout";
+  static const char sql[] =
+    "SELECT CURRENT_ROLE(), @@session.wait_timeout, @@global.init_connect <> ''";
   *ok = FALSE;
   /* With tracking, both statements go in one write; the SET's reply is read first. */
   const PsCmd cmds[] = {{COM_QUERY, PS_SESSION_TRACKING_SQL}, {COM_QUERY, sql}};
@@ -467,6 +469,7 @@ query_role(MYSQL *m, gboolean track, unsigned long *wait_timeout_s, gboolean *ok
         role = g_strdup(row[0]);
       if (row && row[1])
         *wait_timeout_s = strtoul(row[1], NULL, 10);
+      *init_connect = !row || !row[2] || strcmp(row[2], "0") != 0;
       ps_real.free_result(res);
     }
   }
@@ -506,7 +509,8 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
   unsigned long wait_timeout_s = 0;
   gboolean ok;
   unsigned int server_status = m->server_status;
-  char *role = query_role(m, track, &wait_timeout_s, &ok);
+  gboolean init_connect = TRUE;
+  char *role = query_role(m, track, &wait_timeout_s, &init_connect, &ok);
   if (!ok) {
     /* The connection failed under us: nothing learnt can be trusted for the whole pool. */
     g_free(role);
@@ -522,6 +526,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
   p->init_commands = ps_conn_init_commands(m);
   p->track = track;
   p->server_status = server_status;
+  p->init_connect = init_connect;
   return p;
 }
 
@@ -858,13 +863,33 @@ static int
 reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeout_s,
             PsPlan *plan, const char **why)
 {
+  /* Session variables set after the leading setup go back to their fresh values, the global
+   * ones (`= DEFAULT`), in one statement. autocommit back on would commit an open
+   * transaction: ROLLBACK first whenever it is restored. */
+  static const char *const var_names[PS_VAR_COUNT] = {
+    "autocommit", "sql_mode", "time_zone", "tx_isolation", "tx_read_only", "sql_auto_is_null"};
+  guint vars = ps_watch_restore_vars(watch);
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
-                      ps_watch_maybe_in_trans(watch);
+                      ps_watch_maybe_in_trans(watch) || (vars & PS_VAR_AUTOCOMMIT);
+  char set[256] = "SET SESSION ";
+  for (guint i = 0; i < PS_VAR_COUNT; i++) {
+    if (vars & (1u << i)) {
+      if (set[strlen(set) - 1] != ' ')
+        g_strlcat(set, ", ", sizeof set);
+      g_strlcat(set, var_names[i], sizeof set);
+      g_strlcat(set, "=DEFAULT", sizeof set);
+    }
+  }
+  PsCmd cmds[2];
+  int n = 0;
+  if (in_trans)
+    cmds[n++] = (PsCmd){COM_QUERY, "ROLLBACK"};
+  if (vars)
+    cmds[n++] = (PsCmd){COM_QUERY, set};
   /* Sent before the watch keeps anything: over TLS the send goes through its command hook,
-   * which must not take ROLLBACK for the next borrower's divergent first command. */
-  const PsCmd rollback = {COM_QUERY, "ROLLBACK"};
-  if (in_trans && !send_pipeline(m, &rollback, 1, timeout_s)) {
-    *why = "sending ROLLBACK failed";
+   * which must not take them for the next borrower's divergent first command. */
+  if (n && !send_pipeline(m, cmds, n, timeout_s)) {
+    *why = "sending ROLLBACK or restoring session variables failed";
     return -1;
   }
   ps_watch_keep(watch, restore_session, profile);
@@ -880,12 +905,11 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
   m->insert_id = 0;
   m->warning_count = 0;
   m->info = NULL;
-  if (!in_trans) {
-    *plan = ps_watch_kept(watch) ? PS_PLAN_KEEP : PS_PLAN_NOTHING;
-    return 0;
-  }
-  *plan = PS_PLAN_ROLLBACK;
-  return 1;
+  *plan = vars       ? PS_PLAN_RESTORE
+          : in_trans ? PS_PLAN_ROLLBACK
+          : ps_watch_kept(watch) ? PS_PLAN_KEEP
+                                 : PS_PLAN_NOTHING;
+  return n;
 }
 
 static int
@@ -902,8 +926,15 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
    * when replies of statements run ahead are still unread (the borrower sent fewer: the
    * session holds statements it did not send), nor with statement handles, whose server
    * side only a reset or their close ends. */
+  /* Variables set after the leading setup are restored to the global values only where
+   * those are a fresh session's: no init command or init_connect sets them, and no setup
+   * is kept (it may have set the same ones). */
+  guint vars = ps_watch_restore_vars(watch);
+  gboolean vars_ok = !vars || (!(profile->init_commands && profile->init_commands[0]) &&
+                               !profile->init_connect &&
+                               ps_watch_nothing_kept(watch));
   if (mode == PS_RESET_AUTO && ps_watch_auto(watch) && !(dirty & (PS_DIRTY_FULL | PS_DIRTY_DB)) &&
-      !ps_watch_ahead(watch) && !m->stmts &&
+      vars_ok && !ps_watch_ahead(watch) && !m->stmts &&
       !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED))
     return reset_light(m, profile, watch, timeout_s, plan, why);
   /* A borrower that sent fewer commands leaves replies of statements run ahead for it. */
@@ -1011,8 +1042,8 @@ ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
   }
   for (int i = 0; i < pending; i++) {
     if (!read_reply(m)) {
-      if (plan == PS_PLAN_ROLLBACK) {
-        *why = "ROLLBACK failed";
+      if (plan == PS_PLAN_ROLLBACK || plan == PS_PLAN_RESTORE) {
+        *why = "ROLLBACK or restoring session variables failed";
         return FALSE;
       }
       if (i == 0 && m->net.last_errno == ER_UNKNOWN_COM_ERROR) {
@@ -1023,7 +1054,7 @@ ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
       return FALSE;
     }
   }
-  if (pending && plan != PS_PLAN_ROLLBACK) {
+  if (pending && plan != PS_PLAN_ROLLBACK && plan != PS_PLAN_RESTORE) {
     /* What mysql_reset_connection and mysql_select_db do after their replies. The server is
      * back at the handshake charset; the client side keeps whatever SET NAMES made it. */
     m->charset = profile->charset;

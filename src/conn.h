@@ -95,6 +95,8 @@ typedef struct {
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
   unsigned int server_status;             /* what the connect left in server_status: the
                                            * client's view of autocommit in a fresh session */
+  gboolean init_connect;                  /* the server's init_connect is set: it may give a
+                                           * fresh session other values than the global ones */
   gboolean track;                         /* POOLSHIM_RESET=auto: session tracking is turned on
                                            * in every connection and after every reset */
   PsConnTemplate *opener;                 /* opens more of this key without the application
@@ -135,6 +137,7 @@ typedef enum {
   PS_PLAN_NOTHING,  /* auto: nothing changed, no command */
   PS_PLAN_KEEP,     /* auto: only the leading session setup changed: kept for the next one */
   PS_PLAN_ROLLBACK, /* auto: an open transaction, and nothing else: ROLLBACK alone */
+  PS_PLAN_RESTORE,  /* auto: session variables set later: SET SESSION v = DEFAULT, ... */
   PS_PLAN_FULL,     /* auto or always: the full reset */
   PS_PLAN_MODE,     /* change_user, rollback or none: what the mode does */
   PS_PLAN_COUNT

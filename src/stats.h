@@ -7,7 +7,7 @@
 #include "pool.h"
 
 /* POOLSHIM_RESET: what a return sent, in the order of PsPlan (conn.h). */
-#define PS_STATS_PLANS 5
+#define PS_STATS_PLANS 6
 extern const char *const ps_stats_plan_names[PS_STATS_PLANS];
 
 typedef struct {

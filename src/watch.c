@@ -44,6 +44,7 @@ struct PsWatch {
   gboolean kept;                       /* ahead[] are applied already, no reply is owed */
   PsReply ahead_reply[PS_PRELUDE_MAX];
   const PsReply *fake;                 /* kept mode: the answer to the command just taken */
+  guint restore_vars;                  /* PsVar: set after the leading setup */
   gboolean maybe_in_trans;             /* an error reply with autocommit off: the failed
                                           statement may have begun a transaction, and an
                                           error packet carries no status flags to say so */
@@ -104,16 +105,38 @@ eat_literal(const char **p, const char *end)
   return eat_word(p, end);
 }
 
-/* Session variables whose SET only changes the session (no function, no side effect). */
-static const char *const prelude_vars[] = {
-  "autocommit", "sql_mode", "time_zone", "character_set_client", "character_set_results",
-  "character_set_connection", "collation_connection", "transaction_isolation", "tx_isolation",
-  "transaction_read_only", "tx_read_only", "sql_auto_is_null",
+/* Session variables whose SET only changes the session (no function, no side effect), and
+ * the PsVar bit that restores each (0: not restorable with `= DEFAULT`: the character set
+ * variables come from the handshake, not from the global values). */
+static const struct {
+  const char *name;
+  guint var;
+} prelude_vars[] = {
+  {"autocommit", PS_VAR_AUTOCOMMIT},
+  {"sql_mode", PS_VAR_SQL_MODE},
+  {"time_zone", PS_VAR_TIME_ZONE},
+  {"character_set_client", 0},
+  {"character_set_results", 0},
+  {"character_set_connection", 0},
+  {"collation_connection", 0},
+  {"transaction_isolation", PS_VAR_TX_ISOLATION},
+  {"tx_isolation", PS_VAR_TX_ISOLATION},
+  {"transaction_read_only", PS_VAR_TX_READ_ONLY},
+  {"tx_read_only", PS_VAR_TX_READ_ONLY},
+  {"sql_auto_is_null", PS_VAR_SQL_AUTO_IS_NULL},
 };
 
 gboolean
 ps_watch_is_prelude(const char *sql, size_t len)
 {
+  guint var;
+  return ps_watch_prelude_var(sql, len, &var);
+}
+
+gboolean
+ps_watch_prelude_var(const char *sql, size_t len, guint *var)
+{
+  *var = 0;
   if (!sql || len == 0 || len > PS_PRELUDE_LEN)
     return FALSE;
   const char *p = sql, *end = sql + len;
@@ -144,8 +167,10 @@ ps_watch_is_prelude(const char *sql, size_t len)
       gboolean ok = TRUE;
       for (guint k = 0; tails[i][k] && ok; k++)
         ok = (k == 0 || eat_ws(&q, end)) && eat_kw(&q, end, tails[i][k]);
-      if (ok && q == end)
+      if (ok && q == end) {
+        *var = i < 4 ? PS_VAR_TX_ISOLATION : PS_VAR_TX_READ_ONLY;
         return TRUE;
+      }
     }
     return FALSE;
   }
@@ -161,12 +186,14 @@ ps_watch_is_prelude(const char *sql, size_t len)
   const char *name = p;
   if (!eat_word(&p, end))
     return FALSE;
-  gboolean known = FALSE;
-  for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && !known; i++)
-    known = (size_t)(p - name) == strlen(prelude_vars[i]) &&
-            g_ascii_strncasecmp(name, prelude_vars[i], (size_t)(p - name)) == 0;
-  if (!known)
+  int known = -1;
+  for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && known < 0; i++)
+    if ((size_t)(p - name) == strlen(prelude_vars[i].name) &&
+        g_ascii_strncasecmp(name, prelude_vars[i].name, (size_t)(p - name)) == 0)
+      known = (int)i;
+  if (known < 0)
     return FALSE;
+  *var = prelude_vars[known].var;
   eat_ws(&p, end);
   if (p >= end || *p != '=')
     return FALSE;
@@ -395,10 +422,16 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
       return 1; /* the library's error is set on mysql, as a failed send would */
   }
   w->dirty |= classify_command(command, arg, length);
-  if (w->auto_mode && learnt < 0)
+  /* A later SET of a variable whose fresh value is the global one: restored alone. */
+  guint var = 0;
+  gboolean restorable = w->auto_mode && learnt < 0 && command == COM_QUERY && skip_check &&
+                        arg && ps_watch_prelude_var(arg, n, &var) && var;
+  if (restorable)
+    w->restore_vars |= var;
+  else if (w->auto_mode && learnt < 0)
     w->dirty |= classify_auto(command, arg, n);
   w->learnt_pending = learnt;
-  w->last = learnt >= 0 ? PS_LAST_PRELUDE : PS_LAST_QUIET;
+  w->last = learnt >= 0 || restorable ? PS_LAST_PRELUDE : PS_LAST_QUIET;
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
 }
 
@@ -492,6 +525,7 @@ ps_watch_lent(PsWatch *w)
   w->learning = TRUE;
   w->dirty = 0; /* the pool's own commands since the return are nobody's doing */
   w->maybe_in_trans = FALSE;
+  w->restore_vars = 0;
   w->last = PS_LAST_NONE;
   w->learnt_pending = -1;
 }
@@ -527,6 +561,18 @@ gboolean
 ps_watch_ahead(const PsWatch *w)
 {
   return w && !w->kept && w->next < w->nahead;
+}
+
+guint
+ps_watch_restore_vars(const PsWatch *w)
+{
+  return w ? w->restore_vars : 0;
+}
+
+gboolean
+ps_watch_nothing_kept(const PsWatch *w)
+{
+  return w && w->nlearnt == 0 && w->nahead == 0;
 }
 
 gboolean

@@ -53,6 +53,25 @@ typedef gboolean (*PsWatchRestore)(MYSQL *m, gpointer data, const char *const *r
 /* A statement whose only effect is setting the session's character set, autocommit,
  * transaction characteristics or one of a few session variables to a literal. */
 gboolean ps_watch_is_prelude(const char *sql, size_t len);
+
+/* Session variables whose fresh value is the global one, so that `SET SESSION v = DEFAULT`
+ * restores them (POOLSHIM_RESET=auto). */
+typedef enum {
+  PS_VAR_AUTOCOMMIT = 1 << 0,
+  PS_VAR_SQL_MODE = 1 << 1,
+  PS_VAR_TIME_ZONE = 1 << 2,
+  PS_VAR_TX_ISOLATION = 1 << 3,
+  PS_VAR_TX_READ_ONLY = 1 << 4,
+  PS_VAR_SQL_AUTO_IS_NULL = 1 << 5,
+  PS_VAR_COUNT = 6
+} PsVar;
+/* ps_watch_is_prelude, and the PsVar bit of the variable it sets in *var (0 when `= DEFAULT`
+ * does not restore it: SET NAMES, the character set variables). */
+gboolean ps_watch_prelude_var(const char *sql, size_t len, guint *var);
+/* The PsVar bits of the variables this borrow set after its leading setup, when nothing
+ * else needs a full reset; and whether they alone can be restored (no setup kept). */
+guint ps_watch_restore_vars(const PsWatch *w);
+gboolean ps_watch_nothing_kept(const PsWatch *w);
 /* The connection is lent: its leading preludes are noted from now on. */
 void ps_watch_lent(PsWatch *w);
 /* The preludes this borrow began with (owned by w, valid until the next call below). */

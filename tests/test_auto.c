@@ -151,7 +151,6 @@ static const FullCase full_cases[] = {
   {"INSERT INTO auto_trg VALUES (1)", "SELECT @@sql_mode = @@global.sql_mode", "1"},
   {"SET session_track_state_change = OFF", "SELECT @@session_track_state_change", "1"},
   {"USE poolshim_other", "SELECT DATABASE()", "poolshim_test"},
-  {"SET sql_mode = 'ANSI_QUOTES'", "SELECT @@sql_mode = @@global.sql_mode", "1"},
   {"SET NAMES latin1", "SELECT @@character_set_client <> 'latin1'", "1"},
   {"SET STATEMENT max_statement_time = 100 FOR SELECT 1", "SELECT 1", "1"},
   {"DO RELEASE_ALL_LOCKS()", "SELECT 1", "1"},
@@ -359,4 +358,61 @@ Test(auto_reset, a_failed_statement_with_autocommit_off_leaves_no_transaction_be
   cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), id);
   mysql_close(m);
   pst_exec(pst_admin(), "DELETE FROM poolshim_test.auto_t");
+}
+
+/* Session variables whose fresh value is the global one, set after the leading setup: set
+ * back with one SET, no full reset. */
+static const FullCase restore_cases[] = {
+  {"SET time_zone = '+05:00'", "SELECT @@time_zone = @@global.time_zone", "1"},
+  {"SET sql_mode = 'ANSI_QUOTES'", "SELECT @@sql_mode = @@global.sql_mode", "1"},
+  {"SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+   "SELECT @@tx_isolation = @@global.tx_isolation", "1"},
+  {"SET SESSION TRANSACTION READ ONLY", "SELECT @@tx_read_only", "0"},
+  {"SET @@session.sql_auto_is_null = 1", "SELECT @@sql_auto_is_null", "0"},
+  {"SET autocommit = 0", "SELECT @@autocommit", "1"},
+};
+
+static int restore_indexes[G_N_ELEMENTS(restore_cases)];
+
+ParameterizedTestParameters(auto_reset, a_later_session_variable_is_set_back_alone)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS(restore_cases); i++)
+    restore_indexes[i] = (int)i;
+  return cr_make_param_array(int, restore_indexes, G_N_ELEMENTS(restore_indexes));
+}
+
+ParameterizedTest(int *index, auto_reset, a_later_session_variable_is_set_back_alone)
+{
+  const FullCase *c = &restore_cases[*index];
+  setup_objects();
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  Counters before = snap();
+  m = pst_connect_app();
+  pst_exec(m, "SELECT 1"); /* not leading: never kept as session setup */
+  pst_exec(m, "%s", c->setup);
+  /* With autocommit off: never committed, not even by the restored autocommit=1. */
+  gboolean insert = strstr(c->setup, "autocommit") != NULL;
+  if (insert)
+    pst_exec(m, "INSERT INTO auto_t VALUES (7, 7)");
+  mysql_close(m);
+  m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), id, "%s: another session", c->setup);
+  Counters after = snap();
+  /* SELECT 1, the SET, the INSERT if any, CONNECTION_ID(), this count; the restoring SET,
+   * and the ROLLBACK when a transaction may be open. A full reset would add SET ROLE and
+   * turn tracking on again. */
+  long long extra = after.questions - before.questions - 4 - insert;
+  long long rollbacks = after.rollback - before.rollback;
+  cr_assert_eq(extra, 1 + rollbacks, "%s: %lld statements for the return (%lld ROLLBACK)",
+               c->setup, extra, rollbacks);
+  cr_assert_eq(after.set_option - before.set_option, 2, "%s: %lld SET statements", c->setup,
+               after.set_option - before.set_option);
+  g_autofree char *got = pst_scalar_str(m, "%s", c->probe);
+  cr_assert_str_eq(got ? got : "NULL", c->fresh, "after %s: %s gave %s", c->setup, c->probe,
+                   got ? got : "NULL");
+  mysql_close(m);
+  cr_assert_eq(pst_scalar(pst_admin(), "SELECT COUNT(*) FROM poolshim_test.auto_t"), 0,
+               "%s: the borrower's INSERT was committed", c->setup);
 }

@@ -46,7 +46,7 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
   g_autoptr(GArray) keys = two_pools();
   PsStatsReport r = {.version = "1.2.3", .pid = 42, .program = "gunicorn",
                      .start_time_us = 1700000000500000, .written_time_us = 1700000100000000,
-                     .unpooled = 3, .returns = {70, 10, 8, 2, 0}, .keys = keys};
+                     .unpooled = 3, .returns = {70, 10, 8, 4, 2, 0}, .keys = keys};
   g_autofree char *text = ps_stats_format(&r);
   static const char *const lines[] = {
     "poolshim_info{version=\"1.2.3\",pid=\"42\",program=\"gunicorn\"} 1",
@@ -56,6 +56,7 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
     "poolshim_returns_total{pid=\"42\",plan=\"nothing\"} 70",
     "poolshim_returns_total{pid=\"42\",plan=\"kept\"} 10",
     "poolshim_returns_total{pid=\"42\",plan=\"rollback\"} 8",
+    "poolshim_returns_total{pid=\"42\",plan=\"restore\"} 4",
     "poolshim_returns_total{pid=\"42\",plan=\"full\"} 2",
     "poolshim_returns_total{pid=\"42\",plan=\"mode\"} 0",
     "poolshim_pool_size{pid=\"42\",pool=\"app@db1:3306/shop\"} 8",
@@ -92,9 +93,9 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
     cr_assert(g_regex_match_simple("^[a-z_]+(\\{.*\\})? [0-9.]+$", all[i], 0, 0), "line: %s",
               all[i]);
   }
-  /* 4 + 5 returns process lines; per pool 3 + 8 single + 7 closed + 7 buckets + sum + count
+  /* 4 + 6 returns process lines; per pool 3 + 8 single + 7 closed + 7 buckets + sum + count
    * = 27. */
-  cr_assert_eq(samples, 9 + 2 * 27, "%u samples", samples);
+  cr_assert_eq(samples, 10 + 2 * 27, "%u samples", samples);
 }
 
 Test(stats, no_pool_yet_gives_a_valid_file)

@@ -57,7 +57,7 @@ static const char *const other_metrics[] = {"unpooled_total", "connections", "cl
                                             "returns_total"};
 enum { PS_M_UNPOOLED, PS_M_CONN, PS_M_CLOSED, PS_M_BUCKET, PS_M_SUM, PS_M_RETURNS };
 /* poolshim_returns_total{plan=...}: what returns cost the server (POOLSHIM_RESET). */
-static const char *const plans[] = {"nothing", "kept", "rollback", "full", "mode"};
+static const char *const plans[] = {"nothing", "kept", "rollback", "restore", "full", "mode"};
 #define PS_N_PLANS G_N_ELEMENTS(plans)
 
 typedef struct {
@@ -72,7 +72,7 @@ typedef struct {
   char *program, *version;
   double written; /* epoch seconds; 0 when the file did not say */
   guint64 unpooled;
-  guint64 returns[5];  /* by plans[] */
+  guint64 returns[6];  /* by plans[] */
   GPtrArray *pools;    /* PsStatPool *, in file order */
   GHashTable *by_name; /* pool name -> PsStatPool *, keys owned by the pools */
 } PsStatProc;
