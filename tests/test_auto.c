@@ -416,3 +416,28 @@ ParameterizedTest(int *index, auto_reset, a_later_session_variable_is_set_back_a
   cr_assert_eq(pst_scalar(pst_admin(), "SELECT COUNT(*) FROM poolshim_test.auto_t"), 0,
                "%s: the borrower's INSERT was committed", c->setup);
 }
+
+Test(auto_reset, over_tls_a_kept_setup_is_answered_and_a_transaction_rolled_back)
+{
+  setup_objects();
+  Counters before = {0};
+  for (int i = 0; i < 3; i++) {
+    MYSQL *m = mysql_init(NULL);
+    pst_require_tls(m);
+    pst_connect_app_on(m);
+    cr_assert_not_null(mysql_get_ssl_cipher(m));
+    django_setup(m);
+    /* From before the previous return to after this setup: the return's ROLLBACK only. */
+    Counters after = snap();
+    if (i > 0)
+      cr_assert_eq(after.set_option - before.set_option, 0, "borrow %d: %lld SET", i,
+                   after.set_option - before.set_option);
+    g_autofree char *iso = pst_scalar_str(m, "SELECT @@tx_isolation");
+    cr_assert_str_eq(iso, "READ-COMMITTED");
+    pst_exec(m, "BEGIN");
+    pst_exec(m, "INSERT INTO auto_t VALUES (9, 9)");
+    before = snap();
+    mysql_close(m);
+  }
+  cr_assert_eq(pst_scalar(pst_admin(), "SELECT COUNT(*) FROM poolshim_test.auto_t"), 0);
+}
