@@ -69,7 +69,13 @@ CYCLES = {
             "kept": {1: 1600, 8: 8000, 64: 16000}},
 }
 CYCLES["socket"] = CYCLES["tcp"]
+# POOLSHIM_RESET=always (a full reset at every return): its rows show the price of the strict
+# mode next to the default (auto).
+for _g in CYCLES:
+    CYCLES[_g]["always"] = CYCLES[_g]["poolshim"]
+ALWAYS_GROUPS = ("tcp", "python", "django")
 LABELS = {"nopool": "no pool", "poolshim": "poolshim", "kept": "kept connection (limit)",
+          "always": "poolshim, POOLSHIM_RESET=always",
           "sqlalchemy": "SQLAlchemy QueuePool (code change)",
           "persistent": "CONN_MAX_AGE=None (persistent)"}
 
@@ -98,8 +104,15 @@ class Variant:
         return self.cmd[0] == CYCLE
 
 
-def preload(pool):
-    return {"LD_PRELOAD": LIB, "POOLSHIM_POOL_SIZE": str(pool)}
+def preload(pool, tag="poolshim"):
+    env = {"LD_PRELOAD": LIB, "POOLSHIM_POOL_SIZE": str(pool)}
+    if tag == "always":
+        env["POOLSHIM_RESET"] = "always"
+    return env
+
+
+def pooled(tag):
+    return tag in ("poolshim", "always")
 
 
 def variants(groups, scale):
@@ -112,31 +125,37 @@ def variants(groups, scale):
             continue
         extra = {"socket": ["--socket"], "tls": ["--tls", os.environ.get("PS_BENCH_TLS_CA", "")]}
         for threads in (1, 8, 64):
-            for tag in ("nopool", "poolshim", "kept"):
+            tags = ("nopool", "poolshim", "kept") + (("always",) if g in ALWAYS_GROUPS else ())
+            for tag in tags:
                 cyc = max(threads, n(CYCLES[g][tag][threads]))
                 cmd = [CYCLE, "--threads", str(threads), "--cycles", str(cyc)]
                 cmd += extra.get(g, []) + (["--kept"] if tag == "kept" else [])
                 out.append(Variant(g, tag, threads, cyc, cmd,
-                                   env=preload(POOL) if tag == "poolshim" else {},
-                                   pool=POOL if tag == "poolshim" else None,
+                                   env=preload(POOL, tag) if pooled(tag) else {},
+                                   pool=POOL if pooled(tag) else None,
                                    tls=g == "tls", proxy=g == "rtt"))
     def mysqldb(group, threads, tasks, proxy=False):
         script = os.path.join(HERE, "mysqldb_pool.py")
-        for (tag, mode), t in zip((("nopool", "connect"), ("poolshim", "connect"),
-                                   ("sqlalchemy", "sqlalchemy"), ("kept", "kept")), tasks):
+        modes = (("nopool", "connect"), ("poolshim", "connect"), ("sqlalchemy", "sqlalchemy"),
+                 ("kept", "kept")) + ((("always", "connect"),) if group in ALWAYS_GROUPS else ())
+        tasks = tuple(tasks) + (tasks[1],)
+        for (tag, mode), t in zip(modes, tasks):
             cmd = [PY, script, str(n(t)), str(threads), "--mode", mode, "--pool-size", str(POOL)]
             out.append(Variant(group, tag, threads, n(t), cmd,
-                               env=preload(POOL) if tag == "poolshim" else {},
-                               pool=POOL if tag == "poolshim" else None, proxy=proxy))
+                               env=preload(POOL, tag) if pooled(tag) else {},
+                               pool=POOL if pooled(tag) else None, proxy=proxy))
 
     def django(group, threads, tasks, proxy=False):
         script = os.path.join(HERE, "django_pool.py")
-        for tag, t in zip(("nopool", "poolshim", "persistent"), tasks):
+        tags = ("nopool", "poolshim", "persistent") + (("always",) if group in ALWAYS_GROUPS
+                                                         else ())
+        tasks = tuple(tasks) + (tasks[1],)
+        for tag, t in zip(tags, tasks):
             cmd = [PY, script, str(n(t)), str(threads)]
             cmd += ["--persistent"] if tag == "persistent" else []
             out.append(Variant(group, tag, threads, n(t), cmd,
-                               env=preload(POOL) if tag == "poolshim" else {},
-                               pool=POOL if tag == "poolshim" else None, proxy=proxy))
+                               env=preload(POOL, tag) if pooled(tag) else {},
+                               pool=POOL if pooled(tag) else None, proxy=proxy))
 
     if "python" in groups:
         mysqldb("python", PY_THREADS, (3000, 4000, 4000, 6000))
