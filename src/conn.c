@@ -445,7 +445,7 @@ role_statement(const char *role)
 /* CURRENT_ROLE() and @@wait_timeout of the session in m, read once per pool; the handle's
  * visible results are restored after. */
 static char *
-query_role(MYSQL *m, gboolean track, unsigned long *wait_timeout_s, gboolean *init_connect,
+query_role(MYSQL *m, gboolean *track, unsigned long *wait_timeout_s, gboolean *init_connect,
            gboolean *ok)
 {
   my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
@@ -454,12 +454,23 @@ query_role(MYSQL *m, gboolean track, unsigned long *wait_timeout_s, gboolean *in
   static const char sql[] =
     "SELECT CURRENT_ROLE(), @@session.wait_timeout, @@global.init_connect <> ''";
   *ok = FALSE;
-  /* With tracking, both statements go in one write; the SET's reply is read first. */
+  /* With tracking, both statements go in one write; the SET's reply is read first. A
+   * server that refuses it (no session tracking: older than MariaDB 10.2) leaves the pool
+   * without it: every return then gets the full reset. */
   const PsCmd cmds[] = {{COM_QUERY, PS_SESSION_TRACKING_SQL}, {COM_QUERY, sql}};
-  gboolean sent = track ? send_pipeline(m, cmds, 2, m->options.write_timeout) &&
-                            m->methods->db_read_query_result(m) == 0 &&
-                            m->methods->db_read_query_result(m) == 0
-                        : ps_real.real_query(m, sql, sizeof sql - 1) == 0;
+  gboolean sent;
+  if (*track) {
+    sent = send_pipeline(m, cmds, 2, m->options.write_timeout);
+    if (sent && m->methods->db_read_query_result(m) != 0) {
+      if (m->net.last_errno >= CR_MIN_ERROR)
+        sent = FALSE; /* the connection, not the statement */
+      else
+        *track = FALSE;
+    }
+    sent = sent && m->methods->db_read_query_result(m) == 0;
+  } else {
+    sent = ps_real.real_query(m, sql, sizeof sql - 1) == 0;
+  }
   if (sent) {
     MYSQL_RES *res = ps_real.store_result(m);
     if (res) {
@@ -510,7 +521,7 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
   gboolean ok;
   unsigned int server_status = m->server_status;
   gboolean init_connect = TRUE;
-  char *role = query_role(m, track, &wait_timeout_s, &init_connect, &ok);
+  char *role = query_role(m, &track, &wait_timeout_s, &init_connect, &ok);
   if (!ok) {
     /* The connection failed under us: nothing learnt can be trusted for the whole pool. */
     g_free(role);
