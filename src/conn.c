@@ -877,8 +877,10 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
   /* Session variables set after the leading setup go back to their fresh values, the global
    * ones (`= DEFAULT`), in one statement. autocommit back on would commit an open
    * transaction: ROLLBACK first whenever it is restored. */
-  static const char *const var_names[PS_VAR_COUNT] = {
-    "autocommit", "sql_mode", "time_zone", "tx_isolation", "tx_read_only", "sql_auto_is_null"};
+  static const char *const var_sets[PS_VAR_COUNT] = {
+    "autocommit=DEFAULT",   "sql_mode=DEFAULT",         "time_zone=DEFAULT",
+    "tx_isolation=DEFAULT", "tx_read_only=DEFAULT",     "sql_auto_is_null=DEFAULT",
+    "last_insert_id=0"};
   guint vars = ps_watch_restore_vars(watch);
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
                       ps_watch_maybe_in_trans(watch) || (vars & PS_VAR_AUTOCOMMIT);
@@ -887,8 +889,7 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
     if (vars & (1u << i)) {
       if (set[strlen(set) - 1] != ' ')
         g_strlcat(set, ", ", sizeof set);
-      g_strlcat(set, var_names[i], sizeof set);
-      g_strlcat(set, "=DEFAULT", sizeof set);
+      g_strlcat(set, var_sets[i], sizeof set);
     }
   }
   PsCmd cmds[2];
@@ -938,12 +939,12 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
    * session holds statements it did not send), nor with statement handles, whose server
    * side only a reset or their close ends. */
   /* Variables set after the leading setup are restored to the global values only where
-   * those are a fresh session's: no init command or init_connect sets them, and no setup
-   * is kept (it may have set the same ones). */
+   * those are a fresh session's: no init command or init_connect sets them, and the
+   * leading setup (kept for the next borrower) does not set the same ones. */
   guint vars = ps_watch_restore_vars(watch);
   gboolean vars_ok = !vars || (!(profile->init_commands && profile->init_commands[0]) &&
                                !profile->init_connect &&
-                               ps_watch_nothing_kept(watch));
+                               !(vars & ps_watch_setup_vars(watch)));
   if (mode == PS_RESET_AUTO && ps_watch_auto(watch) && !(dirty & (PS_DIRTY_FULL | PS_DIRTY_DB)) &&
       vars_ok && !ps_watch_ahead(watch) && !m->stmts &&
       !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED))

@@ -56,7 +56,7 @@ static const char *const paren_keywords[] = {
   "in", "values", "value", "and", "or", "not", "xor", "exists", "any", "all", "some", "select",
   "from", "join", "on", "where", "as", "by", "having", "using", "over", "when", "then", "else",
   "case", "with", "union", "is", "like", "between", "set", "distinct", "limit", "div",
-  "interval", "except", "intersect", "returning", "straight_join", "regexp", "rlike", "escape",
+  "interval", "except", "intersect", "straight_join", "regexp", "rlike", "escape",
 };
 
 static const char *const clean_first[] = {
@@ -169,9 +169,11 @@ ps_session_classify_sql(const char *sql, size_t len)
       else if (word_is(w, n, "release") && nwords > 1)
         release = TRUE;
       /* temporary tables, NEXT VALUE FOR a sequence, FOUND_ROWS() kept for later, profiling
-       * history: state no tracker reports */
+       * history: state no tracker reports; RETURNING: a result set instead of the OK packet
+       * whose insert id shows what LAST_INSERT_ID() became */
       else if (word_is(w, n, "temporary") || word_is(w, n, "next") ||
-               word_is(w, n, "sql_calc_found_rows") || word_is(w, n, "profiling"))
+               word_is(w, n, "sql_calc_found_rows") || word_is(w, n, "profiling") ||
+               word_is(w, n, "returning"))
         banned = TRUE;
       last = TOK_WORD;
       i = j;

@@ -471,7 +471,7 @@ watched_read_query_result(MYSQL *mysql)
   }
   if (!rc && w->auto_mode && mysql->field_count == 0) {
     if (mysql->insert_id)
-      w->dirty |= PS_DIRTY_FULL;
+      w->restore_vars |= PS_VAR_LAST_INSERT_ID; /* LAST_INSERT_ID() would show it */
     note_reply(w, mysql);
   }
   return rc;
@@ -569,10 +569,19 @@ ps_watch_restore_vars(const PsWatch *w)
   return w ? w->restore_vars : 0;
 }
 
-gboolean
-ps_watch_nothing_kept(const PsWatch *w)
+guint
+ps_watch_setup_vars(const PsWatch *w)
 {
-  return w && w->nlearnt == 0 && w->nahead == 0;
+  if (!w)
+    return 0;
+  guint vars = 0, var;
+  for (guint i = 0; i < w->nlearnt; i++)
+    if (ps_watch_prelude_var(w->learnt[i], strlen(w->learnt[i]), &var))
+      vars |= var;
+  for (guint i = 0; i < w->nahead; i++)
+    if (ps_watch_prelude_var(w->ahead[i], strlen(w->ahead[i]), &var))
+      vars |= var;
+  return vars;
 }
 
 gboolean

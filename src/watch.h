@@ -63,15 +63,17 @@ typedef enum {
   PS_VAR_TX_ISOLATION = 1 << 3,
   PS_VAR_TX_READ_ONLY = 1 << 4,
   PS_VAR_SQL_AUTO_IS_NULL = 1 << 5,
-  PS_VAR_COUNT = 6
+  PS_VAR_LAST_INSERT_ID = 1 << 6, /* an OK packet with a generated id: set back to 0 */
+  PS_VAR_COUNT = 7
 } PsVar;
 /* ps_watch_is_prelude, and the PsVar bit of the variable it sets in *var (0 when `= DEFAULT`
  * does not restore it: SET NAMES, the character set variables). */
 gboolean ps_watch_prelude_var(const char *sql, size_t len, guint *var);
 /* The PsVar bits of the variables this borrow set after its leading setup, when nothing
- * else needs a full reset; and whether they alone can be restored (no setup kept). */
+ * else needs a full reset; and those the leading setup sets (kept, or run ahead): a
+ * variable in both cannot be restored alone. */
 guint ps_watch_restore_vars(const PsWatch *w);
-gboolean ps_watch_nothing_kept(const PsWatch *w);
+guint ps_watch_setup_vars(const PsWatch *w);
 /* The connection is lent: its leading preludes are noted from now on. */
 void ps_watch_lent(PsWatch *w);
 /* The preludes this borrow began with (owned by w, valid until the next call below). */

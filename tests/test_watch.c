@@ -206,3 +206,9 @@ ParameterizedTest(int *index, session, statements_are_classified_conservatively)
   const StmtCase *c = &stmt_cases[*index];
   cr_assert_eq(ps_session_classify_sql(c->sql, strlen(c->sql)), c->kind, "\"%s\"", c->sql);
 }
+
+Test(session, insert_returning_is_full_its_insert_id_is_not_in_an_ok_packet)
+{
+  const char *sql = "INSERT INTO t (v) VALUES (1) RETURNING id";
+  cr_assert_eq(ps_session_classify_sql(sql, strlen(sql)), PS_STMT_FULL);
+}
