@@ -39,7 +39,8 @@ typedef enum {
 } PsPhysState;
 
 static const char *const state_names[] = {"lent", "resetting", "idle", "closed"};
-static const char *const reset_names[] = {"reset", "change_user", "rollback", "none"};
+G_STATIC_ASSERT(PS_PLAN_COUNT == PS_STATS_PLANS);
+static const char *const reset_names[] = {"always", "change_user", "rollback", "none", "auto"};
 
 typedef struct {
   PsPhysState state;
@@ -49,6 +50,7 @@ typedef struct {
   MYSQL *handle;         /* the application's struct while lent */
   PsConnProfile *profile;
   int pending;             /* replies of a reset sent at return, read before lending */
+  PsPlan plan;             /* what the last return sent (POOLSHIM_RESET=auto chooses) */
   const char *unpoolable;   /* set while lent (change_user, replication): never pool again */
   gint64 lent_since_us;
   gboolean leak_warned;
@@ -69,6 +71,7 @@ static struct {
   gboolean forked;       /* set in a child: the pool is the parent's */
   gint64 last_sweep_us;
   guint64 resets, unpooled;
+  guint64 plans[PS_PLAN_COUNT]; /* returns by what they cost (PsPlan) */
   GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
   GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
   GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
@@ -198,6 +201,20 @@ label_has_server(const char *label, gpointer server)
  * server are closed and pools below POOLSHIM_MIN_IDLE are filled. With POOLSHIM_HOST_MAX, a quiet process must not sit
  * on idle slots while another process waits: ten times a second (a hundred while it is
  * handing slots over), an idle connection of each server someone waits for is closed. */
+/* Starts watching the connection just opened in m. POOLSHIM_RESET=auto needs session
+ * tracking on in it: turned on here unless the profile's first query already did
+ * (`tracking`); a connection where that fails gets the full reset at every return. */
+static void
+watch_opened(PsPhys *p, MYSQL *m, gboolean tracking)
+{
+  gboolean track = p->profile && p->profile->track;
+  if (track && !tracking)
+    tracking = ps_conn_track_session(m);
+  p->watch = ps_watch_new(m);
+  if (track && tracking)
+    ps_watch_set_auto(p->watch);
+}
+
 /* The bookkeeping of a connection just opened on a pool-owned handle (the key's template):
  * watched, close-on-exec, and clean (PS_PHYS_IDLE) until it is filled or lent. */
 static PsPhys *
@@ -210,7 +227,7 @@ phys_on_pool_handle(PsPool *pool, PsConnProfile *profile, MYSQL *h, int slot_fd,
   p->pool = pool;
   p->profile = profile;
   p->shell = h;
-  p->watch = ps_watch_new(h);
+  watch_opened(p, h, FALSE);
   ps_conn_set_cloexec(h);
   p->cloexec_done = TRUE;
   p->state = PS_PHYS_IDLE;
@@ -383,6 +400,12 @@ write_stats(void)
     .start_time_us = B.start_time_us,
     .written_time_us = g_get_real_time(),
     .unpooled = __atomic_load_n(&B.unpooled, __ATOMIC_RELAXED),
+    .returns = {__atomic_load_n(&B.plans[PS_PLAN_NOTHING], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_KEEP], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_ROLLBACK], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_RESTORE], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_FULL], __ATOMIC_RELAXED),
+                __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
   };
   g_mutex_lock(&B.stats_lock);
   r.keys = ps_pool_snapshot(B.pool);
@@ -488,6 +511,7 @@ adopt_fork(void)
     B.pool = new_pool();
     B.forked = FALSE;
     B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
+    memset(B.plans, 0, sizeof B.plans);
     /* The parent's lent connections: their slot descriptors were closed at fork. */
     GHashTableIter it;
     gpointer value;
@@ -988,7 +1012,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->profile,
+      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile,
                                            MIN(reset_s, seconds_left(net_deadline)), &why)) {
         discard_lent(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
@@ -1059,8 +1083,9 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     }
     ps_pool_key_proved(pk, g_get_monotonic_time());
     PsConnProfile *profile = ps_pool_key_data(pk);
+    gboolean tracking = FALSE; /* the profile's first query turned session tracking on */
     if (!profile) {
-      PsConnProfile *mine = ps_conn_profile_new(m, key.db);
+      PsConnProfile *mine = ps_conn_profile_new(m, key.db, settings->reset == PS_RESET_AUTO);
       if (mine) {
         /* Opens connections on the pool's own handles: kept idle (POOLSHIM_MIN_IDLE) or
          * lent when every idle one is still busy with its reset. Without one, the pool
@@ -1075,8 +1100,10 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
           ps_debug("pool %s: no connection is opened without the application: %s",
                    ps_pool_key_label(pk), no_opener);
       }
-      if (mine)
+      if (mine) {
+        tracking = mine->track;
         profile = ps_pool_key_set_data(pk, mine, ps_conn_profile_free);
+      }
       if (mine && profile == mine) {
         ps_info("new pool %s (size %u, timeout %" G_GINT64_FORMAT " ms, max lifetime %" G_GINT64_FORMAT
                 " s, reset %s)",
@@ -1097,7 +1124,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     p->profile = profile;
     p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
     p->item = ps_pool_opened(pool, pk, p);
-    p->watch = ps_watch_new(m);
+    watch_opened(p, m, tracking);
     lend(p, m);
     if (!profile)
       p->unpoolable = "the connection failed while the pool learnt its session";
@@ -1173,12 +1200,13 @@ ps_broker_close(MYSQL *m)
   phys_enter(p, PS_PHYS_RESETTING, NULL);
   unsigned int timeout_s = reset_timeout_s();
   p->pending = ps_conn_reset_begin(m, ps_pool_key_settings(p->item->owner)->reset, p->profile,
-                                   p->watch, timeout_s, &why);
+                                   p->watch, timeout_s, &p->plan, &why);
   if (p->pending < 0) {
     discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
     return;
   }
   __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&B.plans[p->plan], 1, __ATOMIC_RELAXED);
   if (!p->shell && !(p->shell = ps_conn_shell_new(timeout_s))) {
     discard_lent(p, m, PS_CLOSE_UNCLEAN, "out of memory for a shell");
     return;

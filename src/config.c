@@ -32,7 +32,10 @@ typedef struct {
   const char *help;
 } PsVar;
 
-static const char *const reset_choices[] = {"reset", "change_user", "rollback", "none", NULL};
+/* Index = PsResetMode; "reset", the old name of "always", is read as it. */
+static const char *const reset_choices[] = {"always", "change_user", "rollback", "none",
+                                            "auto",   "reset",       NULL};
+#define PS_RESET_OLD_NAME 5
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define US(s) ((guint64)(s) * G_USEC_PER_SEC)
@@ -66,10 +69,13 @@ static const PsVar vars[] = {
   {"POOLSHIM_IDLE_TIMEOUT", PS_T_DURATION, "10m", 0, US(30 * 86400), NULL,
    G_STRUCT_OFFSET(PsConfig, idle_timeout_us), FILE_POOL,
    "An idle connection unused for this long is closed; 0 means never."},
-  {"POOLSHIM_RESET", PS_T_ENUM, "reset", 0, 0, reset_choices, G_STRUCT_OFFSET(PsConfig, reset), FILE_POOL,
-   "How a returned session is cleaned: reset (COM_RESET_CONNECTION, sent without waiting; "
-   "its reply is read before the next lend), change_user (full re-authentication), rollback "
-   "(keeps session variables) or none (trusts the application)."},
+  {"POOLSHIM_RESET", PS_T_ENUM, "auto", 0, 0, reset_choices, G_STRUCT_OFFSET(PsConfig, reset), FILE_POOL,
+   "How a returned session is cleaned: auto (undoes what the borrower changed: nothing when "
+   "it changed nothing, ROLLBACK alone for an open transaction, its leading session setup "
+   "kept for the next borrower, else a full reset; see the contract in the README), always "
+   "(a full reset at every return: COM_RESET_CONNECTION, sent without waiting, its reply read "
+   "before the next lend; \"reset\" is accepted for it), change_user (full "
+   "re-authentication), rollback (keeps session variables) or none (trusts the application)."},
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "
@@ -191,7 +197,7 @@ parse_value(const PsVar *v, const char *text, guint64 *out)
   case PS_T_ENUM:
     for (guint i = 0; v->choices[i]; i++)
       if (g_ascii_strcasecmp(text, v->choices[i]) == 0) {
-        *out = i;
+        *out = v->choices == reset_choices && i == PS_RESET_OLD_NAME ? PS_RESET_ALWAYS : i;
         return TRUE;
       }
     return FALSE;

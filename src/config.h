@@ -7,11 +7,14 @@
 #include "log.h"
 
 typedef enum {
-  PS_RESET_RESET = 0,   /* COM_RESET_CONNECTION (change_user when the server lacks it) */
+  PS_RESET_ALWAYS = 0,  /* COM_RESET_CONNECTION at every return (change_user when the server
+                           lacks it); "reset" is accepted for it */
   PS_RESET_CHANGE_USER, /* COM_CHANGE_USER: full re-authentication */
   PS_RESET_ROLLBACK,    /* ROLLBACK only: keeps session variables (caller's choice) */
   PS_RESET_NONE,        /* nothing: trusts the application completely */
+  PS_RESET_AUTO,        /* undo what the borrower changed: nothing, ROLLBACK, or a full reset */
 } PsResetMode;
+#define PS_RESET_RESET PS_RESET_ALWAYS
 
 /* What a [pool PATTERN] group of the key file may change for the pools it matches. */
 typedef struct {

@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "mirror.h"
+#include "session.h"
 #include "watch.h"
 
 #ifndef INVALID_SOCKET
@@ -446,6 +447,14 @@ ps_conn_same_identity(MYSQL *pooled, const PsConnKey *key)
 
 static gboolean run_and_drain(MYSQL *m, const char *sql);
 
+/* A command of a reset pipeline. */
+typedef struct {
+  enum enum_server_command cmd;
+  const char *arg;
+} PsCmd;
+
+static gboolean send_pipeline(MYSQL *m, const PsCmd *cmds, int n, unsigned int timeout_s);
+
 /* SET ROLE for the session's original role (a backquoted identifier). */
 static char *
 role_statement(const char *role)
@@ -465,14 +474,33 @@ role_statement(const char *role)
 /* CURRENT_ROLE() and @@wait_timeout of the session in m, read once per pool; the handle's
  * visible results are restored after. */
 static char *
-query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
+query_role(MYSQL *m, gboolean *track, unsigned long *wait_timeout_s, gboolean *init_connect,
+           gboolean *ok)
 {
   my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
   unsigned int warnings = m->warning_count, status = m->server_status;
   char *role = NULL;
-  static const char sql[] = "SELECT CURRENT_ROLE(), @@session.wait_timeout";
+  static const char sql[] =
+    "SELECT CURRENT_ROLE(), @@session.wait_timeout, @@global.init_connect <> ''";
   *ok = FALSE;
-  if (ps_real.real_query(m, sql, sizeof sql - 1) == 0) {
+  /* With tracking, both statements go in one write; the SET's reply is read first. A
+   * server that refuses it (no session tracking: older than MariaDB 10.2) leaves the pool
+   * without it: every return then gets the full reset. */
+  const PsCmd cmds[] = {{COM_QUERY, PS_SESSION_TRACKING_SQL}, {COM_QUERY, sql}};
+  gboolean sent;
+  if (*track) {
+    sent = send_pipeline(m, cmds, 2, m->options.write_timeout);
+    if (sent && m->methods->db_read_query_result(m) != 0) {
+      if (m->net.last_errno >= CR_MIN_ERROR)
+        sent = FALSE; /* the connection, not the statement */
+      else
+        *track = FALSE;
+    }
+    sent = sent && m->methods->db_read_query_result(m) == 0;
+  } else {
+    sent = ps_real.real_query(m, sql, sizeof sql - 1) == 0;
+  }
+  if (sent) {
     MYSQL_RES *res = ps_real.store_result(m);
     if (res) {
       *ok = TRUE;
@@ -481,6 +509,7 @@ query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
         role = g_strdup(row[0]);
       if (row && row[1])
         *wait_timeout_s = strtoul(row[1], NULL, 10);
+      *init_connect = !row || !row[2] || strcmp(row[2], "0") != 0;
       ps_real.free_result(res);
     }
   }
@@ -496,8 +525,26 @@ query_role(MYSQL *m, unsigned long *wait_timeout_s, gboolean *ok)
   return role;
 }
 
+gboolean
+ps_conn_track_session(MYSQL *m)
+{
+  my_ulonglong affected = m->affected_rows, insert_id = m->insert_id;
+  unsigned int warnings = m->warning_count, status = m->server_status;
+  gboolean ok = run_and_drain(m, PS_SESSION_TRACKING_SQL);
+  m->affected_rows = affected;
+  m->insert_id = insert_id;
+  m->warning_count = warnings;
+  m->server_status = status;
+  if (ok) {
+    m->net.last_errno = 0;
+    m->net.last_error[0] = '\0';
+    strcpy(m->net.sqlstate, "00000");
+  }
+  return ok;
+}
+
 PsConnProfile *
-ps_conn_profile_new(MYSQL *m, const char *requested_db)
+ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track)
 {
   /* Read before the pool's own query below overwrites them. */
   PsConnFresh fresh = {
@@ -509,7 +556,9 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   };
   unsigned long wait_timeout_s = 0;
   gboolean ok;
-  char *role = query_role(m, &wait_timeout_s, &ok);
+  unsigned int server_status = m->server_status;
+  gboolean init_connect = TRUE;
+  char *role = query_role(m, &track, &wait_timeout_s, &init_connect, &ok);
   if (!ok) {
     /* The connection failed under us: nothing learnt can be trusted for the whole pool. */
     g_free(role);
@@ -524,6 +573,9 @@ ps_conn_profile_new(MYSQL *m, const char *requested_db)
   p->charset = m->charset;
   p->init_commands = ps_conn_init_commands(m);
   p->fresh = fresh;
+  p->track = track;
+  p->server_status = server_status;
+  p->init_connect = init_connect;
   return p;
 }
 
@@ -753,11 +805,6 @@ send_only(MYSQL *m, enum enum_server_command cmd, const char *arg)
   return m->methods->db_command(m, cmd, arg, arg ? strlen(arg) : 0, 1, NULL) == 0;
 }
 
-/* A command of a reset pipeline. */
-typedef struct {
-  enum enum_server_command cmd;
-  const char *arg;
-} PsCmd;
 
 /* Sends the commands back to back without reading a reply: on a plain socket in one
  * send() of the packets the library would write one by one (a syscall and a server wake-up
@@ -848,12 +895,13 @@ read_reply(MYSQL *m)
 static guint
 reset_commands_len(const PsConnProfile *profile, guint nextra)
 {
-  return 3 + (profile->init_commands ? g_strv_length(profile->init_commands) : 0) + nextra;
+  return 4 + (profile->init_commands ? g_strv_length(profile->init_commands) : 0) + nextra;
 }
 
 /* The fast reset's commands into cmds (reset_commands_len of them at most):
  * COM_RESET_CONNECTION, COM_INIT_DB of `db` (unless NULL), SET ROLE, the init commands,
- * then extra[0..nextra). Returns how many. */
+ * session tracking on again (auto mode: the reset turned it off), then extra[0..nextra).
+ * Returns how many. */
 static int
 reset_commands(PsCmd *cmds, const PsConnProfile *profile, const char *db,
                const char *const *extra, guint nextra)
@@ -865,6 +913,8 @@ reset_commands(PsCmd *cmds, const PsConnProfile *profile, const char *db,
   cmds[k++] = (PsCmd){COM_QUERY, profile->role_sql};
   for (char **c = profile->init_commands; c && *c; c++)
     cmds[k++] = (PsCmd){COM_QUERY, *c};
+  if (profile->track)
+    cmds[k++] = (PsCmd){COM_QUERY, PS_SESSION_TRACKING_SQL};
   for (guint i = 0; i < nextra; i++)
     cmds[k++] = (PsCmd){COM_QUERY, extra[i]};
   return k;
@@ -889,27 +939,104 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
   return TRUE;
 }
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
-                       guint dirty, unsigned int timeout_s, const char **why);
+                       guint dirty, unsigned int timeout_s, PsPlan *plan, const char **why);
 
 int
 ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
-                    unsigned int timeout_s, const char **why)
+                    unsigned int timeout_s, PsPlan *plan, const char **why)
 {
   guint dirty = ps_watch_take(m, watch);
-  int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, why);
+  *plan = mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO ? PS_PLAN_FULL : PS_PLAN_MODE;
+  int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, plan, why);
   ps_watch_take(m, watch); /* the reset's own commands are not the next borrower's doing */
   return pending;
 }
 
+/* POOLSHIM_RESET=auto: the session is the fresh one, plus the borrow's leading session setup
+ * (kept for the next borrower), plus at most an open transaction. Nothing is sent, or
+ * ROLLBACK alone, its reply read at the next lend like a reset's. -1 when it cannot be sent. */
+static int
+reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeout_s,
+            PsPlan *plan, const char **why)
+{
+  /* Session variables set after the leading setup go back to their fresh values, the global
+   * ones (`= DEFAULT`), in one statement. autocommit back on would commit an open
+   * transaction: ROLLBACK first whenever it is restored. */
+  static const char *const var_sets[PS_VAR_COUNT] = {
+    "autocommit=DEFAULT",   "sql_mode=DEFAULT",         "time_zone=DEFAULT",
+    "tx_isolation=DEFAULT", "tx_read_only=DEFAULT",     "sql_auto_is_null=DEFAULT",
+    "last_insert_id=0"};
+  guint vars = ps_watch_restore_vars(watch);
+  gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
+                      ps_watch_maybe_in_trans(watch) || (vars & PS_VAR_AUTOCOMMIT);
+  char set[256] = "SET SESSION ";
+  for (guint i = 0; i < PS_VAR_COUNT; i++) {
+    if (vars & (1u << i)) {
+      if (set[strlen(set) - 1] != ' ')
+        g_strlcat(set, ", ", sizeof set);
+      g_strlcat(set, var_sets[i], sizeof set);
+    }
+  }
+  PsCmd cmds[2];
+  int n = 0;
+  if (in_trans)
+    cmds[n++] = (PsCmd){COM_QUERY, "ROLLBACK"};
+  if (vars)
+    cmds[n++] = (PsCmd){COM_QUERY, set};
+  /* Sent before the watch keeps anything: over TLS the send goes through its command hook,
+   * which must not take them for the next borrower's divergent first command. */
+  /* Nothing to send, nothing to bound: the socket keeps the borrower's timeouts, which the
+   * next lend sets anyway (ps_conn_adopt). */
+  if (n)
+    bound_round_trips(m, timeout_s);
+  if (n && !send_pipeline(m, cmds, n, timeout_s)) {
+    *why = "sending ROLLBACK or restoring session variables failed";
+    return -1;
+  }
+  ps_watch_keep(watch, restore_session, profile);
+  /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
+   * switches it again when that borrower sends it (the kept reply carries the charset). */
+  m->charset = profile->charset;
+  /* Drivers read autocommit from the status flags (MySQLdb's get_autocommit decides whether
+   * to send SET autocommit): the next borrower must see a fresh session's, not the last
+   * reply's (a kept SET autocommit=0 is answered with its own status when sent again). */
+  m->server_status = profile->server_status;
+  m->status = MYSQL_STATUS_READY;
+  m->affected_rows = ~(my_ulonglong)0;
+  m->insert_id = 0;
+  m->warning_count = 0;
+  m->info = NULL;
+  *plan = vars       ? PS_PLAN_RESTORE
+          : in_trans ? PS_PLAN_ROLLBACK
+          : ps_watch_kept(watch) ? PS_PLAN_KEEP
+                                 : PS_PLAN_NOTHING;
+  return n;
+}
+
 static int
 reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, guint dirty,
-            unsigned int timeout_s, const char **why)
+            unsigned int timeout_s, PsPlan *plan, const char **why)
 {
   if ((dirty & PS_DIRTY_UNPOOLABLE) && mode != PS_RESET_NONE) {
     *why = "the session holds state no reset clears (SET profiling, a server option set with "
            "mysql_set_server_option) or went unwatched (an automatic reconnect)";
     return -1;
   }
+  /* Auto: every command was classified and every reply looked at (watch.c, session.c). Not
+   * when replies of statements run ahead are still unread (the borrower sent fewer: the
+   * session holds statements it did not send), nor with statement handles, whose server
+   * side only a reset or their close ends. */
+  /* Variables set after the leading setup are restored to the global values only where
+   * those are a fresh session's: no init command or init_connect sets them, and the
+   * leading setup (kept for the next borrower) does not set the same ones. */
+  guint vars = ps_watch_restore_vars(watch);
+  gboolean vars_ok = !vars || (!(profile->init_commands && profile->init_commands[0]) &&
+                               !profile->init_connect &&
+                               !(vars & ps_watch_setup_vars(watch)));
+  if (mode == PS_RESET_AUTO && ps_watch_auto(watch) && !(dirty & (PS_DIRTY_FULL | PS_DIRTY_DB)) &&
+      vars_ok && !ps_watch_ahead(watch) && !m->stmts &&
+      !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED))
+    return reset_light(m, profile, watch, timeout_s, plan, why);
   /* `none` with no transaction and nothing run ahead sends nothing: no bounds to set. */
   if (mode != PS_RESET_NONE || ps_watch_ahead(watch) || (m->server_status & SERVER_STATUS_IN_TRANS))
     bound_round_trips(m, timeout_s);
@@ -953,7 +1080,7 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
   /* Statement handles are invalidated exactly as mysql_close invalidates them. */
   if (m->methods && m->methods->invalidate_stmts)
     m->methods->invalidate_stmts(m, "mysql_close()");
-  if (mode == PS_RESET_RESET && profile->db &&
+  if ((mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO) && profile->db &&
       !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED)) {
     /* The fast path: COM_RESET_CONNECTION, SET ROLE and the init commands go out
      * together now; their replies are read when the connection is next lent, by which time
@@ -998,12 +1125,16 @@ reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch, 
       return -1;
     }
   }
+  if (profile->track && !run_and_drain(m, PS_SESSION_TRACKING_SQL)) {
+    *why = "turning session tracking on failed";
+    return -1;
+  }
   return 0;
 }
 
 gboolean
-ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int timeout_s,
-                  const char **why)
+ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
+                  unsigned int timeout_s, const char **why)
 {
   if (pending) {
     /* The borrower's connect deadline may be shorter than the reset timeout. */
@@ -1014,6 +1145,10 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
   }
   for (int i = 0; i < pending; i++) {
     if (!read_reply(m)) {
+      if (plan == PS_PLAN_ROLLBACK || plan == PS_PLAN_RESTORE) {
+        *why = "ROLLBACK or restoring session variables failed";
+        return FALSE;
+      }
       if (i == 0 && m->net.last_errno == ER_UNKNOWN_COM_ERROR) {
         /* A server without COM_RESET_CONNECTION: COM_CHANGE_USER from now on. */
         __atomic_store_n(&profile->no_reset_command, TRUE, __ATOMIC_RELAXED);
@@ -1022,7 +1157,7 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
       return FALSE;
     }
   }
-  if (pending) {
+  if (pending && plan != PS_PLAN_ROLLBACK && plan != PS_PLAN_RESTORE) {
     /* What mysql_reset_connection and mysql_select_db do after their replies. The server is
      * back at the handshake charset; the client side keeps whatever SET NAMES made it. */
     m->charset = profile->charset;
@@ -1031,6 +1166,8 @@ ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile, unsigned int ti
       m->db = strdup(profile->db);
     }
   }
+  if (pending && profile->track)
+    m->server_status = profile->server_status; /* not the tracking SET's state-change flag */
   m->status = MYSQL_STATUS_READY;
   m->affected_rows = ~(my_ulonglong)0;
   m->insert_id = 0;

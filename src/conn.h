@@ -101,16 +101,26 @@ typedef struct {
   const struct ma_charset_info_st *charset; /* the handshake charset */
   char **init_commands;                   /* NULL-terminated */
   unsigned long wait_timeout_s;           /* the server's idle limit for this session; 0 unknown */
+  unsigned int server_status;             /* what the connect left in server_status: the
+                                           * client's view of autocommit in a fresh session */
+  gboolean init_connect;                  /* the server's init_connect is set: it may give a
+                                           * fresh session other values than the global ones */
+  gboolean track;                         /* POOLSHIM_RESET=auto: session tracking is turned on
+                                           * in every connection and after every reset */
   PsConnTemplate *opener;                 /* opens more of this key without the application
                                            * (MIN_IDLE, growing past busy ones); or NULL */
   PsConnFresh fresh;                      /* what the API showed after the first connect */
 } PsConnProfile;
 
 /* Captures the profile from a handle that has just really connected (one query for the
- * role and wait_timeout; what the connect left visible is recorded first, for
+ * role and wait_timeout, in one write with the statement that turns session tracking on
+ * when `track`; what the connect left visible is recorded first, for
  * ps_conn_present_fresh).
  * NULL when that query failed: the connection is then broken, and nothing is learnt. */
-PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db);
+PsConnProfile *ps_conn_profile_new(MYSQL *m, const char *requested_db, gboolean track);
+/* Turns session tracking on in a connection just opened (PS_SESSION_TRACKING_SQL, one round
+ * trip; the handle's visible state is left as the connect left it). FALSE: it failed. */
+gboolean ps_conn_track_session(MYSQL *m);
 void ps_conn_profile_free(gpointer profile);
 
 /* A pool-owned MYSQL that holds a connection while it is idle. Its timeouts bound the
@@ -133,9 +143,20 @@ gboolean ps_conn_returnable(MYSQL *m, const char **why);
  * that ps_conn_reset_end must read before the connection is lent again), or fails (-1,
  * *why set: close the connection). Every round trip is bounded by `timeout_s` seconds:
  * the real mysql_close never waits for the server, so neither may this. */
+/* What a return cost the server (POOLSHIM_RESET=auto chooses; the other modes have one). */
+typedef enum {
+  PS_PLAN_NOTHING,  /* auto: nothing changed, no command */
+  PS_PLAN_KEEP,     /* auto: only the leading session setup changed: kept for the next one */
+  PS_PLAN_ROLLBACK, /* auto: an open transaction, and nothing else: ROLLBACK alone */
+  PS_PLAN_RESTORE,  /* auto: session variables set later: SET SESSION v = DEFAULT, ... */
+  PS_PLAN_FULL,     /* auto or always: the full reset */
+  PS_PLAN_MODE,     /* change_user, rollback or none: what the mode does */
+  PS_PLAN_COUNT
+} PsPlan;
+
 int ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
-                        unsigned int timeout_s, const char **why);
-gboolean ps_conn_reset_end(MYSQL *m, int pending, PsConnProfile *profile,
+                        unsigned int timeout_s, PsPlan *plan, const char **why);
+gboolean ps_conn_reset_end(MYSQL *m, int pending, PsPlan plan, PsConnProfile *profile,
                            unsigned int timeout_s, const char **why);
 
 /* What ps_conn_reauthenticate found. */

@@ -53,6 +53,9 @@ seconds(GString *out, gint64 us)
   g_string_append(out, g_ascii_formatd(buf, sizeof buf, "%.6f", (double)us / 1e6));
 }
 
+const char *const ps_stats_plan_names[PS_STATS_PLANS] = {"nothing", "kept",  "rollback",
+                                                          "restore", "full", "mode"};
+
 typedef guint64 (*PsField)(const PsKeySnapshot *k);
 
 #define FIELD(fn, expr)                                                                          \
@@ -194,6 +197,14 @@ ps_stats_format(const PsStatsReport *report)
          "Connects passed straight to the client library (options the pool cannot key).");
   g_string_append_printf(out, "poolshim_unpooled_total%s %" G_GUINT64_FORMAT "\n", pid,
                          r->unpooled);
+  header(out, "poolshim_returns_total", "counter",
+         "Connections returned, by what their session cost the server (POOLSHIM_RESET): "
+         "nothing, kept (the session setup kept for the next borrower), rollback, restore "
+         "(session variables set back), full (a full reset), mode (change_user, rollback or "
+         "none).");
+  for (guint i = 0; i < PS_STATS_PLANS; i++)
+    g_string_append_printf(out, "poolshim_returns_total{pid=\"%d\",plan=\"%s\"} %" G_GUINT64_FORMAT
+                           "\n", r->pid, ps_stats_plan_names[i], r->returns[i]);
 
   guint n = r->keys ? r->keys->len : 0;
 #define KEY(i) (&g_array_index(r->keys, PsKeySnapshot, (i)))

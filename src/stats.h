@@ -6,6 +6,10 @@
 
 #include "pool.h"
 
+/* POOLSHIM_RESET: what a return sent, in the order of PsPlan (conn.h). */
+#define PS_STATS_PLANS 6
+extern const char *const ps_stats_plan_names[PS_STATS_PLANS];
+
 typedef struct {
   const char *version;
   int pid;
@@ -13,6 +17,7 @@ typedef struct {
   gint64 start_time_us;   /* wall clock (g_get_real_time) */
   gint64 written_time_us;
   guint64 unpooled;
+  guint64 returns[PS_STATS_PLANS]; /* returns by what they cost (ps_stats_plan_names) */
   GArray *keys;           /* of PsKeySnapshot, may be NULL */
 } PsStatsReport;
 

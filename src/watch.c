@@ -8,6 +8,21 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "session.h"
+
+/* What the last command sent was, to judge the state-change flag of its final reply. */
+typedef enum {
+  PS_LAST_NONE,    /* nothing since the lend, or the pool's own commands */
+  PS_LAST_QUIET,   /* CLEAN or TXN (session.h): a state change flag is unexplained */
+  PS_LAST_PRELUDE, /* a leading session setup statement: it sets what the tracker reports */
+} PsLast;
+
+/* What the server answered to a session setup statement, to answer it again (kept mode). */
+typedef struct {
+  unsigned int server_status, warning_count;
+  const struct ma_charset_info_st *charset;
+} PsReply;
+
 struct PsWatch {
   struct st_mariadb_methods methods; /* first: m->methods points here */
   const struct st_mariadb_methods *orig;
@@ -21,6 +36,18 @@ struct PsWatch {
   gboolean bypass;                     /* the watch's own commands: not looked at */
   PsWatchRestore restore;
   gpointer restore_data;
+  /* POOLSHIM_RESET=auto (ps_watch_set_auto): session tracking is on in this session. */
+  gboolean auto_mode;
+  PsLast last;
+  int learnt_pending;                  /* learnt[] whose reply the library reads next; -1 */
+  PsReply learnt_reply[PS_PRELUDE_MAX];
+  gboolean kept;                       /* ahead[] are applied already, no reply is owed */
+  PsReply ahead_reply[PS_PRELUDE_MAX];
+  const PsReply *fake;                 /* kept mode: the answer to the command just taken */
+  guint restore_vars;                  /* PsVar: set after the leading setup */
+  gboolean maybe_in_trans;             /* an error reply with autocommit off: the failed
+                                          statement may have begun a transaction, and an
+                                          error packet carries no status flags to say so */
 };
 
 static void clear_learnt(PsWatch *w);
@@ -78,16 +105,38 @@ eat_literal(const char **p, const char *end)
   return eat_word(p, end);
 }
 
-/* Session variables whose SET only changes the session (no function, no side effect). */
-static const char *const prelude_vars[] = {
-  "autocommit", "sql_mode", "time_zone", "character_set_client", "character_set_results",
-  "character_set_connection", "collation_connection", "transaction_isolation", "tx_isolation",
-  "transaction_read_only", "tx_read_only", "sql_auto_is_null",
+/* Session variables whose SET only changes the session (no function, no side effect), and
+ * the PsVar bit that restores each (0: not restorable with `= DEFAULT`: the character set
+ * variables come from the handshake, not from the global values). */
+static const struct {
+  const char *name;
+  guint var;
+} prelude_vars[] = {
+  {"autocommit", PS_VAR_AUTOCOMMIT},
+  {"sql_mode", PS_VAR_SQL_MODE},
+  {"time_zone", PS_VAR_TIME_ZONE},
+  {"character_set_client", 0},
+  {"character_set_results", 0},
+  {"character_set_connection", 0},
+  {"collation_connection", 0},
+  {"transaction_isolation", PS_VAR_TX_ISOLATION},
+  {"tx_isolation", PS_VAR_TX_ISOLATION},
+  {"transaction_read_only", PS_VAR_TX_READ_ONLY},
+  {"tx_read_only", PS_VAR_TX_READ_ONLY},
+  {"sql_auto_is_null", PS_VAR_SQL_AUTO_IS_NULL},
 };
 
 gboolean
 ps_watch_is_prelude(const char *sql, size_t len)
 {
+  guint var;
+  return ps_watch_prelude_var(sql, len, &var);
+}
+
+gboolean
+ps_watch_prelude_var(const char *sql, size_t len, guint *var)
+{
+  *var = 0;
   if (!sql || len == 0 || len > PS_PRELUDE_LEN)
     return FALSE;
   const char *p = sql, *end = sql + len;
@@ -118,8 +167,10 @@ ps_watch_is_prelude(const char *sql, size_t len)
       gboolean ok = TRUE;
       for (guint k = 0; tails[i][k] && ok; k++)
         ok = (k == 0 || eat_ws(&q, end)) && eat_kw(&q, end, tails[i][k]);
-      if (ok && q == end)
+      if (ok && q == end) {
+        *var = i < 4 ? PS_VAR_TX_ISOLATION : PS_VAR_TX_READ_ONLY;
         return TRUE;
+      }
     }
     return FALSE;
   }
@@ -135,12 +186,14 @@ ps_watch_is_prelude(const char *sql, size_t len)
   const char *name = p;
   if (!eat_word(&p, end))
     return FALSE;
-  gboolean known = FALSE;
-  for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && !known; i++)
-    known = (size_t)(p - name) == strlen(prelude_vars[i]) &&
-            g_ascii_strncasecmp(name, prelude_vars[i], (size_t)(p - name)) == 0;
-  if (!known)
+  int known = -1;
+  for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && known < 0; i++)
+    if ((size_t)(p - name) == strlen(prelude_vars[i].name) &&
+        g_ascii_strncasecmp(name, prelude_vars[i].name, (size_t)(p - name)) == 0)
+      known = (int)i;
+  if (known < 0)
     return FALSE;
+  *var = prelude_vars[known].var;
   eat_ws(&p, end);
   if (p >= end || *p != '=')
     return FALSE;
@@ -233,12 +286,44 @@ classify_command(enum enum_server_command command, const char *arg, size_t lengt
   }
 }
 
+/* POOLSHIM_RESET=auto: PS_DIRTY_FULL for a command whose effect on the session only a full
+ * reset is known to undo. */
+static guint
+classify_auto(enum enum_server_command command, const char *arg, size_t n)
+{
+  switch (command) {
+  case COM_QUERY:
+    return arg && ps_session_classify_sql(arg, n) != PS_STMT_FULL ? 0 : PS_DIRTY_FULL;
+  case COM_QUIT:
+  case COM_PING:
+  case COM_STATISTICS:
+  case COM_FIELD_LIST:
+  case COM_PROCESS_INFO:
+    return 0;
+  default: /* COM_INIT_DB, prepared statements, COM_RESET_CONNECTION (tracking off), ... */
+    return PS_DIRTY_FULL;
+  }
+}
+
+/* The final reply of the last command is in m (an OK packet, or the EOF that ended a result
+ * set): the server flags any change of what session tracking covers. After a statement the
+ * scan called CLEAN or TXN, nothing explains one. */
+static void
+note_reply(PsWatch *w, const MYSQL *m)
+{
+  if (w->auto_mode && w->last == PS_LAST_QUIET &&
+      (m->server_status & SERVER_SESSION_STATE_CHANGED))
+    w->dirty |= PS_DIRTY_FULL;
+}
+
 static void
 clear_ahead(PsWatch *w)
 {
   for (guint i = 0; i < w->nahead; i++)
     g_free(w->ahead[i]);
   w->nahead = w->next = 0;
+  w->kept = FALSE;
+  w->fake = NULL;
 }
 
 /* Reads the replies of the statements run ahead that nobody asked for. An error reply (a
@@ -270,7 +355,7 @@ catch_up(MYSQL *mysql, PsWatch *w)
   /* The library follows the server's session tracking: a SET NAMES reply it reads switches
    * its client-side character set. The borrower's own commands made it what it is now. */
   const struct ma_charset_info_st *charset = mysql->charset;
-  gboolean ok = drain(mysql, w);
+  gboolean ok = w->kept || drain(mysql, w); /* kept: no reply is owed */
   if (ok) {
     w->bypass = TRUE;
     ok = w->restore && w->restore(mysql, w->restore_data, (const char *const *)w->ahead, matched);
@@ -278,6 +363,7 @@ catch_up(MYSQL *mysql, PsWatch *w)
   }
   mysql->charset = charset;
   clear_ahead(w);
+  w->last = PS_LAST_NONE;
   return ok;
 }
 
@@ -286,27 +372,43 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
                    size_t length, my_bool skip_check, void *opt_arg)
 {
   PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
-  if (w->bypass)
+  /* COM_QUIT ends the session: nothing kept for it needs restoring first. */
+  if (w->bypass || command == COM_QUIT)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+  note_reply(w, mysql); /* the previous command's final reply */
+  w->learnt_pending = -1;
+  w->fake = NULL;
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
-  size_t n = looking && arg ? (length ? length : strlen(arg)) : 0;
-  gboolean prelude = looking && command == COM_QUERY && ps_watch_is_prelude(arg, n);
+  size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;
+  /* Only what the library sends without reading the reply itself (mysql_send_query, as
+   * mysql_real_query does): the reply is then read through watched_read_query_result. */
+  gboolean prelude =
+    looking && command == COM_QUERY && skip_check && ps_watch_is_prelude(arg, n);
+  int learnt = -1;
   if (w->learning) {
-    if (prelude && w->nlearnt < PS_PRELUDE_MAX)
+    if (prelude && w->nlearnt < PS_PRELUDE_MAX) {
+      learnt = (int)w->nlearnt;
       w->learnt[w->nlearnt++] = g_strndup(arg, n);
-    else
+    } else {
       w->learning = FALSE;
+    }
   }
   if (w->next < w->nahead) {
     const char *t = w->ahead[w->next];
     if (prelude && skip_check && strlen(t) == n && memcmp(arg, t, n) == 0 &&
         mysql->status == MYSQL_STATUS_READY &&
         !(mysql->server_status & SERVER_MORE_RESULTS_EXIST)) {
-      /* The server ran this very statement after the reset, in the session state the
-       * borrower has now: its reply is the next packet on the wire, and the library reads
-       * it as the reply to this command. What mthd_my_send_cmd does around a send. */
+      /* On the wire: the server ran this very statement after the reset, in the session
+       * state the borrower has now: its reply is the next packet on the wire, and the
+       * library reads it as the reply to this command. Kept: the session already holds it,
+       * and the reply the server gave it then is given again (watched_read_query_result).
+       * What mthd_my_send_cmd does around a send. */
+      if (w->kept)
+        w->fake = &w->ahead_reply[w->next];
       w->next++;
+      w->learnt_pending = learnt;
+      w->last = PS_LAST_PRELUDE;
       mysql->net.last_errno = 0;
       mysql->net.last_error[0] = '\0';
       strcpy(mysql->net.sqlstate, "00000");
@@ -320,7 +422,59 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
       return 1; /* the library's error is set on mysql, as a failed send would */
   }
   w->dirty |= classify_command(command, arg, length);
+  /* A later SET of a variable whose fresh value is the global one: restored alone. */
+  guint var = 0;
+  gboolean restorable = w->auto_mode && learnt < 0 && command == COM_QUERY && skip_check &&
+                        arg && ps_watch_prelude_var(arg, n, &var) && var;
+  if (restorable)
+    w->restore_vars |= var;
+  else if (w->auto_mode && learnt < 0)
+    w->dirty |= classify_auto(command, arg, n);
+  w->learnt_pending = learnt;
+  w->last = learnt >= 0 || restorable ? PS_LAST_PRELUDE : PS_LAST_QUIET;
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+}
+
+/* Reads the reply of a command, or gives the kept one. In auto mode an OK packet is looked
+ * at: a generated insert id (LAST_INSERT_ID() would show it) and the state change flag. */
+static int
+watched_read_query_result(MYSQL *mysql)
+{
+  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
+  if (w->bypass)
+    return w->orig->db_read_query_result(mysql);
+  int rc = 0;
+  if (w->fake) {
+    /* What ma_read_ok_packet leaves for a SET: the session already is in this state. */
+    const PsReply *r = w->fake;
+    w->fake = NULL;
+    mysql->field_count = 0;
+    mysql->affected_rows = 0;
+    mysql->insert_id = 0;
+    mysql->server_status = r->server_status;
+    mysql->warning_count = r->warning_count;
+    mysql->info = NULL;
+    mysql->charset = r->charset;
+    mysql->status = MYSQL_STATUS_READY;
+  } else {
+    rc = w->orig->db_read_query_result(mysql);
+  }
+  if (rc && w->auto_mode && !(mysql->server_status & SERVER_STATUS_AUTOCOMMIT))
+    w->maybe_in_trans = TRUE;
+  if (w->learnt_pending >= 0) {
+    if (rc)
+      w->dirty |= w->auto_mode ? PS_DIRTY_FULL : 0; /* refused: the session is not as noted */
+    else
+      w->learnt_reply[w->learnt_pending] =
+        (PsReply){mysql->server_status, mysql->warning_count, mysql->charset};
+    w->learnt_pending = -1;
+  }
+  if (!rc && w->auto_mode && mysql->field_count == 0) {
+    if (mysql->insert_id)
+      w->restore_vars |= PS_VAR_LAST_INSERT_ID; /* LAST_INSERT_ID() would show it */
+    note_reply(w, mysql);
+  }
+  return rc;
 }
 
 static void
@@ -329,6 +483,7 @@ hook(PsWatch *w, MYSQL *m)
   w->orig = m->methods;
   w->methods = *m->methods;
   w->methods.db_command = watched_db_command;
+  w->methods.db_read_query_result = watched_read_query_result;
   m->methods = &w->methods;
 }
 
@@ -338,6 +493,7 @@ ps_watch_new(MYSQL *m)
   if (!m->methods || !m->methods->db_command)
     return NULL;
   PsWatch *w = g_new0(PsWatch, 1);
+  w->learnt_pending = -1;
   hook(w, m);
   return w;
 }
@@ -367,6 +523,11 @@ ps_watch_lent(PsWatch *w)
     return;
   clear_learnt(w);
   w->learning = TRUE;
+  w->dirty = 0; /* the pool's own commands since the return are nobody's doing */
+  w->maybe_in_trans = FALSE;
+  w->restore_vars = 0;
+  w->last = PS_LAST_NONE;
+  w->learnt_pending = -1;
 }
 
 guint
@@ -391,6 +552,7 @@ ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data)
     w->ahead[i] = w->learnt[i];
   w->nahead = w->nlearnt;
   w->nlearnt = 0;
+  w->kept = FALSE;
   w->restore = restore;
   w->restore_data = data;
 }
@@ -398,15 +560,89 @@ ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data)
 gboolean
 ps_watch_ahead(const PsWatch *w)
 {
-  return w && w->next < w->nahead;
+  return w && !w->kept && w->next < w->nahead;
+}
+
+guint
+ps_watch_restore_vars(const PsWatch *w)
+{
+  return w ? w->restore_vars : 0;
+}
+
+guint
+ps_watch_setup_vars(const PsWatch *w)
+{
+  if (!w)
+    return 0;
+  guint vars = 0, var;
+  for (guint i = 0; i < w->nlearnt; i++)
+    if (ps_watch_prelude_var(w->learnt[i], strlen(w->learnt[i]), &var))
+      vars |= var;
+  for (guint i = 0; i < w->nahead; i++)
+    if (ps_watch_prelude_var(w->ahead[i], strlen(w->ahead[i]), &var))
+      vars |= var;
+  return vars;
+}
+
+gboolean
+ps_watch_maybe_in_trans(const PsWatch *w)
+{
+  return w && w->maybe_in_trans;
+}
+
+gboolean
+ps_watch_auto(const PsWatch *w)
+{
+  return w && w->auto_mode;
+}
+
+void
+ps_watch_set_auto(PsWatch *w)
+{
+  if (w)
+    w->auto_mode = TRUE;
+}
+
+void
+ps_watch_keep(PsWatch *w, PsWatchRestore restore, gpointer data)
+{
+  if (!w)
+    return;
+  w->learning = FALSE;
+  if (w->kept && w->next < w->nahead) {
+    /* The borrower sent only the first ones of the kept statements, each answered: the
+     * session still holds them all. */
+    w->next = 0;
+    clear_learnt(w);
+    return;
+  }
+  clear_ahead(w);
+  for (guint i = 0; i < w->nlearnt; i++) {
+    w->ahead[i] = w->learnt[i];
+    w->ahead_reply[i] = w->learnt_reply[i];
+  }
+  w->nahead = w->nlearnt;
+  w->nlearnt = 0;
+  w->kept = w->nahead > 0;
+  w->restore = restore;
+  w->restore_data = data;
+}
+
+guint
+ps_watch_kept(const PsWatch *w)
+{
+  return w && w->kept ? w->nahead : 0;
 }
 
 gboolean
 ps_watch_settle(MYSQL *m, PsWatch *w)
 {
-  if (!w || w->next >= w->nahead)
+  if (!w || w->next >= w->nahead) {
+    if (w)
+      clear_ahead(w); /* kept ones go with the reset that follows */
     return TRUE;
-  gboolean ok = m->methods != &w->methods || drain(m, w); /* reconnected: gone with it */
+  }
+  gboolean ok = w->kept || m->methods != &w->methods || drain(m, w); /* reconnected: gone */
   clear_ahead(w);
   return ok;
 }
@@ -418,6 +654,8 @@ ps_watch_take(MYSQL *m, PsWatch *w)
    * table back: what the new session went through is unknown. */
   if (!w || m->methods != &w->methods)
     return PS_DIRTY_ALL;
+  note_reply(w, m); /* the last command's final reply */
+  w->last = PS_LAST_NONE;
   guint bits = w->dirty;
   w->dirty = 0;
   return bits;

@@ -14,7 +14,10 @@ typedef enum {
   PS_DIRTY_DB = 1 << 0,         /* USE, COM_INIT_DB, DROP DATABASE, dynamic SQL, CALL */
   PS_DIRTY_UNPOOLABLE = 1 << 1, /* profiling history, COM_SET_OPTION, unknown commands, a
                                    reconnect: survive every reset or cannot be known */
-  PS_DIRTY_ALL = PS_DIRTY_DB | PS_DIRTY_UNPOOLABLE,
+  PS_DIRTY_FULL = 1 << 2,       /* POOLSHIM_RESET=auto: something only a full reset undoes
+                                   (session.h), a state change the server flagged that no
+                                   statement explains, a generated insert id */
+  PS_DIRTY_ALL = PS_DIRTY_DB | PS_DIRTY_UNPOOLABLE | PS_DIRTY_FULL,
 } PsDirty;
 
 typedef struct PsWatch PsWatch;
@@ -50,14 +53,50 @@ typedef gboolean (*PsWatchRestore)(MYSQL *m, gpointer data, const char *const *r
 /* A statement whose only effect is setting the session's character set, autocommit,
  * transaction characteristics or one of a few session variables to a literal. */
 gboolean ps_watch_is_prelude(const char *sql, size_t len);
+
+/* Session variables whose fresh value is the global one, so that `SET SESSION v = DEFAULT`
+ * restores them (POOLSHIM_RESET=auto). */
+typedef enum {
+  PS_VAR_AUTOCOMMIT = 1 << 0,
+  PS_VAR_SQL_MODE = 1 << 1,
+  PS_VAR_TIME_ZONE = 1 << 2,
+  PS_VAR_TX_ISOLATION = 1 << 3,
+  PS_VAR_TX_READ_ONLY = 1 << 4,
+  PS_VAR_SQL_AUTO_IS_NULL = 1 << 5,
+  PS_VAR_LAST_INSERT_ID = 1 << 6, /* an OK packet with a generated id: set back to 0 */
+  PS_VAR_COUNT = 7
+} PsVar;
+/* ps_watch_is_prelude, and the PsVar bit of the variable it sets in *var (0 when `= DEFAULT`
+ * does not restore it: SET NAMES, the character set variables). */
+gboolean ps_watch_prelude_var(const char *sql, size_t len, guint *var);
+/* The PsVar bits of the variables this borrow set after its leading setup, when nothing
+ * else needs a full reset; and those the leading setup sets (kept, or run ahead): a
+ * variable in both cannot be restored alone. */
+guint ps_watch_restore_vars(const PsWatch *w);
+guint ps_watch_setup_vars(const PsWatch *w);
 /* The connection is lent: its leading preludes are noted from now on. */
 void ps_watch_lent(PsWatch *w);
 /* The preludes this borrow began with (owned by w, valid until the next call below). */
 guint ps_watch_learnt(PsWatch *w, const char *const **stmts);
 /* The reset sent them after its own commands, replies unread; restore undoes a mismatch. */
 void ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data);
-/* Replies of statements run ahead are still on the wire. */
+/* Replies of statements run ahead are still on the wire (not kept ones: they owe none). */
 gboolean ps_watch_ahead(const PsWatch *w);
+/* POOLSHIM_RESET=auto: session tracking is on in m's session (session.h); every command is
+ * classified, and the replies looked at (PS_DIRTY_FULL). */
+void ps_watch_set_auto(PsWatch *w);
+gboolean ps_watch_auto(const PsWatch *w);
+/* A command of this borrow failed while autocommit was off: a transaction may be open
+ * although the status flags (not carried by error packets) do not say so. */
+gboolean ps_watch_maybe_in_trans(const PsWatch *w);
+/* Auto mode, a return with nothing to reset: the session keeps this borrow's leading
+ * setup statements (or still holds all those kept before, when the borrower sent only the
+ * first of them). The next borrower's identical statements are answered with the replies
+ * the server gave them, without sending anything; at its first other command, restore
+ * makes the session the reset one plus what it did send. */
+void ps_watch_keep(PsWatch *w, PsWatchRestore restore, gpointer data);
+/* How many statements the session holds for the next borrower (kept mode). */
+guint ps_watch_kept(const PsWatch *w);
 /* Reads those replies (no restore: a reset follows); FALSE when the connection failed. */
 gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
 

@@ -100,7 +100,7 @@ assert_defaults_except(const PsConfig *cfg, const char *except)
   if (g_strcmp0(except, "POOLSHIM_IDLE_TIMEOUT") != 0)
     cr_assert_eq(cfg->idle_timeout_us, 10 * 60 * SEC);
   if (g_strcmp0(except, "POOLSHIM_RESET") != 0)
-    cr_assert_eq(cfg->reset, PS_RESET_RESET);
+    cr_assert_eq(cfg->reset, PS_RESET_AUTO);
   if (g_strcmp0(except, "POOLSHIM_RESET_TIMEOUT") != 0)
     cr_assert_eq(cfg->reset_timeout_us, 5 * SEC);
   if (g_strcmp0(except, "POOLSHIM_LEAK_WARN") != 0)
@@ -125,7 +125,7 @@ Test(config, an_empty_environment_gives_the_defaults_silently)
   cr_assert_eq(cfg.timeout_us, 30 * SEC);
   cr_assert_eq(cfg.max_lifetime_us, 30 * 60 * SEC);
   cr_assert_eq(cfg.idle_timeout_us, 10 * 60 * SEC);
-  cr_assert_eq(cfg.reset, PS_RESET_RESET);
+  cr_assert_eq(cfg.reset, PS_RESET_AUTO);
   cr_assert_eq(cfg.log_level, PS_LOG_WARN);
   cr_assert_eq(cfg.disable, FALSE);
   cr_assert_str_empty(out, "unexpected output: %s", out);
@@ -183,6 +183,23 @@ Test(config, surrounding_spaces_are_trimmed)
   cr_assert_eq(cfg.timeout_us, 2 * SEC);
   cr_assert_eq(cfg.reset, PS_RESET_ROLLBACK);
   cr_assert_str_empty(out, "unexpected output: %s", out);
+}
+
+Test(config, reset_always_and_its_old_name_reset_mean_the_same)
+{
+  static const char *const always[] = {"POOLSHIM_RESET", "always", NULL};
+  static const char *const old[] = {"POOLSHIM_RESET", "Reset", NULL};
+  static const char *const aut[] = {"POOLSHIM_RESET", "auto", NULL};
+  PsConfig cfg;
+  parse_env(&cfg, always, NULL);
+  cr_assert_eq(cfg.reset, PS_RESET_ALWAYS);
+  ps_config_clear(&cfg);
+  parse_env(&cfg, old, NULL);
+  cr_assert_eq(cfg.reset, PS_RESET_ALWAYS, "the old name of always still works");
+  ps_config_clear(&cfg);
+  parse_env(&cfg, aut, NULL);
+  cr_assert_eq(cfg.reset, PS_RESET_AUTO);
+  ps_config_clear(&cfg);
 }
 
 Test(config, enum_values_ignore_case)
@@ -549,7 +566,7 @@ Test(config, the_first_matching_pool_group_sets_that_pool_alone)
   cr_assert_eq(s.timeout_us, 30 * SEC, "a key the group does not set comes from above");
   ps_config_pool_settings(&cfg, "report@db2:3306/sales", &s);
   cr_assert_eq(s.pool_size, 4);
-  cr_assert_eq(s.reset, PS_RESET_RESET);
+  cr_assert_eq(s.reset, PS_RESET_AUTO);
   ps_config_pool_settings(&cfg, "app@db7:3306/shop", &s);
   cr_assert_eq(s.pool_size, 6, "[default] applies where the group is silent");
   cr_assert_eq(s.timeout_us, 250000);
@@ -588,7 +605,7 @@ ParameterizedTestParameters(config, a_bad_file_entry_is_named_with_its_line)
     {"[default]\npool_size = 7\ntimeout = soon\n", ":3: [default] timeout = \"soon\" is not valid"},
     {"[default]\n\n\npool_sise = 7\n", ":4: [default] unknown key pool_sise ignored; did you mean pool_size?"},
     {"[pool a@*]\nlog = debug\n", ":2: [pool a@*] log cannot be set per pool"},
-    {"[pool a@*]\nreset = sometimes\n", ":2: [pool a@*] reset = \"sometimes\" is not valid (expected one of reset"},
+    {"[pool a@*]\nreset = sometimes\n", ":2: [pool a@*] reset = \"sometimes\" is not valid (expected one of always"},
     {"[defaults]\npool_size = 7\n", ":1: unknown group [defaults] ignored"},
     {"[pool ]\npool_size = 7\n", ":1: [pool ] names no pool"},
     {"[default]\nconfig = /etc/other\n", ":2: [default] config can only be set in the environment (POOLSHIM_CONFIG); ignored"},

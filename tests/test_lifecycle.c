@@ -216,10 +216,12 @@ open_transaction(MYSQL *m, const char *variant)
   return tag;
 }
 
-/* The server stalls before the close: the ROLLBACK the close must read times out, the
- * connection is closed, not pooled, and the server rolls back when the session ends. */
+/* POOLSHIM_RESET=always: the server stalls before the close: the ROLLBACK the close must
+ * read times out, the connection is closed, not pooled, and the server rolls back when the
+ * session ends. */
 Test(lifecycle, an_open_transaction_is_rolled_back_when_its_rollback_times_out)
 {
+  setenv("POOLSHIM_RESET", "always", 1); /* read at the first connect, just below */
   make_table();
   PstProxy *p = pst_proxy_start();
   MYSQL *m = connect_via(p);
@@ -245,6 +247,42 @@ Test(lifecycle, an_open_transaction_is_rolled_back_when_its_rollback_times_out)
   cr_assert_eq(pst_scalar(n, "SELECT @@in_transaction"), 0);
   mysql_close(n);
   pst_proxy_stop(p);
+}
+
+/* POOLSHIM_RESET=auto: a transaction left open costs a ROLLBACK sent at the close without
+ * waiting; the server stalls then: the close still returns at once, and the next borrower
+ * of the session, after the thaw, finds the transaction rolled back, never committed. */
+Test(lifecycle, an_open_transaction_is_rolled_back_by_a_rollback_sent_through_a_stall)
+{
+  make_table();
+  PstProxy *p = pst_proxy_start();
+  MYSQL *m = connect_via(p);
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  g_autofree char *tag = open_transaction(m, "stalled-auto");
+  poolshim_stats_t before;
+  pst_stats(&before);
+  pst_proxy_freeze(p);
+  gint64 t0 = g_get_monotonic_time();
+  mysql_close(m);
+  gint64 took_ms = (g_get_monotonic_time() - t0) / 1000;
+  cr_assert_lt(took_ms, 1000, "mysql_close took %" G_GINT64_FORMAT " ms", took_ms);
+  poolshim_stats_t after;
+  pst_stats(&after);
+  cr_assert_eq(after.idle, before.idle + 1, "the session did not go back to the pool");
+  cr_assert_eq(after.closed, before.closed);
+  pst_proxy_thaw(p);
+  /* The ROLLBACK reaches the server with the thaw (bounded wait: liveness, not speed). */
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (rows_seen(tag) != 0 && g_get_monotonic_time() < deadline)
+    g_usleep(20000);
+  cr_assert_eq(rows_seen(tag), 0, "the transaction is still open");
+  MYSQL *n = connect_via(p);
+  cr_assert_eq(pst_scalar(n, "SELECT @@in_transaction"), 0);
+  mysql_close(n);
+  pst_proxy_stop(p);
+  MYSQL *a = pst_admin();
+  cr_assert_eq(pst_scalar(a, "SELECT COUNT(*) FROM poolshim_test." TABLE " WHERE tag = '%s'", tag),
+               0, "the transaction was committed (session %lld)", id);
 }
 
 /* The same, but the server's connections are cut instead of the server recovering: it

@@ -48,13 +48,19 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
   g_autoptr(GArray) keys = two_pools();
   PsStatsReport r = {.version = "1.2.3", .pid = 42, .program = "gunicorn",
                      .start_time_us = 1700000000500000, .written_time_us = 1700000100000000,
-                     .unpooled = 3, .keys = keys};
+                     .unpooled = 3, .returns = {70, 10, 8, 4, 2, 0}, .keys = keys};
   g_autofree char *text = ps_stats_format(&r);
   static const char *const lines[] = {
     "poolshim_info{version=\"1.2.3\",pid=\"42\",program=\"gunicorn\"} 1",
     "poolshim_process_start_time_seconds{pid=\"42\"} 1700000000.500000",
     "poolshim_written_time_seconds{pid=\"42\"} 1700000100.000000",
     "poolshim_unpooled_total{pid=\"42\"} 3",
+    "poolshim_returns_total{pid=\"42\",plan=\"nothing\"} 70",
+    "poolshim_returns_total{pid=\"42\",plan=\"kept\"} 10",
+    "poolshim_returns_total{pid=\"42\",plan=\"rollback\"} 8",
+    "poolshim_returns_total{pid=\"42\",plan=\"restore\"} 4",
+    "poolshim_returns_total{pid=\"42\",plan=\"full\"} 2",
+    "poolshim_returns_total{pid=\"42\",plan=\"mode\"} 0",
     "poolshim_pool_size{pid=\"42\",pool=\"app@db1:3306/shop\"} 8",
     "poolshim_connections{pid=\"42\",pool=\"app@db1:3306/shop\",state=\"idle\"} 2",
     "poolshim_connections{pid=\"42\",pool=\"app@db1:3306/shop\",state=\"lent\"} 2",
@@ -89,8 +95,9 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
     cr_assert(g_regex_match_simple("^[a-z_]+(\\{.*\\})? [0-9.]+$", all[i], 0, 0), "line: %s",
               all[i]);
   }
-  /* 4 process lines; per pool 3 + 8 single + 8 closed + 7 buckets + sum + count = 28. */
-  cr_assert_eq(samples, 4 + 2 * 28, "%u samples", samples);
+  /* 4 + 6 returns process lines; per pool 3 + 8 single + 8 closed + 7 buckets + sum + count
+   * = 28. */
+  cr_assert_eq(samples, 10 + 2 * 28, "%u samples", samples);
 }
 
 Test(stats, no_pool_yet_gives_a_valid_file)

@@ -128,3 +128,87 @@ Test(watch, a_prelude_is_judged_on_the_given_length_only)
   big[sizeof big - 1] = '\'';
   cr_assert_not(ps_watch_is_prelude(big, sizeof big), "longer than PS_PRELUDE_LEN");
 }
+
+/* ---- session.c: the auto mode's statement scan ---- */
+#include "session.h"
+
+typedef struct {
+  const char *sql;
+  PsStmtKind kind;
+} StmtCase;
+
+static const StmtCase stmt_cases[] = {
+  {"SELECT 1", PS_STMT_CLEAN},
+  {"select connection_id()", PS_STMT_CLEAN},
+  {"SELECT COUNT(*) FROM t WHERE a IN (1, 2) AND b = 'x(y'", PS_STMT_CLEAN},
+  {"INSERT INTO t (a, b) VALUES (1, 'it''s')", PS_STMT_CLEAN},
+  {"UPDATE t SET a = a + 1 WHERE id = (SELECT MAX(id) FROM u)", PS_STMT_CLEAN},
+  {"SELECT @@session.autocommit, @@tx_isolation", PS_STMT_CLEAN},
+  {"SELECT LAST_INSERT_ID( )", PS_STMT_CLEAN},
+  {"SELECT 1;", PS_STMT_CLEAN},
+  {"SHOW WARNINGS", PS_STMT_CLEAN},
+  {"BEGIN", PS_STMT_TXN},
+  {"START TRANSACTION READ ONLY", PS_STMT_TXN},
+  {"commit", PS_STMT_TXN},
+  {"ROLLBACK TO SAVEPOINT s1", PS_STMT_TXN},
+  {"RELEASE SAVEPOINT s1", PS_STMT_TXN},
+  {"SAVEPOINT s1", PS_STMT_TXN},
+  {"COMMIT RELEASE", PS_STMT_FULL},
+  {"BEGIN NOT ATOMIC SELECT 1; END", PS_STMT_FULL},
+  {"SET @a = 1", PS_STMT_FULL},
+  {"SELECT @a := 1", PS_STMT_FULL},
+  {"SELECT @`a`", PS_STMT_FULL},
+  {"SELECT 1 INTO @a", PS_STMT_FULL},
+  {"SELECT 1 INTO OUTFILE '/tmp/x'", PS_STMT_FULL},
+  {"SELECT GET_LOCK('x', 0)", PS_STMT_FULL},
+  {"SELECT get_lock /* */ ('x', 0)", PS_STMT_FULL},
+  {"SELECT LAST_INSERT_ID(5)", PS_STMT_FULL},
+  {"SELECT NEXTVAL(s)", PS_STMT_FULL},
+  {"SELECT NEXT VALUE FOR s", PS_STMT_FULL},
+  {"SELECT f(1)", PS_STMT_FULL},
+  {"SELECT db.count(1)", PS_STMT_FULL},
+  {"SELECT `count`(1)", PS_STMT_FULL},
+  {"SELECT \"f\"(1)", PS_STMT_FULL},
+  {"SELECT 'a\\'', GET_LOCK('x', 0), ''", PS_STMT_FULL},
+  {"SELECT `it's`, GET_LOCK('x', 0), 'y'", PS_STMT_FULL},
+  {"SELECT 1 -- x", PS_STMT_FULL},
+  {"SELECT 1 # x", PS_STMT_FULL},
+  {"/*!SET @a=1*/ SELECT 1", PS_STMT_FULL},
+  {"SELECT 1; SET @a = 1", PS_STMT_FULL},
+  {"SELECT SQL_CALC_FOUND_ROWS * FROM t", PS_STMT_FULL},
+  {"CREATE TEMPORARY TABLE t (a INT)", PS_STMT_FULL},
+  {"HANDLER t OPEN", PS_STMT_FULL},
+  {"LOCK TABLES t READ", PS_STMT_FULL},
+  {"XA START 'x'", PS_STMT_FULL},
+  {"CALL p()", PS_STMT_FULL},
+  {"PREPARE s FROM 'SELECT 1'", PS_STMT_FULL},
+  {"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", PS_STMT_FULL},
+  {"SET NAMES utf8mb4", PS_STMT_FULL},
+  {"SET session_track_state_change = OFF", PS_STMT_FULL},
+  {"USE db", PS_STMT_FULL},
+  {"DO RELEASE_ALL_LOCKS()", PS_STMT_FULL},
+  {"SELECT\xa0GET_LOCK('x', 0)", PS_STMT_FULL},
+  {"SELECT 'unterminated", PS_STMT_FULL},
+  {"", PS_STMT_FULL},
+};
+
+static int stmt_indexes[G_N_ELEMENTS(stmt_cases)];
+
+ParameterizedTestParameters(session, statements_are_classified_conservatively)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS(stmt_cases); i++)
+    stmt_indexes[i] = (int)i;
+  return cr_make_param_array(int, stmt_indexes, G_N_ELEMENTS(stmt_indexes));
+}
+
+ParameterizedTest(int *index, session, statements_are_classified_conservatively)
+{
+  const StmtCase *c = &stmt_cases[*index];
+  cr_assert_eq(ps_session_classify_sql(c->sql, strlen(c->sql)), c->kind, "\"%s\"", c->sql);
+}
+
+Test(session, insert_returning_is_full_its_insert_id_is_not_in_an_ok_packet)
+{
+  const char *sql = "INSERT INTO t (v) VALUES (1) RETURNING id";
+  cr_assert_eq(ps_session_classify_sql(sql, strlen(sql)), PS_STMT_FULL);
+}

@@ -55,8 +55,12 @@ static const struct {
 static const char *const states[] = {"lent", "idle", "opening"}; /* from PS_LENT on */
 /* The other metrics we read, by how they are filed (ps_stat_apply). */
 static const char *const other_metrics[] = {"unpooled_total", "connections", "closed_total",
-                                            "wait_seconds_bucket", "wait_seconds_sum"};
-enum { PS_M_UNPOOLED, PS_M_CONN, PS_M_CLOSED, PS_M_BUCKET, PS_M_SUM };
+                                            "wait_seconds_bucket", "wait_seconds_sum",
+                                            "returns_total"};
+enum { PS_M_UNPOOLED, PS_M_CONN, PS_M_CLOSED, PS_M_BUCKET, PS_M_SUM, PS_M_RETURNS };
+/* poolshim_returns_total{plan=...}: what returns cost the server (POOLSHIM_RESET). */
+static const char *const plans[] = {"nothing", "kept", "rollback", "restore", "full", "mode"};
+#define PS_N_PLANS G_N_ELEMENTS(plans)
 
 typedef struct {
   char *name;
@@ -70,6 +74,7 @@ typedef struct {
   char *program, *version;
   double written; /* epoch seconds; 0 when the file did not say */
   guint64 unpooled;
+  guint64 returns[6];  /* by plans[] */
   GPtrArray *pools;    /* PsStatPool *, in file order */
   GHashTable *by_name; /* pool name -> PsStatPool *, keys owned by the pools */
 } PsStatProc;
@@ -279,6 +284,12 @@ ps_stat_apply(PsStatProc *proc, const PsSample *s)
     return "value is not a non-negative integer";
   if (kind == PS_M_UNPOOLED) {
     proc->unpooled = s->count;
+    return NULL;
+  }
+  if (kind == PS_M_RETURNS) {
+    int plan = ps_stat_index(plans, PS_N_PLANS, ps_stat_label(s, "plan"));
+    if (plan >= 0)
+      proc->returns[plan] = s->count;
     return NULL;
   }
   const char *pool_name = ps_stat_label(s, "pool");
@@ -643,8 +654,20 @@ ps_stat_print_table(GPtrArray *procs, double now)
   GPtrArray *rows = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
   g_ptr_array_add(rows, g_strdupv((char **)headers));
   GString *unpooled = g_string_new(NULL);
+  GString *returns = g_string_new(NULL);
   for (guint p = 0; p < procs->len; p++) {
     const PsStatProc *proc = g_ptr_array_index(procs, p);
+    guint64 any = 0;
+    for (guint i = 0; i < PS_N_PLANS; i++)
+      any += proc->returns[i];
+    if (any) {
+      g_string_append_printf(returns, "returns by cost, pid %" G_GINT64_FORMAT " (%s):",
+                             proc->pid, proc->program ? proc->program : "-");
+      for (guint i = 0; i < PS_N_PLANS; i++)
+        g_string_append_printf(returns, "%s %s %" G_GUINT64_FORMAT, i ? "," : "", plans[i],
+                               proc->returns[i]);
+      g_string_append_c(returns, '\n');
+    }
     PsStatPool total = {0};
     for (guint i = 0; i < proc->pools->len; i++) {
       const PsStatPool *pool = g_ptr_array_index(proc->pools, i);
@@ -678,6 +701,8 @@ ps_stat_print_table(GPtrArray *procs, double now)
   if (unpooled->len)
     printf("unpooled connections (bypassed the pool):%s\n", unpooled->str);
   g_string_free(unpooled, TRUE);
+  fputs(returns->str, stdout);
+  g_string_free(returns, TRUE);
   g_ptr_array_free(rows, TRUE);
 }
 
@@ -756,7 +781,12 @@ ps_stat_print_json(GPtrArray *procs, double now)
       ps_stat_json_double(out, (double)(gint64)(MAX(now - proc->written, 0) * 1000 + 0.5) / 1000);
     else
       g_string_append(out, "null");
-    g_string_append_printf(out, ",\"unpooled\":%" G_GUINT64_FORMAT ",\"pools\":[", proc->unpooled);
+    g_string_append_printf(out, ",\"unpooled\":%" G_GUINT64_FORMAT ",\"returns\":{",
+                           proc->unpooled);
+    for (guint i = 0; i < PS_N_PLANS; i++)
+      g_string_append_printf(out, "%s\"%s\":%" G_GUINT64_FORMAT, i ? "," : "", plans[i],
+                             proc->returns[i]);
+    g_string_append(out, "},\"pools\":[");
     for (guint i = 0; i < proc->pools->len; i++) {
       if (i)
         g_string_append_c(out, ',');
