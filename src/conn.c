@@ -1184,12 +1184,15 @@ ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
   unsigned int rt = m->options.read_timeout, wt = m->options.write_timeout;
   my_bool reconnect = m->options.reconnect;
   const char *why = NULL;
+  PsPlan plan = PS_PLAN_MODE;
   int r = reset_begin(m, PS_RESET_CHANGE_USER, profile, watch, ps_watch_take(m, watch),
-                      timeout_s, &why);
+                      timeout_s, &plan, &why);
   ps_watch_take(m, watch); /* the proof's commands are not the borrower's doing */
   m->options.read_timeout = rt;
   m->options.write_timeout = wt;
   m->options.reconnect = reconnect;
+  if (r == 0 && profile->track)
+    m->server_status = profile->server_status; /* not the tracking SET's state-change flag */
   if (r == 0)
     return PS_PROOF_OK;
   *errnum = m->net.last_errno;
