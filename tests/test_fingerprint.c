@@ -26,6 +26,12 @@ static const char *const residual_always[] = {"found_rows", "warning_count", NUL
 /* Also under POOLSHIM_RESET=auto (issue 12, item 3): a named lock taken inside a stored
  * function that a plain SELECT called leaves no trace in the statement text. */
 static const char *const residual_auto[] = {"lock fp_lfn", NULL};
+/* Not residual but the contract: under auto every pooled session has the server's session
+ * tracking on (README, "What a borrower is guaranteed"), whatever an earlier borrower set.
+ * These are compared with the pool's values, not a fresh unpooled session's. */
+static const char *const tracking_auto[][2] = {{"session_track_state_change", "1"},
+                                                {"session_track_schema", "1"},
+                                                {"session_track_system_variables", "*"}};
 
 /* ---- the corpus ---- */
 
@@ -494,6 +500,9 @@ compare(const Fp *got, const Fp *fresh, gboolean auto_mode, GString *strict,
   for (guint i = 0; i < got->names->len; i++) {
     const char *name = got->names->pdata[i];
     const char *a = got->values->pdata[i], *b = fresh->values->pdata[i];
+    for (guint k = 0; auto_mode && k < G_N_ELEMENTS(tracking_auto); k++)
+      if (g_str_equal(name, tracking_auto[k][0]))
+        b = tracking_auto[k][1];
     if (g_str_equal(a, b))
       continue;
     if (in_list(residual_always, name) || (auto_mode && in_list(residual_auto, name))) {
