@@ -701,10 +701,15 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
             L.append(f"| of which inside libmariadb (session reset: COM_RESET_CONNECTION, "
                      f"COM_INIT_DB, ...) | {s['libmariadb']:,.0f} |")
             L.append(f"| shim-only (total minus libmariadb) | {s['shim_only']:,.0f} |")
-            L.append(f"| - libpoolshim.so's own code | {s['shim_self']:,.0f} |")
+            if "wrapper_cost" in s:
+                L.append(f"| not in total: the shim's wrappers of libmariadb's db_command / "
+                         f"read_query_result on the application's own `SELECT 1` "
+                         f"(classification, reply inspection) | {s['wrapper_cost']:,.0f} |")
+            L.append(f"| whole pair (entry points and wrappers): libpoolshim.so's own code "
+                     f"| {s['shim_self']:,.0f} |")
             for o, c in sorted(s["shim_by_obj"].items(), key=lambda kv: -kv[1]):
                 name = "PLT stubs (object ???)" if o == "???" else o
-                L.append(f"| - called from the shim in {name} | {c:,.0f} |")
+                L.append(f"| whole pair: called from the shim in {name} | {c:,.0f} |")
             L.append(f"| for reference, no shim: libmariadb's own `mysql_real_connect` + "
                      f"`mysql_close` (a physical connect+close, client side) | "
                      f"{s['physical_pair']:,.0f} |")

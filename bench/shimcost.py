@@ -25,12 +25,24 @@ From the callgrind output file (parsed here, not sampled) we take, per pair:
   libmariadb  the part of `total` spent inside libmariadb.so.3: the inclusive cost of
               every call arc from a function of libpoolshim.so into a function of
               libmariadb.so.3 (what libmariadb calls in turn, e.g. libc's memcpy or the
-              send/recv wrappers, is inside those arcs).
+              send/recv wrappers, is inside those arcs), except the arcs out of the
+              shim's callback wrappers. watch.c replaces the connection's db_command and
+              read_query_result methods, so every command libmariadb sends (the loop's
+              own SELECT 1 too, outside `total`) runs libmariadb -> wrapper -> the real
+              method in libmariadb; those pass-through arcs are the application's
+              command, not the shim's, and counting them made this column bigger than
+              `total`. A wrapper run inside the entry points (a command the shim itself
+              sends, e.g. a reset at return) is inside the entry point's outer arc into
+              libmariadb, so there it is counted here, wrapper included.
   shim-only   total - libmariadb: instructions the shim adds on top of the client
-              library's own work: libpoolshim.so's own code (`self`, the sum of the
-              exclusive cost of its functions) plus the GLib/libc/ld.so functions it calls
-              directly (`by object`, inclusive cost of call arcs from libpoolshim.so into
-              each other object, e.g. GLib's SHA-256 for the pool key, dladdr in ld.so).
+              library's own work inside the two entry points.
+  self, by object (detail rows) the whole pair, not only the entry points:
+              libpoolshim.so's own code (`self`, the sum of the exclusive cost of its
+              functions) plus the GLib/libc/ld.so functions it calls directly (`by
+              object`, inclusive cost of call arcs from libpoolshim.so into each other
+              object). These include the wrappers' work on the application's own
+              commands (`wrapper_cost`: callbacks from libmariadb into the shim minus
+              what the wrappers pass on to libmariadb), which is outside `total`.
 
   handle_free the part of `total` that frees the application's handle: libmariadb's
               mysql_close called by the shim on the struct the connection was moved out
@@ -139,6 +151,13 @@ def analyse(path):
     callbacks = 0   # libmariadb -> libpoolshim (would be double-subtracted)
     real_pair = 0   # libmariadb's own mysql_real_connect + mysql_close, called by anyone
     handle_free = 0  # libpoolshim -> libmariadb's mysql_close: freeing a handle
+    # The shim's functions that libmariadb calls back (watch.c's wrappers of the
+    # connection's db_command / read_query_result methods): what they pass on to
+    # libmariadb is the application's own command, not the shim's work.
+    wrappers = {cfn for ((ob, fn), (cob, cfn)) in arcs
+                if obj_kind(ob) == "libmariadb" and obj_kind(cob) == "libpoolshim"
+                and cfn not in shim_entries}
+    passthrough = 0  # wrappers -> libmariadb: the wrapped command itself
     for ((ob, fn), (cob, cfn)), cost in arcs.items():
         kind, ckind = obj_kind(ob), obj_kind(cob)
         if ckind == "libpoolshim" and cfn in shim_entries and kind != "libpoolshim":
@@ -146,7 +165,10 @@ def analyse(path):
         if kind == "libpoolshim" and ckind != "libpoolshim":
             by_obj[ckind] += cost
             if ckind == "libmariadb":
-                libmariadb += cost
+                if fn in wrappers:
+                    passthrough += cost
+                else:
+                    libmariadb += cost
                 if cfn == "mysql_close":
                     handle_free += cost
         if kind == "libmariadb" and ckind == "libpoolshim":
@@ -157,7 +179,8 @@ def analyse(path):
         if obj_kind(ob) == "libpoolshim":
             shim_self += cost
     return dict(total=total, libmariadb=libmariadb, shim_self=shim_self,
-                by_obj=dict(by_obj), callbacks=callbacks, real_pair=real_pair,
+                by_obj=dict(by_obj), callbacks=callbacks, passthrough=passthrough,
+                wrapper_cost=callbacks - passthrough, real_pair=real_pair,
                 handle_free=handle_free)
 
 
@@ -215,6 +238,7 @@ def measure(cycle, lib, workdir, n1=200, n2=1200, modes=("default", "none")):
             shim_by_obj={o: v for o, v in by_obj.items()
                          if o != "libmariadb" and abs(v) >= 0.5},
             callbacks=per("callbacks"),
+            wrapper_cost=per("wrapper_cost"),
             handle_free=per("handle_free"),
             added=total - per("handle_free"),
             annotate_total=ann,
