@@ -68,6 +68,7 @@ static struct {
   gboolean active;
   PsPool *pool;
   GHashTable *lent;      /* MYSQL* handle -> PsPhys* */
+  guint nlent;           /* its size, written under lock (atomic): read without it */
   gboolean forked;       /* set in a child: the pool is the parent's */
   gint64 last_sweep_us;
   guint64 resets, unpooled;
@@ -671,7 +672,9 @@ ps_broker_active(void)
 static void
 maybe_sweep(void)
 {
-  gint64 now = g_get_monotonic_time();
+  /* The time the pool read a moment ago (the connect's acquire, the close's release): a
+   * sweep a second apart needs nothing fresher. */
+  gint64 now = ps_pool_seen_us(B.pool);
   gint64 last = __atomic_load_n(&B.last_sweep_us, __ATOMIC_RELAXED);
   if (now - last < G_USEC_PER_SEC ||
       !__atomic_compare_exchange_n(&B.last_sweep_us, &last, now, FALSE, __ATOMIC_RELAXED,
@@ -704,6 +707,7 @@ take_lease(MYSQL *m)
   PsPhys *p = NULL;
   g_mutex_lock(&B.lock);
   g_hash_table_steal_extended(B.lent, m, NULL, (gpointer *)&p); /* one lookup */
+  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent), __ATOMIC_RELEASE);
   g_mutex_unlock(&B.lock);
   return p;
 }
@@ -725,6 +729,7 @@ lend(PsPhys *p, MYSQL *m)
   phys_enter(p, PS_PHYS_LENT, NULL);
   g_mutex_lock(&B.lock);
   g_hash_table_insert(B.lent, m, p);
+  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent), __ATOMIC_RELEASE);
   g_mutex_unlock(&B.lock);
 }
 
@@ -794,11 +799,12 @@ revoke_key(PsPool *pool, PsPoolKey *pk, unsigned int errnum)
  * POOLSHIM_REVALIDATE. Unless PS_PROOF_OK, the connection is back out of m (m is as before
  * the connect) and closed. */
 static PsProof
-prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s)
+prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m, gint64 now, unsigned int reset_s,
+             gint64 net_deadline)
 {
-  gint64 now = g_get_monotonic_time();
   if (!ps_pool_key_claim_proof(pk, now, B.config.revalidate_us))
     return PS_PROOF_OK;
+  unsigned int timeout_s = MIN(reset_s, seconds_left(net_deadline));
   unsigned int errnum = 0;
   PsProof proof = ps_conn_reauthenticate(m, p->profile, p->watch, timeout_s, &errnum);
   ps_debug("pool %s: credentials proved again: %s (%u)", ps_pool_key_label(pk),
@@ -936,7 +942,8 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   }
   /* A handle the application freed without mysql_close (mysql_init(&local) out of scope)
    * may come back at the same address: its old lease is a leak, not a live connection. */
-  PsPhys *stale = take_lease(m);
+  /* Nothing lent (a single-threaded loop's every connect): no lease to look for. */
+  PsPhys *stale = __atomic_load_n(&B.nlent, __ATOMIC_ACQUIRE) ? take_lease(m) : NULL;
   if (stale) {
     ps_warn("a handle of %s was reused without mysql_close; its connection is leaked",
             ps_pool_key_label(stale->item->owner));
@@ -1043,7 +1050,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       }
       ps_conn_move(m, p->shell);
       ps_conn_adopt(m);
-      PsProof proof = prove_if_due(p, pk, m, MIN(reset_s, seconds_left(net_deadline)));
+      /* The pool's clock at the grant: no second reading on the way to the lend. */
+      PsProof proof = prove_if_due(p, pk, m, grant.now_us, reset_s, net_deadline);
       if (proof == PS_PROOF_LOST)
         continue;
       if (proof == PS_PROOF_REFUSED)

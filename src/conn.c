@@ -970,7 +970,7 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
                       ps_watch_maybe_in_trans(watch) || (vars & PS_VAR_AUTOCOMMIT);
   char set[256] = "SET SESSION ";
-  for (guint i = 0; i < PS_VAR_COUNT; i++) {
+  for (guint i = 0; vars && i < PS_VAR_COUNT; i++) {
     if (vars & (1u << i)) {
       if (set[strlen(set) - 1] != ' ')
         g_strlcat(set, ", ", sizeof set);

@@ -55,6 +55,7 @@ struct PsPool {
   GQueue waiters;   /* of PsWaiter.link, in arrival order */
   guint total_open;
   gint64 (*now)(void);
+  gint64 seen_us; /* the last reading of `now` by acquire/release (atomic, relaxed) */
   gboolean (*ready)(PsItem *item); /* NULL: every idle connection is ready */
   gboolean grow_past_busy;          /* open rather than wait for a reset to finish */
   guint dispatch_pass;
@@ -147,6 +148,12 @@ ps_pool_set_ready_check(PsPool *pool, gboolean (*ready)(PsItem *item), gboolean 
   pool->ready = ready;
   pool->grow_past_busy = grow;
   g_mutex_unlock(&pool->lock);
+}
+
+gint64
+ps_pool_seen_us(PsPool *pool)
+{
+  return __atomic_load_n(&pool->seen_us, __ATOMIC_RELAXED);
 }
 
 void
@@ -549,6 +556,8 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, gboolean may_grow, PsG
   memset(grant, 0, sizeof *grant);
   g_mutex_lock(&pool->lock);
   gint64 now = pool->now();
+  __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
+  grant->now_us = now;
   sweep_key(pool, key, now, &grant->victims);
   /* Nobody overtakes a waiter of the same key: arrival order is the contract. */
   if (!has_waiter_for(pool, key) && try_serve(pool, key, now, may_grow, grant)) {
@@ -575,7 +584,9 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, gboolean may_grow, PsG
       break;
     }
   }
-  grant->waited_us = pool->now() - started;
+  grant->now_us = pool->now();
+  __atomic_store_n(&pool->seen_us, grant->now_us, __ATOMIC_RELAXED);
+  grant->waited_us = grant->now_us - started;
   count_wait(key, grant->waited_us);
   g_mutex_unlock(&pool->lock);
   g_cond_clear(&w.cond);
@@ -645,6 +656,7 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
   PsPoolKey *key = item->owner;
   g_mutex_lock(&pool->lock);
   gint64 now = pool->now();
+  __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
   key->lent--;
   if (reset)
     key->counts.resets++;

@@ -48,6 +48,7 @@ typedef struct {
   PsItem *item;
   GSList *victims; /* PsItem*s no longer counted: the caller closes them, then frees them */
   gint64 waited_us;
+  gint64 now_us;       /* the pool's clock when the grant was made */
   gboolean first_wait; /* this key's first wait ever: worth one info line */
   guint busy_idle;     /* PS_GRANT_OPEN: idle connections passed over as not ready */
 } PsGrant;
@@ -188,3 +189,6 @@ void ps_pool_set_ready_check(PsPool *pool, gboolean (*ready)(PsItem *item), gboo
 
 /* For unit tests: replaces g_get_monotonic_time. */
 void ps_pool_set_clock(PsPool *pool, gint64 (*now)(void));
+/* The pool's clock as the last acquire or release read it (0 before any): for what needs
+ * no fresher time than that, without a clock read of its own. */
+gint64 ps_pool_seen_us(PsPool *pool);
