@@ -698,8 +698,9 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
             L.append("|---|---:|")
             L.append(f"| total: inclusive cost of libpoolshim's `mysql_real_connect` + "
                      f"`mysql_close` | {s['total']:,.0f} |")
-            L.append(f"| of which inside libmariadb (session reset: COM_RESET_CONNECTION, "
-                     f"COM_INIT_DB, ...) | {s['libmariadb']:,.0f} |")
+            L.append(f"| of which inside libmariadb (freeing the handle, setting its options; "
+                     f"the reset's commands and replies when one is sent) "
+                     f"| {s['libmariadb']:,.0f} |")
             L.append(f"| shim-only (total minus libmariadb) | {s['shim_only']:,.0f} |")
             if "wrapper_cost" in s:
                 L.append(f"| not in total: the shim's wrappers of libmariadb's db_command / "
