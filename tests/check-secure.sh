@@ -12,12 +12,26 @@ fail() { echo "FAIL: $*"; exit 1; }
 for v in PS_TEST_HOST PS_TEST_PORT PS_TEST_USER PS_TEST_PASSWORD PS_TEST_DB; do
   eval "[ -n \"\${$v:-}\" ]" || fail "$v is not set (run through scripts/test)"
 done
-dir=$(mktemp -d "$work/pst-secure.XXXXXX")
+# The directory of the copy must be on a file system without nosuid and reachable by
+# `nobody` through every parent: a checkout under a 0700 directory (mktemp -d) is not, so
+# the build directory is tried first, then /var/tmp and /tmp.
+dir= why=
+for base in "$work" /var/tmp /tmp; do
+  d=$(mktemp -d "$base/pst-secure.XXXXXX") || continue
+  chmod 755 "$d"
+  if findmnt -n -o OPTIONS -T "$d" | tr ',' '\n' | grep -qx nosuid; then
+    why="$why $base: nosuid;"
+  elif ! setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups \
+      test -x "$d/."; then
+    why="$why $base: not reachable by nobody;"
+  else
+    dir=$d
+    break
+  fi
+  rm -rf "$d"
+done
+[ -n "$dir" ] || fail "no directory where a setuid copy can run as nobody:$why"
 trap 'rm -rf "$dir"' EXIT
-if findmnt -n -o OPTIONS -T "$dir" | tr ',' '\n' | grep -qx nosuid; then
-  fail "$dir is on a nosuid file system: setuid cannot be tested there"
-fi
-chmod 755 "$dir"
 cp "$probe" "$dir/secureprobe"
 cp "$lib" "$dir/libpoolshim.so"
 chown root:root "$dir/secureprobe" "$dir/libpoolshim.so"
