@@ -21,7 +21,7 @@ for base in "$work" /var/tmp /tmp; do
   chmod 755 "$d"
   if findmnt -n -o OPTIONS -T "$d" | tr ',' '\n' | grep -qx nosuid; then
     why="$why $base: nosuid;"
-  elif ! setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups \
+  elif ! env -u LD_PRELOAD setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups \
       test -x "$d/."; then
     why="$why $base: not reachable by nobody;"
   else
