@@ -189,10 +189,7 @@ fill_pools(PsPool *pool)
       }
       ps_pool_key_proved(key, g_get_monotonic_time());
       phys_on_pool_handle(p, h);
-      /* Idle before the pool holds it (a waiter may take it at once); p->item is set under
-       * the pool's lock before anyone can. */
-      ps_phys_enter(p, PS_PHYS_IDLE, "opened ahead (POOLSHIM_MIN_IDLE)");
-      ps_pool_filled(pool, key, p, &p->item);
+      ps_phys_fill(p, key);
     }
   }
   ps_pool_key_list_free(pool, keys);
@@ -648,15 +645,6 @@ lend(PsPhys *p, MYSQL *m)
   ps_phys_attach(p, m);
 }
 
-/* Gives a connection (IDLE or RESET_SENT) back to the pool, or closes it when the pool says
- * it has expired. */
-static void
-release_or_expire(PsPhys *p, gboolean reset)
-{
-  if (!ps_pool_release(p->pool, p->item, reset))
-    ps_phys_close(p, NULL, p->item->close_reason, "max lifetime reached");
-}
-
 /* ---- revalidation (POOLSHIM_REVALIDATE) ----
  * A pool compares a connect's password with the one its connections authenticated with,
  * and COM_RESET_CONNECTION does not authenticate: without a new proof, credentials the
@@ -811,7 +799,7 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
            "more", ps_pool_key_label(pk), busy);
   ps_pool_key_proved(pk, g_get_monotonic_time());
   phys_on_pool_handle(p, h);
-  p->item = ps_pool_opened(pool, pk, p);
+  ps_phys_opened(p, pk);
   ps_conn_move(m, p->shell);
   ps_conn_adopt(m);
   lend(p, m);
@@ -912,10 +900,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      gboolean owed = p->state == PS_PHYS_RESET_SENT;
-      ps_phys_enter(p, PS_PHYS_CLAIMED, NULL);
-      if (owed && !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile,
-                                     MIN(reset_s, seconds_left(net_deadline)), &why)) {
+      if (ps_phys_claim(p) && !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile,
+                                 MIN(reset_s, seconds_left(net_deadline)), &why)) {
         ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */
@@ -939,8 +925,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
         /* Two keys with one digest: never lend across identities, connect unpooled. */
         ps_warn("pool %s: digest collision; connecting without the pool",
                 ps_pool_key_label(pk));
-        ps_phys_enter(p, PS_PHYS_IDLE, "digest collision");
-        release_or_expire(p, FALSE);
+        ps_phys_release(p, FALSE, "digest collision");
         __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
         return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
       }
@@ -1023,7 +1008,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       }
     }
     p->profile = profile;
-    p->item = ps_pool_opened(pool, pk, p);
+    ps_phys_opened(p, pk);
     watch_opened(p, m, tracking);
     lend(p, m);
     if (!profile)
@@ -1113,8 +1098,7 @@ ps_broker_close(MYSQL *m)
   /* The emptied handle is freed exactly as the real close frees it: its options, its
    * statements (invalidated), and the struct itself when mysql_init allocated it. */
   ps_real.close(m);
-  ps_phys_enter(p, p->pending > 0 ? PS_PHYS_RESET_SENT : PS_PHYS_IDLE, NULL);
-  release_or_expire(p, TRUE);
+  ps_phys_release(p, TRUE, NULL);
   maybe_sweep();
 }
 

@@ -8,12 +8,17 @@
 #include "log.h"
 
 static const char *const state_names[PS_PHYS_STATES] = {
-  [PS_PHYS_OPENING] = "opening",   [PS_PHYS_IDLE] = "idle",
-  [PS_PHYS_RESET_SENT] = "reset sent", [PS_PHYS_CLAIMED] = "claimed",
-  [PS_PHYS_LENT] = "lent",         [PS_PHYS_TAKEABLE] = "takeable",
-  [PS_PHYS_PINNED] = "pinned",     [PS_PHYS_DOOMED] = "doomed",
-  [PS_PHYS_RETURNING] = "returning", [PS_PHYS_ORPHANED] = "orphaned",
-  [PS_PHYS_CLOSED] = "closed",
+    [PS_PHYS_OPENING] = "opening",
+    [PS_PHYS_IDLE] = "idle",
+    [PS_PHYS_RESET_SENT] = "reset sent",
+    [PS_PHYS_CLAIMED] = "claimed",
+    [PS_PHYS_LENT] = "lent",
+    [PS_PHYS_TAKEABLE] = "takeable",
+    [PS_PHYS_PINNED] = "pinned",
+    [PS_PHYS_DOOMED] = "doomed",
+    [PS_PHYS_RETURNING] = "returning",
+    [PS_PHYS_ORPHANED] = "orphaned",
+    [PS_PHYS_CLOSED] = "closed",
 };
 
 #define O PS_PHYS_OPENING
@@ -30,17 +35,17 @@ static const char *const state_names[PS_PHYS_STATES] = {
 /* from -> the states it may enter. TAKEABLE and PINNED: the moves lending per transaction
  * will make (issue 13); nothing enters them yet. */
 static const gboolean allowed[PS_PHYS_STATES][PS_PHYS_STATES] = {
-  [O] = {[I] = TRUE, [L] = TRUE, [X] = TRUE},
-  [I] = {[C] = TRUE, [F] = TRUE, [X] = TRUE},
-  [S] = {[C] = TRUE, [F] = TRUE, [X] = TRUE},
-  [C] = {[L] = TRUE, [I] = TRUE, [X] = TRUE},
-  [L] = {[T] = TRUE, [P] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
-  [T] = {[L] = TRUE, [P] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
-  [P] = {[L] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
-  [D] = {[D] = TRUE, [F] = TRUE, [X] = TRUE}, /* a second reason replaces the first */
-  [R_] = {[I] = TRUE, [S] = TRUE, [X] = TRUE},
-  [F] = {[X] = TRUE},
-  [X] = {0},
+    [O] = {[I] = TRUE, [L] = TRUE, [X] = TRUE},
+    [I] = {[C] = TRUE, [F] = TRUE, [X] = TRUE},
+    [S] = {[C] = TRUE, [F] = TRUE, [X] = TRUE},
+    [C] = {[L] = TRUE, [I] = TRUE, [X] = TRUE},
+    [L] = {[T] = TRUE, [P] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
+    [T] = {[L] = TRUE, [P] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
+    [P] = {[L] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
+    [D] = {[D] = TRUE, [F] = TRUE, [X] = TRUE}, /* a second reason replaces the first */
+    [R_] = {[I] = TRUE, [S] = TRUE, [X] = TRUE},
+    [F] = {[X] = TRUE},
+    [X] = {0},
 };
 #undef O
 #undef I
@@ -133,6 +138,38 @@ ps_phys_enter(PsPhys *p, PsPhysState to, const char *reason)
     __atomic_fetch_add(&R.count[to], 1, __ATOMIC_RELAXED);
   }
   return TRUE;
+}
+
+void
+ps_phys_opened(PsPhys *p, PsPoolKey *key)
+{
+  p->item = ps_pool_opened(p->pool, key, p);
+}
+
+void
+ps_phys_fill(PsPhys *p, PsPoolKey *key)
+{
+  if (ps_phys_enter(p, PS_PHYS_IDLE, "opened ahead (POOLSHIM_MIN_IDLE)"))
+    ps_pool_filled(p->pool, key, p, &p->item);
+}
+
+gboolean
+ps_phys_release(PsPhys *p, gboolean reset, const char *reason)
+{
+  if (!ps_phys_enter(p, p->pending > 0 ? PS_PHYS_RESET_SENT : PS_PHYS_IDLE, reason))
+    return FALSE; /* a bug, logged: it stays out of the idle queue, as it was */
+  if (ps_pool_release(p->pool, p->item, reset))
+    return TRUE;
+  ps_phys_close(p, NULL, p->item->close_reason, "max lifetime reached");
+  return FALSE;
+}
+
+gboolean
+ps_phys_claim(PsPhys *p)
+{
+  gboolean owed = p->state == PS_PHYS_RESET_SENT;
+  ps_phys_enter(p, PS_PHYS_CLAIMED, NULL);
+  return owed;
 }
 
 gboolean

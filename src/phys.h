@@ -39,23 +39,23 @@ typedef enum {
 } PsPhysState;
 
 typedef struct PsPhys {
-  PsPhysState state;     /* only ps_phys_enter writes it */
-  PsItem *item;          /* the pool's record: slot, age, idle time */
-  PsPool *pool;          /* the generation it belongs to (a forked child has a new one) */
-  MYSQL *shell;          /* pool-owned struct that holds it while not lent; kept for reuse */
-  MYSQL *handle;         /* the application's struct while in the handle table */
+  PsPhysState state; /* only ps_phys_enter writes it */
+  PsItem *item;      /* the pool's record: slot, age, idle time */
+  PsPool *pool;      /* the generation it belongs to (a forked child has a new one) */
+  MYSQL *shell;      /* pool-owned struct that holds it while not lent; kept for reuse */
+  MYSQL *handle;     /* the application's struct while in the handle table */
   PsConnProfile *profile;
-  int pending;           /* RESET_SENT (and CLAIMED until read): the reset's replies owed */
-  PsPlan plan;           /* what the last return sent (POOLSHIM_RESET=auto chooses) */
-  const char *doom;      /* DOOMED: why it is never pooled again */
+  int pending;      /* RESET_SENT (and CLAIMED until read): the reset's replies owed */
+  PsPlan plan;      /* what the last return sent (POOLSHIM_RESET=auto chooses) */
+  const char *doom; /* DOOMED: why it is never pooled again */
   gint64 lent_since_us;
   gboolean leak_warned;
-  int nframes;           /* the borrower's backtrace, kept only with POOLSHIM_LEAK_WARN */
+  int nframes; /* the borrower's backtrace, kept only with POOLSHIM_LEAK_WARN */
   void *frames[16];
   gboolean cloexec_done;
-  int slot_fd;           /* POOLSHIM_HOST_MAX slot this connection holds; -1 = none */
-  PsHostSlots *slots;    /* ... and the server's slot set it came from */
-  PsWatch *watch;        /* what borrowers did to the session that a reset keeps */
+  int slot_fd;        /* POOLSHIM_HOST_MAX slot this connection holds; -1 = none */
+  PsHostSlots *slots; /* ... and the server's slot set it came from */
+  PsWatch *watch;     /* what borrowers did to the session that a reset keeps */
 } PsPhys;
 
 /* What closing needs from the client library (conn.c, watch.c in the library). */
@@ -64,8 +64,8 @@ typedef struct {
   void (*close_and_wait)(MYSQL *m, int timeout_ms); /* ... and waits for the server's close */
   int (*close_keep_socket)(MYSQL *m);               /* ... keeping a socket to wait on */
   void (*wait_sockets_closed)(const int *fds, guint n, gint64 deadline_us);
-  void (*abandon)(MYSQL *m);                        /* without a word (fork, dead server) */
-  void (*close_handle)(MYSQL *m);                   /* the application's handle: mysql_close */
+  void (*abandon)(MYSQL *m);      /* without a word (fork, dead server) */
+  void (*close_handle)(MYSQL *m); /* the application's handle: mysql_close */
   void (*watch_free)(PsWatch *w);
 } PsPhysOps;
 
@@ -83,6 +83,20 @@ PsPhys *ps_phys_new(PsPool *pool, PsConnProfile *profile, int slot_fd, PsHostSlo
  * state is unchanged), logged as an error, and a g_critical in test builds. Every move is
  * logged at debug level with `reason` (may be NULL) and counted. */
 gboolean ps_phys_enter(PsPhys *p, PsPhysState to, const char *reason);
+
+/* The moves that are also moves between the pool's lists (pool.c, under its lock): the
+ * idle queue holds exactly the IDLE and RESET_SENT ones.
+ * opened: after the pool granted a slot (PS_GRANT_OPEN), p (OPENING) gets its item.
+ * fill: OPENING -> IDLE into the idle queue (POOLSHIM_MIN_IDLE); a waiter may take it at
+ *   once, so p->item is written under the pool's lock first.
+ * release: RETURNING or CLAIMED -> RESET_SENT (`pending` > 0) or IDLE, into the idle
+ *   queue; or closed when the pool says it has expired (FALSE). `reset`: for the counters.
+ * claim: one the pool granted from its idle queue -> CLAIMED; TRUE when the replies of its
+ *   reset are still owed (`pending`). */
+void ps_phys_opened(PsPhys *p, PsPoolKey *key);
+void ps_phys_fill(PsPhys *p, PsPoolKey *key);
+gboolean ps_phys_release(PsPhys *p, gboolean reset, const char *reason);
+gboolean ps_phys_claim(PsPhys *p);
 
 /* Handle table. attach: OPENING or CLAIMED -> LENT inside `m`. detach: takes m's
  * connection out of the table (NULL: none); LENT, TAKEABLE and PINNED enter RETURNING,

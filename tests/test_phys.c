@@ -85,13 +85,13 @@ fake_watch_free(PsWatch *w)
 }
 
 static const PsPhysOps fake_ops = {
-  .close = fake_close,
-  .close_and_wait = fake_close_and_wait,
-  .close_keep_socket = fake_close_keep_socket,
-  .wait_sockets_closed = fake_wait,
-  .abandon = fake_abandon,
-  .close_handle = fake_close_handle,
-  .watch_free = fake_watch_free,
+    .close = fake_close,
+    .close_and_wait = fake_close_and_wait,
+    .close_keep_socket = fake_close_keep_socket,
+    .wait_sockets_closed = fake_wait,
+    .abandon = fake_abandon,
+    .close_handle = fake_close_handle,
+    .watch_free = fake_watch_free,
 };
 
 static void
@@ -126,9 +126,8 @@ G_STATIC_ASSERT((int)N == (int)PS_PHYS_STATES && (int)O == (int)PS_PHYS_OPENING 
 
 /* Each state's allowed next states, as letters (O I S C L T P D R F X). */
 static const char *const expected_moves[N] = {
-  [O] = "ILX",    [I] = "CFX",    [S] = "CFX",     [C] = "LIX",
-  [L] = "TPDRFX", [T] = "LPDRFX", [P] = "LDRFX",  [D] = "DFX",
-  [R] = "ISX",    [F] = "X",      [X] = "",
+    [O] = "ILX",   [I] = "CFX", [S] = "CFX", [C] = "LIX", [L] = "TPDRFX", [T] = "LPDRFX",
+    [P] = "LDRFX", [D] = "DFX", [R] = "ISX", [F] = "X",   [X] = "",
 };
 static const char letters[] = "OISCLTPDRFX";
 
@@ -181,8 +180,8 @@ phys_in(int state)
   default:
     cr_assert_fail("no path to %d", state);
   }
-  cr_assert_eq(p->state, (PsPhysState)state, "reached %s, wanted %s",
-               ps_phys_state_name(p->state), ps_phys_state_name((PsPhysState)state));
+  cr_assert_eq(p->state, (PsPhysState)state, "reached %s, wanted %s", ps_phys_state_name(p->state),
+               ps_phys_state_name((PsPhysState)state));
   return p;
 }
 
@@ -269,7 +268,7 @@ Test(phys, the_counts_follow_the_states_through_a_life)
   for (guint i = 0; i < 4; i++)
     ps[i] = ps_phys_new(NULL, NULL, -1, NULL);
   assert_counts(ps, 4);
-  cr_assert(ps_phys_attach(ps[0], H(0))); /* opened on the application's handle */
+  cr_assert(ps_phys_attach(ps[0], H(0)));              /* opened on the application's handle */
   cr_assert(ps_phys_enter(ps[1], PS_PHYS_IDLE, NULL)); /* filled ahead */
   cr_assert(ps_phys_enter(ps[2], PS_PHYS_IDLE, NULL));
   cr_assert(ps_phys_enter(ps[2], PS_PHYS_CLAIMED, NULL));
@@ -350,7 +349,7 @@ opened_lent(Pool *pl, guint i, int slot_fd)
   ps_pool_acquire(pl->pool, pl->key, g_get_monotonic_time() + 5 * G_USEC_PER_SEC, &g);
   cr_assert_eq(g.kind, PS_GRANT_OPEN);
   PsPhys *p = ps_phys_new(pl->pool, NULL, slot_fd, NULL);
-  p->item = ps_pool_opened(pl->pool, pl->key, p);
+  ps_phys_opened(p, pl->key);
   p->shell = SH(i);
   cr_assert(ps_phys_attach(p, H(i)));
   return p;
@@ -385,8 +384,8 @@ Test(phys, closing_tells_the_pool_once_with_the_reason)
   cr_assert_eq(c.closed_by[PS_CLOSE_UNCLEAN], 1);
   /* b: returned clean, idle, then taken out at exit: the pool counted that close itself. */
   cr_assert_eq(ps_phys_detach(H(1)), b);
-  cr_assert(ps_phys_enter(b, PS_PHYS_IDLE, NULL));
-  cr_assert(ps_pool_release(pl.pool, b->item, TRUE));
+  cr_assert(ps_phys_release(b, TRUE, NULL));
+  cr_assert_eq(b->state, PS_PHYS_IDLE);
   cr_assert_eq(counts_of(&pl).idle, 1);
   ps_phys_close_items(ps_pool_take_idle(pl.pool, TRUE, PS_CLOSE_SHUTDOWN), FALSE);
   c = counts_of(&pl);
@@ -422,8 +421,8 @@ Test(phys, orphaned_idle_connections_pass_through_orphaned_before_closed)
   PsPhys *p = opened_lent(&pl, 0, -1);
   cr_assert_eq(ps_phys_detach(H(0)), p);
   p->pending = 1;
-  cr_assert(ps_phys_enter(p, PS_PHYS_RESET_SENT, NULL));
-  cr_assert(ps_pool_release(pl.pool, p->item, TRUE));
+  cr_assert(ps_phys_release(p, TRUE, NULL));
+  cr_assert_eq(p->state, PS_PHYS_RESET_SENT);
   ps_phys_close_items(ps_pool_take_idle(pl.pool, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
   cr_assert_str_eq(calls.trace->str, "abandon(shell) ");
   cr_assert_eq(ps_phys_count(PS_PHYS_ORPHANED), 0);
@@ -441,8 +440,7 @@ Test(phys, at_exit_every_idle_one_closes_and_the_waits_are_one)
   for (guint i = 0; i < 3; i++) {
     PsPhys *p = ps[i];
     cr_assert_eq(ps_phys_detach(H(i)), p);
-    cr_assert(ps_phys_enter(p, PS_PHYS_IDLE, NULL));
-    cr_assert(ps_pool_release(pl.pool, p->item, TRUE));
+    cr_assert(ps_phys_release(p, TRUE, NULL));
   }
   ps_phys_close_items_at_exit(ps_pool_take_idle(pl.pool, TRUE, PS_CLOSE_SHUTDOWN), 1000);
   cr_assert_eq(calls.close, 3);
@@ -450,5 +448,60 @@ Test(phys, at_exit_every_idle_one_closes_and_the_waits_are_one)
   cr_assert_eq(ps_phys_count(PS_PHYS_IDLE), 0);
   cr_assert_eq(ps_phys_count(PS_PHYS_CLOSED), 0);
   cr_assert_eq(counts_of(&pl).open, 0);
+  free_pool(&pl);
+}
+
+/* The pool's idle queue holds exactly the IDLE and RESET_SENT ones, its lent count the
+ * claimed, lent and returning ones: after every move the two views agree. */
+static void
+assert_lists_agree(Pool *pl)
+{
+  PsPoolCounts c = counts_of(pl);
+  guint idle = ps_phys_count(PS_PHYS_IDLE) + ps_phys_count(PS_PHYS_RESET_SENT);
+  guint lent = ps_phys_count(PS_PHYS_CLAIMED) + ps_phys_count(PS_PHYS_LENT) +
+               ps_phys_count(PS_PHYS_DOOMED) + ps_phys_count(PS_PHYS_RETURNING);
+  cr_assert_eq(c.idle, idle, "the pool has %u idle, the states say %u", c.idle, idle);
+  cr_assert_eq(c.lent, lent, "the pool has %u lent, the states say %u", c.lent, lent);
+  cr_assert_eq(c.open, idle + lent + ps_phys_count(PS_PHYS_OPENING));
+}
+
+Test(phys, the_pool_lists_and_the_states_agree_after_every_move)
+{
+  Pool pl = new_pool();
+  PsPhys *a = opened_lent(&pl, 0, -1);
+  PsPhys *b = opened_lent(&pl, 1, -1);
+  assert_lists_agree(&pl);
+  cr_assert_eq(ps_phys_detach(H(0)), a);
+  assert_lists_agree(&pl);
+  a->pending = 2;
+  cr_assert(ps_phys_release(a, TRUE, NULL));
+  assert_lists_agree(&pl);
+  /* The next connect gets it: claimed, its replies owed, then lent. */
+  PsGrant g;
+  ps_pool_acquire_no_grow(pl.pool, pl.key, g_get_monotonic_time() + G_USEC_PER_SEC, &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  cr_assert_eq(g.item->conn, a);
+  cr_assert(ps_phys_claim(a), "its reset's replies are owed");
+  assert_lists_agree(&pl);
+  a->pending = 0;
+  cr_assert(ps_phys_attach(a, H(2)));
+  assert_lists_agree(&pl);
+  ps_phys_doom(H(1), "change_user");
+  assert_lists_agree(&pl);
+  cr_assert_eq(ps_phys_detach(H(1)), b);
+  ps_phys_close(b, H(1), PS_CLOSE_UNCLEAN, b->doom);
+  assert_lists_agree(&pl);
+  cr_assert_eq(ps_phys_detach(H(2)), a);
+  cr_assert(ps_phys_release(a, TRUE, NULL));
+  cr_assert_eq(a->state, PS_PHYS_IDLE);
+  assert_lists_agree(&pl);
+  ps_pool_acquire_no_grow(pl.pool, pl.key, g_get_monotonic_time() + G_USEC_PER_SEC, &g);
+  cr_assert_eq(g.item->conn, a);
+  cr_assert_not(ps_phys_claim(a), "nothing owed after a reset with no replies");
+  assert_lists_agree(&pl);
+  ps_phys_close(a, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
+  assert_lists_agree(&pl);
+  cr_assert_eq(counts_of(&pl).open, 0);
+  cr_assert_eq(ps_phys_refused(), 0);
   free_pool(&pl);
 }
