@@ -13,7 +13,6 @@
  * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <execinfo.h>
 #include <unistd.h>
@@ -23,46 +22,21 @@
 #include <errmsg.h>
 #include <mysqld_error.h>
 
+#include "broker-state.h"
 #include "config.h"
 #include "conn.h"
 #include "hostslots.h"
+#include "house.h"
 #include "log.h"
 #include "phys.h"
 #include "pool.h"
-#include "ps-version.h"
 #include "stats.h"
 
 G_STATIC_ASSERT(PS_PLAN_COUNT == PS_STATS_PLANS);
 static const char *const reset_names[] = {"always", "change_user", "rollback", "none", "auto"};
 
-static struct {
-  GMutex lock;           /* guards `pool`, `forked` and `host_slots` */
-  PsConfig config;
-  gboolean active;
-  PsPool *pool;
-  gboolean forked;       /* set in a child: the pool is the parent's */
-  gint64 last_sweep_us;
-  guint64 resets, unpooled;
-  guint64 plans[PS_PLAN_COUNT]; /* returns by what they cost (PsPlan) */
-  GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
-  GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
-  GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
-  char *host_root;
-  /* POOLSHIM_STATS_FILE: the writer thread of this process and what the file says. */
-  GMutex stats_lock;     /* one writer at a time: the thread, and exit */
-  int stats_pid;         /* the process whose thread writes (0 = none; a child starts its own) */
-  gboolean stats_warned;
-  char *program;
-  gint64 start_time_us;
-  gboolean stopping;     /* drained (exit, mysql_library_end): nothing is opened ahead any more */
-  GMutex house_lock;     /* guards house_busy; held briefly, never across I/O */
-  GCond house_idle;      /* signalled when house_busy becomes FALSE */
-  gboolean house_busy;   /* the housekeeper is in a tick (maybe inside the client library) */
-} B;
+PsBrokerState ps_broker_state;
 
-static void start_watchdog(void);
-static void start_stats_writer(void);
-static void start_housekeeper(void);
 
 /* Closes victims the pool handed back (expired, evicted, dead), outside every lock. */
 static void
@@ -98,29 +72,6 @@ new_pool(void)
   return pool;
 }
 
-/* The server part of a pool's name, user@SERVER/db[#n] (ps_conn_key_label): the key of
- * B.host_slots. */
-static void
-label_server(const char *label, char *buf, gsize len)
-{
-  const char *at = strrchr(label, '@');
-  const char *slash = at ? strrchr(at, '/') : NULL;
-  g_strlcpy(buf, at ? at + 1 : "", MIN(len, slash ? (gsize)(slash - at) : 1));
-}
-
-/* Whether a pool (by its label, user@SERVER/db[#n]) talks to `server`. */
-static gboolean
-label_has_server(const char *label, gpointer server)
-{
-  char of_label[512];
-  label_server(label, of_label, sizeof of_label);
-  return g_str_equal(of_label, server);
-}
-
-/* The housekeeper: twice a second, idle connections past their timeouts or closed by the
- * server are closed and pools below POOLSHIM_MIN_IDLE are filled. With POOLSHIM_HOST_MAX, a quiet process must not sit
- * on idle slots while another process waits: ten times a second (a hundred while it is
- * handing slots over), an idle connection of each server someone waits for is closed. */
 /* Starts watching the connection just opened in m. POOLSHIM_RESET=auto needs session
  * tracking on in it: turned on here unless the profile's first query already did
  * (`tracking`); a connection where that fails gets the full reset at every return. */
@@ -137,216 +88,13 @@ watch_opened(PsPhys *p, MYSQL *m, gboolean tracking)
 
 /* A connection (OPENING) just opened on a pool-owned handle (the key's template): watched
  * and close-on-exec until it is filled or lent. */
-static void
-phys_on_pool_handle(PsPhys *p, MYSQL *h)
+void
+ps_broker_on_pool_handle(PsPhys *p, MYSQL *h)
 {
   p->shell = h;
   watch_opened(p, h, FALSE);
   ps_conn_set_cloexec(h);
   p->cloexec_done = TRUE;
-}
-
-/* POOLSHIM_MIN_IDLE: opens idle connections in the background until each pool that can has
- * its minimum (replacing those the sweep just closed), one at a time, no lock held. */
-static void
-fill_pools(PsPool *pool)
-{
-  if (__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE))
-    return;
-  GPtrArray *keys = ps_pool_key_list(pool);
-  for (guint i = 0; i < keys->len; i++) {
-    PsPoolKey *key = keys->pdata[i];
-    PsConnProfile *profile = ps_pool_key_data(key);
-    if (!profile || !profile->opener || ps_pool_key_revoked(key))
-      continue;
-    while (!__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE) && ps_pool_reserve_fill(pool, key)) {
-      int slot_fd = -1;
-      PsHostSlots *slots = NULL;
-      if (B.config.host_max) {
-        /* Never wait for a host slot here: filling ahead must not take one from a process
-         * that needs it now. */
-        char server[512];
-        label_server(ps_pool_key_label(key), server, sizeof server);
-        g_mutex_lock(&B.lock);
-        slots = g_hash_table_lookup(B.host_slots, server);
-        g_mutex_unlock(&B.lock);
-        if (slots && !ps_host_slots_contended(slots))
-          slot_fd = ps_host_slot_try_acquire(slots);
-        if (slot_fd < 0) {
-          ps_pool_fill_failed(pool, key);
-          break;
-        }
-      }
-      char err[MYSQL_ERRMSG_SIZE];
-      PsPhys *p = ps_phys_new(pool, profile, slot_fd, slots);
-      MYSQL *h = ps_conn_template_open(profile->opener, 0, err, sizeof err);
-      if (!h) {
-        ps_phys_close(p, NULL, PS_CLOSE_DEAD, "opening failed"); /* gives the slot back */
-        ps_pool_fill_failed(pool, key);
-        ps_debug("pool %s: opening an idle connection in the background failed: %s",
-                 ps_pool_key_label(key), err);
-        break;
-      }
-      ps_pool_key_proved(key, g_get_monotonic_time());
-      phys_on_pool_handle(p, h);
-      ps_phys_fill(p, key);
-    }
-  }
-  ps_pool_key_list_free(pool, keys);
-}
-
-/* An idle connection the server has closed (KILL, restart, its own timeout): one poll
- * without waiting. */
-static gboolean
-idle_dead(PsItem *item, gpointer data)
-{
-  PsPhys *p = item->conn;
-  return ps_conn_idle_closed(p->shell,
-                             p->state == PS_PHYS_RESET_SENT || ps_watch_ahead(p->watch));
-}
-
-/* A pool that has had no connection, no waiter and no connect for this long is freed with
- * its label, counters and password (memory stays bounded when every connect brings other
- * credentials); a pool that never had a connection goes at once (ps_broker_connect). */
-#define PS_POOL_FORGET_US (60 * G_USEC_PER_SEC)
-
-static void
-forget_pools(PsPool *pool)
-{
-  guint n = ps_pool_forget_unused(pool, PS_POOL_FORGET_US);
-  if (n)
-    ps_debug("freed %u pools unused for %d s", n, (int)(PS_POOL_FORGET_US / G_USEC_PER_SEC));
-}
-
-/* What every tick does: reap, then fill. */
-static void
-keep_pools(PsPool *pool)
-{
-  forget_pools(pool);
-  close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
-  /* Nothing is said to a server that has gone (PS_CLOSE_DEAD). */
-  close_victims(ps_pool_take_idle_matching(pool, idle_dead, NULL, PS_CLOSE_DEAD), FALSE);
-  fill_pools(pool);
-}
-
-static gboolean hand_over_slots(PsPool *pool);
-
-/* One tick of the housekeeper, FALSE once the process is draining. */
-static gboolean
-house_tick(gboolean *handed_over)
-{
-  /* No lock across the tick (it connects and closes): fork() never waits for the network;
-   * only the drain waits for house_busy to end (ps_broker_drain). */
-  g_mutex_lock(&B.house_lock);
-  gboolean stopping = __atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE);
-  B.house_busy = !stopping;
-  g_mutex_unlock(&B.house_lock);
-  if (stopping)
-    return FALSE;
-  if (B.config.host_max)
-    *handed_over = hand_over_slots(B.pool);
-  keep_pools(B.pool);
-  g_mutex_lock(&B.house_lock);
-  B.house_busy = FALSE;
-  g_cond_broadcast(&B.house_idle);
-  g_mutex_unlock(&B.house_lock);
-  return TRUE;
-}
-
-static gpointer
-housekeeper(gpointer data)
-{
-  gboolean handed_over = FALSE;
-  do {
-    /* Right after a hand-over, look again soon: a burst of waiters gets one slot per tick. */
-    g_usleep(handed_over ? 10 * 1000 : B.config.host_max ? 100 * 1000 : 500 * 1000);
-    handed_over = FALSE;
-  } while (house_tick(&handed_over));
-  return NULL;
-}
-
-/* POOLSHIM_HOST_MAX: for each server someone waits for, the longest-idle connection of this
- * process closes and frees its slot. TRUE when one did. */
-static gboolean
-hand_over_slots(PsPool *pool)
-{
-  gboolean handed_over = FALSE;
-  g_mutex_lock(&B.lock);
-  GList *servers = g_hash_table_get_keys(B.host_slots);
-  GList *sets = g_hash_table_get_values(B.host_slots);
-  g_mutex_unlock(&B.lock);
-  for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next) {
-    if (!v->data || !ps_host_slots_contended(v->data))
-      continue;
-    GSList *victim =
-      ps_pool_take_oldest_idle(pool, label_has_server, s->data, PS_CLOSE_OVER_LIMIT);
-    handed_over |= victim != NULL;
-    close_victims(victim, FALSE);
-  }
-  g_list_free(servers);
-  g_list_free(sets);
-  return handed_over;
-}
-
-/* Only where it has work: POOLSHIM_MIN_IDLE (anywhere) or POOLSHIM_HOST_MAX. */
-static void
-start_housekeeper(void)
-{
-  if (B.config.host_max || ps_config_any_min_idle(&B.config))
-    g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
-}
-
-/* POOLSHIM_STATS_FILE: one snapshot of every pool, formatted and renamed into place. */
-static void
-write_stats(void)
-{
-  PsStatsReport r = {
-    .version = POOLSHIM_VERSION,
-    .pid = (int)getpid(),
-    .program = B.program,
-    .start_time_us = B.start_time_us,
-    .written_time_us = g_get_real_time(),
-    .unpooled = __atomic_load_n(&B.unpooled, __ATOMIC_RELAXED),
-    .returns = {__atomic_load_n(&B.plans[PS_PLAN_NOTHING], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_KEEP], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_ROLLBACK], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_RESTORE], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_FULL], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
-  };
-  g_mutex_lock(&B.stats_lock);
-  r.keys = ps_pool_snapshot(B.pool);
-  g_autofree char *text = ps_stats_format(&r);
-  g_autofree char *path = ps_stats_expand_path(B.config.stats_file, r.pid, B.program);
-  g_autoptr(GError) error = NULL;
-  if (!ps_stats_write_file(path, text, &error) && !B.stats_warned) {
-    B.stats_warned = TRUE;
-    ps_warn("POOLSHIM_STATS_FILE: %s (further failures are not reported)", error->message);
-  }
-  g_array_unref(r.keys);
-  g_mutex_unlock(&B.stats_lock);
-}
-
-static gpointer
-stats_writer(gpointer data)
-{
-  for (;;) {
-    g_usleep((gulong)B.config.stats_interval_us);
-    write_stats();
-  }
-  return NULL;
-}
-
-/* In the process that parsed the configuration, and again in each forked child that uses
- * the pool (threads do not survive fork; the file name's %p changes). */
-static void
-start_stats_writer(void)
-{
-  if (!B.config.stats_file)
-    return;
-  B.stats_pid = (int)getpid();
-  write_stats(); /* the file exists from the first connect on */
-  g_thread_unref(g_thread_new("poolshim-stats", stats_writer, NULL));
 }
 
 static void
@@ -356,7 +104,7 @@ exit_drain(void)
   /* The last word, with the shutdown closes counted; only where a writer ran (a child that
    * never used the pool writes nothing). */
   if (B.config.stats_file && B.stats_pid == (int)getpid())
-    write_stats();
+    ps_house_write_stats();
 }
 
 /* fork() takes every lock in the lock order (top of this file), so that a child never
@@ -430,103 +178,13 @@ adopt_fork(void)
     /* Threads do not survive fork(). Started after B.lock is released: the stats writer
      * takes stats_lock, which comes before B.lock in the lock order. Not when the child's
      * first call is its drain (exit, mysql_library_end). */
-    start_watchdog();
-    start_stats_writer();
-    start_housekeeper();
+    ps_house_start();
   }
   if (old) {
     ps_debug("fork detected: abandoning the parent's idle connections");
     close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
     /* `old` itself stays allocated: the parent's lent handles still point into it. */
   }
-}
-
-/* One line per frame of where a connection was borrowed, as "object(symbol+offset)". */
-static char *
-describe_frames(void *const *frames, int n)
-{
-  GString *out = g_string_new(NULL);
-  Dl_info self;
-  gboolean know_self = dladdr((void *)describe_frames, &self) != 0;
-  for (int i = 0; i < n; i++) {
-    Dl_info info;
-    /* The shim's own frames say nothing about who borrowed: start at the caller. */
-    if (know_self && dladdr(frames[i], &info) && info.dli_fbase == self.dli_fbase)
-      continue;
-    if (dladdr(frames[i], &info) && info.dli_fname) {
-      const char *obj = strrchr(info.dli_fname, '/');
-      g_string_append_printf(out, " <- %s(%s+0x%lx)", obj ? obj + 1 : info.dli_fname,
-                             info.dli_sname ? info.dli_sname : "?",
-                             (unsigned long)((char *)frames[i] -
-                                             (char *)(info.dli_saddr ? info.dli_saddr
-                                                                     : info.dli_fbase)));
-    } else {
-      g_string_append_printf(out, " <- %p", frames[i]);
-    }
-  }
-  return g_string_free(out, FALSE);
-}
-
-typedef struct {
-  char *label;
-  gint64 held_ms;
-  int nframes;
-  void *frames[16];
-} PsLeak;
-
-typedef struct {
-  gint64 now;
-  GSList *leaks;
-} PsLeakScan;
-
-/* Under the handle table's lock: no I/O, no other lock. */
-static void
-note_leak(PsPhys *p, gpointer data)
-{
-  PsLeakScan *scan = data;
-  if (p->leak_warned || p->state == PS_PHYS_ORPHANED ||
-      scan->now - p->lent_since_us < B.config.leak_warn_us)
-    return;
-  p->leak_warned = TRUE;
-  PsLeak *leak = g_new0(PsLeak, 1);
-  leak->label = g_strdup(ps_pool_key_label(p->item->owner));
-  leak->held_ms = (scan->now - p->lent_since_us) / 1000;
-  leak->nframes = p->nframes;
-  memcpy(leak->frames, p->frames, sizeof leak->frames);
-  scan->leaks = g_slist_prepend(scan->leaks, leak);
-}
-
-/* Warns once per borrow about connections held longer than POOLSHIM_LEAK_WARN (HikariCP's
- * leakDetectionThreshold). The scan holds the handle table's lock briefly; the writing
- * happens after it. */
-static gpointer
-watchdog(gpointer data)
-{
-  gint64 period = MAX(MIN(B.config.leak_warn_us / 2, G_USEC_PER_SEC), 10000);
-  for (;;) {
-    g_usleep((gulong)period);
-    PsLeakScan scan = {.now = g_get_monotonic_time()};
-    ps_phys_foreach_attached(note_leak, &scan);
-    GSList *leaks = scan.leaks;
-    for (GSList *l = leaks; l; l = l->next) {
-      PsLeak *leak = l->data;
-      g_autofree char *where = describe_frames(leak->frames, leak->nframes);
-      ps_warn("possible leak: a connection of pool %s has been held for %" G_GINT64_FORMAT
-              " ms (POOLSHIM_LEAK_WARN); borrowed at%s",
-              leak->label, leak->held_ms, where);
-      g_free(leak->label);
-      g_free(leak);
-    }
-    g_slist_free(leaks);
-  }
-  return NULL;
-}
-
-static void
-start_watchdog(void)
-{
-  if (B.config.leak_warn_us > 0)
-    B.watchdog = g_thread_new("poolshim-leaks", watchdog, NULL);
 }
 
 /* Closing, as phys.c asks for it: the client library's ways (conn.c) and the real close. */
@@ -575,7 +233,6 @@ init_once(void)
     /* Registered after the client library initialised itself (and its TLS library), so it
      * runs before their exit handlers tear them down. */
     atexit(exit_drain);
-    start_watchdog();
     if (B.config.host_max) {
       B.host_slots = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                            (GDestroyNotify)ps_host_slots_free);
@@ -584,8 +241,7 @@ init_once(void)
       ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
     }
     B.active = TRUE;
-    start_stats_writer();
-    start_housekeeper();
+    ps_house_start();
   }
   g_once_init_leave(&done, 1);
 }
@@ -609,7 +265,7 @@ maybe_sweep(void)
                                    __ATOMIC_RELAXED))
     return;
   close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
-  forget_pools(B.pool);
+  ps_house_forget_pools(B.pool);
 }
 
 static unsigned int
@@ -798,7 +454,7 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   ps_debug("pool %s: the %u idle connections were still busy with their reset: opened one "
            "more", ps_pool_key_label(pk), busy);
   ps_pool_key_proved(pk, g_get_monotonic_time());
-  phys_on_pool_handle(p, h);
+  ps_broker_on_pool_handle(p, h);
   ps_phys_opened(p, pk);
   ps_conn_move(m, p->shell);
   ps_conn_adopt(m);
@@ -1118,13 +774,7 @@ ps_broker_drain(void)
 {
   if (!B.active)
     return;
-  /* The housekeeper finishes its tick and stops: nothing calls the client library behind
-   * the application's back while it shuts down. */
-  __atomic_store_n(&B.stopping, TRUE, __ATOMIC_RELEASE);
-  g_mutex_lock(&B.house_lock);
-  while (B.house_busy) /* at most the connect it is in: bounded by the connect timeout */
-    g_cond_wait(&B.house_idle, &B.house_lock);
-  g_mutex_unlock(&B.house_lock);
+  ps_house_stop();
   adopt_fork();
   close_all_idle();
 }
