@@ -2,7 +2,8 @@
  * transition function, the handle table and the one close-then-free sequence. Makes no
  * decision (broker.c does) and knows no MYSQL internals (the PsPhysOps given to it).
  * Its lock (R.lock) guards the handle table only; it comes after broker.c's B.lock and
- * before the pool's lock in the lock order, and no I/O or other lock is taken under it. */
+ * before the pool's lock in the lock order; no I/O is done and no lock but log.c's leaf
+ * lock is taken under it. */
 #include "phys.h"
 
 #include "log.h"
