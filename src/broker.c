@@ -1,18 +1,18 @@
-/* broker.c: the pool policy. Owns the process-wide pool, the table of lent handles and the
- * life of each physical connection (PsPhysState and phys_enter). Knows nothing of MYSQL
+/* broker.c: the pool policy. Owns the process-wide pool and decides each physical
+ * connection's moves (phys.c carries them out: its states, handle table and close). Knows nothing of MYSQL
  * internals (conn.c) and finds no symbols (interpose.c). No lock is held across I/O.
  *
  * Lock order (a thread that holds one may take only those after it; before_fork takes them
  * all in this order; ThreadSanitizer's deadlock detector checks it in the tsan pass):
  *   1. B.house_lock      (house_busy only)
  *   2. B.stats_lock      (one statistics writer; held while the file is written)
- *   3. B.lock            (lent handles, B.pool, B.forked, B.host_slots)
- *   4. PsPool.lock       (pool.c; its ready/match callbacks take no lock)
- *   5. hostslots.c's registry_lock
+ *   3. B.lock            (B.pool, B.forked, B.host_slots)
+ *   4. phys.c's lock     (the table of attached handles)
+ *   5. PsPool.lock       (pool.c; its ready/match callbacks take no lock)
+ *   6. hostslots.c's registry_lock
  * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <execinfo.h>
 #include <unistd.h>
@@ -22,135 +22,28 @@
 #include <errmsg.h>
 #include <mysqld_error.h>
 
+#include "broker-state.h"
 #include "config.h"
 #include "conn.h"
 #include "hostslots.h"
+#include "house.h"
 #include "log.h"
+#include "phys.h"
 #include "pool.h"
-#include "ps-version.h"
 #include "stats.h"
 
-/* The life of one physical connection. */
-typedef enum {
-  PS_PHYS_LENT,      /* inside an application handle */
-  PS_PHYS_RESETTING, /* returned; its session is being cleaned in a pool-owned shell */
-  PS_PHYS_IDLE,      /* clean, in the pool, waiting for the next borrower */
-  PS_PHYS_CLOSED,    /* closed with a reason; the struct is about to be freed */
-} PsPhysState;
-
-static const char *const state_names[] = {"lent", "resetting", "idle", "closed"};
 G_STATIC_ASSERT(PS_PLAN_COUNT == PS_STATS_PLANS);
 static const char *const reset_names[] = {"always", "change_user", "rollback", "none", "auto"};
 
-typedef struct {
-  PsPhysState state;
-  PsItem *item;          /* the pool's record: slot, age, idle time */
-  PsPool *pool;          /* the generation it belongs to (a forked child has a new one) */
-  MYSQL *shell;          /* pool-owned struct that holds it while not lent; kept for reuse */
-  MYSQL *handle;         /* the application's struct while lent */
-  PsConnProfile *profile;
-  int pending;             /* replies of a reset sent at return, read before lending */
-  PsPlan plan;             /* what the last return sent (POOLSHIM_RESET=auto chooses) */
-  const char *unpoolable;   /* set while lent (change_user, replication): never pool again */
-  gint64 lent_since_us;
-  gboolean leak_warned;
-  int nframes;              /* the borrower's backtrace, kept only with POOLSHIM_LEAK_WARN */
-  void *frames[16];
-  gboolean cloexec_done;
-  int slot_fd;              /* POOLSHIM_HOST_MAX slot this connection holds; -1 = none */
-  PsHostSlots *slots;       /* ... and the server's slot set it came from */
-  PsWatch *watch;           /* what borrowers did to the session that a reset keeps */
-} PsPhys;
+PsBrokerState ps_broker_state;
 
-static struct {
-  GMutex lock;           /* guards `lent`, `pool` and `forked` */
-  PsConfig config;
-  gboolean active;
-  PsPool *pool;
-  GHashTable *lent;      /* MYSQL* handle -> PsPhys* */
-  guint nlent;           /* its size, written under lock (atomic): read without it */
-  gboolean forked;       /* set in a child: the pool is the parent's */
-  gint64 last_sweep_us;
-  guint64 resets, unpooled;
-  guint64 plans[PS_PLAN_COUNT]; /* returns by what they cost (PsPlan) */
-  GThread *watchdog;     /* POOLSHIM_LEAK_WARN only */
-  GSList *inherited;     /* pools of the parent, kept for its lent handles' bookkeeping */
-  GHashTable *host_slots; /* server ("host:port") -> PsHostSlots*, POOLSHIM_HOST_MAX only */
-  char *host_root;
-  /* POOLSHIM_STATS_FILE: the writer thread of this process and what the file says. */
-  GMutex stats_lock;     /* one writer at a time: the thread, and exit */
-  int stats_pid;         /* the process whose thread writes (0 = none; a child starts its own) */
-  gboolean stats_warned;
-  char *program;
-  gint64 start_time_us;
-  gboolean stopping;     /* drained (exit, mysql_library_end): nothing is opened ahead any more */
-  GMutex house_lock;     /* guards house_busy; held briefly, never across I/O */
-  GCond house_idle;      /* signalled when house_busy becomes FALSE */
-  gboolean house_busy;   /* the housekeeper is in a tick (maybe inside the client library) */
-} B;
 
-static void start_watchdog(void);
-static void start_stats_writer(void);
-static void start_housekeeper(void);
-
-static void
-phys_enter(PsPhys *p, PsPhysState to, const char *reason)
-{
-  static const gboolean allowed[4][4] = {
-    /* from \ to:      LENT   RESETTING IDLE   CLOSED */
-    [PS_PHYS_LENT] = {FALSE, TRUE, FALSE, TRUE},
-    [PS_PHYS_RESETTING] = {FALSE, FALSE, TRUE, TRUE},
-    [PS_PHYS_IDLE] = {TRUE, FALSE, FALSE, TRUE},
-    [PS_PHYS_CLOSED] = {FALSE, FALSE, FALSE, FALSE},
-  };
-  g_return_if_fail(allowed[p->state][to]);
-  if (to == PS_PHYS_CLOSED)
-    ps_debug("closing a connection of %s (%s -> closed): %s",
-             ps_pool_key_label(p->item->owner), state_names[p->state], reason);
-  p->state = to;
-}
-
-/* Frees the bookkeeping of a connection that is closed (or abandoned): only now is its
- * host-wide slot given back, so the server never sees more than POOLSHIM_HOST_MAX. */
-static void
-phys_free(PsPhys *p)
-{
-  ps_host_slot_release(p->slot_fd); /* ignores -1 */
-  ps_watch_free(p->watch); /* only now: the library called through it until the close */
-  ps_pool_item_free(p->item);
-  g_free(p);
-}
-
-/* Closes the shell of a connection politely; one that holds a POOLSHIM_HOST_MAX slot waits
- * until the server has let the session go, so the slot never outlives the session. */
-static void
-close_shell(PsPhys *p)
-{
-  if (p->slot_fd >= 0)
-    ps_conn_close_and_wait(p->shell, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
-  else
-    ps_conn_close(p->shell);
-}
-
-/* Closes victims the pool handed back (expired, evicted), outside every lock. */
+/* Closes victims the pool handed back (expired, evicted, dead), outside every lock. */
 static void
 close_victims(GSList *victims, gboolean inherited)
 {
-  if (!victims)
-    return; /* the usual case, on every connect */
-  for (GSList *l = victims; l; l = l->next) {
-    PsItem *item = l->data;
-    PsPhys *p = item->conn;
-    phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
-    if (inherited)
-      p->slot_fd = -1; /* the parent's slot: our copy was closed at fork, never unlock it */
-    if (inherited)
-      ps_conn_abandon(p->shell);
-    else
-      close_shell(p);
-    phys_free(p);
-  }
-  g_slist_free(victims);
+  if (victims) /* rarely: not on every connect */
+    ps_phys_close_items(victims, inherited);
 }
 
 /* An idle connection can be lent at once when the replies of the reset sent at its return
@@ -159,7 +52,7 @@ static gboolean
 phys_ready(PsItem *item)
 {
   PsPhys *p = item->conn;
-  return ps_conn_replies_arrived(p->shell, p->pending);
+  return p->state != PS_PHYS_RESET_SENT || ps_conn_replies_arrived(p->shell, p->pending);
 }
 
 static PsPool *
@@ -179,29 +72,6 @@ new_pool(void)
   return pool;
 }
 
-/* The server part of a pool's name, user@SERVER/db[#n] (ps_conn_key_label): the key of
- * B.host_slots. */
-static void
-label_server(const char *label, char *buf, gsize len)
-{
-  const char *at = strrchr(label, '@');
-  const char *slash = at ? strrchr(at, '/') : NULL;
-  g_strlcpy(buf, at ? at + 1 : "", MIN(len, slash ? (gsize)(slash - at) : 1));
-}
-
-/* Whether a pool (by its label, user@SERVER/db[#n]) talks to `server`. */
-static gboolean
-label_has_server(const char *label, gpointer server)
-{
-  char of_label[512];
-  label_server(label, of_label, sizeof of_label);
-  return g_str_equal(of_label, server);
-}
-
-/* The housekeeper: twice a second, idle connections past their timeouts or closed by the
- * server are closed and pools below POOLSHIM_MIN_IDLE are filled. With POOLSHIM_HOST_MAX, a quiet process must not sit
- * on idle slots while another process waits: ten times a second (a hundred while it is
- * handing slots over), an idle connection of each server someone waits for is closed. */
 /* Starts watching the connection just opened in m. POOLSHIM_RESET=auto needs session
  * tracking on in it: turned on here unless the profile's first query already did
  * (`tracking`); a connection where that fails gets the full reset at every return. */
@@ -216,231 +86,15 @@ watch_opened(PsPhys *p, MYSQL *m, gboolean tracking)
     ps_watch_set_auto(p->watch);
 }
 
-/* The bookkeeping of a connection just opened on a pool-owned handle (the key's template):
- * watched, close-on-exec, and clean (PS_PHYS_IDLE) until it is filled or lent. */
-static PsPhys *
-phys_on_pool_handle(PsPool *pool, PsConnProfile *profile, MYSQL *h, int slot_fd,
-                    PsHostSlots *slots)
+/* A connection (OPENING) just opened on a pool-owned handle (the key's template): watched
+ * and close-on-exec until it is filled or lent. */
+void
+ps_broker_on_pool_handle(PsPhys *p, MYSQL *h)
 {
-  PsPhys *p = g_new0(PsPhys, 1);
-  p->slot_fd = slot_fd;
-  p->slots = slots;
-  p->pool = pool;
-  p->profile = profile;
   p->shell = h;
   watch_opened(p, h, FALSE);
   ps_conn_set_cloexec(h);
   p->cloexec_done = TRUE;
-  p->state = PS_PHYS_IDLE;
-  return p;
-}
-
-/* POOLSHIM_MIN_IDLE: opens idle connections in the background until each pool that can has
- * its minimum (replacing those the sweep just closed), one at a time, no lock held. */
-static void
-fill_pools(PsPool *pool)
-{
-  if (__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE))
-    return;
-  GPtrArray *keys = ps_pool_key_list(pool);
-  for (guint i = 0; i < keys->len; i++) {
-    PsPoolKey *key = keys->pdata[i];
-    PsConnProfile *profile = ps_pool_key_data(key);
-    if (!profile || !profile->opener || ps_pool_key_revoked(key))
-      continue;
-    while (!__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE) && ps_pool_reserve_fill(pool, key)) {
-      int slot_fd = -1;
-      PsHostSlots *slots = NULL;
-      if (B.config.host_max) {
-        /* Never wait for a host slot here: filling ahead must not take one from a process
-         * that needs it now. */
-        char server[512];
-        label_server(ps_pool_key_label(key), server, sizeof server);
-        g_mutex_lock(&B.lock);
-        slots = g_hash_table_lookup(B.host_slots, server);
-        g_mutex_unlock(&B.lock);
-        if (slots && !ps_host_slots_contended(slots))
-          slot_fd = ps_host_slot_try_acquire(slots);
-        if (slot_fd < 0) {
-          ps_pool_fill_failed(pool, key);
-          break;
-        }
-      }
-      char err[MYSQL_ERRMSG_SIZE];
-      MYSQL *h = ps_conn_template_open(profile->opener, 0, err, sizeof err);
-      if (!h) {
-        ps_host_slot_release(slot_fd);
-        ps_pool_fill_failed(pool, key);
-        ps_debug("pool %s: opening an idle connection in the background failed: %s",
-                 ps_pool_key_label(key), err);
-        break;
-      }
-      ps_pool_key_proved(key, g_get_monotonic_time());
-      PsPhys *p = phys_on_pool_handle(pool, profile, h, slot_fd, slots);
-      ps_pool_filled(pool, key, p, &p->item); /* p->item is set before anyone can take it */
-    }
-  }
-  ps_pool_key_list_free(pool, keys);
-}
-
-/* An idle connection the server has closed (KILL, restart, its own timeout): one poll
- * without waiting. */
-static gboolean
-idle_dead(PsItem *item, gpointer data)
-{
-  PsPhys *p = item->conn;
-  return ps_conn_idle_closed(p->shell, p->pending > 0 || ps_watch_ahead(p->watch));
-}
-
-/* A pool that has had no connection, no waiter and no connect for this long is freed with
- * its label, counters and password (memory stays bounded when every connect brings other
- * credentials); a pool that never had a connection goes at once (ps_broker_connect). */
-#define PS_POOL_FORGET_US (60 * G_USEC_PER_SEC)
-
-static void
-forget_pools(PsPool *pool)
-{
-  guint n = ps_pool_forget_unused(pool, PS_POOL_FORGET_US);
-  if (n)
-    ps_debug("freed %u pools unused for %d s", n, (int)(PS_POOL_FORGET_US / G_USEC_PER_SEC));
-}
-
-/* What every tick does: reap, then fill. */
-static void
-keep_pools(PsPool *pool)
-{
-  forget_pools(pool);
-  close_victims(ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
-  GSList *dead = ps_pool_take_idle_matching(pool, idle_dead, NULL, PS_CLOSE_DEAD);
-  for (GSList *l = dead; l; l = l->next) {
-    PsItem *item = l->data;
-    PsPhys *p = item->conn;
-    phys_enter(p, PS_PHYS_CLOSED, "closed by the server while idle");
-    ps_conn_abandon(p->shell); /* nothing to say to a server that has gone */
-    phys_free(p);
-  }
-  g_slist_free(dead);
-  fill_pools(pool);
-}
-
-static gboolean hand_over_slots(PsPool *pool);
-
-/* One tick of the housekeeper, FALSE once the process is draining. */
-static gboolean
-house_tick(gboolean *handed_over)
-{
-  /* No lock across the tick (it connects and closes): fork() never waits for the network;
-   * only the drain waits for house_busy to end (ps_broker_drain). */
-  g_mutex_lock(&B.house_lock);
-  gboolean stopping = __atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE);
-  B.house_busy = !stopping;
-  g_mutex_unlock(&B.house_lock);
-  if (stopping)
-    return FALSE;
-  if (B.config.host_max)
-    *handed_over = hand_over_slots(B.pool);
-  keep_pools(B.pool);
-  g_mutex_lock(&B.house_lock);
-  B.house_busy = FALSE;
-  g_cond_broadcast(&B.house_idle);
-  g_mutex_unlock(&B.house_lock);
-  return TRUE;
-}
-
-static gpointer
-housekeeper(gpointer data)
-{
-  gboolean handed_over = FALSE;
-  do {
-    /* Right after a hand-over, look again soon: a burst of waiters gets one slot per tick. */
-    g_usleep(handed_over ? 10 * 1000 : B.config.host_max ? 100 * 1000 : 500 * 1000);
-    handed_over = FALSE;
-  } while (house_tick(&handed_over));
-  return NULL;
-}
-
-/* POOLSHIM_HOST_MAX: for each server someone waits for, the longest-idle connection of this
- * process closes and frees its slot. TRUE when one did. */
-static gboolean
-hand_over_slots(PsPool *pool)
-{
-  gboolean handed_over = FALSE;
-  g_mutex_lock(&B.lock);
-  GList *servers = g_hash_table_get_keys(B.host_slots);
-  GList *sets = g_hash_table_get_values(B.host_slots);
-  g_mutex_unlock(&B.lock);
-  for (GList *s = servers, *v = sets; s && v; s = s->next, v = v->next) {
-    if (!v->data || !ps_host_slots_contended(v->data))
-      continue;
-    GSList *victim =
-      ps_pool_take_oldest_idle(pool, label_has_server, s->data, PS_CLOSE_OVER_LIMIT);
-    handed_over |= victim != NULL;
-    close_victims(victim, FALSE);
-  }
-  g_list_free(servers);
-  g_list_free(sets);
-  return handed_over;
-}
-
-/* Only where it has work: POOLSHIM_MIN_IDLE (anywhere) or POOLSHIM_HOST_MAX. */
-static void
-start_housekeeper(void)
-{
-  if (B.config.host_max || ps_config_any_min_idle(&B.config))
-    g_thread_unref(g_thread_new("poolshim-house", housekeeper, NULL));
-}
-
-/* POOLSHIM_STATS_FILE: one snapshot of every pool, formatted and renamed into place. */
-static void
-write_stats(void)
-{
-  PsStatsReport r = {
-    .version = POOLSHIM_VERSION,
-    .pid = (int)getpid(),
-    .program = B.program,
-    .start_time_us = B.start_time_us,
-    .written_time_us = g_get_real_time(),
-    .unpooled = __atomic_load_n(&B.unpooled, __ATOMIC_RELAXED),
-    .returns = {__atomic_load_n(&B.plans[PS_PLAN_NOTHING], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_KEEP], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_ROLLBACK], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_RESTORE], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_FULL], __ATOMIC_RELAXED),
-                __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
-  };
-  g_mutex_lock(&B.stats_lock);
-  r.keys = ps_pool_snapshot(B.pool);
-  g_autofree char *text = ps_stats_format(&r);
-  g_autofree char *path = ps_stats_expand_path(B.config.stats_file, r.pid, B.program);
-  g_autoptr(GError) error = NULL;
-  if (!ps_stats_write_file(path, text, &error) && !B.stats_warned) {
-    B.stats_warned = TRUE;
-    ps_warn("POOLSHIM_STATS_FILE: %s (further failures are not reported)", error->message);
-  }
-  g_array_unref(r.keys);
-  g_mutex_unlock(&B.stats_lock);
-}
-
-static gpointer
-stats_writer(gpointer data)
-{
-  for (;;) {
-    g_usleep((gulong)B.config.stats_interval_us);
-    write_stats();
-  }
-  return NULL;
-}
-
-/* In the process that parsed the configuration, and again in each forked child that uses
- * the pool (threads do not survive fork; the file name's %p changes). */
-static void
-start_stats_writer(void)
-{
-  if (!B.config.stats_file)
-    return;
-  B.stats_pid = (int)getpid();
-  write_stats(); /* the file exists from the first connect on */
-  g_thread_unref(g_thread_new("poolshim-stats", stats_writer, NULL));
 }
 
 static void
@@ -450,7 +104,7 @@ exit_drain(void)
   /* The last word, with the shutdown closes counted; only where a writer ran (a child that
    * never used the pool writes nothing). */
   if (B.config.stats_file && B.stats_pid == (int)getpid())
-    write_stats();
+    ps_house_write_stats();
 }
 
 /* fork() takes every lock in the lock order (top of this file), so that a child never
@@ -462,6 +116,7 @@ before_fork(void)
   g_mutex_lock(&B.house_lock);
   g_mutex_lock(&B.stats_lock);
   g_mutex_lock(&B.lock);
+  ps_phys_lock_for_fork();
   if (B.pool)
     ps_pool_lock_for_fork(B.pool);
   ps_host_slots_before_fork();
@@ -473,6 +128,7 @@ after_fork_parent(void)
   ps_host_slots_after_fork(FALSE);
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
+  ps_phys_unlock_after_fork();
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
   g_mutex_unlock(&B.house_lock);
@@ -486,6 +142,7 @@ after_fork_child(void)
   ps_host_slots_after_fork(TRUE);
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
+  ps_phys_unlock_after_fork();
   B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
@@ -514,20 +171,14 @@ adopt_fork(void)
     B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
     memset(B.plans, 0, sizeof B.plans);
     /* The parent's lent connections: their slot descriptors were closed at fork. */
-    GHashTableIter it;
-    gpointer value;
-    g_hash_table_iter_init(&it, B.lent);
-    while (g_hash_table_iter_next(&it, NULL, &value))
-      ((PsPhys *)value)->slot_fd = -1;
+    ps_phys_orphan_attached();
   }
   g_mutex_unlock(&B.lock);
   if (old && !__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
     /* Threads do not survive fork(). Started after B.lock is released: the stats writer
      * takes stats_lock, which comes before B.lock in the lock order. Not when the child's
      * first call is its drain (exit, mysql_library_end). */
-    start_watchdog();
-    start_stats_writer();
-    start_housekeeper();
+    ps_house_start();
   }
   if (old) {
     ps_debug("fork detected: abandoning the parent's idle connections");
@@ -536,87 +187,22 @@ adopt_fork(void)
   }
 }
 
-/* One line per frame of where a connection was borrowed, as "object(symbol+offset)". */
-static char *
-describe_frames(void *const *frames, int n)
-{
-  GString *out = g_string_new(NULL);
-  Dl_info self;
-  gboolean know_self = dladdr((void *)describe_frames, &self) != 0;
-  for (int i = 0; i < n; i++) {
-    Dl_info info;
-    /* The shim's own frames say nothing about who borrowed: start at the caller. */
-    if (know_self && dladdr(frames[i], &info) && info.dli_fbase == self.dli_fbase)
-      continue;
-    if (dladdr(frames[i], &info) && info.dli_fname) {
-      const char *obj = strrchr(info.dli_fname, '/');
-      g_string_append_printf(out, " <- %s(%s+0x%lx)", obj ? obj + 1 : info.dli_fname,
-                             info.dli_sname ? info.dli_sname : "?",
-                             (unsigned long)((char *)frames[i] -
-                                             (char *)(info.dli_saddr ? info.dli_saddr
-                                                                     : info.dli_fbase)));
-    } else {
-      g_string_append_printf(out, " <- %p", frames[i]);
-    }
-  }
-  return g_string_free(out, FALSE);
-}
-
-typedef struct {
-  char *label;
-  gint64 held_ms;
-  int nframes;
-  void *frames[16];
-} PsLeak;
-
-/* Warns once per borrow about connections held longer than POOLSHIM_LEAK_WARN (HikariCP's
- * leakDetectionThreshold). The scan holds the lease lock briefly; the writing happens
- * after it. */
-static gpointer
-watchdog(gpointer data)
-{
-  gint64 period = MAX(MIN(B.config.leak_warn_us / 2, G_USEC_PER_SEC), 10000);
-  for (;;) {
-    g_usleep((gulong)period);
-    GSList *leaks = NULL;
-    gint64 now = g_get_monotonic_time();
-    g_mutex_lock(&B.lock);
-    GHashTableIter it;
-    gpointer value;
-    g_hash_table_iter_init(&it, B.lent);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-      PsPhys *p = value;
-      if (p->leak_warned || p->pool != B.pool || now - p->lent_since_us < B.config.leak_warn_us)
-        continue;
-      p->leak_warned = TRUE;
-      PsLeak *leak = g_new0(PsLeak, 1);
-      leak->label = g_strdup(ps_pool_key_label(p->item->owner));
-      leak->held_ms = (now - p->lent_since_us) / 1000;
-      leak->nframes = p->nframes;
-      memcpy(leak->frames, p->frames, sizeof leak->frames);
-      leaks = g_slist_prepend(leaks, leak);
-    }
-    g_mutex_unlock(&B.lock);
-    for (GSList *l = leaks; l; l = l->next) {
-      PsLeak *leak = l->data;
-      g_autofree char *where = describe_frames(leak->frames, leak->nframes);
-      ps_warn("possible leak: a connection of pool %s has been held for %" G_GINT64_FORMAT
-              " ms (POOLSHIM_LEAK_WARN); borrowed at%s",
-              leak->label, leak->held_ms, where);
-      g_free(leak->label);
-      g_free(leak);
-    }
-    g_slist_free(leaks);
-  }
-  return NULL;
-}
-
+/* Closing, as phys.c asks for it: the client library's ways (conn.c) and the real close. */
 static void
-start_watchdog(void)
+close_handle(MYSQL *m)
 {
-  if (B.config.leak_warn_us > 0)
-    B.watchdog = g_thread_new("poolshim-leaks", watchdog, NULL);
+  ps_real.close(m);
 }
+
+static const PsPhysOps phys_ops = {
+  .close = ps_conn_close,
+  .close_and_wait = ps_conn_close_and_wait,
+  .close_keep_socket = ps_conn_close_keep_socket,
+  .wait_sockets_closed = ps_conn_wait_sockets_closed,
+  .abandon = ps_conn_abandon,
+  .close_handle = close_handle,
+  .watch_free = ps_watch_free,
+};
 
 static void
 init_once(void)
@@ -641,13 +227,12 @@ init_once(void)
   } else if (!ps_conn_library_ok(&why)) {
     ps_warn("%s; pooling is off, every call passes through", why);
   } else {
+    ps_phys_setup(&phys_ops, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
     B.pool = new_pool();
-    B.lent = g_hash_table_new(g_direct_hash, g_direct_equal);
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     /* Registered after the client library initialised itself (and its TLS library), so it
      * runs before their exit handlers tear them down. */
     atexit(exit_drain);
-    start_watchdog();
     if (B.config.host_max) {
       B.host_slots = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                            (GDestroyNotify)ps_host_slots_free);
@@ -656,8 +241,7 @@ init_once(void)
       ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
     }
     B.active = TRUE;
-    start_stats_writer();
-    start_housekeeper();
+    ps_house_start();
   }
   g_once_init_leave(&done, 1);
 }
@@ -681,7 +265,7 @@ maybe_sweep(void)
                                    __ATOMIC_RELAXED))
     return;
   close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
-  forget_pools(B.pool);
+  ps_house_forget_pools(B.pool);
 }
 
 static unsigned int
@@ -701,22 +285,10 @@ seconds_left(gint64 deadline_us)
   return (unsigned int)MAX(1, (left + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
 }
 
-static PsPhys *
-take_lease(MYSQL *m)
-{
-  PsPhys *p = NULL;
-  g_mutex_lock(&B.lock);
-  g_hash_table_steal_extended(B.lent, m, NULL, (gpointer *)&p); /* one lookup */
-  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent), __ATOMIC_RELEASE);
-  g_mutex_unlock(&B.lock);
-  return p;
-}
-
+/* Attaches p (OPENING or CLAIMED) to the application's handle m. */
 static void
 lend(PsPhys *p, MYSQL *m)
 {
-  p->handle = m;
-  p->unpoolable = NULL;
   /* Whatever the reset or the pool's own query left, the application sees a fresh handle. */
   if (p->profile)
     ps_conn_present_fresh(m, p->profile);
@@ -726,44 +298,8 @@ lend(PsPhys *p, MYSQL *m)
     p->leak_warned = FALSE;
     p->nframes = backtrace(p->frames, G_N_ELEMENTS(p->frames));
   }
-  phys_enter(p, PS_PHYS_LENT, NULL);
-  g_mutex_lock(&B.lock);
-  g_hash_table_insert(B.lent, m, p);
-  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent), __ATOMIC_RELEASE);
-  g_mutex_unlock(&B.lock);
+  ps_phys_attach(p, m);
 }
-
-/* Closes a lent (or just granted) connection for good: the slot is freed, the handle `m`
- * if any is really closed, and the shell too: politely, or without a word when the server
- * has already closed the session (a TLS write to it could raise SIGPIPE). */
-static void
-discard_lent(PsPhys *p, MYSQL *m, PsCloseReason reason, const char *why)
-{
-  phys_enter(p, PS_PHYS_CLOSED, why);
-  ps_pool_discard(p->pool, p->item, reason);
-  if (m && p->slot_fd >= 0 && reason != PS_CLOSE_DEAD)
-    ps_conn_close_and_wait(m, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
-  else if (m)
-    ps_real.close(m);
-  if (p->shell && reason == PS_CLOSE_DEAD)
-    ps_conn_abandon(p->shell);
-  else if (p->shell)
-    close_shell(p);
-  phys_free(p);
-}
-
-/* Gives a connection back to the pool, or closes it when the pool says it has expired. */
-static void
-release_or_expire(PsPhys *p, gboolean reset)
-{
-  if (!ps_pool_release(p->pool, p->item, reset)) {
-    phys_enter(p, PS_PHYS_CLOSED, "max lifetime reached");
-    close_shell(p);
-    phys_free(p);
-  }
-}
-
-
 
 /* ---- revalidation (POOLSHIM_REVALIDATE) ----
  * A pool compares a connect's password with the one its connections authenticated with,
@@ -818,9 +354,9 @@ prove_if_due(PsPhys *p, PsPoolKey *pk, MYSQL *m, gint64 now, unsigned int reset_
   PsPool *pool = p->pool;
   if (proof == PS_PROOF_LOST) {
     ps_pool_key_proved(pk, 0); /* the next connect proves it */
-    discard_lent(p, NULL, PS_CLOSE_DEAD, "lost while re-authenticating");
+    ps_phys_close(p, NULL, PS_CLOSE_DEAD, "lost while re-authenticating");
   } else {
-    discard_lent(p, NULL, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
+    ps_phys_close(p, NULL, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
     revoke_key(pool, pk, errnum);
   }
   return proof;
@@ -906,8 +442,11 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   if (!profile || !profile->opener)
     return FALSE;
   char err[MYSQL_ERRMSG_SIZE];
+  /* No host slot: never under POOLSHIM_HOST_MAX (new_pool). */
+  PsPhys *p = ps_phys_new(pool, profile, -1, NULL);
   MYSQL *h = ps_conn_template_open(profile->opener, timeout_s, err, sizeof err);
   if (!h) {
+    ps_phys_close(p, NULL, PS_CLOSE_DEAD, "opening failed");
     ps_debug("pool %s: opening one more connection failed (%s); waiting for an idle one's "
              "reset instead", ps_pool_key_label(pk), err);
     return FALSE;
@@ -915,9 +454,8 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   ps_debug("pool %s: the %u idle connections were still busy with their reset: opened one "
            "more", ps_pool_key_label(pk), busy);
   ps_pool_key_proved(pk, g_get_monotonic_time());
-  /* No host slot: never under POOLSHIM_HOST_MAX (new_pool). */
-  PsPhys *p = phys_on_pool_handle(pool, profile, h, -1, NULL);
-  p->item = ps_pool_opened(pool, pk, p);
+  ps_broker_on_pool_handle(p, h);
+  ps_phys_opened(p, pk);
   ps_conn_move(m, p->shell);
   ps_conn_adopt(m);
   lend(p, m);
@@ -943,12 +481,11 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
   /* A handle the application freed without mysql_close (mysql_init(&local) out of scope)
    * may come back at the same address: its old lease is a leak, not a live connection. */
   /* Nothing lent (a single-threaded loop's every connect): no lease to look for. */
-  PsPhys *stale = __atomic_load_n(&B.nlent, __ATOMIC_ACQUIRE) ? take_lease(m) : NULL;
+  PsPhys *stale = ps_phys_attached() ? ps_phys_detach(m) : NULL;
   if (stale) {
     ps_warn("a handle of %s was reused without mysql_close; its connection is leaked",
             ps_pool_key_label(stale->item->owner));
-    if (stale->pool == B.pool)
-      discard_lent(stale, NULL, PS_CLOSE_UNCLEAN, "leaked by the application");
+    ps_phys_close(stale, NULL, PS_CLOSE_UNCLEAN, "leaked by the application");
   }
 
   PsConnKey key;
@@ -1019,9 +556,9 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      if (p->pending && !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile,
-                                           MIN(reset_s, seconds_left(net_deadline)), &why)) {
-        discard_lent(p, NULL, PS_CLOSE_RESET_FAILED, why);
+      if (ps_phys_claim(p) && !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile,
+                                 MIN(reset_s, seconds_left(net_deadline)), &why)) {
+        ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
         if (g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */
           ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
@@ -1037,14 +574,14 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       if (ps_watch_ahead(p->watch) ? ps_conn_idle_closed(p->shell, TRUE)
                                    : !ps_conn_idle_alive(p->shell)) {
         /* Killed, timed out or restarted while idle: replace it, the caller sees nothing. */
-        discard_lent(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
+        ps_phys_close(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
         continue;
       }
       if (!ps_conn_same_identity(p->shell, &key)) {
         /* Two keys with one digest: never lend across identities, connect unpooled. */
         ps_warn("pool %s: digest collision; connecting without the pool",
                 ps_pool_key_label(pk));
-        release_or_expire(p, FALSE);
+        ps_phys_release(p, FALSE, "digest collision");
         __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
         return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
       }
@@ -1079,13 +616,14 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
+    PsPhys *p = ps_phys_new(pool, NULL, slot_fd, slots);
     unsigned int own_timeout = m->options.connect_timeout;
     if (net_deadline != G_MAXINT64)
       m->options.connect_timeout = seconds_left(net_deadline);
     MYSQL *r = ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
     m->options.connect_timeout = own_timeout;
     if (!r) {
-      ps_host_slot_release(slot_fd);
+      ps_phys_close(p, NULL, PS_CLOSE_DEAD, "opening failed"); /* gives the slot back */
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
@@ -1125,17 +663,12 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
         }
       }
     }
-    PsPhys *p = g_new0(PsPhys, 1);
-    p->slot_fd = slot_fd;
-    p->slots = slots;
-    p->pool = pool;
     p->profile = profile;
-    p->state = PS_PHYS_IDLE; /* a fresh connection enters as a clean one being lent */
-    p->item = ps_pool_opened(pool, pk, p);
+    ps_phys_opened(p, pk);
     watch_opened(p, m, tracking);
     lend(p, m);
     if (!profile)
-      p->unpoolable = "the connection failed while the pool learnt its session";
+      ps_phys_doom(m, "the connection failed while the pool learnt its session");
     return r;
   }
 }
@@ -1143,13 +676,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 void
 ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
 {
-  if (!B.active)
-    return;
-  g_mutex_lock(&B.lock);
-  PsPhys *p = g_hash_table_lookup(B.lent, m);
-  if (p)
-    p->unpoolable = reason;
-  g_mutex_unlock(&B.lock);
+  if (B.active)
+    ps_phys_doom(m, reason);
 }
 
 void
@@ -1161,66 +689,64 @@ ps_broker_close_from_library(MYSQL *m)
   PsPhys *p = NULL;
   if (B.active && m && m->options.extension) {
     adopt_fork();
-    p = take_lease(m);
+    p = ps_phys_detach(m);
   }
-  if (p && p->pool == B.pool)
-    discard_lent(p, m, PS_CLOSE_UNCLEAN, "closed through the non-blocking API");
-  else
-    ps_real.close(m);
+  if (p && p->state != PS_PHYS_ORPHANED) {
+    ps_phys_close(p, m, PS_CLOSE_UNCLEAN, "closed through the non-blocking API");
+    return;
+  }
+  if (p) /* the parent's: only our bookkeeping goes; the library closes the handle */
+    ps_phys_close(p, NULL, PS_CLOSE_SHUTDOWN, "closed through the non-blocking API");
+  ps_real.close(m);
 }
 
 void
 ps_broker_close(MYSQL *m)
 {
   adopt_fork();
-  PsPhys *p = take_lease(m);
+  PsPhys *p = ps_phys_attached() ? ps_phys_detach(m) : NULL;
   if (!p) {
     ps_real.close(m);
     return;
   }
-  if (p->pool != B.pool) {
-    /* Lent by the parent before fork(): its session is the parent's. Free the handle as
-     * mysql_close would, without COM_QUIT, and the child's copy of the bookkeeping. */
-    ps_conn_abandon(m);
-    if (p->shell)
-      ps_conn_abandon(p->shell);
-    phys_free(p);
+  if (p->state == PS_PHYS_ORPHANED) {
+    /* Lent by the parent before fork(): its session is the parent's. The handle is freed
+     * as mysql_close would, without COM_QUIT, with the child's copy of the bookkeeping. */
+    ps_phys_close(p, m, PS_CLOSE_SHUTDOWN, "inherited across fork");
     return;
   }
-  const char *why = p->unpoolable;
+  const char *why = p->state == PS_PHYS_DOOMED ? p->doom : NULL;
   if (!why && ps_conn_returnable(m, &why) && p->profile->user &&
       g_strcmp0(m->user, p->profile->user) != 0)
     why = "the session's user changed";
   if (why) {
-    discard_lent(p, m, PS_CLOSE_UNCLEAN, why);
+    ps_phys_close(p, m, PS_CLOSE_UNCLEAN, why);
     return;
   }
   if (ps_pool_key_revoked(p->item->owner)) {
-    discard_lent(p, m, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
+    ps_phys_close(p, m, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
     return;
   }
   if (p->slot_fd >= 0 && ps_host_slots_contended(p->slots)) {
     /* Kept idle, it would hold a slot another process is waiting for. */
-    discard_lent(p, m, PS_CLOSE_OVER_LIMIT, "another connect waits for a POOLSHIM_HOST_MAX slot");
+    ps_phys_close(p, m, PS_CLOSE_OVER_LIMIT, "another connect waits for a POOLSHIM_HOST_MAX slot");
     return;
   }
-  /* The reset runs on the application's handle, whose options are the key's own. */
-  phys_enter(p, PS_PHYS_RESETTING, NULL);
+  /* RETURNING: the reset runs on the application's handle, whose options are the key's. */
   unsigned int timeout_s = reset_timeout_s();
   p->pending = ps_conn_reset_begin(m, ps_pool_key_settings(p->item->owner)->reset, p->profile,
                                    p->watch, timeout_s, &p->plan, &why);
   if (p->pending < 0) {
-    discard_lent(p, m, PS_CLOSE_RESET_FAILED, why);
+    ps_phys_close(p, m, PS_CLOSE_RESET_FAILED, why);
     return;
   }
   __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
   __atomic_fetch_add(&B.plans[p->plan], 1, __ATOMIC_RELAXED);
   if (!p->shell && !(p->shell = ps_conn_shell_new(timeout_s))) {
-    discard_lent(p, m, PS_CLOSE_UNCLEAN, "out of memory for a shell");
+    ps_phys_close(p, m, PS_CLOSE_UNCLEAN, "out of memory for a shell");
     return;
   }
   ps_conn_move(p->shell, m);
-  p->handle = NULL;
   if (!p->cloexec_done) {
     ps_conn_set_cloexec(p->shell);
     p->cloexec_done = TRUE;
@@ -1228,8 +754,7 @@ ps_broker_close(MYSQL *m)
   /* The emptied handle is freed exactly as the real close frees it: its options, its
    * statements (invalidated), and the struct itself when mysql_init allocated it. */
   ps_real.close(m);
-  phys_enter(p, PS_PHYS_IDLE, NULL);
-  release_or_expire(p, TRUE);
+  ps_phys_release(p, TRUE, NULL);
   maybe_sweep();
 }
 
@@ -1240,25 +765,8 @@ ps_broker_close(MYSQL *m)
 static void
 close_all_idle(void)
 {
-  GSList *victims = ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN);
-  GArray *socks = g_array_new(FALSE, FALSE, sizeof(int));
-  for (GSList *l = victims; l; l = l->next) {
-    PsItem *item = l->data;
-    PsPhys *p = item->conn;
-    phys_enter(p, PS_PHYS_CLOSED, ps_close_reason_name(item->close_reason));
-    if (p->slot_fd < 0) {
-      ps_conn_close(p->shell);
-      continue;
-    }
-    int fd = ps_conn_close_keep_socket(p->shell);
-    g_array_append_val(socks, fd);
-  }
-  gint64 wait_us = MIN(B.config.reset_timeout_us, G_USEC_PER_SEC);
-  ps_conn_wait_sockets_closed((int *)socks->data, socks->len, g_get_monotonic_time() + wait_us);
-  g_array_free(socks, TRUE);
-  for (GSList *l = victims; l; l = l->next)
-    phys_free(((PsItem *)l->data)->conn); /* frees the slots, now that the sessions ended */
-  g_slist_free(victims);
+  ps_phys_close_items_at_exit(ps_pool_take_idle(B.pool, TRUE, PS_CLOSE_SHUTDOWN),
+                              MIN(B.config.reset_timeout_us, G_USEC_PER_SEC));
 }
 
 void
@@ -1266,13 +774,7 @@ ps_broker_drain(void)
 {
   if (!B.active)
     return;
-  /* The housekeeper finishes its tick and stops: nothing calls the client library behind
-   * the application's back while it shuts down. */
-  __atomic_store_n(&B.stopping, TRUE, __ATOMIC_RELEASE);
-  g_mutex_lock(&B.house_lock);
-  while (B.house_busy) /* at most the connect it is in: bounded by the connect timeout */
-    g_cond_wait(&B.house_idle, &B.house_lock);
-  g_mutex_unlock(&B.house_lock);
+  ps_house_stop();
   adopt_fork();
   close_all_idle();
 }
