@@ -8,7 +8,8 @@ tasks created (no lost or doubled row).
 Usage: grain_django.py TASKS THREADS [--think-ms MS] [--per-task]. Server from PS_TEST_*.
   --per-task   CONN_MAX_AGE=0 and connection.close() after every task (a connection per
                task, Django's default), for the no-pool comparison.
-Prints one line: seconds=S cycles=TASKS errors=E wrong=W; exit 1 if either is not 0.
+Prints two lines: tasks=TASKS seconds=S errors=E+W (for scripts/demo's harness), then
+seconds=S cycles=TASKS errors=E wrong=W (for bench/run.py); exit 1 if E or W is not 0.
 The model has managed=False: its table is created with raw SQL first (no migrations)."""
 import argparse
 import itertools
@@ -126,5 +127,7 @@ for kind, text in problems[:3]:
     print(f"grain_django: {kind}: {text}", file=sys.stderr)
 if len(problems) > 3:
     print(f"grain_django: ... {len(problems) - 3} more", file=sys.stderr)
+# scripts/demo's line (demo/harness.py: wrong answers count as errors), then bench/run.py's.
+print(f"tasks={args.tasks} seconds={seconds:.4f} errors={errors + wrong}")
 print(f"seconds={seconds:.4f} cycles={args.tasks} errors={errors} wrong={wrong}")
 sys.exit(1 if errors or wrong else 0)
