@@ -256,6 +256,7 @@ def explain_grain(rows, pool_size):
     by = {r["variant"]: r for r in rows}
     plain = by.get("no pool")
     parts = []
+    explained = False  # the connect grain's error 1040, said once
     if plain and plain.get("rate"):
         parts.append(f"Without the pool the {plain['client'].split(',')[1].strip()} of this "
                      f"client kept {plain['peak']} server connections open for the whole run "
@@ -274,9 +275,14 @@ def explain_grain(rows, pool_size):
                      f"\"{line}\"), so this run used the connect grain")
         connect_grain = "POOLSHIM_GRAIN" in said or "transaction" not in r["variant"]
         if r.get("errors") and ("1040" in said or "is full" in said) and connect_grain:
-            what += (f"; the threads beyond the {pool_size}th waited at connect for a "
-                     "connection that a thinking thread holds, and failed with error 1040 "
-                     "after POOLSHIM_TIMEOUT: the connect grain lends a connection per handle")
+            if explained:
+                what += "; error 1040 as above"
+            else:
+                what += (f"; the threads beyond the {pool_size}th waited at connect for a "
+                         "connection that a thinking thread holds, and failed with error "
+                         "1040 after POOLSHIM_TIMEOUT: the connect grain lends a connection "
+                         "per handle")
+            explained = True
         elif r.get("errors") or not r.get("ok"):
             what += "; see the messages above the tables"
         parts.append(what + ".")
