@@ -15,8 +15,13 @@ Environment (set by scripts/bench): PS_TEST_* of the server (scripts/server),
 PS_BENCH_DIR (scratch directory), PS_BENCH_TLS_CA (CA file the server's certificate is
 signed with; the server has --ssl-ca/--ssl-cert/--ssl-key).
 
+The group `grain` (issue 13, the transaction grain) runs programs that keep their handles
+open (bench/holders, bench/grain_django.py); their peak of server connections is the
+server's Max_used_connections after a FLUSH STATUS taken just before the run, minus the
+connections open at that moment (this script's own).
+
 Usage: run.py [--reps N] [--only GROUP[,GROUP...]] [--scale F] [--results DIR]
-Groups: tcp socket tls rtt python django fairness shimcost."""
+Groups: tcp socket tls rtt python django pyrtt fairness revalidate shimcost grain."""
 import argparse
 import datetime
 import json
@@ -37,10 +42,11 @@ BUILD = os.path.join(ROOT, "build")
 LIB = os.path.join(BUILD, "libpoolshim.so")
 CYCLE = os.path.join(BUILD, "bench", "cycle")
 PROXY = os.path.join(BUILD, "bench", "delayproxy")
+HOLDERS = os.path.join(BUILD, "bench", "holders")
 PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django live
 
 GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "revalidate",
-          "shimcost"]
+          "shimcost", "grain"]
 POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
 FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
 DELAY_US = 250       # delayproxy: per chunk and direction, so +0.5 ms per round trip
@@ -60,6 +66,33 @@ GROUP_TITLES = {
     "revalidate": "C loop, TCP, credentials proved again (POOLSHIM_REVALIDATE)",
 }
 
+# The group `grain` (issue 13): programs that hold their handles open, on a pool of 8.
+# Each workload is a sub-group of its own; its baseline is the kept connection (the
+# program as it is, without the pool).
+GRAIN_POOL = 8
+GRAIN_TIMEOUT = "10s"  # POOLSHIM_TIMEOUT of the pooled variants: how long a waiter waits
+GRAIN_WORKLOADS = {    # sub-group: (title, threads, tasks before --scale, command maker)
+    "grain-django": ("Django ORM, 32 threads, CONN_MAX_AGE=None, 2 ms think", 32, 1600,
+                     lambda t, per_task: [PY, os.path.join(HERE, "grain_django.py"), str(t),
+                                          "32", "--think-ms", "2"]
+                     + (["--per-task"] if per_task else [])),
+    "grain-holders": ("C, 64 threads each holding a handle, 3 ms think", 64, 6400,
+                      lambda t, per_task: [HOLDERS, "--threads", "64", "--tasks", str(t),
+                                           "--think-us", "3000"]
+                      + (["--per-task"] if per_task else [])),
+    "grain-one": ("C, one thread holding one handle, no think time", 1, 4000,
+                  lambda t, per_task: [HOLDERS, "--threads", "1", "--tasks", str(t),
+                                       "--think-us", "0"] + (["--per-task"] if per_task else [])),
+    "grain-mixed": ("C, 16 threads, half with their own time zone, user variable or "
+                    "session variable, 1 ms think", 16, 3200,
+                    lambda t, per_task: [HOLDERS, "--threads", "16", "--tasks", str(t),
+                                         "--think-us", "1000", "--mixed"]
+                    + (["--per-task"] if per_task else [])),
+}
+for _g, _w in GRAIN_WORKLOADS.items():
+    GROUP_TITLES[_g] = _w[0]
+GRAIN_LIMITS = {"grain-django": 1.10, "grain-holders": 1.10, "grain-one": 1.05}
+
 # Cycles per run (before --scale), chosen so that a run takes roughly 0.5 to 2 s on a
 # 2-core machine: slow variants (no-pool TLS, 0.5 ms RTT) get fewer cycles.
 CYCLES = {
@@ -77,15 +110,23 @@ LABELS = {"nopool": "no pool", "poolshim": "poolshim", "kept": "kept connection 
           "always": "poolshim, POOLSHIM_RESET=always",
           "sqlalchemy": "SQLAlchemy QueuePool (code change)",
           "persistent": "CONN_MAX_AGE=None (persistent)",
-          "reval": "poolshim, POOLSHIM_REVALIDATE=1ms (a proof at most every ms)"}
+          "reval": "poolshim, POOLSHIM_REVALIDATE=1ms (a proof at most every ms)",
+          "pertask": "no pool, a connection per task",
+          "gconnect": "poolshim, POOLSHIM_GRAIN=connect (the default)",
+          "gtrans": "poolshim, POOLSHIM_GRAIN=transaction"}
 
 
 class Variant:
     def __init__(self, group, tag, threads, cycles, cmd, env=None, pool=None, tls=False,
-                 proxy=False, baseline="nopool", label=None, latency=False):
+                 proxy=False, baseline="nopool", label=None, latency=False, peak=False,
+                 known_failure=None):
         self.group, self.tag, self.threads, self.cycles = group, tag, threads, cycles
         self.cmd, self.env, self.pool, self.tls, self.proxy = cmd, env or {}, pool, tls, proxy
         self.baseline, self.latency = baseline, latency
+        # peak: measure the peak of server connections (Max_used_connections);
+        # known_failure: why this variant is expected to fail today (reported, and not
+        # counted in the exit status).
+        self.peak, self.known_failure = peak, known_failure
         self.label = label or LABELS[tag]
         self.runs = []
 
@@ -174,6 +215,27 @@ def variants(groups, scale):
             cmd = [CYCLE, "--threads", "1", "--cycles", str(cyc)]
             out.append(Variant("revalidate", tag, 1, cyc, cmd, env=env, pool=POOL,
                                baseline="poolshim"))
+    if "grain" in groups:
+        # Variants: no pool with a connection per task (the program changed to give its
+        # connection back), poolshim's connect grain (today's default: a handle holds its
+        # connection until mysql_close, so threads beyond the pool size wait, then fail
+        # with 1040), the transaction grain, and the kept connection (the program as it
+        # is, without the pool: the baseline of every ratio).
+        for g, (title, threads, tasks, make) in GRAIN_WORKLOADS.items():
+            t = max(threads, n(tasks))
+            for tag in ("pertask", "gconnect", "gtrans", "kept"):
+                env, pool, known = {}, None, None
+                if tag in ("gconnect", "gtrans"):
+                    env = {"LD_PRELOAD": LIB, "POOLSHIM_POOL_SIZE": str(GRAIN_POOL),
+                           "POOLSHIM_TIMEOUT": GRAIN_TIMEOUT,
+                           "POOLSHIM_GRAIN": "connect" if tag == "gconnect" else "transaction"}
+                    pool = GRAIN_POOL
+                if tag == "gconnect" and threads > GRAIN_POOL:
+                    known = (f"issue 13: each of the {threads} threads holds a handle, the "
+                             "connect grain lends a connection per handle")
+                out.append(Variant(g, tag, threads, t, make(t, tag == "pertask"), env=env,
+                                   pool=pool, baseline="kept", peak=True,
+                                   known_failure=known))
     if "fairness" in groups:
         for tag in POOLED:
             for threads, per in ((FAIR_POOL, 1000), (256, 32)):
@@ -197,6 +259,18 @@ def status(conn, name):
     cur = conn.cursor()
     cur.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
     return int(cur.fetchone()[1])
+
+
+def settle(conn, seconds=5.0):
+    """Waits (at most `seconds`) until only this script's connection is left on the server
+    (the server threads of a finished run need a moment to go away); returns how many
+    connections are open."""
+    deadline = time.monotonic() + seconds
+    while True:
+        n = status(conn, "Threads_connected")
+        if n <= 1 or time.monotonic() > deadline:
+            return n
+        time.sleep(0.01)
 
 
 class Proxy:
@@ -322,6 +396,9 @@ def run_once(conn, v, proxy):
         env["PS_TEST_PORT"] = str(proxy.port)
         proxy.stats()  # reset its counters
         cpu0 = proxy.cpu_seconds()
+    if v.peak:
+        idle = settle(conn)
+        conn.cursor().execute("FLUSH STATUS")  # Max_used_connections := connected now
     before = status(conn, "Connections")
     spid = server_pid()
     scpu0 = _pid_cpu(spid) if spid else None
@@ -334,14 +411,20 @@ def run_once(conn, v, proxy):
     wall = time.monotonic() - t0
     after = status(conn, "Connections")
     scpu1 = _pid_cpu(spid) if spid else None
+    if v.peak:
+        peak = status(conn, "Max_used_connections") - idle
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     fields = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
     r = {"rc": rc, "conns": after - before, "wall": wall, "notes": []}
+    if v.peak:
+        r["peak"] = peak
     if scpu0 is not None and v.cycles:
         r["server_us"] = (scpu1 - scpu0) * 1e6 / v.cycles  # server CPU per cycle
     if "seconds" in fields:
         r["seconds"] = float(fields["seconds"])
         r["errors"] = int(fields["errors"])
+        r["wrong"] = int(fields.get("wrong", 0))
+        r["errors"] += r["wrong"]  # a wrong answer is an error of the run too
         r["fields"] = fields
     else:
         r["seconds"] = None
@@ -383,13 +466,16 @@ def throughput(r, v):
 
 def summarise(todo):
     by_key = {v.key: v for v in todo}
-    for v in todo:
+    for v in todo:  # first: a baseline may come after its variants (grain: kept last)
         v.thr = [throughput(r, v) for r in v.runs]
+    for v in todo:
         v.med_thr = median(v.thr)
         v.med_sec = median(r["seconds"] for r in v.runs)
         v.conns = max(r["conns"] for r in v.runs)
         v.med_server_us = median(r.get("server_us") for r in v.runs)
         v.errors = sum(r["errors"] for r in v.runs)
+        v.wrong = sum(r.get("wrong", 0) for r in v.runs)
+        v.peak_max = max((r["peak"] for r in v.runs if "peak" in r), default=None)
         base = by_key.get(v.baseline_key)
         v.ratio = None
         if base is not None and base is not v:
@@ -546,9 +632,11 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
             if q:
                 L.append(f"| {name}, 256 threads: p99 connect wait <= 5x median | "
                          f"{median(q):.1f}x | {'yes' if median(q) <= 5 else '**no**'} |")
-    total_err = sum(v.errors for v in todo)
-    L.append(f"| no errors in any variant | {total_err} errors | "
-             f"{'yes' if total_err == 0 else '**no**'} |")
+    total_err = sum(v.errors for v in todo if not v.known_failure)
+    known = sum(v.errors for v in todo if v.known_failure)
+    L.append(f"| no errors in any variant | {total_err} errors"
+             + (f" (and {known} in variants known to fail, see below)" if known else "")
+             + f" | {'yes' if total_err == 0 else '**no**'} |")
     shim_vs = [v for v in todo if v.pool]
     over = [v for v in shim_vs if v.conns > v.pool]
     if shim_vs:
@@ -556,6 +644,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
         L.append(f"| poolshim physical connections <= pool size | max {worst.conns} "
                  f"(pool {worst.pool}) | {'yes' if not over else '**no**'} |")
     L.append("")
+
+    grain_report(L, todo, by_key)
 
     # The main table.
     L.append("## Results")
@@ -723,6 +813,75 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     return "\n".join(L) + "\n"
 
 
+def grain_report(L, todo, by_key):
+    """The group `grain` (issue 13): its targets and its rows."""
+    gs = [g for g in GRAIN_WORKLOADS if any(v.group == g for v in todo)]
+    if not gs:
+        return
+    L.append("## Transaction grain (issue 13): targets")
+    L.append("")
+    L.append(f"Pool of {GRAIN_POOL}, `POOLSHIM_TIMEOUT={GRAIN_TIMEOUT}`. *peak conns*: the "
+             "server's `Max_used_connections` after a `FLUSH STATUS` taken just before the "
+             "run, minus the connections open then (this script's), max over repetitions. "
+             "*time vs kept*: median over repetitions of the variant's wall time over the "
+             "kept connection's in the same repetition (the program as it is, no pool). "
+             "Wrong answers: answers that differ from what the program's own thread wrote "
+             "(every answer is checked), plus rows lost or doubled at the end.")
+    L.append("")
+    L.append("| workload | variant | peak conns <= 8 | errors = 0 | wrong = 0 | time vs kept "
+             "| all met |")
+    L.append("|---|---|---:|---:|---:|---:|:---:|")
+    for g in gs:
+        kept = by_key.get((g, GRAIN_WORKLOADS[g][1], "kept"))
+        for tag in ("gconnect", "gtrans"):
+            v = by_key.get((g, GRAIN_WORKLOADS[g][1], tag))
+            if v is None:
+                continue
+            limit = GRAIN_LIMITS.get(g)
+            secs = [(r["seconds"], k["seconds"]) for r, k in zip(v.runs, kept.runs if kept else [])
+                    if r["seconds"] and k["seconds"] and not r["errors"]]
+            tr = median(a / b for a, b in secs) if secs else None
+            v.time_ratio = tr
+            checks = [v.peak_max is not None and v.peak_max <= GRAIN_POOL,
+                      v.errors - v.wrong == 0, v.wrong == 0]
+            if limit:
+                checks.append(tr is not None and tr <= limit)
+            met = all(checks)
+            lim = f" (<= {limit:.2f}x)" if limit else ""
+            L.append(f"| {GROUP_TITLES[g]} | {v.label} | {fmt_num(v.peak_max)} | "
+                     f"{v.errors - v.wrong} | {v.wrong} | {fmt_ratio(tr)}{lim} | "
+                     f"{'yes' if met else '**no**'} |")
+    L.append("")
+    fails = [v for v in todo if v.group in gs and v.errors]
+    if fails:
+        L.append("Variants with errors or wrong answers (first lines of their output in the "
+                 "results table's notes and in the -runs.log file):")
+        L.append("")
+        for v in fails:
+            why = f" Known today: {v.known_failure}." if v.known_failure else ""
+            L.append(f"- {GROUP_TITLES[v.group]}, {v.label}: {v.errors - v.wrong} errors, "
+                     f"{v.wrong} wrong answers over {len(v.runs)} runs.{why}")
+        L.append("")
+    if any(v.tag == "gtrans" for v in todo) and any(
+            "POOLSHIM_GRAIN" in n for v in todo if v.tag == "gtrans" for n in v.notes):
+        L.append("The library warned about `POOLSHIM_GRAIN` (see the notes): the "
+                 "transaction grain is not in this build, so its rows measure the connect "
+                 "grain.")
+        L.append("")
+    L.append("| workload | variant | threads | tasks | wall (s) | tasks/s | peak conns "
+             "| conns opened | errors | wrong | notes |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for g in gs:
+        for v in todo:
+            if v.group != g:
+                continue
+            L.append(f"| {GROUP_TITLES[g]} | {v.label} | {v.threads} | {v.cycles} | "
+                     f"{fmt_num(v.med_sec, '.3f')} | {fmt_num(v.med_thr)} | "
+                     f"{fmt_num(v.peak_max)} | {v.conns} | {v.errors - v.wrong} | {v.wrong} | "
+                     f"{'; '.join(v.notes)} |")
+    L.append("")
+
+
 def chart(todo, by_key, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -808,6 +967,7 @@ def main():
                 thr = throughput(r, v)
                 print(f"   {v.group:8} {v.label:36} {v.threads:3} thr: "
                       f"{fmt_num(thr):>8}/s conns {r['conns']:5} errors {r['errors']}"
+                      + (f" peak {r['peak']}" if "peak" in r else "")
                       + (f"  [{'; '.join(r['notes'])}]" if r["notes"] else ""),
                       file=sys.stderr, flush=True)
             cpu["reps"].append(meter.read())
@@ -882,7 +1042,7 @@ def main():
             written.append(os.path.join(args.results, "latest.png"))
         shutil.copyfile(raw, os.path.join(args.results, "latest.json"))
     print("written: " + " ".join(os.path.relpath(p, ROOT) for p in written), file=sys.stderr)
-    bad = sum(v.errors for v in todo)
+    bad = sum(v.errors for v in todo if not v.known_failure)
     return 1 if bad else 0
 
 

@@ -3,8 +3,10 @@
   harness.py run --client NAME --variant VARIANT --results FILE [--format FMT] -- CMD...
       Runs CMD once against the private server (PS_TEST_* from scripts/server) and appends
       one JSON line to FILE.  Exit 0 if CMD ran and printed its result, 1 otherwise.
-  harness.py report --pool-size N FILE
-      Prints the table of every run in FILE and a paragraph on what it shows.
+  harness.py report --pool-size N FILE [--grain FILE2]
+      Prints the table of every run in FILE and a paragraph on what it shows; with --grain,
+      then the table of the runs in FILE2 (programs that keep their connections: the
+      grain of issue 13) and a paragraph on those.
 
 All facts come from outside the client, through one root connection of this (never
 preloaded) process:
@@ -133,6 +135,10 @@ def cmd_run(args):
                time_wait_server=len(tws_after - tws_before))
     if parsed:
         row.update(tasks=parsed[0], seconds=parsed[1], errors=parsed[2])
+    # What the library said (a refused or unknown setting, a pool that stayed full).
+    said = [l.strip() for l in stderr.splitlines() if "poolshim" in l]
+    if said:
+        row["said"] = said[:3]
     with open(args.results, "a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -149,7 +155,15 @@ def fmt_int(n):
 
 
 def cmd_report(args):
-    rows = [json.loads(line) for line in open(args.results) if line.strip()]
+    print_table([json.loads(line) for line in open(args.results) if line.strip()],
+                lambda rows: explain(rows, args.pool_size))
+    if args.grain:
+        print()
+        print_table([json.loads(line) for line in open(args.grain) if line.strip()],
+                    lambda rows: explain_grain(rows, args.pool_size))
+
+
+def print_table(rows, paragraph):
     for r in rows:
         r["rate"] = r["tasks"] / r["seconds"] if r.get("tasks") and r["seconds"] > 0 else None
     base = {r["client"]: r for r in rows if r["variant"] == "no pool" and r["rate"]}
@@ -179,7 +193,7 @@ def cmd_report(args):
     for t in table:
         print(line(t))
     print()
-    print(textwrap.fill(explain(rows, args.pool_size), width=92))
+    print(textwrap.fill(paragraph(rows), width=92))
 
 
 def explain(rows, pool_size):
@@ -235,6 +249,50 @@ def explain(rows, pool_size):
     return text
 
 
+def explain_grain(rows, pool_size):
+    """The paragraph under the table of the programs that keep their connections."""
+    if not rows:
+        return "No run of the kept-connection client."
+    by = {r["variant"]: r for r in rows}
+    plain = by.get("no pool")
+    parts = []
+    explained = False  # the connect grain's error 1040, said once
+    if plain and plain.get("rate"):
+        parts.append(f"Without the pool the {plain['client'].split(',')[1].strip()} of this "
+                     f"client kept {plain['peak']} server connections open for the whole run "
+                     "(Django's CONN_MAX_AGE = None: one connection per thread, also while "
+                     "the thread thinks).")
+    for r in rows:
+        if r is plain:
+            continue
+        what = (f"{r['variant']}: peak {r['peak']} server connections, "
+                + (f"{r['rate']:,.0f} tasks/s, " if r.get("rate") else "")
+                + f"{fmt_int(r['errors']) if 'errors' in r else 'no'} errors")
+        said = " ".join(r.get("said", []))
+        if "POOLSHIM_GRAIN" in said:
+            line = next(l for l in r["said"] if "POOLSHIM_GRAIN" in l)
+            what += ("; the library did not take POOLSHIM_GRAIN=transaction (it said: "
+                     f"\"{line}\"), so this run used the connect grain")
+        connect_grain = "POOLSHIM_GRAIN" in said or "transaction" not in r["variant"]
+        if r.get("errors") and ("1040" in said or "is full" in said) and connect_grain:
+            if explained:
+                what += "; error 1040 as above"
+            else:
+                what += (f"; the threads beyond the {pool_size}th waited at connect for a "
+                         "connection that a thinking thread holds, and failed with error "
+                         "1040 after POOLSHIM_TIMEOUT: the connect grain lends a connection "
+                         "per handle")
+            explained = True
+        elif r.get("errors") or not r.get("ok"):
+            what += "; see the messages above the tables"
+        parts.append(what + ".")
+    parts.append("The transaction grain (issue 13) lends the connection per transaction inside "
+                 "a handle that stays open; its target is at most "
+                 f"{pool_size} server connections and no error, near the speed of the kept "
+                 "connections.")
+    return " ".join(parts)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="command", required=True)
@@ -247,6 +305,7 @@ def main():
     rep = sub.add_parser("report")
     rep.add_argument("--pool-size", type=int, required=True)
     rep.add_argument("results")
+    rep.add_argument("--grain", help="results of the kept-connection client (issue 13)")
     args = ap.parse_args()
     if os.environ.get("LD_PRELOAD"):
         sys.exit("harness.py: must not run with LD_PRELOAD set (it measures the server)")
