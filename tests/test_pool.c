@@ -101,7 +101,20 @@ static gint64 fake_now_us = 1000 * SEC;
 static gint64
 fake_clock(void)
 {
-  return fake_now_us;
+  return __atomic_load_n(&fake_now_us, __ATOMIC_RELAXED);
+}
+
+/* For tests whose waiters read the clock while the test moves it (a waiter that polls). */
+static void
+clock_set(gint64 us)
+{
+  __atomic_store_n(&fake_now_us, us, __ATOMIC_RELAXED);
+}
+
+static void
+clock_add(gint64 us)
+{
+  __atomic_add_fetch(&fake_now_us, us, __ATOMIC_RELAXED);
 }
 
 /* A caller blocked in ps_pool_acquire in another thread. */
@@ -635,15 +648,15 @@ Test(pool, a_looping_releaser_retakes_its_connection_while_the_oldest_waiter_is_
   Waiter w;
   GThread *t;
   PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
-  gint64 arrived = fake_now_us;
+  gint64 arrived = fake_clock();
 
   /* Twenty cycles within the bound: each return is held back, each connect re-takes it
    * without waiting, and the waiter (no grace passes on the fake clock) keeps waiting. */
   for (int i = 0; i < 20; i++) {
-    fake_now_us += 10; /* well inside the grace and the bound */
+    clock_add(10); /* well inside the grace and the bound */
     cr_assert(ps_pool_release(pool, item, FALSE));
     ASSERT_GAUGES(pool, 1, 1, 0, 1); /* held: idle, and the waiter still waits */
-    fake_now_us += 10;
+    clock_add(10);
     PsGrant g;
     ps_pool_acquire(pool, key, in_ms(300), &g);
     cr_assert_eq(g.kind, PS_GRANT_IDLE, "cycle %d: the looping thread got kind %d, not its "
@@ -651,12 +664,12 @@ Test(pool, a_looping_releaser_retakes_its_connection_while_the_oldest_waiter_is_
     cr_assert_eq(g.item, item);
     cr_assert_eq(g.waited_us, 0);
   }
-  cr_assert_lt(fake_now_us - arrived, PS_POOL_STARVE_US);
+  cr_assert_lt(fake_clock() - arrived, PS_POOL_STARVE_US);
   ASSERT_GAUGES(pool, 1, 0, 1, 1);
 
   /* A thread that does not come back: the waiter gets the connection after the grace. */
   cr_assert(ps_pool_release(pool, item, FALSE));
-  fake_now_us += PS_POOL_BARGE_GRACE_US;
+  clock_add(PS_POOL_BARGE_GRACE_US);
   g_thread_join(t);
   cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
   cr_assert_eq(w.grant.item, item);
@@ -671,14 +684,14 @@ Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
   Waiter w;
   GThread *t;
   PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
-  gint64 arrived = fake_now_us;
+  gint64 arrived = fake_clock();
 
   /* The looping thread cycles while the waiter ages towards the bound. */
   int cycles = 0;
-  while (fake_now_us + 60 - arrived < PS_POOL_STARVE_US) {
-    fake_now_us += 30;
+  while (fake_clock() + 60 - arrived < PS_POOL_STARVE_US) {
+    clock_add(30);
     cr_assert(ps_pool_release(pool, item, FALSE));
-    fake_now_us += 30;
+    clock_add(30);
     PsGrant g;
     ps_pool_acquire(pool, key, in_ms(300), &g);
     cr_assert_eq(g.kind, PS_GRANT_IDLE, "cycle %d: kind %d", cycles, g.kind);
@@ -688,7 +701,7 @@ Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
   ASSERT_GAUGES(pool, 1, 0, 1, 1);
 
   /* The waiter has now waited the bound: the next return is its, at once (no grace). */
-  fake_now_us = arrived + PS_POOL_STARVE_US;
+  clock_set(arrived + PS_POOL_STARVE_US);
   cr_assert(ps_pool_release(pool, item, FALSE));
   g_thread_join(t);
   cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
@@ -713,14 +726,14 @@ Test(pool, a_held_return_goes_to_the_waiter_after_the_grace_with_nothing_else_ha
   PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
 
   /* The looping thread returns the connection and goes away: it is held for the grace. */
-  fake_now_us += 10;
-  gint64 returned = fake_now_us;
+  clock_add(10);
+  gint64 returned = fake_clock();
   cr_assert(ps_pool_release(pool, item, FALSE));
   g_usleep(20 * MS); /* several poll periods of real time, none of fake time */
   ASSERT_GAUGES(pool, 1, 1, 0, 1);
 
   /* The grace passes: no pool operation follows, the waiter's own poll hands it over. */
-  fake_now_us = returned + PS_POOL_BARGE_GRACE_US;
+  clock_set(returned + PS_POOL_BARGE_GRACE_US);
   cr_assert(wait_until_served(pool, 0), "the held connection was stranded");
   g_thread_join(t);
   cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
@@ -738,7 +751,7 @@ Test(pool, a_thread_that_comes_back_after_the_grace_hands_its_return_to_the_wait
   PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
   cr_assert(ps_pool_release(pool, item, FALSE));
   /* Work between the close and the next connect (a request, Django's ORM): not looping. */
-  fake_now_us += PS_POOL_BARGE_GRACE_US + 1;
+  clock_add(PS_POOL_BARGE_GRACE_US + 1);
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
   cr_assert_eq(g.kind, PS_GRANT_IDLE);
