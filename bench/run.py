@@ -54,10 +54,10 @@ FIFO_RATIO = {"poolshim": 0.40, "always": 0.70}
 
 
 def starve_bound_us():
-    """PS_POOL_STARVE_US from src/pool.h: the oldest waiter of a key waits at most this long
-    before returns go to the waiters in arrival order again."""
+    """PS_POOL_STARVE_MAX_US from src/pool.h: the oldest waiter of a key waits at most this
+    long (less at a faster pace) before returns go to the waiters in arrival order again."""
     with open(os.path.join(ROOT, "src", "pool.h")) as f:
-        m = re.search(r"#define PS_POOL_STARVE_US \(\(gint64\)(\d+)\)", f.read())
+        m = re.search(r"#define PS_POOL_STARVE_MAX_US \(\(gint64\)(\d+)\)", f.read())
     return int(m.group(1)) if m else None
 
 
@@ -667,7 +667,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                      "the wait for a free connection). Waiting is FIFO with bounded barging: "
                      "a thread that closes and connects again at once re-takes its connection "
                      "without a thread switch while the oldest waiter has waited less than "
-                     f"{bound / 1000:.0f} ms, so most connects wait about nothing (p50 near 0) "
+                     "the starvation bound (32 FIFO shares at the pool's pace, at most "
+                     f"{bound / 1000:.0f} ms), so most connects wait about nothing (p50 near 0) "
                      "and the waits that remain are long. Starvation would show as a max above "
                      "the bound plus the FIFO share (every other thread served once at strict "
                      "FIFO's rate), or as one thread's mean wait above twice that FIFO share "

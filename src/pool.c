@@ -4,17 +4,20 @@
  * Waiting is FIFO with bounded barging. Waiters of a key are served in arrival order, and
  * a newcomer never overtakes them, with one exception: a thread that returns a connection
  * and came straight back for the previous one (within PS_POOL_BARGE_GRACE_US of its last
- * return) is a looping thread; while the key's oldest waiter has waited less than
- * PS_POOL_STARVE_US, such a thread's return is held back for it (the connection stays
+ * return) is a looping thread; while the key's oldest waiter has waited less than the
+ * starvation bound, such a thread's return is held back for it (the connection stays
  * idle, marked held) and its next acquire within the grace re-takes it without a context
  * switch, as HikariCP's ConcurrentBag, Linux's mutexes and Go's sync.Mutex let a running
  * thread re-take what it just gave back. Handing a connection to a sleeping waiter costs a
  * wake-up, and the releaser, coming straight back, a sleep: one thread switch per cycle,
  * most of a cycle's cost when hundreds of threads share a small pool. The bounds:
- * - Starvation: once the oldest waiter of a key has waited PS_POOL_STARVE_US, nothing is
- *   held and nobody barges: every return goes to the waiters in arrival order until the
- *   oldest is younger again. So no waiter waits more than that bound plus what strict FIFO
- *   would have made it wait from then on (its FIFO share).
+ * - Starvation: once the oldest waiter of a key has waited the bound, nothing is held and
+ *   nobody barges: every return goes to the waiters in arrival order until the oldest is
+ *   younger again. So no waiter waits more than the bound plus what strict FIFO would have
+ *   made it wait from then on (its FIFO share). The bound is PS_POOL_STARVE_FACTOR times
+ *   the oldest waiter's FIFO share at the pool's pace, so barging costs a waiter a fixed
+ *   multiple of a fair wait, between PS_POOL_STARVE_MIN_US (a lone waiter behind one
+ *   looping thread) and PS_POOL_STARVE_MAX_US (hundreds of threads on a small pool).
  * - Stranding: a held connection is re-taken by its thread within the grace, or it goes to
  *   the oldest waiter at the first pool operation after the grace; when nothing else
  *   happens, the key's poller (its oldest waiter while holds happen, woken every
@@ -48,6 +51,7 @@ struct PsPoolKey {
   GQueue waitq;       /* of PsWaiter.key_link: this key's waiters, in arrival order */
   PsWaiter *poller;   /* the waiter that wakes every PS_POOL_POLL_US while holds happen */
   gint64 last_hold_us; /* the last return held back for a looping thread */
+  gint64 lent_avg_us;  /* how long a connection stays lent (moving average): the pace */
   /* What keeps the key alive (ps_pool_forget_unused frees it only when all are zero):
    * callers between ps_pool_key/key_find/key_list and the matching release, and PsItems
    * (counted from their creation to ps_pool_item_free, also while closed as victims). */
@@ -286,10 +290,11 @@ oldest_idle_elsewhere(PsPool *pool, PsPoolKey *except)
 
 /* Takes `item` out of the idle queue and lends it. */
 static void
-serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, PsGrant *grant)
+serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, gint64 now, PsGrant *grant)
 {
   g_queue_unlink(&key->idle, &item->link);
   item->held_until_us = 0;
+  item->lent_us = now;
   key->lent++;
   pool->counts.borrowed++;
   pool->counts.served_idle++;
@@ -332,7 +337,7 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, gboolean 
     if (skip_held && item->held_until_us > now)
       continue;
     if (!pool->ready || pool->ready(item)) {
-      serve_idle(pool, key, item, grant);
+      serve_idle(pool, key, item, now, grant);
       return TRUE;
     }
     if (++asked == PS_READY_SCAN)
@@ -350,7 +355,7 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, gboolean 
       }
       if (skip_held && item->held_until_us > now)
         continue;
-      serve_idle(pool, key, item, grant);
+      serve_idle(pool, key, item, now, grant);
       return TRUE;
     }
   }
@@ -377,13 +382,26 @@ has_waiter_for(PsPool *pool, PsPoolKey *key)
   return key->waiting > 0;
 }
 
+/* The starvation bound: PS_POOL_STARVE_FACTOR times the oldest waiter's FIFO share at the
+ * pool's current pace (every waiter served once: waiting x the mean time a connection is
+ * lent / pool size), within PS_POOL_STARVE_MIN_US..PS_POOL_STARVE_MAX_US. Handing over
+ * costs a thread switch per waiter, so a bound a few dozen FIFO shares long keeps that
+ * cost to a few percent of the cycles; a lone waiter behind a looping thread waits at most
+ * the minimum. */
+static gint64
+starve_bound(const PsPoolKey *key)
+{
+  gint64 share = (gint64)key->waiting * key->lent_avg_us / key->settings.pool_size;
+  return CLAMP(PS_POOL_STARVE_FACTOR * share, PS_POOL_STARVE_MIN_US, PS_POOL_STARVE_MAX_US);
+}
+
 /* Whether the key's oldest waiter has waited less than the starvation bound: only then may
  * a return be held back for, or re-taken by, a looping thread. */
 static gboolean
 may_barge(const PsPoolKey *key, gint64 now)
 {
   const GList *head = key->waitq.head;
-  return !head || now - ((const PsWaiter *)head->data)->since_us < PS_POOL_STARVE_US;
+  return !head || now - ((const PsWaiter *)head->data)->since_us < starve_bound(key);
 }
 
 /* Whether an idle connection of the key is held back for a looping thread. */
@@ -736,6 +754,7 @@ new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
   item->link.data = item;
   item->created_us = now;
   item->idle_since_us = now;
+  item->lent_us = now;
   gint64 lifetime = key->settings.max_lifetime_us;
   if (lifetime > 0) {
     /* Up to 2.5% earlier, so connections opened together do not all expire together. */
@@ -781,6 +800,7 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
   key->lent--;
   if (reset)
     key->counts.resets++;
+  key->lent_avg_us += (MAX(now - item->lent_us, 0) - key->lent_avg_us) / 8;
   gboolean kept = now < item->expires_us;
   /* A looping thread's return stays here for it while the oldest waiter is young. */
   gboolean hold = kept && history.looping && history.acq_pool == pool &&

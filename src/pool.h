@@ -8,14 +8,17 @@
 
 #define PS_KEY_DIGEST_LEN 16
 
-/* Bounded barging (pool.c's top comment). A thread that returns a connection and asks for
- * one of the same key within the grace, having done so the time before too, is looping: its
- * return is held back for it for the grace instead of going to the oldest waiter, unless
- * that waiter has waited the starvation bound. A held return nobody re-takes goes to the
+/* Bounded barging (pool.c's top comment). A thread whose last acquire came within the
+ * grace of its return before is looping: its next return is held back for it for the grace
+ * instead of going to the oldest waiter, unless that waiter has waited the starvation
+ * bound: STARVE_FACTOR times its FIFO share at the current pace (waiting x mean time lent /
+ * pool size), within STARVE_MIN..STARVE_MAX. A held return nobody re-takes goes to the
  * oldest waiter at the first pool operation after the grace, or at the latest a poll
  * period later. */
 #define PS_POOL_BARGE_GRACE_US ((gint64)100)
-#define PS_POOL_STARVE_US ((gint64)50000)
+#define PS_POOL_STARVE_FACTOR 32
+#define PS_POOL_STARVE_MIN_US ((gint64)2000)
+#define PS_POOL_STARVE_MAX_US ((gint64)100000)
 #define PS_POOL_POLL_US ((gint64)1000)
 
 typedef struct PsPool PsPool;
@@ -44,6 +47,7 @@ typedef struct PsItem {
   gint64 expires_us;     /* G_MAXINT64 when there is no lifetime */
   gint64 idle_since_us;
   gint64 held_until_us;  /* held back for the looping thread that returned it, until then */
+  gint64 lent_us;        /* when it was last lent: how long it stays lent sets the pace */
   PsCloseReason close_reason; /* set when the pool hands it back as a victim */
   GList link;            /* in the owner's idle queue while idle */
 } PsItem;
@@ -137,7 +141,7 @@ gpointer ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify dest
 /* Waits until the key can lend or open a connection, or until deadline_us
  * (g_get_monotonic_time clock). Waiters are served in arrival order; only a looping thread
  * re-taking its held return overtakes them, and only while the oldest has waited less than
- * PS_POOL_STARVE_US. */
+ * the starvation bound (above). */
 void ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant);
 /* The same, but an idle connection still busy with its reset is lent rather than a new one
  * opened (after opening one failed: an idle connection is never passed over for an error). */
