@@ -414,15 +414,17 @@ has_held(const PsPoolKey *key)
   return FALSE;
 }
 
-/* While a connection of the key is held back, its oldest waiter wakes every PS_POOL_POLL_US
- * to take it once the grace is over, should nothing else happen in the pool: so a thread
- * that does not come back never strands it. */
+/* While a connection of the key is held back, one of its waiters wakes every
+ * PS_POOL_POLL_US to hand it to the oldest waiter once the grace is over, should nothing
+ * else happen in the pool: so a thread that does not come back never strands it. The
+ * newest waiter is picked: it waits longest for its own turn, so polling changes hands (a
+ * wake-up) once in a while, not at every hand-over. */
 static void
 ensure_poller(PsPoolKey *key)
 {
-  if (key->poller || !key->waitq.head || !has_held(key))
+  if (key->poller || !key->waitq.tail || !has_held(key))
     return;
-  key->poller = key->waitq.head->data;
+  key->poller = key->waitq.tail->data;
   g_cond_signal(&key->poller->cond);
 }
 
