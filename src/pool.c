@@ -20,8 +20,8 @@
  *   looping thread) and PS_POOL_STARVE_MAX_US (hundreds of threads on a small pool).
  * - Stranding: a held connection is re-taken by its thread within the grace, or it goes to
  *   the oldest waiter at the first pool operation after the grace; when nothing else
- *   happens, the key's poller (its oldest waiter while holds happen, woken every
- *   PS_POOL_POLL_US) hands it over. A thread that does other work between close and
+ *   happens, the key's poller (one of its waiters, woken every PS_POOL_POLL_US while
+ *   holds happen) hands it over. A thread that does other work between close and
  *   connect (a web request, Django's ORM) is not looping, and its returns go straight to
  *   the oldest waiter, as with strict FIFO.
  * Waiters of other keys are unaffected, and POOLSHIM_TIMEOUT bounds every wait as before. */
