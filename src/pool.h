@@ -1,6 +1,7 @@
 /* pool.h: the pool as a plain data structure: keys, idle lists, open/lent counts, waiters
- * (FIFO with bounded barging) and limits. No MySQL calls and no I/O: a connection is an opaque pointer, and
- * everything the caller must close is handed back to it to close outside the lock. */
+ * (FIFO with bounded barging) and limits. No MySQL calls and no I/O: a connection is an
+ * opaque pointer, and everything the caller must close is handed back to it to close
+ * outside the lock. */
 #pragma once
 #include <glib.h>
 
