@@ -1,8 +1,35 @@
-/* pool.c: keys, idle queues, counts, limits and FIFO waiters under one mutex. No MySQL
- * call, no I/O and no blocking other than a waiter's condition variable. */
+/* pool.c: keys, idle queues, counts, limits and waiters under one mutex. No MySQL call, no
+ * I/O and no blocking other than a waiter's condition variable.
+ *
+ * Waiting is FIFO with bounded barging. Waiters of a key are served in arrival order, and
+ * a newcomer never overtakes them, with one exception: a thread that returns a connection
+ * and came straight back for the previous one (within PS_POOL_BARGE_GRACE_US of its last
+ * return) is a looping thread; while the key's oldest waiter has waited less than the
+ * starvation bound, such a thread's return is held back for it (the connection stays
+ * idle, marked held) and its next acquire within the grace re-takes it without a context
+ * switch, as HikariCP's ConcurrentBag, Linux's mutexes and Go's sync.Mutex let a running
+ * thread re-take what it just gave back. Handing a connection to a sleeping waiter costs a
+ * wake-up, and the releaser, coming straight back, a sleep: one thread switch per cycle,
+ * most of a cycle's cost when hundreds of threads share a small pool. The bounds:
+ * - Starvation: once the oldest waiter of a key has waited the bound, nothing is held and
+ *   nobody barges: every return goes to the waiters in arrival order until the oldest is
+ *   younger again. So no waiter waits more than the bound plus what strict FIFO would have
+ *   made it wait from then on (its FIFO share). The bound is PS_POOL_STARVE_FACTOR times
+ *   the oldest waiter's FIFO share at the pool's pace, so barging costs a waiter a fixed
+ *   multiple of a fair wait, between PS_POOL_STARVE_MIN_US (a lone waiter behind one
+ *   looping thread) and PS_POOL_STARVE_MAX_US (hundreds of threads on a small pool).
+ * - Stranding: a held connection is re-taken by its thread within the grace, or it goes to
+ *   the oldest waiter at the first pool operation after the grace; when nothing else
+ *   happens, the key's poller (one of its waiters, woken every PS_POOL_POLL_US while
+ *   holds happen) hands it over. A thread that does other work between close and
+ *   connect (a web request, Django's ORM) is not looping, and its returns go straight to
+ *   the oldest waiter, as with strict FIFO.
+ * Waiters of other keys are unaffected, and POOLSHIM_TIMEOUT bounds every wait as before. */
 #include "pool.h"
 
 #include <string.h>
+
+typedef struct PsWaiter PsWaiter;
 
 struct PsPoolKey {
   guint8 digest[PS_KEY_DIGEST_LEN];
@@ -21,6 +48,10 @@ struct PsPoolKey {
   GDestroyNotify data_destroy;
   gint64 idle_cap_us; /* 0 = none; below the server's wait_timeout */
   guint full_in_pass; /* dispatch pass in which this key could serve no more waiters */
+  GQueue waitq;       /* of PsWaiter.key_link: this key's waiters, in arrival order */
+  PsWaiter *poller;   /* the waiter that wakes every PS_POOL_POLL_US while holds happen */
+  gint64 last_hold_us; /* the last return held back for a looping thread */
+  gint64 lent_avg_us;  /* how long a connection stays lent (moving average): the pace */
   /* What keeps the key alive (ps_pool_forget_unused frees it only when all are zero):
    * callers between ps_pool_key/key_find/key_list and the matching release, and PsItems
    * (counted from their creation to ps_pool_item_free, also while closed as victims). */
@@ -37,14 +68,32 @@ typedef struct {
   guint live;
 } PsLabelUse;
 
-typedef struct {
+struct PsWaiter {
   PsPoolKey *key;
   GCond cond;
   gboolean served;
   gboolean may_grow;
+  gint64 since_us; /* pool clock at arrival: the key's oldest waiter bounds barging */
   PsGrant *grant;
-  GList link;
-} PsWaiter;
+  GList link;     /* in pool->waiters */
+  GList key_link; /* in key->waitq */
+};
+
+/* What the calling thread last did with the pool: whether it is looping (came straight
+ * back after its last return) and whether its last return was held back for it. The
+ * pointers are only compared, never followed: a freed and reused key costs at most one
+ * return held back for a grace. */
+typedef struct {
+  PsPool *pool;
+  PsPoolKey *key;
+  gint64 released_us; /* when this thread last returned a connection of `key` */
+  gboolean held;      /* that return was held back for this thread */
+  PsPool *acq_pool;
+  PsPoolKey *acq_key;
+  gboolean looping;   /* its last acquire (of acq_key) came within the grace of a return */
+} PsThreadHistory;
+
+static _Thread_local PsThreadHistory history;
 
 struct PsPool {
   GMutex lock;
@@ -241,9 +290,11 @@ oldest_idle_elsewhere(PsPool *pool, PsPoolKey *except)
 
 /* Takes `item` out of the idle queue and lends it. */
 static void
-serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, PsGrant *grant)
+serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, gint64 now, PsGrant *grant)
 {
   g_queue_unlink(&key->idle, &item->link);
+  item->held_until_us = 0;
+  item->lent_us = now;
   key->lent++;
   pool->counts.borrowed++;
   pool->counts.served_idle++;
@@ -267,9 +318,11 @@ room_to_grow(const PsPool *pool, const PsPoolKey *key)
  * sent when it came back) and the key may grow, a new connection is opened: the pool then
  * settles at enough connections that a returned one has finished its reset by the time it
  * is lent again. Without room to grow (or when growing is off), the one returned longest
- * ago is lent. */
+ * ago is lent. `skip_held`: connections held back for a looping thread (and still within
+ * its grace) are not lent. */
 static gboolean
-try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, PsGrant *grant)
+try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, gboolean skip_held,
+          PsGrant *grant)
 {
   guint asked = 0;
   GList *l = key->idle.head;
@@ -281,8 +334,10 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, PsGrant *
       grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
       continue;
     }
+    if (skip_held && item->held_until_us > now)
+      continue;
     if (!pool->ready || pool->ready(item)) {
-      serve_idle(pool, key, item, grant);
+      serve_idle(pool, key, item, now, grant);
       return TRUE;
     }
     if (++asked == PS_READY_SCAN)
@@ -290,14 +345,18 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, PsGrant *
   }
   if (key->idle.head && (!may_grow || !pool->grow_past_busy || !room_to_grow(pool, key))) {
     /* Every idle one is busy with its reset and the key is full: the oldest return. */
-    while (key->idle.tail) {
-      PsItem *item = key->idle.tail->data;
+    for (GList *t = key->idle.tail; t;) {
+      PsItem *item = t->data;
+      t = t->prev;
       PsCloseReason why;
-      if (!expired(pool, item, now, &why)) {
-        serve_idle(pool, key, item, grant);
-        return TRUE;
+      if (expired(pool, item, now, &why)) {
+        grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
+        continue;
       }
-      grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
+      if (skip_held && item->held_until_us > now)
+        continue;
+      serve_idle(pool, key, item, now, grant);
+      return TRUE;
     }
   }
   if (key->open >= key->settings.pool_size)
@@ -317,10 +376,76 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, PsGrant *
   return TRUE;
 }
 
+static gboolean
+has_waiter_for(PsPool *pool, PsPoolKey *key)
+{
+  return key->waiting > 0;
+}
+
+/* The starvation bound: PS_POOL_STARVE_FACTOR times the oldest waiter's FIFO share at the
+ * pool's current pace (every waiter served once: waiting x the mean time a connection is
+ * lent / pool size), within PS_POOL_STARVE_MIN_US..PS_POOL_STARVE_MAX_US. Handing over
+ * costs a thread switch per waiter, so a bound a few dozen FIFO shares long keeps that
+ * cost to a few percent of the cycles; a lone waiter behind a looping thread waits at most
+ * the minimum. */
+static gint64
+starve_bound(const PsPoolKey *key)
+{
+  gint64 share = (gint64)key->waiting * key->lent_avg_us / key->settings.pool_size;
+  return CLAMP(PS_POOL_STARVE_FACTOR * share, PS_POOL_STARVE_MIN_US, PS_POOL_STARVE_MAX_US);
+}
+
+/* Whether the key's oldest waiter has waited less than the starvation bound: only then may
+ * a return be held back for, or re-taken by, a looping thread. */
+static gboolean
+may_barge(const PsPoolKey *key, gint64 now)
+{
+  const GList *head = key->waitq.head;
+  return !head || now - ((const PsWaiter *)head->data)->since_us < starve_bound(key);
+}
+
+/* Whether an idle connection of the key is held back for a looping thread. */
+static gboolean
+has_held(const PsPoolKey *key)
+{
+  for (const GList *l = key->idle.head; l; l = l->next)
+    if (((const PsItem *)l->data)->held_until_us)
+      return TRUE;
+  return FALSE;
+}
+
+/* While a connection of the key is held back, one of its waiters wakes every
+ * PS_POOL_POLL_US to hand it to the oldest waiter once the grace is over, should nothing
+ * else happen in the pool: so a thread that does not come back never strands it. The
+ * newest waiter is picked: it waits longest for its own turn, so polling changes hands (a
+ * wake-up) once in a while, not at every hand-over. */
+static void
+ensure_poller(PsPoolKey *key)
+{
+  if (key->poller || !key->waitq.tail || !has_held(key))
+    return;
+  key->poller = key->waitq.tail->data;
+  g_cond_signal(&key->poller->cond);
+}
+
+static void
+unlink_waiter(PsPool *pool, PsWaiter *w)
+{
+  PsPoolKey *key = w->key;
+  g_queue_unlink(&pool->waiters, &w->link);
+  g_queue_unlink(&key->waitq, &w->key_link);
+  key->waiting--;
+  if (key->poller == w) {
+    key->poller = NULL;
+    ensure_poller(key);
+  }
+}
+
 /* Serves waiters in arrival order after anything that may have freed capacity. A key that
  * cannot serve one waiter cannot serve its later ones either in this pass (serving never
- * adds capacity), so they are skipped, and the pass ends once every waiter is accounted
- * for: a release with hundreds of waiters of one key costs one attempt, not hundreds. */
+ * adds capacity, and a later waiter is younger, so no more entitled to a held connection),
+ * so they are skipped, and the pass ends once every waiter is accounted for: a release
+ * with hundreds of waiters of one key costs one attempt, not hundreds. */
 static void
 dispatch(PsPool *pool, gint64 now)
 {
@@ -332,9 +457,8 @@ dispatch(PsPool *pool, gint64 now)
     PsWaiter *w = l->data;
     PsPoolKey *key = w->key;
     if (key->full_in_pass != pass) {
-      if (try_serve(pool, key, now, w->may_grow, w->grant)) {
-        g_queue_unlink(&pool->waiters, &w->link);
-        key->waiting--;
+      if (try_serve(pool, key, now, w->may_grow, may_barge(key, now), w->grant)) {
+        unlink_waiter(pool, w);
         undecided--;
         w->served = TRUE;
         g_cond_signal(&w->cond);
@@ -345,12 +469,6 @@ dispatch(PsPool *pool, gint64 now)
     }
     l = next;
   }
-}
-
-static gboolean
-has_waiter_for(PsPool *pool, PsPoolKey *key)
-{
-  return key->waiting > 0;
 }
 
 PsPoolKey *
@@ -559,29 +677,52 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, gboolean may_grow, PsG
   __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
   grant->now_us = now;
   sweep_key(pool, key, now, &grant->victims);
-  /* Nobody overtakes a waiter of the same key: arrival order is the contract. */
-  if (!has_waiter_for(pool, key) && try_serve(pool, key, now, may_grow, grant)) {
+  /* Nobody overtakes a waiter of the same key, except a looping thread re-taking what was
+   * held back for it while the oldest waiter is younger than the bound (see the top). */
+  gboolean quick = history.pool == pool && history.key == key &&
+                   now - history.released_us <= PS_POOL_BARGE_GRACE_US;
+  gboolean barge = quick && history.held && may_barge(key, now);
+  history.held = FALSE;
+  history.acq_pool = pool;
+  history.acq_key = key;
+  history.looping = quick;
+  if ((!has_waiter_for(pool, key) || barge) && try_serve(pool, key, now, may_grow, FALSE, grant)) {
     count_wait(key, 0);
     g_mutex_unlock(&pool->lock);
     return;
   }
-  PsWaiter w = {.key = key, .grant = grant, .may_grow = may_grow};
+  PsWaiter w = {.key = key, .grant = grant, .may_grow = may_grow, .since_us = now};
   w.link.data = &w;
+  w.key_link.data = &w;
   g_cond_init(&w.cond);
   g_queue_push_tail_link(&pool->waiters, &w.link);
+  g_queue_push_tail_link(&key->waitq, &w.key_link);
   key->waiting++;
+  ensure_poller(key);
   grant->first_wait = key->counts.waits == 0;
   pool->counts.waits++;
   key->counts.waits++;
   gint64 started = now;
   while (!w.served) {
-    if (!g_cond_wait_until(&w.cond, &pool->lock, deadline_us) && !w.served) {
-      g_queue_unlink(&pool->waiters, &w.link);
-      key->waiting--;
+    gint64 wake = deadline_us;
+    if (key->poller == &w)
+      wake = MIN(wake, g_get_monotonic_time() + PS_POOL_POLL_US);
+    g_cond_wait_until(&w.cond, &pool->lock, wake);
+    if (w.served)
+      break;
+    if (g_get_monotonic_time() >= deadline_us) {
+      unlink_waiter(pool, &w);
       grant->kind = PS_GRANT_TIMEOUT;
       pool->counts.wait_timeouts++;
       key->counts.wait_timeouts++;
       break;
+    }
+    if (key->poller == &w) {
+      /* Hands over what is held past its grace (to the oldest waiter, maybe this one). */
+      gint64 t = pool->now();
+      dispatch(pool, t);
+      if (!w.served && !has_held(key) && t - key->last_hold_us >= PS_POOL_POLL_US)
+        key->poller = NULL; /* no more holds: the next one elects a poller again */
     }
   }
   grant->now_us = pool->now();
@@ -615,6 +756,7 @@ new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
   item->link.data = item;
   item->created_us = now;
   item->idle_since_us = now;
+  item->lent_us = now;
   gint64 lifetime = key->settings.max_lifetime_us;
   if (lifetime > 0) {
     /* Up to 2.5% earlier, so connections opened together do not all expire together. */
@@ -660,10 +802,23 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
   key->lent--;
   if (reset)
     key->counts.resets++;
+  key->lent_avg_us += (MAX(now - item->lent_us, 0) - key->lent_avg_us) / 8;
   gboolean kept = now < item->expires_us;
+  /* A looping thread's return stays here for it while the oldest waiter is young. */
+  gboolean hold = kept && history.looping && history.acq_pool == pool &&
+                  history.acq_key == key && has_waiter_for(pool, key) && may_barge(key, now);
+  history.pool = pool;
+  history.key = key;
+  history.released_us = now;
+  history.held = hold;
   if (kept) {
     item->idle_since_us = now;
+    item->held_until_us = hold ? now + PS_POOL_BARGE_GRACE_US : 0;
     g_queue_push_head_link(&key->idle, &item->link);
+    if (hold) {
+      key->last_hold_us = now;
+      ensure_poller(key);
+    }
   } else {
     key->open--;
     pool->total_open--;

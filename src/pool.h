@@ -1,12 +1,26 @@
-/* pool.h: the pool as a plain data structure: keys, idle lists, open/lent counts, FIFO
- * waiters and limits. No MySQL calls and no I/O: a connection is an opaque pointer, and
- * everything the caller must close is handed back to it to close outside the lock. */
+/* pool.h: the pool as a plain data structure: keys, idle lists, open/lent counts, waiters
+ * (FIFO with bounded barging) and limits. No MySQL calls and no I/O: a connection is an
+ * opaque pointer, and everything the caller must close is handed back to it to close
+ * outside the lock. */
 #pragma once
 #include <glib.h>
 
 #include "config.h"
 
 #define PS_KEY_DIGEST_LEN 16
+
+/* Bounded barging (pool.c's top comment). A thread whose last acquire came within the
+ * grace of its return before is looping: its next return is held back for it for the grace
+ * instead of going to the oldest waiter, unless that waiter has waited the starvation
+ * bound: STARVE_FACTOR times its FIFO share at the current pace (waiting x mean time lent /
+ * pool size), within STARVE_MIN..STARVE_MAX. A held return nobody re-takes goes to the
+ * oldest waiter at the first pool operation after the grace, or at the latest a poll
+ * period later. */
+#define PS_POOL_BARGE_GRACE_US ((gint64)100)
+#define PS_POOL_STARVE_FACTOR 32
+#define PS_POOL_STARVE_MIN_US ((gint64)2000)
+#define PS_POOL_STARVE_MAX_US ((gint64)100000)
+#define PS_POOL_POLL_US ((gint64)1000)
 
 typedef struct PsPool PsPool;
 typedef struct PsPoolKey PsPoolKey;
@@ -33,6 +47,8 @@ typedef struct PsItem {
   gint64 created_us;
   gint64 expires_us;     /* G_MAXINT64 when there is no lifetime */
   gint64 idle_since_us;
+  gint64 held_until_us;  /* held back for the looping thread that returned it, until then */
+  gint64 lent_us;        /* when it was last lent: how long it stays lent sets the pace */
   PsCloseReason close_reason; /* set when the pool hands it back as a victim */
   GList link;            /* in the owner's idle queue while idle */
 } PsItem;
@@ -123,8 +139,10 @@ PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]
 gpointer ps_pool_key_data(PsPoolKey *key);
 gpointer ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy);
 
-/* Waits (FIFO) until the key can lend or open a connection, or until deadline_us
- * (g_get_monotonic_time clock). */
+/* Waits until the key can lend or open a connection, or until deadline_us
+ * (g_get_monotonic_time clock). Waiters are served in arrival order; only a looping thread
+ * re-taking its held return overtakes them, and only while the oldest has waited less than
+ * the starvation bound (above). */
 void ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant);
 /* The same, but an idle connection still busy with its reset is lent rather than a new one
  * opened (after opening one failed: an idle connection is never passed over for an error). */

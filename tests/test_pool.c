@@ -101,7 +101,20 @@ static gint64 fake_now_us = 1000 * SEC;
 static gint64
 fake_clock(void)
 {
-  return fake_now_us;
+  return __atomic_load_n(&fake_now_us, __ATOMIC_RELAXED);
+}
+
+/* For tests whose waiters read the clock while the test moves it (a waiter that polls). */
+static void
+clock_set(gint64 us)
+{
+  __atomic_store_n(&fake_now_us, us, __ATOMIC_RELAXED);
+}
+
+static void
+clock_add(gint64 us)
+{
+  __atomic_add_fetch(&fake_now_us, us, __ATOMIC_RELAXED);
 }
 
 /* A caller blocked in ps_pool_acquire in another thread. */
@@ -592,6 +605,201 @@ Test(pool, waiters_are_served_in_arrival_order)
   cr_assert_eq(c.served_idle, N);
   cr_assert_eq(c.opened, 1);
   ps_pool_free(shared.pool, NULL);
+}
+
+/* ---- bounded barging -------------------------------------------------------------- */
+
+/* Polls until `waiting_after` callers are left waiting (or 10 s have passed). */
+static gboolean
+wait_until_served(PsPool *pool, guint waiting_after)
+{
+  gint64 give_up = g_get_monotonic_time() + 10 * SEC;
+  PsPoolCounts c;
+  do {
+    ps_pool_counts(pool, &c);
+    if (c.waiting == waiting_after)
+      return TRUE;
+    g_usleep(1000);
+  } while (g_get_monotonic_time() < give_up);
+  return FALSE;
+}
+
+/* The calling thread takes the key's only connection, returns it and takes it again at
+ * once: from then on it is looping. Then a waiter arrives (at the fake clock's now). */
+static PsItem *
+loop_once_then_start_waiter(PsPool *pool, PsPoolKey *key, Waiter *w, GThread **t)
+{
+  ps_pool_set_clock(pool, fake_clock);
+  PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  cr_assert_eq(g.item, item);
+  *t = start_waiter(w, pool, key);
+  wait_until_waiting(pool, 1);
+  return item;
+}
+
+Test(pool, a_looping_releaser_retakes_its_connection_while_the_oldest_waiter_is_young)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  Waiter w;
+  GThread *t;
+  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
+  gint64 arrived = fake_clock();
+
+  /* Twenty cycles within the bound: each return is held back, each connect re-takes it
+   * without waiting, and the waiter (no grace passes on the fake clock) keeps waiting. */
+  for (int i = 0; i < 20; i++) {
+    clock_add(10); /* well inside the grace and the bound */
+    cr_assert(ps_pool_release(pool, item, FALSE));
+    ASSERT_GAUGES(pool, 1, 1, 0, 1); /* held: idle, and the waiter still waits */
+    clock_add(10);
+    PsGrant g;
+    ps_pool_acquire(pool, key, in_ms(300), &g);
+    cr_assert_eq(g.kind, PS_GRANT_IDLE, "cycle %d: the looping thread got kind %d, not its "
+                                        "own connection back", i, g.kind);
+    cr_assert_eq(g.item, item);
+    cr_assert_eq(g.waited_us, 0);
+  }
+  cr_assert_lt(fake_clock() - arrived, PS_POOL_STARVE_MIN_US);
+  ASSERT_GAUGES(pool, 1, 0, 1, 1);
+
+  /* A thread that does not come back: the waiter gets the connection after the grace. */
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  clock_add(PS_POOL_BARGE_GRACE_US);
+  g_thread_join(t);
+  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
+  cr_assert_eq(w.grant.item, item);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  Waiter w;
+  GThread *t;
+  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
+  gint64 arrived = fake_clock();
+
+  /* The looping thread cycles while the waiter ages towards the bound: with one waiter
+   * and 30 us cycles, its FIFO share is tiny and the bound is the minimum. */
+  int cycles = 0;
+  while (fake_clock() + 60 - arrived < PS_POOL_STARVE_MIN_US) {
+    clock_add(30);
+    cr_assert(ps_pool_release(pool, item, FALSE));
+    clock_add(30);
+    PsGrant g;
+    ps_pool_acquire(pool, key, in_ms(300), &g);
+    cr_assert_eq(g.kind, PS_GRANT_IDLE, "cycle %d: kind %d", cycles, g.kind);
+    cycles++;
+  }
+  cr_assert_gt(cycles, 20, "the looping thread cycled %d times without a handoff", cycles);
+  ASSERT_GAUGES(pool, 1, 0, 1, 1);
+
+  /* The waiter has now waited the bound: the next return is its, at once (no grace). */
+  clock_set(arrived + PS_POOL_STARVE_MIN_US);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  g_thread_join(t);
+  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
+  cr_assert_eq(w.grant.item, item);
+  cr_assert_eq(w.grant.waited_us, PS_POOL_STARVE_MIN_US, "served %" G_GINT64_FORMAT " us after "
+               "arrival, the bound is %" G_GINT64_FORMAT, w.grant.waited_us,
+               PS_POOL_STARVE_MIN_US);
+
+  /* And the looping thread, coming straight back, waits its turn now. */
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(50), &g);
+  cr_assert_eq(g.kind, PS_GRANT_TIMEOUT);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, the_bound_grows_with_the_time_a_connection_stays_lent_up_to_its_maximum)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  Waiter w;
+  GThread *t;
+  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
+  gint64 arrived = fake_clock();
+
+  /* 1 ms per loan: the waiter's FIFO share is about 1 ms, the bound many times that. */
+  int cycles = 0;
+  while (fake_clock() - arrived < 10 * PS_POOL_STARVE_MIN_US) {
+    clock_add(1000);
+    cr_assert(ps_pool_release(pool, item, FALSE));
+    clock_add(10);
+    PsGrant g;
+    ps_pool_acquire(pool, key, in_ms(300), &g);
+    cr_assert_eq(g.kind, PS_GRANT_IDLE, "after %" G_GINT64_FORMAT " us (cycle %d) the "
+                 "looping thread had to wait", fake_clock() - arrived, cycles);
+    cycles++;
+  }
+  ASSERT_GAUGES(pool, 1, 0, 1, 1);
+
+  /* Never beyond the maximum. */
+  clock_set(arrived + PS_POOL_STARVE_MAX_US);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  g_thread_join(t);
+  cr_assert_eq(w.grant.item, item);
+  cr_assert_eq(w.grant.waited_us, PS_POOL_STARVE_MAX_US);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, a_held_return_goes_to_the_waiter_after_the_grace_with_nothing_else_happening)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  Waiter w;
+  GThread *t;
+  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
+
+  /* The looping thread returns the connection and goes away: it is held for the grace. */
+  clock_add(10);
+  gint64 returned = fake_clock();
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  g_usleep(20 * MS); /* several poll periods of real time, none of fake time */
+  ASSERT_GAUGES(pool, 1, 1, 0, 1);
+
+  /* The grace passes: no pool operation follows, the waiter's own poll hands it over. */
+  clock_set(returned + PS_POOL_BARGE_GRACE_US);
+  cr_assert(wait_until_served(pool, 0), "the held connection was stranded");
+  g_thread_join(t);
+  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
+  cr_assert_eq(w.grant.item, item);
+  ASSERT_GAUGES(pool, 1, 0, 1, 0);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ps_pool_free(pool, NULL);
+}
+
+Test(pool, a_thread_that_comes_back_after_the_grace_hands_its_return_to_the_waiter)
+{
+  PsPool *pool = new_pool(1, 0, 0, 0);
+  ps_pool_set_clock(pool, fake_clock);
+  PsPoolKey *key = key_n(pool, 1);
+  PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  /* Work between the close and the next connect (a request, Django's ORM): not looping. */
+  clock_add(PS_POOL_BARGE_GRACE_US + 1);
+  PsGrant g;
+  ps_pool_acquire(pool, key, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE);
+  Waiter w;
+  GThread *t = start_waiter(&w, pool, key);
+  wait_until_waiting(pool, 1);
+
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ASSERT_GAUGES(pool, 1, 0, 1, 0); /* handed over at once, not held */
+  g_thread_join(t);
+  cr_assert_eq(w.grant.item, item);
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ps_pool_free(pool, NULL);
 }
 
 /* ---- global limit ----------------------------------------------------------------- */
