@@ -680,8 +680,10 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                      "its two entry points and its wrappers around libmariadb's command and "
                      "reply methods on the loop's own query. Callgrind counts user-space "
                      "instructions only: the kernel side of send/recv/poll and the wait for "
-                     "the server are not in these numbers. See bench/shimcost.py for exactly "
-                     "what is counted.")
+                     "the server are not in these numbers; libmariadb's socket reads (libc's "
+                     "recv and its wait for a late reply, which depends on timing) are left "
+                     "out of all three loops alike. See bench/shimcost.py for exactly what "
+                     "is counted.")
             L.append("")
             modes = s.get("modes") or {}
             L.append("| mode (`POOLSHIM_RESET`) | pooled cycle | kept cycle | init+close "
