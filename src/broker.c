@@ -995,12 +995,14 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                           ? started + (gint64)m->options.connect_timeout * G_USEC_PER_SEC
                           : G_MAXINT64;
   gboolean may_grow = TRUE;
+  gint64 read_at = started; /* the first acquire reads no clock of its own */
   for (;;) {
     PsGrant grant;
     if (may_grow)
-      ps_pool_acquire(pool, pk, deadline, &grant);
+      ps_pool_acquire_at(pool, pk, read_at, deadline, &grant);
     else
       ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
+    read_at = 0;
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "

@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "mirror.h"
@@ -397,10 +400,6 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     return FALSE;
   }
   const char *h = nonempty(host, m->options.host);
-  if (h && strpbrk(h, ":;=") && (strstr(h, "://") || strpbrk(h, ";="))) {
-    *why = "connection string or connection handler";
-    return FALSE;
-  }
   /* The options extension is read through the layout ps_conn_library_ok() verified. */
   PsMirrorOptionsExt *ext = OPT_EXT(m);
   if (ext && ext->connection_handler) {
@@ -437,9 +436,14 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
    * keeps the compiler from computing the address again at every use. */
   PsLastKey *last = &last_key;
   __asm__("" : "+r"(last));
+  /* The last key's host passed the test below: the same bytes pass it again. */
   if (same_as_last(last, key, nums, sizeof nums, m, ext)) {
     memcpy(key->digest, last->digest, sizeof key->digest);
     return TRUE;
+  }
+  if (h && strpbrk(h, ":;=") && (strstr(h, "://") || strpbrk(h, ";="))) {
+    *why = "connection string or connection handler";
+    return FALSE;
   }
 
   PsKeyBuf kb;
@@ -1308,8 +1312,14 @@ poll_idle(MYSQL *m, short events, short *revents)
   struct pollfd p = {.fd = fd, .events = events};
   int saved = errno;
   int r;
+  /* The system call itself: a poll that does not wait needs no cancellation point, and
+   * libc's wrapper of one costs more than the rest of a lend's liveness check. */
   do
-    r = poll(&p, 1, 0);
+#ifdef SYS_poll
+    r = (int)syscall(SYS_poll, &p, 1, 0);
+#else
+    r = (int)syscall(SYS_ppoll, &p, 1, &(struct timespec){0, 0}, NULL, 0);
+#endif
   while (r < 0 && errno == EINTR);
   errno = saved;
   *revents = p.revents;

@@ -437,13 +437,21 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
     if (!catch_up(mysql, w))
       return 1; /* the library's error is set on mysql, as a failed send would */
   }
-  w->dirty |= classify_command(command, arg, length);
   /* A later SET of a variable whose fresh value is the global one: restored alone. */
   gboolean restorable = w->auto_mode && learnt < 0 && set_stmt && var;
+  guint auto_bits = w->auto_mode && learnt < 0 && !restorable
+                      ? classify_auto(command, arg, n)
+                      : PS_DIRTY_FULL; /* not judged */
+  /* A statement session.c calls CLEAN or TXN is one plain statement (no USE, no dynamic
+   * SQL, no routine call, no DROP DATABASE: those are FULL there): the words this file
+   * looks for can only be names or text in it, never a change of the database or the
+   * profiling history (PROFILING makes it FULL). So its word scan is not needed. */
+  if (!(command == COM_QUERY && auto_bits == 0))
+    w->dirty |= classify_command(command, arg, length);
   if (restorable)
     w->restore_vars |= var;
   else if (w->auto_mode && learnt < 0)
-    w->dirty |= classify_auto(command, arg, n);
+    w->dirty |= auto_bits;
   w->learnt_pending = learnt;
   w->last = learnt >= 0 || restorable ? PS_LAST_PRELUDE : PS_LAST_QUIET;
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
