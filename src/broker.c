@@ -67,8 +67,12 @@ static struct {
   PsConfig config;
   gboolean active;
   PsPool *pool;
-  GHashTable *lent;      /* MYSQL* handle -> PsPhys* */
-  guint nlent;           /* its size, written under lock (atomic): read without it */
+  GHashTable *lent;      /* MYSQL* handle -> PsPhys*, but for the one in lent_one */
+  MYSQL *lent_one;       /* one lent handle kept beside the table, with its connection: a
+                            program that holds one connection at a time lends and takes it
+                            back without a hash table operation (lent_put, lent_take) */
+  PsPhys *lent_one_p;
+  guint nlent;           /* how many are lent, written under lock (atomic): read without it */
   gboolean forked;       /* set in a child: the pool is the parent's */
   gint64 last_sweep_us;
   guint64 resets, unpooled;
@@ -519,6 +523,8 @@ adopt_fork(void)
     g_hash_table_iter_init(&it, B.lent);
     while (g_hash_table_iter_next(&it, NULL, &value))
       ((PsPhys *)value)->slot_fd = -1;
+    if (B.lent_one_p)
+      B.lent_one_p->slot_fd = -1;
   }
   g_mutex_unlock(&B.lock);
   if (old && !__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
@@ -582,10 +588,11 @@ watchdog(gpointer data)
     gint64 now = g_get_monotonic_time();
     g_mutex_lock(&B.lock);
     GHashTableIter it;
-    gpointer value;
+    gpointer value = B.lent_one_p; /* first, then the table's */
     g_hash_table_iter_init(&it, B.lent);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
+    while (value || g_hash_table_iter_next(&it, NULL, &value)) {
       PsPhys *p = value;
+      value = NULL;
       if (p->leak_warned || p->pool != B.pool || now - p->lent_since_us < B.config.leak_warn_us)
         continue;
       p->leak_warned = TRUE;
@@ -701,13 +708,47 @@ seconds_left(gint64 deadline_us)
   return (unsigned int)MAX(1, (left + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
 }
 
+/* The lent handles (under B.lock). */
+static void
+lent_put(MYSQL *m, PsPhys *p)
+{
+  if (!B.lent_one) {
+    B.lent_one = m;
+    B.lent_one_p = p;
+  } else {
+    g_hash_table_insert(B.lent, m, p);
+  }
+  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent) + (B.lent_one != NULL),
+                   __ATOMIC_RELEASE);
+}
+
+static PsPhys *
+lent_find(MYSQL *m)
+{
+  return m && m == B.lent_one ? B.lent_one_p : g_hash_table_lookup(B.lent, m);
+}
+
+static PsPhys *
+lent_take(MYSQL *m)
+{
+  PsPhys *p = NULL;
+  if (m && m == B.lent_one) {
+    p = B.lent_one_p;
+    B.lent_one = NULL;
+    B.lent_one_p = NULL;
+  } else {
+    g_hash_table_steal_extended(B.lent, m, NULL, (gpointer *)&p); /* one lookup */
+  }
+  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent) + (B.lent_one != NULL),
+                   __ATOMIC_RELEASE);
+  return p;
+}
+
 static PsPhys *
 take_lease(MYSQL *m)
 {
-  PsPhys *p = NULL;
   g_mutex_lock(&B.lock);
-  g_hash_table_steal_extended(B.lent, m, NULL, (gpointer *)&p); /* one lookup */
-  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent), __ATOMIC_RELEASE);
+  PsPhys *p = lent_take(m);
   g_mutex_unlock(&B.lock);
   return p;
 }
@@ -728,8 +769,7 @@ lend(PsPhys *p, MYSQL *m)
   }
   phys_enter(p, PS_PHYS_LENT, NULL);
   g_mutex_lock(&B.lock);
-  g_hash_table_insert(B.lent, m, p);
-  __atomic_store_n(&B.nlent, g_hash_table_size(B.lent), __ATOMIC_RELEASE);
+  lent_put(m, p);
   g_mutex_unlock(&B.lock);
 }
 
@@ -1148,7 +1188,7 @@ ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
   if (!B.active)
     return;
   g_mutex_lock(&B.lock);
-  PsPhys *p = g_hash_table_lookup(B.lent, m);
+  PsPhys *p = lent_find(m);
   if (p)
     p->unpoolable = reason;
   g_mutex_unlock(&B.lock);
