@@ -1023,7 +1023,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                const char *user, const char *passwd, const char *db, unsigned int port,
                const char *unix_socket, unsigned long client_flag)
 {
-  const PsConnKey key = *keyp;
+  const PsConnKey *key = keyp; /* the caller's, alive until the connect returns */
   const char *why = NULL;
   const PsPoolSettings *settings = ps_pool_key_settings(pk);
   gint64 started = g_get_monotonic_time();
@@ -1082,7 +1082,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
         discard_lent(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
         continue;
       }
-      if (!ps_conn_same_identity(p->shell, &key)) {
+      if (!ps_conn_same_identity(p->shell, key)) {
         /* Two keys with one digest: never lend across identities, connect unpooled. */
         ps_warn("pool %s: digest collision; connecting without the pool",
                 ps_pool_key_label(pk));
@@ -1117,7 +1117,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     int slot_fd = -1;
     PsHostSlots *slots = NULL;
     if (B.config.host_max &&
-        !take_host_slot(&key, pk, deadline, started, m, &slot_fd, &slots)) {
+        !take_host_slot(key, pk, deadline, started, m, &slot_fd, &slots)) {
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
@@ -1135,14 +1135,14 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     PsConnProfile *profile = ps_pool_key_data(pk);
     gboolean tracking = FALSE; /* the profile's first query turned session tracking on */
     if (!profile) {
-      PsConnProfile *mine = ps_conn_profile_new(m, key.db, settings->reset == PS_RESET_AUTO);
+      PsConnProfile *mine = ps_conn_profile_new(m, key->db, settings->reset == PS_RESET_AUTO);
       if (mine) {
         /* Opens connections on the pool's own handles: kept idle (POOLSHIM_MIN_IDLE) or
          * lent when every idle one is still busy with its reset. Without one, the pool
          * never fills ahead and a borrower waits for a reset rather than grow the pool. */
         const char *no_opener = NULL;
         mine->opener = ps_conn_template_new(m, host, user, passwd, db, port, unix_socket,
-                                            client_flag, key.digest, &no_opener);
+                                            client_flag, key->digest, &no_opener);
         if (!mine->opener && settings->min_idle)
           ps_warn("pool %s: POOLSHIM_MIN_IDLE is not kept: %s", ps_pool_key_label(pk),
                   no_opener);

@@ -1046,7 +1046,10 @@ ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch 
   guint dirty = ps_watch_take(m, watch);
   *plan = mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO ? PS_PLAN_FULL : PS_PLAN_MODE;
   int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, plan, why);
-  ps_watch_take(m, watch); /* the reset's own commands are not the next borrower's doing */
+  /* The reset's own commands are not the next borrower's doing (none were sent when auto
+   * found nothing to undo: the take above left nothing to clear). */
+  if (*plan != PS_PLAN_NOTHING && *plan != PS_PLAN_KEEP)
+    ps_watch_take(m, watch);
   return pending;
 }
 
@@ -1304,9 +1307,14 @@ ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
 static int
 poll_idle(MYSQL *m, short events, short *revents)
 {
-  if (!m->net.pvio || !m->net.buff)
+  MARIADB_PVIO *pvio = m->net.pvio;
+  if (!pvio || !m->net.buff)
     return -1;
-  my_socket fd = ps_real.get_socket(m);
+  /* What mysql_get_socket does for a connected handle (ma_pvio_get_handle), without the
+   * two calls around it: a pooled connection is never one of the non-blocking API. */
+  my_socket fd = INVALID_SOCKET;
+  if (!pvio->methods || !pvio->methods->get_handle || pvio->methods->get_handle(pvio, &fd))
+    fd = ps_real.get_socket(m);
   if (fd == INVALID_SOCKET)
     return -1;
   struct pollfd p = {.fd = fd, .events = events};
