@@ -1036,6 +1036,7 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
       return FALSE;
   return TRUE;
 }
+static void present_returned(MYSQL *m, const PsConnProfile *profile);
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                        guint dirty, unsigned int timeout_s, PsPlan *plan, const char **why);
 
@@ -1043,6 +1044,15 @@ int
 ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                     unsigned int timeout_s, PsPlan *plan, const char **why)
 {
+  /* Auto, the common return: the borrower changed nothing, kept nothing, left no
+   * transaction. What reset_begin and reset_light conclude then, without their steps. */
+  if (mode == PS_RESET_AUTO && !m->stmts && !(m->server_status & SERVER_STATUS_IN_TRANS) &&
+      !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED) &&
+      ps_watch_take_untouched(m, watch)) {
+    present_returned(m, profile);
+    *plan = PS_PLAN_NOTHING;
+    return 0;
+  }
   guint dirty = ps_watch_take(m, watch);
   *plan = mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO ? PS_PLAN_FULL : PS_PLAN_MODE;
   int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, plan, why);
@@ -1051,6 +1061,24 @@ ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch 
   if (*plan != PS_PLAN_NOTHING && *plan != PS_PLAN_KEEP)
     ps_watch_take(m, watch);
   return pending;
+}
+
+/* What a return without a reset leaves on the handle for the next borrower (auto). */
+static void
+present_returned(MYSQL *m, const PsConnProfile *profile)
+{
+  /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
+   * switches it again when that borrower sends it (the kept reply carries the charset). */
+  m->charset = profile->charset;
+  /* Drivers read autocommit from the status flags (MySQLdb's get_autocommit decides whether
+   * to send SET autocommit): the next borrower must see a fresh session's, not the last
+   * reply's (a kept SET autocommit=0 is answered with its own status when sent again). */
+  m->server_status = profile->server_status;
+  m->status = MYSQL_STATUS_READY;
+  m->affected_rows = ~(my_ulonglong)0;
+  m->insert_id = 0;
+  m->warning_count = 0;
+  m->info = NULL;
 }
 
 /* POOLSHIM_RESET=auto: the session is the fresh one, plus the borrow's leading session setup
@@ -1097,18 +1125,7 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
     return -1;
   }
   ps_watch_keep(watch, restore_session, profile);
-  /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
-   * switches it again when that borrower sends it (the kept reply carries the charset). */
-  m->charset = profile->charset;
-  /* Drivers read autocommit from the status flags (MySQLdb's get_autocommit decides whether
-   * to send SET autocommit): the next borrower must see a fresh session's, not the last
-   * reply's (a kept SET autocommit=0 is answered with its own status when sent again). */
-  m->server_status = profile->server_status;
-  m->status = MYSQL_STATUS_READY;
-  m->affected_rows = ~(my_ulonglong)0;
-  m->insert_id = 0;
-  m->warning_count = 0;
-  m->info = NULL;
+  present_returned(m, profile);
   *plan = vars       ? PS_PLAN_RESTORE
           : in_trans ? PS_PLAN_ROLLBACK
           : ps_watch_kept(watch) ? PS_PLAN_KEEP

@@ -669,6 +669,20 @@ ps_watch_settle(MYSQL *m, PsWatch *w)
   return ok;
 }
 
+gboolean
+ps_watch_take_untouched(MYSQL *m, PsWatch *w)
+{
+  if (!w || m->methods != &w->methods || !w->auto_mode)
+    return FALSE;
+  note_reply(w, m); /* the last command's final reply */
+  if (w->dirty || w->restore_vars || w->maybe_in_trans || w->nlearnt || w->nahead)
+    return FALSE;
+  /* What ps_watch_take and then ps_watch_keep leave when there is nothing to take or keep. */
+  w->last = PS_LAST_NONE;
+  w->learning = FALSE;
+  return TRUE;
+}
+
 guint
 ps_watch_take(MYSQL *m, PsWatch *w)
 {
