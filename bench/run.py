@@ -546,6 +546,11 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
             if q:
                 L.append(f"| {name}, 256 threads: p99 connect wait <= 5x median | "
                          f"{median(q):.1f}x | {'yes' if median(q) <= 5 else '**no**'} |")
+    if shimcost and "error" not in shimcost:
+        sc = shimcost.get("modes", {}).get(shimcost.get("mode"), shimcost)
+        L.append(f"| instructions added per pooled connect+close pair "
+                 f"(`{shimcost.get('mode', 'default')}`, callgrind, issue 12's definition) "
+                 f"< 3,000 | {sc['added']:,.0f} | {'yes' if sc['added'] < 3000 else '**no**'} |")
     total_err = sum(v.errors for v in todo)
     L.append(f"| no errors in any variant | {total_err} errors | "
              f"{'yes' if total_err == 0 else '**no**'} |")
