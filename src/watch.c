@@ -389,6 +389,22 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
   note_reply(w, mysql); /* the previous command's final reply */
   w->learnt_pending = -1;
   w->fake = NULL;
+  /* Auto mode, the common statement: a query that is not a SET, with no statement run ahead
+   * or kept waiting to be matched. What the general path below does for it, in short: it
+   * ends the noting of a setup, and is classified. */
+  if (w->auto_mode && command == COM_QUERY && arg && w->next >= w->nahead) {
+    size_t len = length ? length : strlen(arg);
+    if (!(len >= 4 && ps_session_lower((unsigned char)arg[0]) == 's' &&
+          ps_session_lower((unsigned char)arg[1]) == 'e' &&
+          ps_session_lower((unsigned char)arg[2]) == 't')) {
+      w->learning = FALSE;
+      guint bits = classify_auto(command, arg, len);
+      if (bits) /* not CLEAN or TXN: the database word scan too */
+        w->dirty |= bits | classify_command(command, arg, length);
+      w->last = PS_LAST_QUIET;
+      return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+    }
+  }
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
   size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;
