@@ -1,6 +1,8 @@
 /* cycle: the connect-per-request loop of a legacy C daemon, for benchmarks.
  * Each of --threads threads runs its share of --cycles cycles of connect, SELECT 1, close
- * (or, with --kept, keeps one connection per thread open: the limit any pool can reach).
+ * (or, with --kept, keeps one connection per thread open: the limit any pool can reach;
+ * or, with --unconnected, only mysql_init and mysql_close of a handle never connected: the
+ * part of a cycle that is the application's own handle, for bench/shimcost.py).
  * Server coordinates come from PS_TEST_* (scripts/server). Prints one line of results.
  *
  *   --socket        connect over the unix socket (PS_TEST_SOCKET) instead of TCP
@@ -24,8 +26,12 @@
 #include <string.h>
 #include <time.h>
 
-static int cycles = 5000, threads = 1, kept = 0, use_socket = 0, latency = 0;
+static int cycles = 5000, threads = 1, kept = 0, unconnected = 0, use_socket = 0, latency = 0;
 static const char *tls_ca;
+/* The server coordinates, read from the environment once (main): a getenv per cycle would
+ * be a cost of this program that bench/shimcost.py would count as the pool's. */
+static const char *host, *sock, *user, *password, *db;
+static unsigned port;
 static int errors;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -51,8 +57,6 @@ open_one(Work *w)
   MYSQL *m = mysql_init(NULL);
   if (!m)
     return NULL;
-  const char *host = use_socket ? "localhost" : getenv("PS_TEST_HOST");
-  const char *sock = use_socket ? getenv("PS_TEST_SOCKET") : NULL;
   if (tls_ca) {
     my_bool on = 1;
     mysql_optionsv(m, MYSQL_OPT_SSL_CA, tls_ca);
@@ -60,9 +64,7 @@ open_one(Work *w)
     mysql_optionsv(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
   }
   uint64_t t0 = w && latency ? now_ns() : 0;
-  MYSQL *ok = mysql_real_connect(m, host, getenv("PS_TEST_USER"), getenv("PS_TEST_PASSWORD"),
-                                 getenv("PS_TEST_DB"), (unsigned)atoi(getenv("PS_TEST_PORT")),
-                                 sock, 0);
+  MYSQL *ok = mysql_real_connect(m, host, user, password, db, port, sock, 0);
   if (w && latency) {
     uint64_t d = (now_ns() - t0) / 1000u;
     w->us[w->used++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
@@ -99,6 +101,13 @@ worker(void *arg)
   if (kept && !k)
     bad = (int)n;
   for (long i = 0; i < n && (!kept || k); i++) {
+    if (unconnected) {
+      MYSQL *u = mysql_init(NULL);
+      if (!u)
+        bad++;
+      mysql_close(u);
+      continue;
+    }
     MYSQL *m = kept ? k : open_one(w);
     if (!m) {
       bad++;
@@ -165,6 +174,8 @@ main(int argc, char **argv)
       cycles = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--kept"))
       kept = 1;
+    else if (!strcmp(argv[i], "--unconnected"))
+      unconnected = 1;
     else if (!strcmp(argv[i], "--socket"))
       use_socket = 1;
     else if (!strcmp(argv[i], "--tls") && i + 1 < argc)
@@ -172,8 +183,8 @@ main(int argc, char **argv)
     else if (!strcmp(argv[i], "--latency"))
       latency = 1;
     else {
-      fprintf(stderr, "usage: cycle [--threads N] [--cycles N] [--kept] [--socket] "
-                      "[--tls CA_FILE] [--latency]\n");
+      fprintf(stderr, "usage: cycle [--threads N] [--cycles N] [--kept] [--unconnected] "
+                      "[--socket] [--tls CA_FILE] [--latency]\n");
       return 2;
     }
   }
@@ -181,6 +192,12 @@ main(int argc, char **argv)
     fprintf(stderr, "cycle: need 1 <= threads <= cycles\n");
     return 2;
   }
+  host = use_socket ? "localhost" : getenv("PS_TEST_HOST");
+  sock = use_socket ? getenv("PS_TEST_SOCKET") : NULL;
+  user = getenv("PS_TEST_USER");
+  password = getenv("PS_TEST_PASSWORD");
+  db = getenv("PS_TEST_DB");
+  port = getenv("PS_TEST_PORT") ? (unsigned)atoi(getenv("PS_TEST_PORT")) : 0;
   mysql_library_init(0, NULL, NULL);
   pthread_t *t = calloc((size_t)threads, sizeof *t);
   Work *w = calloc((size_t)threads, sizeof *w);

@@ -520,7 +520,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                const char *user, const char *passwd, const char *db, unsigned int port,
                const char *unix_socket, unsigned long client_flag)
 {
-  const PsConnKey key = *keyp;
+  const PsConnKey *key = keyp; /* the caller's, alive until the connect returns */
   const char *why = NULL;
   const PsPoolSettings *settings = ps_pool_key_settings(pk);
   gint64 started = g_get_monotonic_time();
@@ -532,12 +532,14 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                           ? started + (gint64)m->options.connect_timeout * G_USEC_PER_SEC
                           : G_MAXINT64;
   gboolean may_grow = TRUE;
+  gint64 read_at = started; /* the first acquire reads no clock of its own */
   for (;;) {
     PsGrant grant;
     if (may_grow)
-      ps_pool_acquire(pool, pk, deadline, &grant);
+      ps_pool_acquire_at(pool, pk, read_at, deadline, &grant);
     else
       ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
+    read_at = 0;
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
@@ -577,7 +579,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
         ps_phys_close(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
         continue;
       }
-      if (!ps_conn_same_identity(p->shell, &key)) {
+      if (!ps_conn_same_identity(p->shell, key)) {
         /* Two keys with one digest: never lend across identities, connect unpooled. */
         ps_warn("pool %s: digest collision; connecting without the pool",
                 ps_pool_key_label(pk));
@@ -612,7 +614,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     int slot_fd = -1;
     PsHostSlots *slots = NULL;
     if (B.config.host_max &&
-        !take_host_slot(&key, pk, deadline, started, m, &slot_fd, &slots)) {
+        !take_host_slot(key, pk, deadline, started, m, &slot_fd, &slots)) {
       ps_pool_open_failed(pool, pk);
       return NULL;
     }
@@ -631,14 +633,14 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     PsConnProfile *profile = ps_pool_key_data(pk);
     gboolean tracking = FALSE; /* the profile's first query turned session tracking on */
     if (!profile) {
-      PsConnProfile *mine = ps_conn_profile_new(m, key.db, settings->reset == PS_RESET_AUTO);
+      PsConnProfile *mine = ps_conn_profile_new(m, key->db, settings->reset == PS_RESET_AUTO);
       if (mine) {
         /* Opens connections on the pool's own handles: kept idle (POOLSHIM_MIN_IDLE) or
          * lent when every idle one is still busy with its reset. Without one, the pool
          * never fills ahead and a borrower waits for a reset rather than grow the pool. */
         const char *no_opener = NULL;
         mine->opener = ps_conn_template_new(m, host, user, passwd, db, port, unix_socket,
-                                            client_flag, key.digest, &no_opener);
+                                            client_flag, key->digest, &no_opener);
         if (!mine->opener && settings->min_idle)
           ps_warn("pool %s: POOLSHIM_MIN_IDLE is not kept: %s", ps_pool_key_label(pk),
                   no_opener);

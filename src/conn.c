@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "mirror.h"
@@ -306,6 +309,87 @@ nonempty(const char *a, const char *b)
   return a && a[0] ? a : b;
 }
 
+/* A program connects with the same settings again and again: the digest of the last
+ * connect of this thread is reused when every byte hashed is the same (the comparison is
+ * exact, so the key still covers every setting). Not when the bytes did not fit the buffer
+ * (long init commands): part of them is already hashed (n is then 0). The buffer holds the
+ * password, as the pooled connections' structs do; it never leaves the process. */
+typedef struct {
+  gsize n;
+  guint8 digest[PS_KEY_DIGEST_LEN];
+  guint8 buf[sizeof ((PsKeyBuf *)0)->buf];
+} PsLastKey;
+static __thread PsLastKey last_key;
+
+/* Whether feed_str(str) would write the bytes at *off of the last key, and past them. */
+static inline __attribute__((always_inline)) gboolean
+same_str(const PsLastKey *last, gsize *off, const char *str)
+{
+  guint32 n;
+  if (*off + sizeof n > last->n)
+    return FALSE;
+  memcpy(&n, last->buf + *off, sizeof n);
+  *off += sizeof n;
+  if (!str || n == 0)
+    return !str && n == 0;
+  gsize len = n - 1;
+  if (len > last->n - *off)
+    return FALSE;
+  /* The stored bytes hold no NUL: strncmp stops at str's end, then str must end there. */
+  if (len && strncmp(str, (const char *)last->buf + *off, len) != 0)
+    return FALSE;
+  if (str[len] != '\0')
+    return FALSE;
+  *off += len;
+  return TRUE;
+}
+
+static inline __attribute__((always_inline)) gboolean
+same_bytes(const PsLastKey *last, gsize *off, const void *p, gsize n)
+{
+  if (n > last->n - *off || memcmp(last->buf + *off, p, n) != 0)
+    return FALSE;
+  *off += n;
+  return TRUE;
+}
+
+/* The common case of the cache above without laying the key out first: a connect with no
+ * optional string option, proxy header, init command or connection attribute (most
+ * programs set none). Compares, field by field, the very bytes ps_conn_key's buffer would
+ * hold with those of the last key: TRUE only when they are all the same and nothing
+ * follows them, so the last digest is this key's. Anything else takes the general path. */
+static gboolean
+same_as_last(const PsLastKey *last, const PsConnKey *key, const guint64 *nums, gsize nums_len,
+             MYSQL *m, const PsMirrorOptionsExt *ext)
+{
+  const struct st_mysql_options *o = &m->options;
+  /* The optional strings of ps_conn_key, in its order: all NULL makes a zero mask. */
+  guintptr any = (guintptr)o->charset_name | (guintptr)o->charset_dir |
+                 (guintptr)o->bind_address | (guintptr)o->ssl_key | (guintptr)o->ssl_cert |
+                 (guintptr)o->ssl_ca | (guintptr)o->ssl_capath | (guintptr)o->ssl_cipher;
+  if (ext)
+    any |= (guintptr)ext->ssl_crl | (guintptr)ext->ssl_crlpath | (guintptr)ext->tls_version |
+           (guintptr)ext->tls_fp | (guintptr)ext->tls_fp_list | (guintptr)ext->tls_pw |
+           (guintptr)ext->server_public_key | (guintptr)ext->server_public_key_path |
+           (guintptr)ext->plugin_dir | (guintptr)ext->default_auth |
+           (guintptr)ext->restricted_auth | (guintptr)ext->proxy_header |
+           (guintptr)ext->connect_attrs.records;
+  const PsMirrorDynArray *cmds = (const PsMirrorDynArray *)o->init_command;
+  if (any || (cmds && cmds->elements) || last->n == 0)
+    return FALSE;
+  gsize off = 0;
+  /* After the numbers: the optional strings' mask (0), the number of init commands (0),
+   * no attributes, the end mark. */
+  const struct __attribute__((packed)) {
+    guint64 mask, ncmds;
+    guint32 end;
+  } tail = {0, 0, G_MAXUINT32};
+  return same_str(last, &off, key->host) && same_str(last, &off, key->user) &&
+         same_str(last, &off, key->password) && same_str(last, &off, key->db) &&
+         same_str(last, &off, key->unix_socket) && same_bytes(last, &off, nums, nums_len) &&
+         same_bytes(last, &off, &tail, sizeof tail) && off == last->n;
+}
+
 gboolean
 ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, const char *db,
             unsigned int port, const char *unix_socket, unsigned long client_flag,
@@ -316,10 +400,6 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
     return FALSE;
   }
   const char *h = nonempty(host, m->options.host);
-  if (h && strpbrk(h, ":;=") && (strstr(h, "://") || strpbrk(h, ";="))) {
-    *why = "connection string or connection handler";
-    return FALSE;
-  }
   /* The options extension is read through the layout ps_conn_library_ok() verified. */
   PsMirrorOptionsExt *ext = OPT_EXT(m);
   if (ext && ext->connection_handler) {
@@ -346,6 +426,26 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   key->unix_socket = unix_socket ? unix_socket : m->options.unix_socket;
   key->port = port ? port : m->options.port;
 
+  const struct st_mysql_options *o = &m->options;
+  guint64 nums[] = {key->port,          client_flag,       o->client_flag,
+                    o->protocol,        o->compress,       o->secure_auth,
+                    o->max_allowed_packet, o->use_ssl,
+                    ext ? ext->tls_verify_server_cert : 0, ext ? ext->read_only : 0,
+                    ext ? ext->proxy_header_len : 0};
+  /* One thread-local address lookup (__tls_get_addr in a shared object): the empty asm
+   * keeps the compiler from computing the address again at every use. */
+  PsLastKey *last = &last_key;
+  __asm__("" : "+r"(last));
+  /* The last key's host passed the test below: the same bytes pass it again. */
+  if (same_as_last(last, key, nums, sizeof nums, m, ext)) {
+    memcpy(key->digest, last->digest, sizeof key->digest);
+    return TRUE;
+  }
+  if (h && strpbrk(h, ":;=") && (strstr(h, "://") || strpbrk(h, ";="))) {
+    *why = "connection string or connection handler";
+    return FALSE;
+  }
+
   PsKeyBuf kb;
   PsKeyBuf *const s = &kb;
   sip_init(&kb.sip);
@@ -355,12 +455,6 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   feed_str(s, key->password);
   feed_str(s, key->db);
   feed_str(s, key->unix_socket);
-  const struct st_mysql_options *o = &m->options;
-  guint64 nums[] = {key->port,          client_flag,       o->client_flag,
-                    o->protocol,        o->compress,       o->secure_auth,
-                    o->max_allowed_packet, o->use_ssl,
-                    ext ? ext->tls_verify_server_cert : 0, ext ? ext->read_only : 0,
-                    ext ? ext->proxy_header_len : 0};
   kb_put(s, nums, sizeof nums);
   const char *optional[] = {
     o->charset_name, o->charset_dir, o->bind_address, o->ssl_key, o->ssl_cert, o->ssl_ca,
@@ -392,27 +486,17 @@ ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd, co
   /* The end of the attributes: no string length can take this value. */
   guint32 end = G_MAXUINT32;
   kb_put(s, &end, sizeof end);
-  /* A program connects with the same settings again and again: the digest of the last
-   * connect of this thread is reused when every byte hashed is the same (the comparison
-   * is exact, so the key still covers every setting). Not when the bytes did not fit the
-   * buffer (long init commands): part of them is already hashed. The buffer holds the
-   * password, as the pooled connections' structs do; it never leaves the process. */
-  static __thread struct {
-    gsize n;
-    guint8 digest[PS_KEY_DIGEST_LEN];
-    guint8 buf[sizeof kb.buf];
-  } last;
   gboolean whole = kb.sip.len == 0;
-  if (whole && last.n == kb.n && memcmp(last.buf, kb.buf, kb.n) == 0) {
-    memcpy(key->digest, last.digest, sizeof key->digest);
+  if (whole && last->n == kb.n && memcmp(last->buf, kb.buf, kb.n) == 0) {
+    memcpy(key->digest, last->digest, sizeof key->digest);
     return TRUE;
   }
   sip_feed(&kb.sip, kb.buf, kb.n);
   sip_final(&kb.sip, key->digest);
   if (whole) {
-    last.n = kb.n;
-    memcpy(last.buf, kb.buf, kb.n);
-    memcpy(last.digest, key->digest, sizeof last.digest);
+    last->n = kb.n;
+    memcpy(last->buf, kb.buf, kb.n);
+    memcpy(last->digest, key->digest, sizeof last->digest);
   }
   return TRUE;
 }
@@ -602,9 +686,23 @@ ps_conn_profile_free(gpointer profile)
 static void
 ensure_status_callback(MYSQL *m)
 {
+  /* What the library installs (its ma_save_session_track_info, not exported), learnt from
+   * the first handle it was installed on: every later handle with an options extension
+   * gets the same two fields without a call into the library (one per lend). */
+  static void (*learnt)(void *, enum enum_mariadb_status_info, ...);
   PsMirrorOptionsExt *ext = OPT_EXT(m);
-  if (!ext || !ext->status_callback)
-    ps_real.optionsv(m, MARIADB_OPT_STATUS_CALLBACK, NULL, NULL);
+  if (ext && ext->status_callback)
+    return;
+  __typeof__(learnt) cb = __atomic_load_n(&learnt, __ATOMIC_RELAXED);
+  if (ext && cb) {
+    ext->status_callback = cb;
+    ext->status_data = m;
+    return;
+  }
+  ps_real.optionsv(m, MARIADB_OPT_STATUS_CALLBACK, NULL, NULL);
+  ext = OPT_EXT(m);
+  if (ext && ext->status_callback && ext->status_data == (void *)m)
+    __atomic_store_n(&learnt, ext->status_callback, __ATOMIC_RELAXED);
 }
 
 MYSQL *
@@ -938,6 +1036,7 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
       return FALSE;
   return TRUE;
 }
+static void present_returned(MYSQL *m, const PsConnProfile *profile);
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                        guint dirty, unsigned int timeout_s, PsPlan *plan, const char **why);
 
@@ -945,11 +1044,41 @@ int
 ps_conn_reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                     unsigned int timeout_s, PsPlan *plan, const char **why)
 {
+  /* Auto, the common return: the borrower changed nothing, kept nothing, left no
+   * transaction. What reset_begin and reset_light conclude then, without their steps. */
+  if (mode == PS_RESET_AUTO && !m->stmts && !(m->server_status & SERVER_STATUS_IN_TRANS) &&
+      !__atomic_load_n(&profile->no_reset_command, __ATOMIC_RELAXED) &&
+      ps_watch_take_untouched(m, watch)) {
+    present_returned(m, profile);
+    *plan = PS_PLAN_NOTHING;
+    return 0;
+  }
   guint dirty = ps_watch_take(m, watch);
   *plan = mode == PS_RESET_ALWAYS || mode == PS_RESET_AUTO ? PS_PLAN_FULL : PS_PLAN_MODE;
   int pending = reset_begin(m, mode, profile, watch, dirty, timeout_s, plan, why);
-  ps_watch_take(m, watch); /* the reset's own commands are not the next borrower's doing */
+  /* The reset's own commands are not the next borrower's doing (none were sent when auto
+   * found nothing to undo: the take above left nothing to clear). */
+  if (*plan != PS_PLAN_NOTHING && *plan != PS_PLAN_KEEP)
+    ps_watch_take(m, watch);
   return pending;
+}
+
+/* What a return without a reset leaves on the handle for the next borrower (auto). */
+static void
+present_returned(MYSQL *m, const PsConnProfile *profile)
+{
+  /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
+   * switches it again when that borrower sends it (the kept reply carries the charset). */
+  m->charset = profile->charset;
+  /* Drivers read autocommit from the status flags (MySQLdb's get_autocommit decides whether
+   * to send SET autocommit): the next borrower must see a fresh session's, not the last
+   * reply's (a kept SET autocommit=0 is answered with its own status when sent again). */
+  m->server_status = profile->server_status;
+  m->status = MYSQL_STATUS_READY;
+  m->affected_rows = ~(my_ulonglong)0;
+  m->insert_id = 0;
+  m->warning_count = 0;
+  m->info = NULL;
 }
 
 /* POOLSHIM_RESET=auto: the session is the fresh one, plus the borrow's leading session setup
@@ -969,7 +1098,9 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
   guint vars = ps_watch_restore_vars(watch);
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
                       ps_watch_maybe_in_trans(watch) || (vars & PS_VAR_AUTOCOMMIT);
-  char set[256] = "SET SESSION ";
+  char set[256];
+  if (vars)
+    g_strlcpy(set, "SET SESSION ", sizeof set); /* not 256 bytes zeroed at every return */
   for (guint i = 0; vars && i < PS_VAR_COUNT; i++) {
     if (vars & (1u << i)) {
       if (set[strlen(set) - 1] != ' ')
@@ -994,18 +1125,7 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
     return -1;
   }
   ps_watch_keep(watch, restore_session, profile);
-  /* The next borrower's client side starts at the handshake charset; a kept SET NAMES
-   * switches it again when that borrower sends it (the kept reply carries the charset). */
-  m->charset = profile->charset;
-  /* Drivers read autocommit from the status flags (MySQLdb's get_autocommit decides whether
-   * to send SET autocommit): the next borrower must see a fresh session's, not the last
-   * reply's (a kept SET autocommit=0 is answered with its own status when sent again). */
-  m->server_status = profile->server_status;
-  m->status = MYSQL_STATUS_READY;
-  m->affected_rows = ~(my_ulonglong)0;
-  m->insert_id = 0;
-  m->warning_count = 0;
-  m->info = NULL;
+  present_returned(m, profile);
   *plan = vars       ? PS_PLAN_RESTORE
           : in_trans ? PS_PLAN_ROLLBACK
           : ps_watch_kept(watch) ? PS_PLAN_KEEP
@@ -1204,16 +1324,27 @@ ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
 static int
 poll_idle(MYSQL *m, short events, short *revents)
 {
-  if (!m->net.pvio || !m->net.buff)
+  MARIADB_PVIO *pvio = m->net.pvio;
+  if (!pvio || !m->net.buff)
     return -1;
-  my_socket fd = ps_real.get_socket(m);
+  /* What mysql_get_socket does for a connected handle (ma_pvio_get_handle), without the
+   * two calls around it: a pooled connection is never one of the non-blocking API. */
+  my_socket fd = INVALID_SOCKET;
+  if (!pvio->methods || !pvio->methods->get_handle || pvio->methods->get_handle(pvio, &fd))
+    fd = ps_real.get_socket(m);
   if (fd == INVALID_SOCKET)
     return -1;
   struct pollfd p = {.fd = fd, .events = events};
   int saved = errno;
   int r;
+  /* The system call itself: a poll that does not wait needs no cancellation point, and
+   * libc's wrapper of one costs more than the rest of a lend's liveness check. */
   do
-    r = poll(&p, 1, 0);
+#ifdef SYS_poll
+    r = (int)syscall(SYS_poll, &p, 1, 0);
+#else
+    r = (int)syscall(SYS_ppoll, &p, 1, &(struct timespec){0, 0}, NULL, 0);
+#endif
   while (r < 0 && errno == EINTR);
   errno = saved;
   *revents = p.revents;

@@ -550,7 +550,10 @@ ps_pool_key_release(PsPool *pool, PsPoolKey *key, gboolean forget_now)
   g_mutex_lock(&pool->lock);
   if (key->holds > 0)
     key->holds--;
-  key->last_used_us = pool->now();
+  /* The time the pool read a moment ago (the acquire of the same connect) is recent enough
+   * to decide, minutes later, that nothing used the key: no second clock reading. */
+  gint64 seen = __atomic_load_n(&pool->seen_us, __ATOMIC_RELAXED);
+  key->last_used_us = seen > key->last_used_us ? seen : pool->now();
   gboolean forget = forget_now && key_unused(key);
   if (forget)
     unlink_key(pool, key);
@@ -669,11 +672,12 @@ ps_pool_unlock_after_fork(PsPool *pool)
 }
 
 static void
-acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, gboolean may_grow, PsGrant *grant)
+acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolean may_grow,
+        PsGrant *grant)
 {
   memset(grant, 0, sizeof *grant);
   g_mutex_lock(&pool->lock);
-  gint64 now = pool->now();
+  gint64 now = now_us ? now_us : pool->now();
   __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
   grant->now_us = now;
   sweep_key(pool, key, now, &grant->victims);
@@ -736,13 +740,20 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, gboolean may_grow, PsG
 void
 ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
 {
-  acquire(pool, key, deadline_us, TRUE, grant);
+  acquire(pool, key, 0, deadline_us, TRUE, grant);
+}
+
+void
+ps_pool_acquire_at(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
+                   PsGrant *grant)
+{
+  acquire(pool, key, now_us, deadline_us, TRUE, grant);
 }
 
 void
 ps_pool_acquire_no_grow(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
 {
-  acquire(pool, key, deadline_us, FALSE, grant);
+  acquire(pool, key, 0, deadline_us, FALSE, grant);
 }
 
 /* Records a new physical connection of `key` (item allocated by the caller, outside the

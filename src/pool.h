@@ -144,6 +144,9 @@ gpointer ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify dest
  * re-taking its held return overtakes them, and only while the oldest has waited less than
  * the starvation bound (above). */
 void ps_pool_acquire(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant);
+/* The same, with the pool's clock as the caller read it a moment ago (now_us, 0: read it). */
+void ps_pool_acquire_at(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
+                        PsGrant *grant);
 /* The same, but an idle connection still busy with its reset is lent rather than a new one
  * opened (after opening one failed: an idle connection is never passed over for an error). */
 void ps_pool_acquire_no_grow(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant);

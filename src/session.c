@@ -9,25 +9,29 @@
 static inline gboolean
 ident_byte(unsigned char c)
 {
-  return g_ascii_isalnum(c) || c == '_' || c == '$' || c >= 0x80;
+  return ps_session_bytes[c] != 0; /* PS_BYTE_WORD or PS_BYTE_HIGH */
 }
 
 static gboolean
 word_in(const char *w, size_t n, const char *const *list, gsize len)
 {
-  for (gsize i = 0; i < len; i++)
-    if (strlen(list[i]) == n && g_ascii_strncasecmp(w, list[i], n) == 0)
+  unsigned char c0 = ps_session_lower((unsigned char)w[0]);
+  for (gsize i = 0; i < len; i++) {
+    const char *k = list[i];
+    if ((unsigned char)k[0] != c0)
+      continue; /* most entries differ in their first byte: no strlen for them */
+    size_t j = 1;
+    while (j < n && k[j] && ps_session_lower((unsigned char)w[j]) == (unsigned char)k[j])
+      j++;
+    if (j == n && k[j] == '\0')
       return TRUE;
+  }
   return FALSE;
 }
 
 #define WORD_IN(w, n, list) word_in((w), (n), (list), G_N_ELEMENTS(list))
 
-static gboolean
-word_is(const char *w, size_t n, const char *lower)
-{
-  return strlen(lower) == n && g_ascii_strncasecmp(w, lower, n) == 0;
-}
+#define word_is ps_session_word_is
 
 /* Built-in functions that read or compute and change nothing in the session. A stored
  * function cannot take these names unqualified, and a qualified call (db.f()) is FULL. */
@@ -59,10 +63,27 @@ static const char *const paren_keywords[] = {
   "interval", "except", "intersect", "straight_join", "regexp", "rlike", "escape",
 };
 
-static const char *const clean_first[] = {
-  "select", "insert", "update", "delete", "replace", "show", "describe", "desc", "explain",
-  "with", "values", "do",
-};
+/* The first words of statements that are CLEAN unless something below says otherwise:
+ * select, insert, update, delete, replace, show, describe, desc, explain, with, values, do. */
+static gboolean
+clean_first(const char *w, size_t n)
+{
+  switch (n) {
+  case 2:
+    return word_is(w, n, "do");
+  case 4:
+    return word_is(w, n, "show") || word_is(w, n, "desc") || word_is(w, n, "with");
+  case 6:
+    return word_is(w, n, "select") || word_is(w, n, "insert") || word_is(w, n, "update") ||
+           word_is(w, n, "delete") || word_is(w, n, "values");
+  case 7:
+    return word_is(w, n, "replace") || word_is(w, n, "explain");
+  case 8:
+    return word_is(w, n, "describe");
+  default:
+    return FALSE;
+  }
+}
 
 typedef enum { TOK_NONE, TOK_WORD, TOK_QUOTED, TOK_DOT, TOK_PUNCT } TokKind;
 
@@ -84,6 +105,61 @@ ps_session_classify_sql(const char *sql, size_t len)
     unsigned char c = (unsigned char)sql[i];
     if (c <= ' ') {
       i++;
+      continue;
+    }
+    /* Words first: most bytes of a statement are in one (the branches below are disjoint). */
+    if (ident_byte(c)) {
+      size_t j = i;
+      while (j < len && ident_byte((unsigned char)sql[j]))
+        j++;
+      const char *w = sql + i;
+      size_t n = j - i;
+      if (nwords == 0) {
+        first = w;
+        nfirst = n;
+      } else if (nwords == 1) {
+        second = w;
+        nsecond = n;
+      }
+      nwords++;
+      last_after_dot = last == TOK_DOT;
+      prevw = lastw;
+      nprevw = nlastw;
+      lastw = w;
+      nlastw = n;
+      /* temporary tables, NEXT VALUE FOR a sequence, FOUND_ROWS() kept for later, profiling
+       * history: state no tracker reports; RETURNING: a result set instead of the OK packet
+       * whose insert id shows what LAST_INSERT_ID() became. By length first: most words are
+       * none of these. */
+      switch (n) {
+      case 4:
+        if (word_is(w, n, "into"))
+          into = TRUE;
+        else if (word_is(w, n, "next"))
+          banned = TRUE;
+        break;
+      case 6:
+        if (word_is(w, n, "atomic"))
+          atomic = TRUE;
+        break;
+      case 7:
+        if (word_is(w, n, "release") && nwords > 1)
+          release = TRUE;
+        break;
+      case 9:
+        if (word_is(w, n, "temporary") || word_is(w, n, "profiling") ||
+            word_is(w, n, "returning"))
+          banned = TRUE;
+        break;
+      case 19:
+        if (word_is(w, n, "sql_calc_found_rows"))
+          banned = TRUE;
+        break;
+      default:
+        break;
+      }
+      last = TOK_WORD;
+      i = j;
       continue;
     }
     if (c == '\'' || c == '"' || c == '`') {
@@ -143,48 +219,12 @@ ps_session_classify_sql(const char *sql, size_t len)
       i++;
       continue;
     }
-    if (ident_byte(c)) {
-      size_t j = i;
-      while (j < len && ident_byte((unsigned char)sql[j]))
-        j++;
-      const char *w = sql + i;
-      size_t n = j - i;
-      if (nwords == 0) {
-        first = w;
-        nfirst = n;
-      } else if (nwords == 1) {
-        second = w;
-        nsecond = n;
-      }
-      nwords++;
-      last_after_dot = last == TOK_DOT;
-      prevw = lastw;
-      nprevw = nlastw;
-      lastw = w;
-      nlastw = n;
-      if (word_is(w, n, "into"))
-        into = TRUE;
-      else if (word_is(w, n, "atomic"))
-        atomic = TRUE;
-      else if (word_is(w, n, "release") && nwords > 1)
-        release = TRUE;
-      /* temporary tables, NEXT VALUE FOR a sequence, FOUND_ROWS() kept for later, profiling
-       * history: state no tracker reports; RETURNING: a result set instead of the OK packet
-       * whose insert id shows what LAST_INSERT_ID() became */
-      else if (word_is(w, n, "temporary") || word_is(w, n, "next") ||
-               word_is(w, n, "sql_calc_found_rows") || word_is(w, n, "profiling") ||
-               word_is(w, n, "returning"))
-        banned = TRUE;
-      last = TOK_WORD;
-      i = j;
-      continue;
-    }
     last = c == '.' ? TOK_DOT : TOK_PUNCT;
     i++;
   }
   if (!first || banned)
     return PS_STMT_FULL;
-  if (WORD_IN(first, nfirst, clean_first)) {
+  if (clean_first(first, nfirst)) {
     gboolean inserts = word_is(first, nfirst, "insert") || word_is(first, nfirst, "replace");
     if (into && !inserts)
       return PS_STMT_FULL; /* SELECT ... INTO @v / OUTFILE */

@@ -65,11 +65,11 @@ eat_ws(const char **p, const char *end)
 }
 
 /* A keyword, case-insensitive, not followed by a word byte. */
-static gboolean
+static inline gboolean
 eat_kw(const char **p, const char *end, const char *kw)
 {
   size_t n = strlen(kw);
-  if ((size_t)(end - *p) < n || g_ascii_strncasecmp(*p, kw, n) != 0)
+  if ((size_t)(end - *p) < n || !ps_session_word_is(*p, n, kw))
     return FALSE;
   const char *after = *p + n;
   if (after < end && (g_ascii_isalnum(*after) || *after == '_' || *after == '$'))
@@ -139,6 +139,10 @@ ps_watch_prelude_var(const char *sql, size_t len, guint *var)
   *var = 0;
   if (!sql || len == 0 || len > PS_PRELUDE_LEN)
     return FALSE;
+  if (len < 4 || ps_session_lower((unsigned char)sql[0]) != 's' ||
+      ps_session_lower((unsigned char)sql[1]) != 'e' ||
+      ps_session_lower((unsigned char)sql[2]) != 't')
+    return FALSE; /* every statement of a connection is asked: most are not a SET */
   const char *p = sql, *end = sql + len;
   while (end > p && end[-1] == ' ')
     end--;
@@ -188,8 +192,7 @@ ps_watch_prelude_var(const char *sql, size_t len, guint *var)
     return FALSE;
   int known = -1;
   for (guint i = 0; i < G_N_ELEMENTS(prelude_vars) && known < 0; i++)
-    if ((size_t)(p - name) == strlen(prelude_vars[i].name) &&
-        g_ascii_strncasecmp(name, prelude_vars[i].name, (size_t)(p - name)) == 0)
+    if (ps_session_word_is(name, (size_t)(p - name), prelude_vars[i].name))
       known = (int)i;
   if (known < 0)
     return FALSE;
@@ -207,48 +210,56 @@ ps_watch_prelude_var(const char *sql, size_t len, guint *var)
  * part of an identifier for the server, splitting there only makes a false "dirty".
  * Keywords are ASCII in every client character set, so a keyword the server sees is always
  * such a run. */
-static inline gboolean
-ident_byte(unsigned char c)
-{
-  return g_ascii_isalnum(c) || c == '_' || c == '$';
-}
+#define ident_byte ps_session_word_byte
 
-static gboolean
-word_is(const char *w, size_t len, const char *lower)
-{
-  return strlen(lower) == len && g_ascii_strncasecmp(w, lower, len) == 0;
-}
+#define word_is ps_session_word_is
 
 guint
 ps_watch_classify_sql(const char *sql, size_t len)
 {
   guint bits = 0;
   gboolean drop = FALSE, database = FALSE;
-  size_t i = 0;
-  while (i < len) {
-    if (!ident_byte((unsigned char)sql[i])) {
-      i++;
+  const unsigned char *p = (const unsigned char *)sql, *end = p + len;
+  while (p < end) {
+    if (!ident_byte(*p)) {
+      p++;
       continue;
     }
-    size_t j = i;
-    while (j < len && ident_byte((unsigned char)sql[j]))
-      j++;
-    const char *w = sql + i;
-    size_t n = j - i;
-    if (word_is(w, n, "use"))
-      bits |= PS_DIRTY_DB;
+    const char *w = (const char *)p;
+    while (++p < end && ident_byte(*p))
+      ;
+    size_t n = (size_t)(p - (const unsigned char *)w);
+    /* By length first: most words are none of these (every statement is scanned). */
+    switch (n) {
+    case 3:
+      if (word_is(w, n, "use"))
+        bits |= PS_DIRTY_DB;
+      break;
     /* Dynamic SQL and routines: the text that runs is not this text. (Routines cannot USE,
      * but the scan does not rely on that.) */
-    else if (word_is(w, n, "prepare") || word_is(w, n, "execute") || word_is(w, n, "call"))
-      bits |= PS_DIRTY_DB;
-    else if (word_is(w, n, "drop"))
-      drop = TRUE;
-    else if (word_is(w, n, "database") || word_is(w, n, "schema"))
-      database = TRUE;
+    case 4:
+      if (word_is(w, n, "call"))
+        bits |= PS_DIRTY_DB;
+      else if (word_is(w, n, "drop"))
+        drop = TRUE;
+      break;
+    case 7:
+      if (word_is(w, n, "prepare") || word_is(w, n, "execute"))
+        bits |= PS_DIRTY_DB;
+      break;
+    case 6:
+    case 8:
+      if (word_is(w, n, "database") || word_is(w, n, "schema"))
+        database = TRUE;
+      break;
     /* SHOW PROFILES keeps the statements' text through COM_RESET_CONNECTION. */
-    else if (word_is(w, n, "profiling"))
-      bits |= PS_DIRTY_UNPOOLABLE;
-    i = j;
+    case 9:
+      if (word_is(w, n, "profiling"))
+        bits |= PS_DIRTY_UNPOOLABLE;
+      break;
+    default:
+      break;
+    }
   }
   if (drop && database) /* dropping the current database leaves the session without one */
     bits |= PS_DIRTY_DB;
@@ -378,13 +389,34 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
   note_reply(w, mysql); /* the previous command's final reply */
   w->learnt_pending = -1;
   w->fake = NULL;
+  /* Auto mode, the common statement: a query that is not a SET, with no statement run ahead
+   * or kept waiting to be matched. What the general path below does for it, in short: it
+   * ends the noting of a setup, and is classified. */
+  if (w->auto_mode && command == COM_QUERY && arg && w->next >= w->nahead) {
+    size_t len = length ? length : strlen(arg);
+    if (!(len >= 4 && ps_session_lower((unsigned char)arg[0]) == 's' &&
+          ps_session_lower((unsigned char)arg[1]) == 'e' &&
+          ps_session_lower((unsigned char)arg[2]) == 't')) {
+      w->learning = FALSE;
+      guint bits = classify_auto(command, arg, len);
+      if (bits) /* not CLEAN or TXN: the database word scan too */
+        w->dirty |= bits | classify_command(command, arg, length);
+      w->last = PS_LAST_QUIET;
+      return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+    }
+  }
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
   size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;
   /* Only what the library sends without reading the reply itself (mysql_send_query, as
    * mysql_real_query does): the reply is then read through watched_read_query_result. */
-  gboolean prelude =
-    looking && command == COM_QUERY && skip_check && ps_watch_is_prelude(arg, n);
+  guint var = 0; /* the PsVar a prelude sets: the statement is scanned once */
+  gboolean set_stmt = (looking || w->auto_mode) && command == COM_QUERY && skip_check &&
+                      n >= 4 && ps_session_lower((unsigned char)arg[0]) == 's' &&
+                      ps_session_lower((unsigned char)arg[1]) == 'e' &&
+                      ps_session_lower((unsigned char)arg[2]) == 't' &&
+                      ps_watch_prelude_var(arg, n, &var);
+  gboolean prelude = looking && set_stmt;
   int learnt = -1;
   if (w->learning) {
     if (prelude && w->nlearnt < PS_PRELUDE_MAX) {
@@ -421,15 +453,21 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
     if (!catch_up(mysql, w))
       return 1; /* the library's error is set on mysql, as a failed send would */
   }
-  w->dirty |= classify_command(command, arg, length);
   /* A later SET of a variable whose fresh value is the global one: restored alone. */
-  guint var = 0;
-  gboolean restorable = w->auto_mode && learnt < 0 && command == COM_QUERY && skip_check &&
-                        arg && ps_watch_prelude_var(arg, n, &var) && var;
+  gboolean restorable = w->auto_mode && learnt < 0 && set_stmt && var;
+  guint auto_bits = w->auto_mode && learnt < 0 && !restorable
+                      ? classify_auto(command, arg, n)
+                      : PS_DIRTY_FULL; /* not judged */
+  /* A statement session.c calls CLEAN or TXN is one plain statement (no USE, no dynamic
+   * SQL, no routine call, no DROP DATABASE: those are FULL there): the words this file
+   * looks for can only be names or text in it, never a change of the database or the
+   * profiling history (PROFILING makes it FULL). So its word scan is not needed. */
+  if (!(command == COM_QUERY && auto_bits == 0))
+    w->dirty |= classify_command(command, arg, length);
   if (restorable)
     w->restore_vars |= var;
   else if (w->auto_mode && learnt < 0)
-    w->dirty |= classify_auto(command, arg, n);
+    w->dirty |= auto_bits;
   w->learnt_pending = learnt;
   w->last = learnt >= 0 || restorable ? PS_LAST_PRELUDE : PS_LAST_QUIET;
   return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
@@ -645,6 +683,20 @@ ps_watch_settle(MYSQL *m, PsWatch *w)
   gboolean ok = w->kept || m->methods != &w->methods || drain(m, w); /* reconnected: gone */
   clear_ahead(w);
   return ok;
+}
+
+gboolean
+ps_watch_take_untouched(MYSQL *m, PsWatch *w)
+{
+  if (!w || m->methods != &w->methods || !w->auto_mode)
+    return FALSE;
+  note_reply(w, m); /* the last command's final reply */
+  if (w->dirty || w->restore_vars || w->maybe_in_trans || w->nlearnt || w->nahead)
+    return FALSE;
+  /* What ps_watch_take and then ps_watch_keep leave when there is nothing to take or keep. */
+  w->last = PS_LAST_NONE;
+  w->learning = FALSE;
+  return TRUE;
 }
 
 guint

@@ -31,6 +31,11 @@ void ps_watch_free(PsWatch *w);
  * and starts over. PS_DIRTY_ALL when m no longer uses the watched table (the library
  * reconnected it, and the new session was not watched) or w is NULL: unknown means dirty. */
 guint ps_watch_take(MYSQL *m, PsWatch *w);
+/* Auto mode, the common return: TRUE when the borrow changed nothing the watch knows of (no
+ * dirty bit, no variable to set back, no possible transaction, no setup statement noted or
+ * kept), leaving the watch as ps_watch_take then ps_watch_keep would; FALSE (and nothing
+ * taken) otherwise. */
+gboolean ps_watch_take_untouched(MYSQL *m, PsWatch *w);
 
 /* Answering ahead. A borrower's leading session setup (up to PS_PRELUDE_MAX statements of
  * the forms ps_watch_is_prelude accepts: what MySQLdb and Django send at every connect,

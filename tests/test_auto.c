@@ -86,6 +86,42 @@ Test(auto_reset, a_borrower_that_changed_nothing_costs_the_server_no_command)
   cr_assert_eq(after.connections - before.connections, 0);
 }
 
+/* The word scan of watch.c (USE, CALL, PREPARE, EXECUTE, DROP ... DATABASE) found these
+ * words in names and in quoted text too, and every such borrower paid a full reset. In a
+ * statement session.c calls CLEAN they cannot be what they name. */
+Test(auto_reset, a_plain_select_naming_use_call_or_drop_database_costs_no_reset)
+{
+  setup_objects();
+  static const char *const stmts[] = {
+    "SELECT 1 AS `use`", "SELECT 2 AS `call`", "SELECT 'drop database x' AS `execute`",
+    "SELECT COUNT(*) AS `prepare` FROM poolshim_test.auto_t",
+  };
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  mysql_close(m);
+  Counters before = snap();
+  for (guint i = 0; i < G_N_ELEMENTS(stmts); i++) {
+    m = pst_connect_app();
+    cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), id, "borrow %u: another session", i);
+    cr_assert_eq(mysql_query(m, stmts[i]), 0, "%s: %s", stmts[i], mysql_error(m));
+    MYSQL_RES *r = mysql_store_result(m);
+    cr_assert_not_null(r);
+    mysql_free_result(r);
+    mysql_close(m);
+  }
+  m = pst_connect_app();
+  cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), id);
+  mysql_close(m);
+  Counters after = snap();
+  cr_assert_eq(after.set_option - before.set_option, 0,
+               "%lld full resets (SET ROLE) after statements that change nothing",
+               after.set_option - before.set_option);
+  cr_assert_eq(after.questions - before.questions, 2 * G_N_ELEMENTS(stmts) + 1 + 1,
+               "%lld statements: more than the borrowers' own",
+               after.questions - before.questions - 1);
+  cr_assert_eq(after.connections - before.connections, 0);
+}
+
 Test(auto_reset, one_thread_connecting_and_closing_in_a_loop_uses_one_server_connection)
 {
   /* With room to grow, a return that still owed a reset's replies made the next connect
