@@ -17,7 +17,13 @@ gboolean ps_log_open_file(const char *path);
  * meanwhile: the configuration's own warnings reach POOLSHIM_LOG_FILE too. */
 void ps_log_hold(void);
 void ps_log_release(void);
-gboolean ps_log_enabled(PsLogLevel level);
+/* The configured level (ps_log_set_level): read inline, every connect and close asks. */
+extern gint ps_log_level_now;
+static inline gboolean
+ps_log_enabled(PsLogLevel level)
+{
+  return (gint)level <= __atomic_load_n(&ps_log_level_now, __ATOMIC_RELAXED);
+}
 /* Every message is escaped with this before it is written: bytes below 0x20, 0x7f and
  * non-ASCII bytes become \xNN and a backslash becomes two, so that nothing a program or
  * user supplies (a newline in a database name, a terminal escape) can forge a line.
