@@ -4,20 +4,21 @@
  * Waiting is FIFO with bounded barging. Waiters of a key are served in arrival order, and
  * a newcomer never overtakes them, with one exception: a thread that returns a connection
  * and came straight back for the previous one (within PS_POOL_BARGE_GRACE_US of its last
- * return) is a looping thread; while the key's oldest waiter has waited less than the
- * starvation bound, such a thread's return is held back for it (the connection stays
- * idle, marked held) and its next acquire within the grace re-takes it without a context
- * switch, as HikariCP's ConcurrentBag, Linux's mutexes and Go's sync.Mutex let a running
- * thread re-take what it just gave back. Handing a connection to a sleeping waiter costs a
+ * return) is a looping thread; its return is held back for it (the connection stays idle,
+ * marked held) and its next acquire within the grace re-takes it without a context switch,
+ * as HikariCP's ConcurrentBag, Linux's mutexes and Go's sync.Mutex let a running thread
+ * re-take what it just gave back. Handing a connection to a sleeping waiter costs a
  * wake-up, and the releaser, coming straight back, a sleep: one thread switch per cycle,
  * most of a cycle's cost when hundreds of threads share a small pool. The bounds:
- * - Starvation: once the oldest waiter of a key has waited the bound, nothing is held and
- *   nobody barges: every return goes to the waiters in arrival order until the oldest is
- *   younger again. So no waiter waits more than the bound plus what strict FIFO would have
- *   made it wait from then on (its FIFO share). The bound is PS_POOL_STARVE_FACTOR times
- *   the oldest waiter's FIFO share at the pool's pace, so barging costs a waiter a fixed
- *   multiple of a fair wait, between PS_POOL_STARVE_MIN_US (a lone waiter behind one
- *   looping thread) and PS_POOL_STARVE_MAX_US (hundreds of threads on a small pool).
+ * - Starvation: a thread re-takes its returns for at most PS_POOL_QUANTUM_US from the
+ *   acquire that began its run (one that re-took nothing: it waited, or nobody waited);
+ *   then its return goes to the oldest waiter and it queues behind the others, like a
+ *   scheduler's time slice. Each connection thus serves one run of at most a quantum (plus
+ *   its last loan and a grace) per turn, so a waiter with P waiters ahead of it on a key
+ *   of N connections waits at most about ceil((P + 1) / N) such runs, however the others
+ *   loop. A global bound on the oldest waiter's age would not do: when hundreds of threads
+ *   arrive at once, every waiter soon passes any fixed age, and the pool would hand over
+ *   at every return (strict FIFO) from then on.
  * - Stranding: a held connection is re-taken by its thread within the grace, or it goes to
  *   the oldest waiter at the first pool operation after the grace; when nothing else
  *   happens, the key's poller (one of its waiters, woken every PS_POOL_POLL_US while
@@ -51,7 +52,6 @@ struct PsPoolKey {
   GQueue waitq;       /* of PsWaiter.key_link: this key's waiters, in arrival order */
   PsWaiter *poller;   /* the waiter that wakes every PS_POOL_POLL_US while holds happen */
   gint64 last_hold_us; /* the last return held back for a looping thread */
-  gint64 lent_avg_us;  /* how long a connection stays lent (moving average): the pace */
   /* What keeps the key alive (ps_pool_forget_unused frees it only when all are zero):
    * callers between ps_pool_key/key_find/key_list and the matching release, and PsItems
    * (counted from their creation to ps_pool_item_free, also while closed as victims). */
@@ -91,6 +91,7 @@ typedef struct {
   PsPool *acq_pool;
   PsPoolKey *acq_key;
   gboolean looping;   /* its last acquire (of acq_key) came within the grace of a return */
+  gint64 run_since_us; /* the acquire that began its run: it re-takes for a quantum from it */
 } PsThreadHistory;
 
 /* initial-exec: the library is preloaded, so its TLS is in the static block, and a
@@ -297,7 +298,6 @@ serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, gint64 now, PsGrant *gran
 {
   g_queue_unlink(&key->idle, &item->link);
   item->held_until_us = 0;
-  item->lent_us = now;
   key->lent++;
   pool->counts.borrowed++;
   pool->counts.served_idle++;
@@ -385,26 +385,11 @@ has_waiter_for(PsPool *pool, PsPoolKey *key)
   return key->waiting > 0;
 }
 
-/* The starvation bound: PS_POOL_STARVE_FACTOR times the oldest waiter's FIFO share at the
- * pool's current pace (every waiter served once: waiting x the mean time a connection is
- * lent / pool size), within PS_POOL_STARVE_MIN_US..PS_POOL_STARVE_MAX_US. Handing over
- * costs a thread switch per waiter, so a bound a few dozen FIFO shares long keeps that
- * cost to a few percent of the cycles; a lone waiter behind a looping thread waits at most
- * the minimum. */
-static gint64
-starve_bound(const PsPoolKey *key)
+/* Whether this thread's run may go on: it began less than a quantum ago. */
+static inline gboolean
+in_quantum(gint64 now)
 {
-  gint64 share = (gint64)key->waiting * key->lent_avg_us / key->settings.pool_size;
-  return CLAMP(PS_POOL_STARVE_FACTOR * share, PS_POOL_STARVE_MIN_US, PS_POOL_STARVE_MAX_US);
-}
-
-/* Whether the key's oldest waiter has waited less than the starvation bound: only then may
- * a return be held back for, or re-taken by, a looping thread. */
-static gboolean
-may_barge(const PsPoolKey *key, gint64 now)
-{
-  const GList *head = key->waitq.head;
-  return !head || now - ((const PsWaiter *)head->data)->since_us < starve_bound(key);
+  return now - history.run_since_us < PS_POOL_QUANTUM_US;
 }
 
 /* Whether an idle connection of the key is held back for a looping thread. */
@@ -460,7 +445,7 @@ dispatch(PsPool *pool, gint64 now)
     PsWaiter *w = l->data;
     PsPoolKey *key = w->key;
     if (key->full_in_pass != pass) {
-      if (try_serve(pool, key, now, w->may_grow, may_barge(key, now), w->grant)) {
+      if (try_serve(pool, key, now, w->may_grow, TRUE, w->grant)) {
         unlink_waiter(pool, w);
         undecided--;
         w->served = TRUE;
@@ -685,15 +670,17 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
   grant->now_us = now;
   sweep_key(pool, key, now, &grant->victims);
   /* Nobody overtakes a waiter of the same key, except a looping thread re-taking what was
-   * held back for it while the oldest waiter is younger than the bound (see the top). */
+   * held back for it, within its quantum (see the top). */
   gboolean quick = history.pool == pool && history.key == key &&
                    now - history.released_us <= PS_POOL_BARGE_GRACE_US;
-  gboolean barge = quick && history.held && may_barge(key, now);
+  gboolean barge = quick && history.held && in_quantum(now);
   history.held = FALSE;
   history.acq_pool = pool;
   history.acq_key = key;
   history.looping = quick;
   if ((!has_waiter_for(pool, key) || barge) && try_serve(pool, key, now, may_grow, FALSE, grant)) {
+    if (!barge)
+      history.run_since_us = now; /* re-took nothing: a run begins */
     count_wait(key, 0);
     g_mutex_unlock(&pool->lock);
     return;
@@ -735,6 +722,7 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
   grant->now_us = pool->now();
   __atomic_store_n(&pool->seen_us, grant->now_us, __ATOMIC_RELAXED);
   grant->waited_us = grant->now_us - started;
+  history.run_since_us = grant->now_us; /* served after waiting: a run begins */
   count_wait(key, grant->waited_us);
   g_mutex_unlock(&pool->lock);
   g_cond_clear(&w.cond);
@@ -770,7 +758,6 @@ new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
   item->link.data = item;
   item->created_us = now;
   item->idle_since_us = now;
-  item->lent_us = now;
   gint64 lifetime = key->settings.max_lifetime_us;
   if (lifetime > 0) {
     /* Up to 2.5% earlier, so connections opened together do not all expire together. */
@@ -816,11 +803,10 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
   key->lent--;
   if (reset)
     key->counts.resets++;
-  key->lent_avg_us += (MAX(now - item->lent_us, 0) - key->lent_avg_us) / 8;
   gboolean kept = now < item->expires_us;
-  /* A looping thread's return stays here for it while the oldest waiter is young. */
+  /* A looping thread's return stays here for it, within its quantum. */
   gboolean hold = kept && history.looping && history.acq_pool == pool &&
-                  history.acq_key == key && has_waiter_for(pool, key) && may_barge(key, now);
+                  history.acq_key == key && has_waiter_for(pool, key) && in_quantum(now);
   history.pool = pool;
   history.key = key;
   history.released_us = now;

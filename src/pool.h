@@ -10,16 +10,14 @@
 #define PS_KEY_DIGEST_LEN 16
 
 /* Bounded barging (pool.c's top comment). A thread whose last acquire came within the
- * grace of its return before is looping: its next return is held back for it for the grace
- * instead of going to the oldest waiter, unless that waiter has waited the starvation
- * bound: STARVE_FACTOR times its FIFO share at the current pace (waiting x mean time lent /
- * pool size), within STARVE_MIN..STARVE_MAX. A held return nobody re-takes goes to the
- * oldest waiter at the first pool operation after the grace, or at the latest a poll
+ * grace of its return before is looping: its returns are held back for it for the grace
+ * instead of going to the oldest waiter, for at most one quantum from the acquire that
+ * began its run (an acquire that did not re-take a held return); then its return goes to
+ * the oldest waiter and it queues like everybody. A held return nobody re-takes goes to
+ * the oldest waiter at the first pool operation after the grace, or at the latest a poll
  * period later. */
 #define PS_POOL_BARGE_GRACE_US ((gint64)100)
-#define PS_POOL_STARVE_FACTOR 32
-#define PS_POOL_STARVE_MIN_US ((gint64)2000)
-#define PS_POOL_STARVE_MAX_US ((gint64)100000)
+#define PS_POOL_QUANTUM_US ((gint64)5000)
 #define PS_POOL_POLL_US ((gint64)1000)
 
 typedef struct PsPool PsPool;
@@ -48,7 +46,6 @@ typedef struct PsItem {
   gint64 expires_us;     /* G_MAXINT64 when there is no lifetime */
   gint64 idle_since_us;
   gint64 held_until_us;  /* held back for the looping thread that returned it, until then */
-  gint64 lent_us;        /* when it was last lent: how long it stays lent sets the pace */
   PsCloseReason close_reason; /* set when the pool hands it back as a victim */
   GList link;            /* in the owner's idle queue while idle */
 } PsItem;

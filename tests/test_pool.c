@@ -664,7 +664,7 @@ Test(pool, a_looping_releaser_retakes_its_connection_while_the_oldest_waiter_is_
     cr_assert_eq(g.item, item);
     cr_assert_eq(g.waited_us, 0);
   }
-  cr_assert_lt(fake_clock() - arrived, PS_POOL_STARVE_MIN_US);
+  cr_assert_lt(fake_clock() - arrived, PS_POOL_QUANTUM_US);
   ASSERT_GAUGES(pool, 1, 0, 1, 1);
 
   /* A thread that does not come back: the waiter gets the connection after the grace. */
@@ -677,7 +677,7 @@ Test(pool, a_looping_releaser_retakes_its_connection_while_the_oldest_waiter_is_
   ps_pool_free(pool, NULL);
 }
 
-Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
+Test(pool, a_looping_thread_hands_over_once_its_quantum_is_spent)
 {
   PsPool *pool = new_pool(1, 0, 0, 0);
   PsPoolKey *key = key_n(pool, 1);
@@ -686,10 +686,10 @@ Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
   PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
   gint64 arrived = fake_clock();
 
-  /* The looping thread cycles while the waiter ages towards the bound: with one waiter
-   * and 30 us cycles, its FIFO share is tiny and the bound is the minimum. */
+  /* The looping thread cycles, 30 us a loan, until its quantum (begun by its acquire just
+   * before the waiter arrived) is nearly spent. */
   int cycles = 0;
-  while (fake_clock() + 60 - arrived < PS_POOL_STARVE_MIN_US) {
+  while (fake_clock() + 60 - arrived < PS_POOL_QUANTUM_US) {
     clock_add(30);
     cr_assert(ps_pool_release(pool, item, FALSE));
     clock_add(30);
@@ -701,15 +701,15 @@ Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
   cr_assert_gt(cycles, 20, "the looping thread cycled %d times without a handoff", cycles);
   ASSERT_GAUGES(pool, 1, 0, 1, 1);
 
-  /* The waiter has now waited the bound: the next return is its, at once (no grace). */
-  clock_set(arrived + PS_POOL_STARVE_MIN_US);
+  /* The quantum is spent: the next return is the waiter's, at once (no grace). */
+  clock_set(arrived + PS_POOL_QUANTUM_US);
   cr_assert(ps_pool_release(pool, item, FALSE));
   g_thread_join(t);
   cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
   cr_assert_eq(w.grant.item, item);
-  cr_assert_eq(w.grant.waited_us, PS_POOL_STARVE_MIN_US, "served %" G_GINT64_FORMAT " us after "
-               "arrival, the bound is %" G_GINT64_FORMAT, w.grant.waited_us,
-               PS_POOL_STARVE_MIN_US);
+  cr_assert_eq(w.grant.waited_us, PS_POOL_QUANTUM_US, "served %" G_GINT64_FORMAT " us after "
+               "arrival, the quantum is %" G_GINT64_FORMAT, w.grant.waited_us,
+               PS_POOL_QUANTUM_US);
 
   /* And the looping thread, coming straight back, waits its turn now. */
   PsGrant g;
@@ -719,7 +719,9 @@ Test(pool, once_the_oldest_waiter_has_waited_the_bound_a_return_goes_to_it)
   ps_pool_free(pool, NULL);
 }
 
-Test(pool, the_bound_grows_with_the_time_a_connection_stays_lent_up_to_its_maximum)
+/* Long loans do not stretch a run: it ends at the first return after its quantum, and the
+ * waiter, served then, begins a run of its own. */
+Test(pool, a_run_of_long_loans_also_ends_with_its_quantum)
 {
   PsPool *pool = new_pool(1, 0, 0, 0);
   PsPoolKey *key = key_n(pool, 1);
@@ -728,9 +730,9 @@ Test(pool, the_bound_grows_with_the_time_a_connection_stays_lent_up_to_its_maxim
   PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
   gint64 arrived = fake_clock();
 
-  /* 1 ms per loan: the waiter's FIFO share is about 1 ms, the bound many times that. */
+  /* 1 ms per loan, 10 us between a return and the next connect. */
   int cycles = 0;
-  while (fake_clock() - arrived < 10 * PS_POOL_STARVE_MIN_US) {
+  while (fake_clock() + 1010 - arrived < PS_POOL_QUANTUM_US) {
     clock_add(1000);
     cr_assert(ps_pool_release(pool, item, FALSE));
     clock_add(10);
@@ -740,14 +742,15 @@ Test(pool, the_bound_grows_with_the_time_a_connection_stays_lent_up_to_its_maxim
                  "looping thread had to wait", fake_clock() - arrived, cycles);
     cycles++;
   }
+  cr_assert_geq(cycles, 3);
   ASSERT_GAUGES(pool, 1, 0, 1, 1);
 
-  /* Never beyond the maximum. */
-  clock_set(arrived + PS_POOL_STARVE_MAX_US);
+  /* A loan that ends past the quantum: its return is the waiter's. */
+  clock_set(arrived + PS_POOL_QUANTUM_US + 500);
   cr_assert(ps_pool_release(pool, item, FALSE));
   g_thread_join(t);
   cr_assert_eq(w.grant.item, item);
-  cr_assert_eq(w.grant.waited_us, PS_POOL_STARVE_MAX_US);
+  cr_assert_eq(w.grant.waited_us, PS_POOL_QUANTUM_US + 500);
   cr_assert(ps_pool_release(pool, item, FALSE));
   ps_pool_free(pool, NULL);
 }
