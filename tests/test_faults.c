@@ -620,12 +620,37 @@ killer_start(void)
   K.thread = g_thread_new("killer", killer, NULL);
 }
 
+/* Whether the server process itself is gone (not one connection): fresh root connects,
+ * bypassing the pool, are refused for 2 s. */
+static gboolean
+server_gone(void)
+{
+  for (int i = 0; i < 20; i++) {
+    MYSQL *m = mysql_init(NULL);
+    mysql_options(m, MYSQL_READ_DEFAULT_FILE, "/dev/null");
+    gboolean up = mysql_real_connect(m, S.host, pst_env("PS_TEST_ROOT_USER"),
+                                     pst_env("PS_TEST_ROOT_PASSWORD"), NULL, S.port, NULL, 0) != NULL;
+    unsigned int e = mysql_errno(m);
+    mysql_close(m);
+    if (up || (e != CR_CONNECTION_ERROR && e != CR_CONN_HOST_ERROR))
+      return FALSE;
+    sleep_ms(100);
+  }
+  return TRUE;
+}
+
 static void
-killer_stop(void)
+killer_stop_thread(void)
 {
   g_atomic_int_set(&K.stop, 1);
   g_thread_join(K.thread);
   K.joined = TRUE;
+}
+
+static void
+killer_stop(void)
+{
+  killer_stop_thread();
   cr_assert_eq(K.errors, 0, "the killer failed: %s", K.error);
 }
 
@@ -748,22 +773,66 @@ Test(faults, server_restart_mid_run, .init = pool_of_eight, .fini = finish)
 
 /* ---- 2. root KILLs idle and in-use pooled connections ---- */
 
+/* The server died under the KILLs: its log's last lines go to the test's output, it is
+ * started again, and the load's and the killer's state is cleared for a second run. The
+ * MariaDB 10.11.19 server has died this way a few times in the TLS scenario on these
+ * machines (never the client: the test process survives and reports it); a server crash
+ * is not what this test judges, so the scenario runs once more on the restarted server,
+ * and a second crash fails the test. */
+static void
+restart_after_server_crash(const char *scenario)
+{
+  g_autofree char *path = g_build_filename(pst_env("PS_TEST_SERVER_DIR"), "error.log", NULL);
+  g_autofree char *text = NULL;
+  g_file_get_contents(path, &text, NULL, NULL);
+  const char *tail = text ? text + strlen(text) : "";
+  for (int lines = 0; text && tail > text && lines < 40; tail--)
+    lines += tail[-1] == '\n';
+  fprintf(stderr, "poolshim test: the server died during the %s scenario (the killer: %s); "
+          "the end of its log:\n%s\npoolshim test: restarting it and running the scenario "
+          "once more\n", scenario, K.error, tail);
+  g_atomic_int_set(&S.stop, 1);
+  for (int i = 0; i < 3000 && g_atomic_int_get(&S.finished) < S.nworkers; i++)
+    sleep_ms(10);
+  cr_assert_eq(g_atomic_int_get(&S.finished), S.nworkers, "the load did not stop");
+  for (int i = 0; i < S.nworkers; i++)
+    g_thread_join(S.workers[i].thread);
+  pst_server_ctl("restart");
+  pst_admin_drop();
+  memset(&K, 0, sizeof K);
+  g_free(S.log);
+  S.log = NULL;
+  S.stop = S.finished = S.nworkers = S.nlog = 0;
+  memset(S.workers, 0, sizeof S.workers);
+  memset(S.errs, 0, sizeof S.errs);
+  S.id_mismatch = S.bad_1040 = S.bad_1040_taken = 0;
+}
+
 static void
 kill_scenario(const char *scenario, const char *tls_ca)
 {
-  long long c0 = begin();
-  Lane lane = select_lane(0, pst_env("PS_TEST_DB"));
-  lane.tls_ca = tls_ca;
-  start_workers(&lane, THREADS);
-  sleep_ms(500); /* the pool is created and full before the first KILL */
-  gint64 kills_begin = now_us();
-  killer_start();
-  /* At least 4 s, and on until 20 KILLs (a sanitized TLS build on a loaded machine lends
-   * fewer connections a second), at most 20 s. */
-  sleep_ms(4000);
-  for (int i = 0; i < 64 && g_atomic_int_get(&K.n) < 20; i++)
-    sleep_ms(250);
-  killer_stop();
+  long long c0 = 0;
+  Lane lane;
+  gint64 kills_begin = 0;
+  for (int attempt = 0;; attempt++) {
+    c0 = begin();
+    lane = select_lane(0, pst_env("PS_TEST_DB"));
+    lane.tls_ca = tls_ca;
+    start_workers(&lane, THREADS);
+    sleep_ms(500); /* the pool is created and full before the first KILL */
+    kills_begin = now_us();
+    killer_start();
+    /* At least 4 s, and on until 20 KILLs (a sanitized TLS build on a loaded machine lends
+     * fewer connections a second), at most 20 s. */
+    sleep_ms(4000);
+    for (int i = 0; i < 64 && g_atomic_int_get(&K.n) < 20; i++)
+      sleep_ms(250);
+    killer_stop_thread();
+    if (!K.errors || attempt > 0 || !server_gone())
+      break;
+    restart_after_server_crash(scenario);
+  }
+  cr_assert_eq(K.errors, 0, "the killer failed: %s", K.error);
   gint64 kills_end = now_us();
   wait_killed_gone();
   gint64 final_begin = now_us();
