@@ -172,7 +172,7 @@ label_of(const PsPhys *p)
 }
 
 /* The refusal and the debug lines, apart: the common move is a few instructions (every
- * connect and close makes four). Completes an allowed move. */
+ * connect and close makes four). FALSE when the move is refused. */
 static G_GNUC_NO_INLINE gboolean
 enter_slow(PsPhys *p, PsPhysState from, PsPhysState to, const char *reason)
 {
@@ -193,11 +193,6 @@ enter_slow(PsPhys *p, PsPhysState from, PsPhysState to, const char *reason)
   else
     ps_debug("connection %p of %s: %s -> %s%s%s", (void *)p, label_of(p), state_names[from],
              state_names[to], reason ? ": " : "", reason ? reason : "");
-  p->state = to;
-  if (from != to) {
-    __atomic_fetch_sub(&R.count[from], 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&R.count[to], 1, __ATOMIC_RELAXED);
-  }
   return TRUE;
 }
 
@@ -205,8 +200,9 @@ gboolean
 ps_phys_enter(PsPhys *p, PsPhysState to, const char *reason)
 {
   PsPhysState from = p->state;
-  if (G_UNLIKELY(!ps_phys_allowed(from, to) || ps_log_enabled(PS_LOG_DEBUG)))
-    return enter_slow(p, from, to, reason);
+  if (G_UNLIKELY(!ps_phys_allowed(from, to) || ps_log_enabled(PS_LOG_DEBUG)) &&
+      !enter_slow(p, from, to, reason))
+    return FALSE;
   p->state = to;
   if (from != to) {
     __atomic_fetch_sub(&R.count[from], 1, __ATOMIC_RELAXED);
