@@ -81,9 +81,10 @@ static const PsVar vars[] = {
   {"POOLSHIM_GRAIN", PS_T_ENUM, "connect", 0, 0, grain_choices, G_STRUCT_OFFSET(PsConfig, grain),
    FILE_ONLY,
    "How long a handle holds its physical connection: connect (from mysql_real_connect to "
-   "mysql_close) or transaction (lending between transactions, issue 13: accepted only with "
-   "POOLSHIM_RESET=auto, else one warning and connect; not built yet, so for now one warning "
-   "says so and handles keep their connection as with connect)."},
+   "mysql_close) or transaction (a first cut, issue 13: between transactions, a handle's "
+   "connection may be taken by a connect that would wait, and its next command borrows one "
+   "again and restores its session; only with POOLSHIM_RESET=auto, else one warning and "
+   "connect; see \"The transaction grain\" in the README)."},
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "
@@ -663,9 +664,6 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
     ps_warn("POOLSHIM_GRAIN=transaction needs POOLSHIM_RESET=auto (POOLSHIM_RESET is %s); "
             "using POOLSHIM_GRAIN=connect", reset_choices[out->reset]);
     out->grain = PS_GRAIN_CONNECT;
-  } else if (out->grain == PS_GRAIN_TRANSACTION) {
-    ps_warn("POOLSHIM_GRAIN=transaction: lending between transactions is not built yet; "
-            "handles keep their connection from connect to close (as with connect)");
   }
   if (file.warnings > PS_CONFIG_FILE_WARNINGS)
     ps_warn("%s: %u more problems not shown", file.path,
