@@ -830,10 +830,14 @@ ps_conn_copy_out(MYSQL *to, const MYSQL *from)
   to->net.reading_or_writing = 0;
   to->net.fd = from->net.fd;
   to->net.pvio = from->net.pvio;
-  char **mine[] = {&to->host, &to->user, &to->unix_socket, &to->server_version, &to->host_info,
-                   &to->db};
+  /* Not the database: mysql_select_db writes it after its command's reply. Without one,
+   * the reset that follows selects the pool's own. */
+  free(to->db);
+  to->db = NULL;
+  char **mine[] = {&to->host, &to->user, &to->unix_socket, &to->server_version,
+                   &to->host_info};
   const char *theirs[] = {from->host, from->user, from->unix_socket, from->server_version,
-                          from->host_info, from->db};
+                          from->host_info};
   for (gsize i = 0; i < G_N_ELEMENTS(mine); i++) {
     free(*mine[i]);
     *mine[i] = copy_string(theirs[i]);

@@ -404,7 +404,12 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   if (p->state == PS_PHYS_PINNED)
     ps_phys_enter(p, PS_PHYS_LENT, NULL);
   h->asked = command == COM_QUERY && arg && asks_warnings(arg, length ? length : strlen(arg));
-  return ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
+  int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
+  /* mysql_select_db and mysql_ping read their reply inside the command and no more from
+   * the connection after it (the database they write next is not what a taker reads). */
+  if (!skip_check && (command == COM_INIT_DB || command == COM_PING))
+    settle(h);
+  return rc;
 }
 
 static int

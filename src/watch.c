@@ -606,10 +606,13 @@ ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
     before |= w->dirty;
     w->dirty = 0;
   }
-  w->uv_last = !w->bypass && command == COM_QUERY && arg &&
-               __atomic_load_n(&uservars_restorable, __ATOMIC_RELAXED) &&
-               uservar_only(arg, length ? length : strlen(arg));
-  w->uv_used |= w->uv_last;
+  size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
+  gboolean uv = !w->bypass && n && __atomic_load_n(&uservars_restorable, __ATOMIC_RELAXED) &&
+                uservar_only(arg, n);
+  w->uv_used |= uv;
+  /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow's snapshot
+   * restores: it does not pin either. */
+  w->uv_last = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
   int rc = watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
   note_pin(w, before, command);
   return rc;
