@@ -247,3 +247,34 @@ Test(grain, an_unpinned_handle_lends_its_connection_to_a_waiting_connect)
   mysql_close(a);
   cr_assert_leq(pst_user_threads(pst_env("PS_TEST_USER")), 1);
 }
+
+/* ---- never retry what may have run ---- */
+
+Test(grain, a_killed_connection_given_back_by_a_handle_is_replaced_at_its_next_command)
+{
+  grain_env("2", "100", "10s");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "SET time_zone = '+04:00'");
+  long long id = conn_id(a); /* then given back at once */
+  pst_exec(pst_admin(), "KILL %lld", id);
+  pst_wait_thread_gone((unsigned long)id);
+  /* The handle's next command runs on a live connection, in its session. */
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+04:00");
+  cr_assert_neq(conn_id(a), id);
+  mysql_close(a);
+}
+
+Test(grain, a_killed_connection_still_in_its_handle_gives_the_library_error)
+{
+  grain_env("2", "0", "10s");
+  MYSQL *a = pst_connect_app();
+  long long id = conn_id(a); /* takeable, kept: nobody waits */
+  pst_exec(pst_admin(), "KILL %lld", id);
+  pst_wait_thread_gone((unsigned long)id);
+  /* As without the pool: the statement fails with the lost connection's error. */
+  cr_assert_neq(mysql_query(a, "SELECT 1"), 0);
+  unsigned int e = mysql_errno(a);
+  cr_assert(e == 2006 || e == 2013 || e == 4031, "error %u %s", e, mysql_error(a));
+  mysql_close(a);
+}
