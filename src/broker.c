@@ -25,6 +25,7 @@
 #include "broker-state.h"
 #include "config.h"
 #include "conn.h"
+#include "handle.h"
 #include "hostslots.h"
 #include "house.h"
 #include "log.h"
@@ -204,6 +205,8 @@ static const PsPhysOps phys_ops = {
   .watch_free = ps_watch_free,
 };
 
+static const PsHandleOps handle_ops;
+
 static void
 init_once(void)
 {
@@ -240,6 +243,8 @@ init_once(void)
                                       : ps_host_slots_default_root();
       ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
     }
+    if (B.config.grain == PS_GRAIN_TRANSACTION)
+      ps_handle_setup(&handle_ops);
     B.active = TRUE;
     ps_house_start();
   }
@@ -299,6 +304,19 @@ lend(PsPhys *p, MYSQL *m)
     p->nframes = backtrace(p->frames, G_N_ELEMENTS(p->frames));
   }
   ps_phys_attach(p, m);
+}
+
+/* POOLSHIM_GRAIN=transaction: m's commands go through a handle record (handle.c), in a
+ * pool whose reset is auto. */
+static void
+grain_attach(PsPhys *p, MYSQL *m, PsPool *pool, PsPoolKey *pk)
+{
+  if (B.config.grain != PS_GRAIN_TRANSACTION || B.config.host_max || !ps_watch_auto(p->watch) ||
+      ps_pool_key_settings(pk)->reset != PS_RESET_AUTO || p->state != PS_PHYS_LENT)
+    return;
+  ps_pool_key_hold(pool, pk); /* the record's own */
+  if (!ps_handle_attach(m, p, pool, pk))
+    ps_pool_key_release(pool, pk, FALSE);
 }
 
 /* ---- revalidation (POOLSHIM_REVALIDATE) ----
@@ -459,8 +477,12 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   ps_conn_move(m, p->shell);
   ps_conn_adopt(m);
   lend(p, m);
+  grain_attach(p, m, pool, pk);
   return TRUE;
 }
+
+/* How long a wait of the transaction grain lasts before it looks for a takeable handle. */
+#define GRAIN_SLICE_US (5 * 1000)
 
 static MYSQL *connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp,
                              const char *host, const char *user, const char *passwd,
@@ -535,11 +557,20 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
   gint64 read_at = started; /* the first acquire reads no clock of its own */
   for (;;) {
     PsGrant grant;
+    /* The transaction grain: a wait is cut into slices, between which a takeable handle's
+     * connection is taken (handle.c). */
+    gint64 until = B.config.grain == PS_GRAIN_TRANSACTION
+                     ? MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US)
+                     : deadline;
     if (may_grow)
-      ps_pool_acquire_at(pool, pk, read_at, deadline, &grant);
+      ps_pool_acquire_at(pool, pk, read_at, until, &grant);
     else
-      ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
+      ps_pool_acquire_no_grow(pool, pk, until, &grant);
     read_at = 0;
+    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
+      ps_handle_take(pk);
+      continue;
+    }
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
@@ -596,6 +627,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       if (proof == PS_PROOF_REFUSED)
         return connect_revoked(m, pk, host, user, passwd, db, port, unix_socket, client_flag);
       lend(p, m);
+      grain_attach(p, m, pool, pk);
       return m;
     }
     if (grant.busy_idle) {
@@ -671,9 +703,117 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     lend(p, m);
     if (!profile)
       ps_phys_doom(m, "the connection failed while the pool learnt its session");
+    else
+      grain_attach(p, m, pool, pk);
     return r;
   }
 }
+
+/* ---- the transaction grain's pool side (handle.c calls these) ---- */
+
+/* A connection of pk for a detached handle's command: waits like a connect (taking from
+ * takeable handles between slices), the same error 1040 after POOLSHIM_TIMEOUT. */
+static PsPhys *
+grain_reborrow(PsPoolKey *pk, MYSQL *m)
+{
+  PsPool *pool = B.pool;
+  const PsPoolSettings *settings = ps_pool_key_settings(pk);
+  gint64 started = g_get_monotonic_time();
+  gint64 deadline = started + settings->timeout_us;
+  unsigned int reset_s = reset_timeout_s();
+  const char *why = NULL;
+  for (;;) {
+    PsGrant grant;
+    gint64 until = MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US);
+    ps_pool_acquire(pool, pk, until, &grant);
+    close_victims(grant.victims, FALSE);
+    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
+      ps_handle_take(pk);
+      continue;
+    }
+    if (grant.kind == PS_GRANT_TIMEOUT) {
+      char msg[MYSQL_ERRMSG_SIZE];
+      g_snprintf(msg, sizeof msg,
+                 "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
+                 " ms for a free connection (POOLSHIM_TIMEOUT)",
+                 ps_pool_key_label(pk), settings->pool_size,
+                 (g_get_monotonic_time() - started) / 1000);
+      ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
+      ps_info("%s", msg);
+      return NULL;
+    }
+    if (grant.kind == PS_GRANT_IDLE) {
+      PsPhys *p = grant.item->conn;
+      if (ps_phys_claim(p) &&
+          !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile, reset_s, &why)) {
+        ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
+        continue;
+      }
+      p->pending = 0;
+      if (ps_watch_ahead(p->watch) ? ps_conn_idle_closed(p->shell, TRUE)
+                                   : !ps_conn_idle_alive(p->shell)) {
+        ps_phys_close(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
+        continue;
+      }
+      return p;
+    }
+    /* A slot (or every idle one busy with its reset): one more from the key's template. */
+    PsConnProfile *profile = ps_pool_key_data(pk);
+    char err[MYSQL_ERRMSG_SIZE] = "no template to open a connection with";
+    PsPhys *p = ps_phys_new(pool, profile, -1, NULL);
+    MYSQL *h = profile && profile->opener
+                 ? ps_conn_template_open(profile->opener, reset_s, err, sizeof err)
+                 : NULL;
+    if (!h) {
+      ps_phys_close(p, NULL, PS_CLOSE_DEAD, "opening failed");
+      ps_pool_open_failed(pool, pk);
+      char msg[MYSQL_ERRMSG_SIZE];
+      g_snprintf(msg, sizeof msg, "Lost connection to server (poolshim: %s)", err);
+      ps_conn_set_error(m, CR_SERVER_LOST, "HY000", msg);
+      return NULL;
+    }
+    ps_pool_key_proved(pk, g_get_monotonic_time());
+    ps_broker_on_pool_handle(p, h);
+    ps_phys_opened(p, pk);
+    return p;
+  }
+}
+
+/* A connection taken from an idle handle (RETURNING, in its shell): reset, then idle. */
+static void
+grain_give_back(PsPhys *p)
+{
+  const char *why = NULL;
+  if (!p->cloexec_done) {
+    ps_conn_set_cloexec(p->shell);
+    p->cloexec_done = TRUE;
+  }
+  if (ps_pool_key_revoked(p->item->owner)) {
+    ps_phys_close(p, NULL, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
+    return;
+  }
+  p->pending = ps_conn_reset_begin(p->shell, ps_pool_key_settings(p->item->owner)->reset,
+                                   p->profile, p->watch, reset_timeout_s(), &p->plan, &why);
+  if (p->pending < 0) {
+    ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
+    return;
+  }
+  __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&B.plans[p->plan], 1, __ATOMIC_RELAXED);
+  ps_phys_release(p, TRUE, "taken from an idle handle");
+}
+
+static void
+grain_discard(PsPhys *p, const char *why)
+{
+  ps_phys_close(p, NULL, PS_CLOSE_DEAD, why);
+}
+
+static const PsHandleOps handle_ops = {
+  .reborrow = grain_reborrow,
+  .give_back = grain_give_back,
+  .discard = grain_discard,
+};
 
 void
 ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
@@ -706,6 +846,8 @@ void
 ps_broker_close(MYSQL *m)
 {
   adopt_fork();
+  if (B.config.grain == PS_GRAIN_TRANSACTION)
+    ps_handle_closing(m);
   PsPhys *p = ps_phys_attached() ? ps_phys_detach(m) : NULL;
   if (!p) {
     ps_real.close(m);

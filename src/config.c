@@ -36,6 +36,8 @@ typedef struct {
 static const char *const reset_choices[] = {"always", "change_user", "rollback", "none",
                                             "auto",   "reset",       NULL};
 #define PS_RESET_OLD_NAME 5
+/* Index = PsGrain. */
+static const char *const grain_choices[] = {"connect", "transaction", NULL};
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define US(s) ((guint64)(s) * G_USEC_PER_SEC)
@@ -76,6 +78,13 @@ static const PsVar vars[] = {
    "(a full reset at every return: COM_RESET_CONNECTION, sent without waiting, its reply read "
    "before the next lend; \"reset\" is accepted for it), change_user (full "
    "re-authentication), rollback (keeps session variables) or none (trusts the application)."},
+  {"POOLSHIM_GRAIN", PS_T_ENUM, "connect", 0, 0, grain_choices, G_STRUCT_OFFSET(PsConfig, grain),
+   FILE_ONLY,
+   "How long a handle holds its physical connection: connect (from mysql_real_connect to "
+   "mysql_close) or transaction (a first cut, issue 13: between transactions, a handle's "
+   "connection may be taken by a connect that would wait, and its next command borrows one "
+   "again and restores its session; only with POOLSHIM_RESET=auto, else one warning and "
+   "connect; see \"The transaction grain\" in the README)."},
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "
@@ -649,6 +658,13 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
   }
   if (file.kf)
     check_file_groups(out, &file, lookup, user_data);
+  /* The transaction grain moves sessions between handles: only the auto reset knows what a
+   * session holds (session tracking and the statement watch). */
+  if (out->grain == PS_GRAIN_TRANSACTION && out->reset != PS_RESET_AUTO) {
+    ps_warn("POOLSHIM_GRAIN=transaction needs POOLSHIM_RESET=auto (POOLSHIM_RESET is %s); "
+            "using POOLSHIM_GRAIN=connect", reset_choices[out->reset]);
+    out->grain = PS_GRAIN_CONNECT;
+  }
   if (file.warnings > PS_CONFIG_FILE_WARNINGS)
     ps_warn("%s: %u more problems not shown", file.path,
             file.warnings - PS_CONFIG_FILE_WARNINGS);

@@ -16,6 +16,13 @@ typedef enum {
 } PsResetMode;
 #define PS_RESET_RESET PS_RESET_ALWAYS
 
+/* POOLSHIM_GRAIN: how long a handle holds its physical connection. */
+typedef enum {
+  PS_GRAIN_CONNECT = 0,  /* from mysql_real_connect to mysql_close */
+  PS_GRAIN_TRANSACTION,  /* between transactions another handle may take it (issue 13);
+                            only with PS_RESET_AUTO */
+} PsGrain;
+
 /* What a [pool PATTERN] group of the key file may change for the pools it matches. */
 typedef struct {
   guint pool_size;
@@ -36,6 +43,7 @@ typedef struct {
   gint64 idle_timeout_us;    /* 0 = never */
   PsResetMode reset;
   gint64 reset_timeout_us;   /* bound on each round trip of a reset */
+  PsGrain grain;             /* PS_GRAIN_TRANSACTION only with PS_RESET_AUTO */
   gint64 leak_warn_us;       /* warn about connections lent longer than this; 0 = off */
   gint64 revalidate_us;      /* re-authenticate a pool's credentials this often; 0 = off */
   PsLogLevel log_level;

@@ -786,6 +786,126 @@ ps_conn_move(MYSQL *to, MYSQL *from)
   repair_back_pointers(from);
 }
 
+/* ---- the transaction grain: a connection between a handle and a pool struct ----
+ * Unlike ps_conn_move, these move only the session's own fields: what the handle shows
+ * (affected rows, insert id, info and the read buffer it points into, warnings, fields,
+ * errors, status, database, character set) stays in the handle's struct. */
+
+static void
+take_string(char **to, char **from)
+{
+  free(*to);
+  *to = *from;
+  *from = NULL;
+}
+
+static char *
+copy_string(const char *s)
+{
+  return s ? strdup(s) : NULL;
+}
+
+gboolean
+ps_conn_copy_out(MYSQL *to, const MYSQL *from)
+{
+  /* `from` is read only: its owner may read it meanwhile (never write what is read here:
+   * those fields change only inside a command, which the handle's state excludes). */
+  gsize size = from->net.max_packet + 16;
+  unsigned char *buff = malloc(size);
+  if (!buff)
+    return FALSE;
+  free(to->net.buff);
+  to->net.buff = buff;
+  to->net.buff_end = buff + from->net.max_packet;
+  to->net.write_pos = to->net.read_pos = buff;
+  to->net.max_packet = from->net.max_packet;
+  to->net.max_packet_size = from->net.max_packet_size;
+  to->net.remain_in_buf = to->net.length = to->net.buf_length = to->net.where_b = 0;
+  to->net.pkt_nr = to->net.compress_pkt_nr = 0;
+  to->net.write_timeout = from->net.write_timeout;
+  to->net.read_timeout = from->net.read_timeout;
+  to->net.retry_count = from->net.retry_count;
+  to->net.fcntl = from->net.fcntl;
+  to->net.compress = from->net.compress;
+  to->net.reading_or_writing = 0;
+  to->net.fd = from->net.fd;
+  to->net.pvio = from->net.pvio;
+  /* Not the database: mysql_select_db writes it after its command's reply. Without one,
+   * the reset that follows selects the pool's own. */
+  free(to->db);
+  to->db = NULL;
+  char **mine[] = {&to->host, &to->user, &to->unix_socket, &to->server_version,
+                   &to->host_info};
+  const char *theirs[] = {from->host, from->user, from->unix_socket, from->server_version,
+                          from->host_info};
+  for (gsize i = 0; i < G_N_ELEMENTS(mine); i++) {
+    free(*mine[i]);
+    *mine[i] = copy_string(theirs[i]);
+  }
+  if (to->passwd)
+    ps_secret_wipe(to->passwd);
+  free(to->passwd);
+  to->passwd = copy_string(from->passwd);
+  to->thread_id = from->thread_id;
+  to->port = from->port;
+  to->client_flag = from->client_flag;
+  to->server_capabilities = from->server_capabilities;
+  to->protocol_version = from->protocol_version;
+  to->server_status = from->server_status;
+  to->server_language = from->server_language;
+  memcpy(to->scramble_buff, from->scramble_buff, sizeof to->scramble_buff);
+  to->status = MYSQL_STATUS_READY;
+  to->field_count = 0;
+  to->info = NULL;
+  if (EXT(to) && EXT(from)) {
+    EXT(to)->mariadb_client_flag = EXT(from)->mariadb_client_flag;
+    EXT(to)->mariadb_server_capabilities = EXT(from)->mariadb_server_capabilities;
+  }
+  repair_back_pointers(to);
+  ensure_status_callback(to);
+  return TRUE;
+}
+
+void
+ps_conn_forget(MYSQL *m)
+{
+  m->net.pvio = NULL;
+}
+
+void
+ps_conn_copy_in(MYSQL *to, MYSQL *from)
+{
+  to->net.pvio = from->net.pvio;
+  from->net.pvio = NULL;
+  to->net.fd = from->net.fd;
+  to->net.pkt_nr = to->net.compress_pkt_nr = 0;
+  to->net.compress = from->net.compress;
+  to->net.remain_in_buf = to->net.length = to->net.buf_length = to->net.where_b = 0;
+  take_string(&to->host, &from->host);
+  take_string(&to->user, &from->user);
+  if (to->passwd)
+    ps_secret_wipe(to->passwd);
+  take_string(&to->passwd, &from->passwd);
+  take_string(&to->unix_socket, &from->unix_socket);
+  take_string(&to->server_version, &from->server_version);
+  take_string(&to->host_info, &from->host_info);
+  to->thread_id = from->thread_id;
+  to->port = from->port;
+  to->client_flag = from->client_flag;
+  to->server_capabilities = from->server_capabilities;
+  to->protocol_version = from->protocol_version;
+  /* The pool's restore changed the session, not the handle's commands. */
+  to->server_status = from->server_status & ~SERVER_SESSION_STATE_CHANGED;
+  to->server_language = from->server_language;
+  memcpy(to->scramble_buff, from->scramble_buff, sizeof to->scramble_buff);
+  if (EXT(to) && EXT(from)) {
+    EXT(to)->mariadb_client_flag = EXT(from)->mariadb_client_flag;
+    EXT(to)->mariadb_server_capabilities = EXT(from)->mariadb_server_capabilities;
+  }
+  repair_back_pointers(to);
+  ps_conn_adopt(to);
+}
+
 /* ---- return, reset, liveness ---- */
 
 gboolean

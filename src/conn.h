@@ -132,6 +132,14 @@ MYSQL *ps_conn_shell_new(unsigned int timeout_s);
  * text of the last error stays too, emptied on both (mysql_error() is "" until the next).
  * Every back-pointer is repaired; this mirrors mariadb_reconnect's `*mysql = tmp_mysql`. */
 void ps_conn_move(MYSQL *to, MYSQL *from);
+/* POOLSHIM_GRAIN=transaction. copy_out: the session in the handle `from` is given to the
+ * pool's struct `to` (its own read buffer, copies of the strings) without writing `from`,
+ * which keeps everything it shows and an alias of the socket (ps_conn_forget drops it, in
+ * the owner's thread). copy_in: the session in the pool's struct `from` moves into the
+ * handle `to`, which keeps what it shows (the database and character set included). */
+gboolean ps_conn_copy_out(MYSQL *to, const MYSQL *from);
+void ps_conn_forget(MYSQL *m);
+void ps_conn_copy_in(MYSQL *to, MYSQL *from);
 
 /* Whether the connection in m may go back to a pool; *why names what prevents it. */
 gboolean ps_conn_returnable(MYSQL *m, const char **why);

@@ -510,6 +510,14 @@ ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
   return key;
 }
 
+void
+ps_pool_key_hold(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  key->holds++;
+  g_mutex_unlock(&pool->lock);
+}
+
 /* Nothing refers to the key: no caller holds it, no connection of it exists or is being
  * opened, nobody waits for one. */
 static gboolean

@@ -131,6 +131,8 @@ const char *ps_pool_key_label(const PsPoolKey *key);
 const PsPoolSettings *ps_pool_key_settings(const PsPoolKey *key);
 /* The sub-pool of a digest (held, as ps_pool_key), or NULL when none exists yet. */
 PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]);
+/* One more hold on a key the caller holds already (ended by ps_pool_key_release). */
+void ps_pool_key_hold(PsPool *pool, PsPoolKey *key);
 /* One caller-owned pointer per key, set once (the first caller wins; a later one is
  * destroyed with `destroy`). Returns the pointer in place. */
 gpointer ps_pool_key_data(PsPoolKey *key);

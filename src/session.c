@@ -97,8 +97,8 @@ ps_session_classify_sql(const char *sql, size_t len)
   guint nwords = 0;
   TokKind last = TOK_NONE;
   gboolean last_after_dot = FALSE;  /* the last word followed a dot: a qualified name */
-  const char *lastw = NULL, *prevw = NULL; /* the last two words */
-  size_t nlastw = 0, nprevw = 0;
+  const char *lastw = NULL, *prevw = NULL, *pprevw = NULL; /* the last three words */
+  size_t nlastw = 0, nprevw = 0, npprevw = 0;
   gboolean into = FALSE, atomic = FALSE, release = FALSE, banned = FALSE;
   size_t i = 0;
   while (i < len) {
@@ -123,6 +123,8 @@ ps_session_classify_sql(const char *sql, size_t len)
       }
       nwords++;
       last_after_dot = last == TOK_DOT;
+      pprevw = prevw;
+      npprevw = nprevw;
       prevw = lastw;
       nprevw = nlastw;
       lastw = w;
@@ -201,8 +203,8 @@ ps_session_classify_sql(const char *sql, size_t len)
       if (last == TOK_QUOTED)
         return PS_STMT_FULL; /* `f`(...) or "f"(...): a call of a quoted name */
       if (last == TOK_WORD) {
-        if (last_after_dot)
-          return PS_STMT_FULL; /* db.f(...) */
+        if (last_after_dot && !(pprevw && word_is(pprevw, npprevw, "into")))
+          return PS_STMT_FULL; /* db.f(...), but INTO db.t (columns) */
         if (word_is(lastw, nlastw, "last_insert_id")) {
           size_t j = i + 1;
           while (j < len && (unsigned char)sql[j] <= ' ')
@@ -211,7 +213,8 @@ ps_session_classify_sql(const char *sql, size_t len)
             return PS_STMT_FULL; /* LAST_INSERT_ID(expr) sets it */
         } else if (!WORD_IN(lastw, nlastw, pure_functions) &&
                    !WORD_IN(lastw, nlastw, paren_keywords) &&
-                   !(prevw && word_is(prevw, nprevw, "into"))) {
+                   !(prevw && word_is(prevw, nprevw, "into")) &&
+                   !(last_after_dot && pprevw && word_is(pprevw, npprevw, "into"))) {
           return PS_STMT_FULL; /* any other call may be a stored function */
         }
       }

@@ -48,6 +48,11 @@ struct PsWatch {
   gboolean maybe_in_trans;             /* an error reply with autocommit off: the failed
                                           statement may have begun a transaction, and an
                                           error packet carries no status flags to say so */
+  gboolean uv_last;                    /* the last command only read or set user variables */
+  gboolean uv_used;                    /* ... and some command since the lend did */
+  gboolean pinned;                     /* POOLSHIM_GRAIN=transaction: since the lend, the
+                                          session holds what only a full reset undoes (not a
+                                          database change, not a restorable variable) */
 };
 
 static void clear_learnt(PsWatch *w);
@@ -379,10 +384,9 @@ catch_up(MYSQL *mysql, PsWatch *w)
 }
 
 static int
-watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *arg,
-                   size_t length, my_bool skip_check, void *opt_arg)
+watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const char *arg,
+              size_t length, my_bool skip_check, void *opt_arg)
 {
-  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
   /* COM_QUIT ends the session: nothing kept for it needs restoring first. */
   if (w->bypass || command == COM_QUIT)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
@@ -476,9 +480,8 @@ watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *a
 /* Reads the reply of a command, or gives the kept one. In auto mode an OK packet is looked
  * at: a generated insert id (LAST_INSERT_ID() would show it) and the state change flag. */
 static int
-watched_read_query_result(MYSQL *mysql)
+watch_read_query_result(PsWatch *w, MYSQL *mysql)
 {
-  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
   if (w->bypass)
     return w->orig->db_read_query_result(mysql);
   int rc = 0;
@@ -513,6 +516,168 @@ watched_read_query_result(MYSQL *mysql)
     note_reply(w, mysql);
   }
   return rc;
+}
+
+/* The transaction grain: user variables are restorable while the server lists them
+ * (information_schema.USER_VARIABLES; handle.c turns this off when it does not). */
+static gint uservars_restorable = 1;
+
+void
+ps_watch_set_uservars_restorable(gboolean on)
+{
+  __atomic_store_n(&uservars_restorable, on, __ATOMIC_RELAXED);
+}
+
+/* SET @name = literal (or :=): one user variable, nothing else. */
+static gboolean
+uservar_set(const char *sql, size_t len)
+{
+  const char *p = sql, *end = sql + len;
+  eat_ws(&p, end);
+  if (!eat_kw(&p, end, "set"))
+    return FALSE;
+  eat_ws(&p, end);
+  if (p >= end || *p != '@')
+    return FALSE;
+  p++;
+  if (!eat_word(&p, end))
+    return FALSE;
+  eat_ws(&p, end);
+  if (p < end && *p == ':')
+    p++;
+  if (p >= end || *p != '=')
+    return FALSE;
+  p++;
+  eat_ws(&p, end);
+  if (p < end && *p == '-')
+    p++;
+  if (!eat_literal(&p, end))
+    return FALSE;
+  eat_ws(&p, end);
+  return p == end;
+}
+
+/* A statement the scan calls FULL only for the user variables it reads or assigns (the
+ * same scan with every single @ blanked out calls it CLEAN or TXN), or uservar_set. */
+static gboolean
+uservar_only(const char *sql, size_t len)
+{
+  if (len > 65536 || !memchr(sql, '@', len))
+    return FALSE;
+  if (uservar_set(sql, len))
+    return TRUE;
+  char *copy = g_strndup(sql, len);
+  for (size_t i = 0; i < len; i++) {
+    if (copy[i] != '@')
+      continue;
+    if (i + 1 < len && copy[i + 1] == '@')
+      i++;
+    else
+      copy[i] = ' ';
+  }
+  gboolean clean = ps_session_classify_sql(copy, len) != PS_STMT_FULL;
+  g_free(copy);
+  return clean;
+}
+
+/* The FULL or UNPOOLABLE bits a command added pin the session (the transaction grain), but
+ * for a change of the database or of user variables, which a re-borrow restores. */
+static inline void
+note_pin(PsWatch *w, guint before, enum enum_server_command command)
+{
+  if (!w->bypass && (w->dirty & (PS_DIRTY_FULL | PS_DIRTY_UNPOOLABLE)) &&
+      command != COM_INIT_DB && !w->uv_last)
+    w->pinned = TRUE;
+  w->dirty |= before;
+}
+
+int
+ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
+                    const char *arg, size_t length, my_bool skip_check, void *opt_arg)
+{
+  guint before = w->dirty; /* this command's own bits: the session may be FULL already */
+  w->dirty = 0;
+  if (!w->bypass && command != COM_QUIT) {
+    /* The previous command's final reply, judged with what that command was. */
+    note_reply(w, mysql);
+    w->last = PS_LAST_NONE;
+    if ((w->dirty & PS_DIRTY_FULL) && !w->uv_last)
+      w->pinned = TRUE;
+    before |= w->dirty;
+    w->dirty = 0;
+  }
+  size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
+  gboolean uv = !w->bypass && n && __atomic_load_n(&uservars_restorable, __ATOMIC_RELAXED) &&
+                uservar_only(arg, n);
+  w->uv_used |= uv;
+  /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow's snapshot
+   * restores: it does not pin either. */
+  w->uv_last = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
+  int rc = watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
+  note_pin(w, before, command);
+  return rc;
+}
+
+int
+ps_watch_read_query_result(PsWatch *w, MYSQL *mysql)
+{
+  guint before = w->dirty;
+  w->dirty = 0;
+  int rc = watch_read_query_result(w, mysql);
+  note_pin(w, before, COM_QUERY);
+  return rc;
+}
+
+static int
+watched_db_command(MYSQL *mysql, enum enum_server_command command, const char *arg,
+                   size_t length, my_bool skip_check, void *opt_arg)
+{
+  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
+  return watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
+}
+
+static int
+watched_read_query_result(MYSQL *mysql)
+{
+  PsWatch *w = (PsWatch *)((char *)mysql->methods - offsetof(PsWatch, methods));
+  return watch_read_query_result(w, mysql);
+}
+
+gboolean
+ps_watch_uservars_used(const PsWatch *w)
+{
+  return w && w->uv_used;
+}
+
+gboolean
+ps_watch_pinned(const PsWatch *w)
+{
+  return !w || w->pinned || !w->auto_mode;
+}
+
+void
+ps_watch_set_bypass(PsWatch *w, gboolean on)
+{
+  w->bypass = on;
+}
+
+void
+ps_watch_mark_full(PsWatch *w)
+{
+  w->dirty |= PS_DIRTY_FULL;
+  w->last = PS_LAST_NONE;
+}
+
+const struct st_mariadb_methods *
+ps_watch_orig(PsWatch *w)
+{
+  return w->orig;
+}
+
+const struct st_mariadb_methods *
+ps_watch_methods(PsWatch *w)
+{
+  return &w->methods;
 }
 
 static void
@@ -695,6 +860,7 @@ ps_watch_take_untouched(MYSQL *m, PsWatch *w)
     return FALSE;
   /* What ps_watch_take and then ps_watch_keep leave when there is nothing to take or keep. */
   w->last = PS_LAST_NONE;
+  w->pinned = w->uv_used = w->uv_last = FALSE;
   w->learning = FALSE;
   return TRUE;
 }
@@ -708,6 +874,7 @@ ps_watch_take(MYSQL *m, PsWatch *w)
     return PS_DIRTY_ALL;
   note_reply(w, m); /* the last command's final reply */
   w->last = PS_LAST_NONE;
+  w->pinned = w->uv_used = w->uv_last = FALSE;
   guint bits = w->dirty;
   w->dirty = 0;
   return bits;

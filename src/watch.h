@@ -107,3 +107,24 @@ gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
 
 /* The bits one statement text sets (for unit tests). */
 guint ps_watch_classify_sql(const char *sql, size_t len);
+
+/* POOLSHIM_GRAIN=transaction (handle.c): the application's handle has its own command table
+ * that calls these with the watch of the connection it holds now. */
+int ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
+                        const char *arg, size_t length, my_bool skip_check, void *opt_arg);
+int ps_watch_read_query_result(PsWatch *w, MYSQL *mysql);
+/* The watched table (what a connection's holder points its methods at). */
+const struct st_mariadb_methods *ps_watch_methods(PsWatch *w);
+/* The library's own table, which the watched one wraps. */
+const struct st_mariadb_methods *ps_watch_orig(PsWatch *w);
+/* Since the lend the session holds what only a full reset undoes, other than a database
+ * change or a variable the auto reset restores alone (or nothing is known: no auto mode). */
+gboolean ps_watch_pinned(const PsWatch *w);
+/* Commands since the lend read or set user variables (not pinned for that while the
+ * server lists them: set_uservars_restorable, process-wide, on at start). */
+gboolean ps_watch_uservars_used(const PsWatch *w);
+void ps_watch_set_uservars_restorable(gboolean on);
+/* The pool's own commands (a re-borrow's restore): not looked at. */
+void ps_watch_set_bypass(PsWatch *w, gboolean on);
+/* The session was changed behind the watch's back: the next return resets it fully. */
+void ps_watch_mark_full(PsWatch *w);

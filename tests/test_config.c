@@ -101,6 +101,8 @@ assert_defaults_except(const PsConfig *cfg, const char *except)
     cr_assert_eq(cfg->idle_timeout_us, 10 * 60 * SEC);
   if (g_strcmp0(except, "POOLSHIM_RESET") != 0)
     cr_assert_eq(cfg->reset, PS_RESET_AUTO);
+  if (g_strcmp0(except, "POOLSHIM_GRAIN") != 0)
+    cr_assert_eq(cfg->grain, PS_GRAIN_CONNECT);
   if (g_strcmp0(except, "POOLSHIM_RESET_TIMEOUT") != 0)
     cr_assert_eq(cfg->reset_timeout_us, 5 * SEC);
   if (g_strcmp0(except, "POOLSHIM_LEAK_WARN") != 0)
@@ -202,6 +204,40 @@ Test(config, reset_always_and_its_old_name_reset_mean_the_same)
   ps_config_clear(&cfg);
 }
 
+Test(config, the_grain_is_connect_unless_transaction_is_asked_for_with_the_auto_reset)
+{
+  static const char *const none[] = {NULL};
+  static const char *const txn[] = {"POOLSHIM_GRAIN", "Transaction", NULL};
+  PsConfig cfg;
+  parse_env(&cfg, none, NULL);
+  cr_assert_eq(cfg.grain, PS_GRAIN_CONNECT);
+  ps_config_clear(&cfg);
+  parse_env(&cfg, txn, NULL);
+  cr_assert_eq(cfg.grain, PS_GRAIN_TRANSACTION, "the default reset is auto");
+  ps_config_clear(&cfg);
+}
+
+Test(config, the_transaction_grain_with_another_reset_gets_one_warning_and_connect)
+{
+  static const char *const modes[] = {"always", "change_user", "rollback", "none"};
+  for (gsize i = 0; i < G_N_ELEMENTS(modes); i++) {
+    const char *const env[] = {"POOLSHIM_GRAIN", "transaction", "POOLSHIM_RESET", modes[i], NULL};
+    PsConfig cfg;
+    Capture cap;
+    capture_start(&cap);
+    parse_env(&cfg, env, NULL);
+    g_autofree char *out = capture_end(&cap);
+    cr_assert_eq(cfg.grain, PS_GRAIN_CONNECT, "POOLSHIM_RESET=%s: the grain falls back", modes[i]);
+    cr_assert_eq(count_lines(out), 1, "POOLSHIM_RESET=%s: expected one line, got: %s", modes[i],
+                 out);
+    cr_assert(g_str_has_prefix(out, "poolshim: warning: POOLSHIM_GRAIN=transaction needs "
+                                    "POOLSHIM_RESET=auto"), "got: %s", out);
+    cr_assert_not_null(strstr(out, modes[i]), "the line names the reset mode: %s", out);
+    cr_assert_not_null(strstr(out, "using POOLSHIM_GRAIN=connect"), "the fallback: %s", out);
+    ps_config_clear(&cfg);
+  }
+}
+
 Test(config, enum_values_ignore_case)
 {
   static const char *const env[] = {"POOLSHIM_RESET", "NONE", "POOLSHIM_LOG", "Error", NULL};
@@ -250,6 +286,7 @@ ParameterizedTestParameters(config, a_bad_value_keeps_the_default_with_one_warni
     {"POOLSHIM_TIMEOUT", "1.5s"},
     {"POOLSHIM_TIMEOUT", "86401"},
     {"POOLSHIM_RESET", "sometimes"},
+    {"POOLSHIM_GRAIN", "statement"},
     {"POOLSHIM_LOG", "verbose"},
     {"POOLSHIM_DISABLE", "2"},
     {"POOLSHIM_MAX_CONNECTIONS", "-5"},
@@ -424,7 +461,7 @@ Test(config, describe_enumerates_every_variable)
   static const char *const expected[] = {
     "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MIN_IDLE", "POOLSHIM_MAX_CONNECTIONS",
     "POOLSHIM_TIMEOUT",
-    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_RESET_TIMEOUT",
+    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_GRAIN", "POOLSHIM_RESET_TIMEOUT",
     "POOLSHIM_REVALIDATE", "POOLSHIM_LEAK_WARN", "POOLSHIM_LOG", "POOLSHIM_LOG_FILE", "POOLSHIM_STATS_FILE",
     "POOLSHIM_STATS_INTERVAL", "POOLSHIM_HOST_MAX", "POOLSHIM_HOST_DIR", "POOLSHIM_CONFIG",
   };

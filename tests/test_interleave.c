@@ -10,8 +10,9 @@
  * The seed is printed (and named in every failure); PS_INTERLEAVE_SEED=N repeats the same
  * random program. The threads' interleaving and the hook's own coin are not seeded.
  *
- * Registered only with -Dgrain_tests=true (suite `grain`): without the transaction grain
- * it fails (the fifth handle's connect waits for POOLSHIM_TIMEOUT and gets error 1040). */
+ * Registered by default (-Dgrain_tests=false leaves it out; suite `grain`): without the
+ * transaction grain it fails (the fifth handle's connect waits for POOLSHIM_TIMEOUT and gets
+ * error 1040). */
 #include <mysqld_error.h>
 #include <pthread.h>
 #include <stdlib.h>

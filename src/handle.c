@@ -1,0 +1,510 @@
+/* handle.c: POOLSHIM_GRAIN=transaction, the per-handle record (handle.h).
+ *
+ * A record's state (atomic) is the handshake between its owner (the thread that calls the
+ * library with the handle) and a taker:
+ *   BUSY -> TAKEABLE        owner: after a command's final reply, nothing pins the session
+ *   TAKEABLE -> BUSY        owner: at its next command or close (compare-and-swap)
+ *   TAKEABLE -> TAKING      taker: compare-and-swap under the registry's lock
+ *   TAKING -> TAKEN         taker: the session moved out, its snapshot written (release)
+ *   TAKEN -> BUSY           owner: at its next command, after borrowing and restoring
+ * The owner waits out TAKING (no I/O is done in it but the snapshot's one round trip on the
+ * taken connection). Only the owner writes the handle's struct; a taker reads it while it
+ * holds TAKING. Lock order: the registry's lock is a leaf (no other lock is taken under it,
+ * no I/O is done). */
+#include "handle.h"
+
+#include <errmsg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "watch.h"
+
+enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
+
+typedef struct {
+  struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
+  const struct st_mariadb_methods *lib; /* the library's own table */
+  MYSQL_DATA *(*read_rows)(MYSQL *, MYSQL_FIELD *, unsigned int);
+  MYSQL *m;
+  PsPhys *p;       /* the connection held; NULL while detached */
+  PsPool *pool;
+  PsPoolKey *pk;   /* held */
+  gint state;
+  char *restore;   /* detached: the SET that brings a fresh session to the handle's state */
+  char *db;        /* ... and its database (NULL: none) */
+  gboolean lost;   /* detached: the session could not be read; commands fail as lost */
+  gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
+} PsHandle;
+
+static struct {
+  PsHandleOps ops;
+  GMutex lock;       /* guards `all` */
+  GPtrArray *all;    /* of PsHandle */
+  guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
+  guint64 takes, reborrows, pins[PS_PIN_REASONS]; /* atomic */
+} H;
+
+static const char *const pin_names[PS_PIN_REASONS] = {
+  [PS_PIN_TRANSACTION] = "transaction", [PS_PIN_AUTOCOMMIT] = "autocommit off",
+  [PS_PIN_SESSION] = "session state", [PS_PIN_STATEMENT] = "prepared statement",
+  [PS_PIN_RESULT] = "unread result", [PS_PIN_WARNINGS] = "warnings",
+  [PS_PIN_OTHER] = "other",
+};
+
+const char *
+ps_handle_pin_name(PsPinReason reason)
+{
+  return reason < PS_PIN_REASONS ? pin_names[reason] : "?";
+}
+
+/* What the taker reads of the session before it is reset; the re-borrow sets it back. */
+#define SNAPSHOT_SQL                                                                               \
+  "SELECT DATABASE(), @@character_set_client, @@character_set_results, "                        \
+  "@@character_set_connection, @@collation_connection, @@time_zone, @@sql_mode, @@autocommit, " \
+  "@@tx_isolation, @@tx_read_only, @@sql_auto_is_null, @@last_insert_id"
+static const char *const snapshot_vars[] = {
+  "character_set_client", "character_set_results", "character_set_connection",
+  "collation_connection", "time_zone", "sql_mode", "autocommit", "tx_isolation",
+  "tx_read_only", "sql_auto_is_null", "last_insert_id",
+};
+
+void
+ps_handle_setup(const PsHandleOps *ops)
+{
+  H.ops = *ops;
+  g_mutex_lock(&H.lock);
+  if (!H.all)
+    H.all = g_ptr_array_new();
+  g_mutex_unlock(&H.lock);
+#ifdef PS_TEST_HOOKS
+  const char *force = g_getenv("POOLSHIM_TEST_FORCE_TAKE");
+  guint64 pct = 0;
+  if (force && (!ps_config_parse_uint(force, &pct) || pct > 100)) {
+    ps_warn("POOLSHIM_TEST_FORCE_TAKE=\"%.20s\" is not valid (expected 0 to 100); using 0",
+            force);
+    pct = 0;
+  }
+  H.force_take = (guint)pct;
+#endif
+}
+
+static inline PsHandle *
+handle_of(MYSQL *m)
+{
+  return (PsHandle *)((char *)m->methods - offsetof(PsHandle, methods));
+}
+
+/* ---- the taker's side ---- */
+
+static void
+append_value(GString *sql, const char *v)
+{
+  if (!v) {
+    g_string_append(sql, "NULL");
+    return;
+  }
+  gboolean number = *v != '\0';
+  for (const char *c = v; *c && number; c++)
+    number = g_ascii_isdigit(*c);
+  if (number) {
+    g_string_append(sql, v);
+    return;
+  }
+  g_string_append_c(sql, '\'');
+  for (const char *c = v; *c; c++) {
+    if (*c == '\'' || *c == '\\')
+      g_string_append_c(sql, '\\');
+    g_string_append_c(sql, *c);
+  }
+  g_string_append_c(sql, '\'');
+}
+
+/* The session's user variables, as assignments appended to sql. Without the server's list
+ * (the user_variables plugin off), user variables pin sessions from now on; FALSE when this
+ * session used some. */
+static gboolean
+add_uservars(GString *sql, MYSQL *s, PsWatch *w)
+{
+  static const char q[] = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE FROM "
+                          "information_schema.USER_VARIABLES";
+  ps_watch_set_bypass(w, TRUE);
+  MYSQL_RES *res = ps_real.real_query(s, q, strlen(q)) == 0 ? ps_real.store_result(s) : NULL;
+  ps_watch_set_bypass(w, FALSE);
+  if (!res) {
+    unsigned int e = s->net.last_errno;
+    if (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR)
+      return FALSE;
+    ps_watch_set_uservars_restorable(FALSE);
+    ps_info("the server does not list user variables (information_schema.USER_VARIABLES): "
+            "they pin a handle's connection from now on");
+    return !ps_watch_uservars_used(w);
+  }
+  MYSQL_ROW row;
+  while ((row = ps_real.fetch_row(res))) {
+    if (!row[0])
+      continue;
+    g_string_append(sql, ", @`");
+    for (const char *c = row[0]; *c; c++) {
+      if (*c == '`')
+        g_string_append_c(sql, '`');
+      g_string_append_c(sql, *c);
+    }
+    g_string_append(sql, "`=");
+    const char *type = row[2] ? row[2] : "";
+    if (row[1] && (g_str_equal(type, "INT") || g_str_equal(type, "DECIMAL") ||
+                   g_str_equal(type, "DOUBLE") || g_str_equal(type, "REAL")))
+      g_string_append(sql, row[1]);
+    else
+      append_value(sql, row[1]);
+  }
+  ps_real.free_result(res);
+  return TRUE;
+}
+
+/* Reads the session in s (the taker's now): h->restore and h->db. FALSE when it failed. */
+static gboolean
+snapshot(PsHandle *h, MYSQL *s, PsWatch *w)
+{
+  ps_watch_set_bypass(w, TRUE);
+  gboolean ok = ps_real.real_query(s, SNAPSHOT_SQL, strlen(SNAPSHOT_SQL)) == 0;
+  MYSQL_RES *res = ok ? ps_real.store_result(s) : NULL;
+  MYSQL_ROW row = res ? ps_real.fetch_row(res) : NULL;
+  ps_watch_set_bypass(w, FALSE);
+  if (!row) {
+    if (res)
+      ps_real.free_result(res);
+    return FALSE;
+  }
+  GString *sql = g_string_new("SET SESSION ");
+  for (gsize i = 0; i < G_N_ELEMENTS(snapshot_vars); i++) {
+    g_string_append_printf(sql, "%s%s=", i ? ", " : "", snapshot_vars[i]);
+    append_value(sql, row[i + 1]);
+  }
+  g_free(h->db);
+  h->db = g_strdup(row[0]);
+  ps_real.free_result(res);
+  gboolean vars_ok = add_uservars(sql, s, w);
+  g_free(h->restore);
+  h->restore = g_string_free(sql, FALSE);
+  return vars_ok;
+}
+
+/* Holding TAKING on h: moves its session out, reads it, publishes TAKEN, gives the
+ * connection back to the pool. */
+static void
+take(PsHandle *h)
+{
+  PsPhys *p = h->p;
+  MYSQL *m = h->m;
+  if (!p->shell && !(p->shell = ps_conn_shell_new(5))) {
+    /* No struct to move it into: the owner keeps it. */
+    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    return;
+  }
+  if (!ps_conn_copy_out(p->shell, m)) {
+    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    return;
+  }
+  p->shell->methods = ps_watch_methods(p->watch);
+  ps_phys_detach(m); /* RETURNING */
+  gboolean ok = snapshot(h, p->shell, p->watch);
+  h->lost = !ok;
+  h->p = NULL;
+  __atomic_fetch_add(&H.takes, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
+  /* h is the owner's again: not touched from here on. */
+  if (ok)
+    H.ops.give_back(p);
+  else
+    H.ops.discard(p, "lost while being taken from an idle handle");
+}
+
+gboolean
+ps_handle_take(PsPoolKey *pk)
+{
+  PsHandle *found = NULL;
+  g_mutex_lock(&H.lock);
+  for (guint i = 0; H.all && i < H.all->len && !found; i++) {
+    PsHandle *h = H.all->pdata[i];
+    gint expect = H_TAKEABLE;
+    if (h->pk == pk && __atomic_load_n(&h->state, __ATOMIC_RELAXED) == H_TAKEABLE &&
+        __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
+                                    __ATOMIC_RELAXED))
+      found = h;
+  }
+  g_mutex_unlock(&H.lock);
+  if (!found)
+    return FALSE;
+  take(found);
+  return TRUE;
+}
+
+/* ---- the owner's side ---- */
+
+/* After a command's final reply: why the session may not be taken, or -1. */
+static int
+pin_reason(const MYSQL *m, const PsPhys *p, gboolean asked)
+{
+  unsigned int e = m->net.last_errno;
+  if (!m->net.pvio || m->net.compress || (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR))
+    return PS_PIN_OTHER;
+  if (m->status != MYSQL_STATUS_READY || (m->server_status & SERVER_MORE_RESULTS_EXIST))
+    return PS_PIN_RESULT;
+  if ((m->server_status & SERVER_STATUS_IN_TRANS) || ps_watch_maybe_in_trans(p->watch))
+    return PS_PIN_TRANSACTION;
+  if (!(m->server_status & SERVER_STATUS_AUTOCOMMIT))
+    return PS_PIN_AUTOCOMMIT;
+  if (m->stmts)
+    return PS_PIN_STATEMENT;
+  if (m->warning_count && !asked)
+    return PS_PIN_WARNINGS; /* until SHOW WARNINGS or the next command */
+  if (ps_watch_pinned(p->watch))
+    return PS_PIN_SESSION;
+  return -1;
+}
+
+/* The final reply of a command is in: takeable, or pinned with a reason. */
+static void
+settle(PsHandle *h)
+{
+  PsPhys *p = h->p;
+  if (!p || p->state == PS_PHYS_DOOMED || p->state == PS_PHYS_ORPHANED)
+    return;
+  int why = pin_reason(h->m, p, h->asked);
+  if (why >= 0) {
+    __atomic_fetch_add(&H.pins[why], 1, __ATOMIC_RELAXED);
+    if (p->state != PS_PHYS_PINNED)
+      ps_phys_enter(p, PS_PHYS_PINNED, pin_names[why]);
+    return;
+  }
+  if (p->state != PS_PHYS_TAKEABLE)
+    ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL);
+  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
+#ifdef PS_TEST_HOOKS
+  gint expect = H_TAKEABLE;
+  if (H.force_take && (guint)g_random_int_range(0, 100) < H.force_take &&
+      __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
+                                  __ATOMIC_RELAXED))
+    take(h);
+#endif
+}
+
+/* The handle's connection was taken: borrow one and bring its session to the handle's
+ * state, before the command. FALSE with m's error set. */
+static gboolean
+reattach(PsHandle *h)
+{
+  MYSQL *m = h->m;
+  ps_conn_forget(m);
+  if (h->lost) {
+    ps_conn_set_error(m, CR_SERVER_GONE_ERROR, "HY000",
+                      "MySQL server has gone away (poolshim: the session was lost while "
+                      "its connection was idle)");
+    return FALSE;
+  }
+  for (int attempt = 0; attempt < 3; attempt++) {
+    PsPhys *q = H.ops.reborrow(h->pk, m);
+    if (!q)
+      return FALSE;
+    MYSQL *s = q->shell;
+    gboolean ok = ps_watch_settle(s, q->watch);
+    if (ok) {
+      ps_watch_set_bypass(q->watch, TRUE);
+      ok = ps_real.real_query(s, h->restore, strlen(h->restore)) == 0 &&
+           (!h->db || ps_real.select_db(s, h->db) == 0);
+      ps_watch_set_bypass(q->watch, FALSE);
+      ps_watch_mark_full(q->watch); /* its return resets what the restore set */
+    }
+    if (!ok) {
+      unsigned int e = s->net.last_errno;
+      gboolean conn_error = e >= CR_MIN_ERROR && e <= CR_MAX_ERROR;
+      if (!conn_error) /* the server refused the restore: the handle sees why */
+        ps_conn_set_error(m, e, s->net.sqlstate, s->net.last_error);
+      H.ops.discard(q, conn_error ? "lost while restoring a handle's session"
+                                  : "a handle's session could not be restored");
+      if (conn_error)
+        continue; /* nothing of the command was sent: another connection */
+      return FALSE;
+    }
+    ps_conn_copy_in(m, s);
+    ps_phys_attach(q, m);
+    h->p = q;
+    __atomic_fetch_add(&H.reborrows, 1, __ATOMIC_RELAXED);
+    return TRUE;
+  }
+  ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
+                    "Lost connection to server (poolshim: three connections failed while "
+                    "restoring the handle's session)");
+  return FALSE;
+}
+
+/* Makes the handle busy for a command (or close): TRUE when it holds a connection. */
+static gboolean
+enter(PsHandle *h, gboolean reborrow)
+{
+  for (;;) {
+    gint s = __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
+    if (s == H_BUSY)
+      return h->p != NULL;
+    if (s == H_TAKEABLE) {
+      if (__atomic_compare_exchange_n(&h->state, &s, H_BUSY, FALSE, __ATOMIC_ACQUIRE,
+                                      __ATOMIC_RELAXED)) {
+        if (h->p->state == PS_PHYS_TAKEABLE)
+          ps_phys_enter(h->p, PS_PHYS_LENT, NULL);
+        return TRUE;
+      }
+      continue;
+    }
+    if (s == H_TAKING) {
+      g_usleep(50);
+      continue;
+    }
+    /* TAKEN: the owner's alone again. */
+    if (!reborrow) {
+      ps_conn_forget(h->m);
+      return FALSE;
+    }
+    if (!reattach(h))
+      return FALSE; /* stays TAKEN: the next command tries again */
+    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELAXED);
+    return TRUE;
+  }
+}
+
+/* SHOW WARNINGS, SHOW ERRORS, SHOW COUNT(*) WARNINGS ... */
+static gboolean
+asks_warnings(const char *sql, size_t len)
+{
+  size_t i = 0;
+  while (i < len && g_ascii_isspace(sql[i]))
+    i++;
+  if (len - i < 5 || g_ascii_strncasecmp(sql + i, "show", 4) != 0 ||
+      !g_ascii_isspace(sql[i + 4]))
+    return FALSE;
+  i += 5;
+  while (i < len && g_ascii_isspace(sql[i]))
+    i++;
+  return (len - i >= 8 && g_ascii_strncasecmp(sql + i, "warnings", 8) == 0) ||
+         (len - i >= 6 && g_ascii_strncasecmp(sql + i, "errors", 6) == 0) ||
+         (len - i >= 5 && g_ascii_strncasecmp(sql + i, "count", 5) == 0);
+}
+
+static int
+grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, size_t length,
+                 my_bool skip_check, void *opt_arg)
+{
+  PsHandle *h = handle_of(m);
+  if (!enter(h, command != COM_QUIT))
+    return command == COM_QUIT ? 0 : 1;
+  PsPhys *p = h->p;
+  if (p->state == PS_PHYS_PINNED)
+    ps_phys_enter(p, PS_PHYS_LENT, NULL);
+  h->asked = command == COM_QUERY && arg && asks_warnings(arg, length ? length : strlen(arg));
+  int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
+  /* mysql_select_db and mysql_ping read their reply inside the command and no more from
+   * the connection after it (the database they write next is not what a taker reads). */
+  if (!skip_check && (command == COM_INIT_DB || command == COM_PING))
+    settle(h);
+  return rc;
+}
+
+static int
+grain_read_query_result(MYSQL *m)
+{
+  PsHandle *h = handle_of(m);
+  int rc = ps_watch_read_query_result(h->p->watch, m);
+  if (m->field_count == 0 || rc)
+    settle(h);
+  return rc;
+}
+
+static MYSQL_DATA *
+grain_read_rows(MYSQL *m, MYSQL_FIELD *fields, unsigned int count)
+{
+  PsHandle *h = handle_of(m);
+  MYSQL_DATA *data = h->read_rows(m, fields, count);
+  /* Rows (not a result's column definitions: no fields given), all read. */
+  if (fields && data)
+    settle(h);
+  return data;
+}
+
+gboolean
+ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk)
+{
+  if (!p->watch || m->methods != ps_watch_methods(p->watch))
+    return FALSE;
+  PsHandle *h = g_new0(PsHandle, 1);
+  h->methods = *m->methods;
+  h->lib = ps_watch_orig(p->watch);
+  h->read_rows = h->methods.db_read_rows;
+  h->methods.db_command = grain_db_command;
+  h->methods.db_read_query_result = grain_read_query_result;
+  h->methods.db_read_rows = grain_read_rows;
+  h->m = m;
+  h->p = p;
+  h->pool = pool;
+  h->pk = pk;
+  h->state = H_BUSY;
+  m->methods = &h->methods;
+  g_mutex_lock(&H.lock);
+  g_ptr_array_add(H.all, h);
+  g_mutex_unlock(&H.lock);
+  return TRUE;
+}
+
+gboolean
+ps_handle_closing(MYSQL *m)
+{
+  if (!H.all)
+    return FALSE;
+  PsHandle *h = NULL;
+  g_mutex_lock(&H.lock);
+  for (guint i = 0; i < H.all->len && !h; i++)
+    if (((PsHandle *)H.all->pdata[i])->m == m)
+      h = H.all->pdata[i];
+  g_mutex_unlock(&H.lock);
+  if (!h)
+    return FALSE;
+  /* Busy from here on: no taker claims it, one under way has finished. */
+  gboolean attached = enter(h, FALSE);
+  g_mutex_lock(&H.lock);
+  g_ptr_array_remove_fast(H.all, h);
+  g_mutex_unlock(&H.lock);
+  if (attached) {
+    m->methods = ps_watch_methods(h->p->watch);
+    if (h->p->state == PS_PHYS_PINNED || h->p->state == PS_PHYS_TAKEABLE)
+      ps_phys_enter(h->p, PS_PHYS_LENT, "closing");
+  } else {
+    /* Its connection is another's now: the real close frees the handle, sends nothing. */
+    ps_conn_forget(m);
+    m->methods = h->lib;
+  }
+  ps_pool_key_release(h->pool, h->pk, FALSE);
+  g_free(h->restore);
+  g_free(h->db);
+  g_free(h);
+  return TRUE;
+}
+
+guint64
+ps_handle_takes(void)
+{
+  return __atomic_load_n(&H.takes, __ATOMIC_RELAXED);
+}
+
+guint64
+ps_handle_reborrows(void)
+{
+  return __atomic_load_n(&H.reborrows, __ATOMIC_RELAXED);
+}
+
+guint64
+ps_handle_pins(PsPinReason reason)
+{
+  return reason < PS_PIN_REASONS ? __atomic_load_n(&H.pins[reason], __ATOMIC_RELAXED) : 0;
+}

@@ -1,0 +1,67 @@
+/* handle.h: POOLSHIM_GRAIN=transaction (issue 13). One record per application handle that
+ * holds a pooled connection under the transaction grain: attached (its connection inside
+ * the handle's struct, busy or takeable) or detached (taken: the session's snapshot waits
+ * for the handle's next command, which borrows a connection again and restores it).
+ *
+ * The handle's struct gets its own command table (the watch's, with the entry points
+ * below): a command first makes the handle busy (one compare-and-swap), and re-borrows when
+ * the connection was taken. A taker (a connect or a re-borrow that would wait, in another
+ * thread) claims a takeable handle with a compare-and-swap and then only reads the handle's
+ * struct: the session moves into the pool's struct (ps_conn_copy_out); the handle keeps
+ * everything it shows and an alias of the socket, which its owner drops at its next call.
+ * Between the owner's marking a handle takeable and its next command, the library writes
+ * none of the fields a taker reads (they change only inside a command). */
+#pragma once
+#include <glib.h>
+#include <mysql.h>
+
+#include "phys.h"
+#include "pool.h"
+
+/* Why a handle's connection may not be taken (counted per reason). */
+typedef enum {
+  PS_PIN_TRANSACTION,  /* open transaction, XA, a failed statement with autocommit off */
+  PS_PIN_AUTOCOMMIT,   /* autocommit off: the next statement opens a transaction */
+  PS_PIN_SESSION,      /* temporary table, user variable, lock, PREPARE, HANDLER, another
+                          variable: what only a full reset undoes (the statement watch) */
+  PS_PIN_STATEMENT,    /* a server-side prepared statement (COM_STMT_PREPARE) is open */
+  PS_PIN_RESULT,       /* an unread or streamed result, more results */
+  PS_PIN_WARNINGS,     /* warnings SHOW WARNINGS may still ask for (until the next command) */
+  PS_PIN_OTHER,        /* compression, a client-side error, a lost connection */
+  PS_PIN_REASONS
+} PsPinReason;
+
+const char *ps_handle_pin_name(PsPinReason reason);
+
+/* What the broker does for the handles (broker.c). */
+typedef struct {
+  /* A connection of pk for a detached handle's command, waiting like a connect (and taking
+   * from idle handles meanwhile): in p->shell, CLAIMED or OPENING. NULL with m's error set
+   * (the connect's error 1040 after POOLSHIM_TIMEOUT). */
+  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m);
+  /* A taken connection (RETURNING, in p->shell): reset and back to the pool. */
+  void (*give_back)(PsPhys *p);
+  /* A connection that failed while being taken or restored: closed. */
+  void (*discard)(PsPhys *p, const char *why);
+} PsHandleOps;
+
+void ps_handle_setup(const PsHandleOps *ops);
+
+/* p was just lent into m (LENT, its watch in auto mode): m's commands go through a handle
+ * record from now on; pk is a hold the record keeps until the handle closes. FALSE (no
+ * record, pk not kept) when the connection is not watched. */
+gboolean ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk);
+
+/* mysql_close of m: waits out a take under way; a detached handle is left without a
+ * connection (the real close sends nothing); an attached one gets the watch's table back
+ * (the normal return follows). TRUE when m had a record. */
+gboolean ps_handle_closing(MYSQL *m);
+
+/* A connect or re-borrow of pk that would wait: takes the connection of one takeable
+ * handle of pk and gives it back to the pool. TRUE when one was given back. */
+gboolean ps_handle_take(PsPoolKey *pk);
+
+/* Counters (atomic reads). */
+guint64 ps_handle_takes(void);
+guint64 ps_handle_reborrows(void);
+guint64 ps_handle_pins(PsPinReason reason);

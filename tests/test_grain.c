@@ -1,0 +1,288 @@
+/* The transaction grain (POOLSHIM_GRAIN=transaction, issue 13), proved with the server's own
+ * facts: CONNECTION_ID(), Threads_connected of the application user, Connections. Runs with
+ * the test library preloaded (tests/meson.build); each test sets its variables before its
+ * first connect (each test is its own process). POOLSHIM_TEST_FORCE_TAKE=100 makes every
+ * command that leaves a handle takeable give its connection back at once. */
+#include <mysqld_error.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+
+#include "helpers.h"
+
+TestSuite(grain, .timeout = 120);
+
+static void
+grain_env(const char *pool_size, const char *force_take, const char *timeout)
+{
+  g_setenv("POOLSHIM_GRAIN", "transaction", TRUE);
+  g_setenv("POOLSHIM_POOL_SIZE", pool_size, TRUE);
+  g_setenv("POOLSHIM_TEST_FORCE_TAKE", force_take, TRUE);
+  g_setenv("POOLSHIM_TIMEOUT", timeout, TRUE);
+}
+
+static long long
+conn_id(MYSQL *m)
+{
+  return pst_scalar(m, "SELECT CONNECTION_ID()");
+}
+
+/* ---- many handles, few connections ---- */
+
+#define THREADS 16
+static gint failures;
+static gint answered; /* threads whose handle has answered once */
+
+static void *
+worker(void *arg)
+{
+  (void)arg;
+  unsigned int err = 0;
+  char msg[512] = "";
+  MYSQL *m = pst_try_connect(pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                             pst_env("PS_TEST_DB"), &err, msg, sizeof msg);
+  if (!m) {
+    g_atomic_int_inc(&failures);
+    return NULL;
+  }
+  /* Every handle stays open until all sixteen have answered (at most 30 s): under the
+   * connect grain the fifth connect waits for a close that never comes. */
+  gint64 until = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+  for (int i = 0; i < 20 || (g_atomic_int_get(&answered) < THREADS &&
+                             g_get_monotonic_time() < until); i++) {
+    if (i == 1)
+      g_atomic_int_inc(&answered);
+    if (mysql_query(m, "SELECT CONNECTION_ID()") != 0) {
+      g_atomic_int_inc(&failures);
+      continue;
+    }
+    MYSQL_RES *r = mysql_store_result(m);
+    if (!r || !mysql_fetch_row(r))
+      g_atomic_int_inc(&failures);
+    if (r)
+      mysql_free_result(r);
+    g_usleep(1000);
+  }
+  mysql_close(m);
+  return NULL;
+}
+
+Test(grain, sixteen_handles_held_by_sixteen_threads_all_progress_on_a_pool_of_four)
+{
+  grain_env("4", "0", "10s");
+  long long opened_before = pst_status("Connections");
+  pthread_t tid[THREADS];
+  for (int i = 0; i < THREADS; i++)
+    pthread_create(&tid[i], NULL, worker, NULL);
+  long long peak = 0;
+  for (int i = 0; i < 200; i++) {
+    peak = MAX(peak, pst_user_threads(pst_env("PS_TEST_USER")));
+    g_usleep(5000);
+  }
+  for (int i = 0; i < THREADS; i++)
+    pthread_join(tid[i], NULL);
+  long long opened = pst_status("Connections") - opened_before;
+  cr_assert_eq(g_atomic_int_get(&failures), 0, "%d connects or statements failed",
+               g_atomic_int_get(&failures));
+  cr_assert_eq(g_atomic_int_get(&answered), THREADS, "all handles were open at once");
+  cr_assert_leq(peak, 4, "%lld server connections of the application user at once", peak);
+  /* The admin connection's own reads are among them: at most one. */
+  cr_assert_leq(opened, 5, "%lld connections opened for %d handles", opened, THREADS);
+}
+
+/* ---- a take and its restore ---- */
+
+Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_session)
+{
+  grain_env("2", "100", "10s");
+  MYSQL *b = pst_connect_app();
+  pst_exec(b, "START TRANSACTION"); /* pinned: one of the two connections */
+  long long held = conn_id(b);
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "SET time_zone = '+03:00'");
+  pst_exec(a, "SET NAMES latin1");
+  pst_exec(a, "SET @grain_v = 7");
+  cr_assert_eq(mysql_select_db(a, pst_env("PS_TEST_DB2")), 0, "%s", mysql_error(a));
+  long long first = conn_id(a); /* then taken at once (POOLSHIM_TEST_FORCE_TAKE=100) */
+  /* A third handle holds a's connection in a transaction; b's is given back. */
+  MYSQL *d = pst_connect_app();
+  pst_exec(d, "START TRANSACTION");
+  cr_assert_eq(conn_id(d), first, "the waiting connect got the connection a gave back");
+  pst_exec(b, "COMMIT");
+  long long second = conn_id(a);
+  cr_assert_neq(second, first, "the handle's command ran on the connection it had before");
+  cr_assert_eq(second, held, "the handle's command runs on the one free connection");
+  g_autofree char *db = pst_scalar_str(a, "SELECT DATABASE()");
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  g_autofree char *cs = pst_scalar_str(a, "SELECT @@character_set_client");
+  g_autofree char *v = pst_scalar_str(a, "SELECT @grain_v");
+  cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
+  cr_assert_str_eq(tz, "+03:00");
+  cr_assert_str_eq(cs, "latin1");
+  cr_assert_str_eq(v, "7");
+  cr_assert_str_eq(mysql_character_set_name(a), "latin1");
+  cr_assert_eq((long long)mysql_thread_id(a), conn_id(a), "mysql_thread_id() names the "
+               "connection the handle holds now");
+  pst_exec(d, "COMMIT");
+  mysql_close(d);
+  mysql_close(b);
+  mysql_close(a);
+}
+
+Test(grain, insert_id_affected_rows_info_and_warnings_are_unchanged_across_a_take)
+{
+  grain_env("2", "100", "10s");
+  MYSQL *setup = pst_connect_app(); /* DDL pins a session until its close */
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_t");
+  pst_exec(setup, "CREATE TABLE grain_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  mysql_close(setup);
+  MYSQL *b = pst_connect_app();
+  pst_exec(b, "START TRANSACTION");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "INSERT INTO grain_t (v) VALUES (1), (2), (3)");
+  long long first = conn_id(a);
+  MYSQL *d = pst_connect_app();
+  pst_exec(d, "START TRANSACTION"); /* holds a's connection */
+  pst_exec(b, "COMMIT");            /* b's is given back: a runs on it from now on */
+  cr_assert_eq(mysql_query(a, "UPDATE grain_t SET v = v + 1 WHERE id <= 2"), 0, "%s",
+               mysql_error(a));
+  /* Taken at once after its reply: what the handle shows stays. */
+  cr_assert_eq(mysql_affected_rows(a), 2);
+  cr_assert_str_eq(mysql_info(a), "Rows matched: 2  Changed: 2  Warnings: 0");
+  cr_assert_eq(mysql_query(a, "INSERT INTO grain_t (v) VALUES (9)"), 0, "%s", mysql_error(a));
+  unsigned long long id = mysql_insert_id(a);
+  cr_assert_eq(id, 4);
+  cr_assert_eq(mysql_insert_id(a), 4);
+  cr_assert_eq(mysql_affected_rows(a), 1);
+  /* LAST_INSERT_ID() is restored on the next connection. */
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 4);
+  cr_assert_neq(conn_id(a), first, "a's commands ran on another connection");
+  pst_exec(d, "COMMIT");
+  mysql_close(d);
+  mysql_close(b);
+  mysql_close(a);
+}
+
+Test(grain, show_warnings_right_after_a_statement_sees_its_warnings)
+{
+  grain_env("1", "100", "10s");
+  MYSQL *a = pst_connect_app();
+  cr_assert_eq(mysql_query(a, "SELECT CAST('12abc' AS SIGNED)"), 0);
+  mysql_free_result(mysql_store_result(a));
+  cr_assert_eq(mysql_warning_count(a), 1);
+  /* Not given back while its warnings may be asked for (else SHOW WARNINGS would run in a
+   * restored session, which has none). */
+  cr_assert_eq(mysql_query(a, "SHOW WARNINGS"), 0, "%s", mysql_error(a));
+  MYSQL_RES *r = mysql_store_result(a);
+  MYSQL_ROW row = r ? mysql_fetch_row(r) : NULL;
+  cr_assert_not_null(row, "SHOW WARNINGS right after the CAST lists its warning");
+  cr_assert_eq(atoi(row[1]), ER_TRUNCATED_WRONG_VALUE);
+  mysql_free_result(r);
+  mysql_close(a);
+}
+
+/* ---- pins ---- */
+
+typedef struct {
+  char name[24];
+  char setup[160];
+  char check[160]; /* still holds after the other handle's connect */
+  char undo[120];
+} Pin;
+
+ParameterizedTestParameters(grain, each_pin_reason_keeps_the_connection)
+{
+  static Pin pins[] = {
+    {"transaction", "START TRANSACTION", "SELECT @@in_transaction = 1", "COMMIT"},
+    {"temporary table", "CREATE TEMPORARY TABLE grain_tmp (a INT)",
+     "SELECT COUNT(*) + 1 FROM grain_tmp", "DROP TEMPORARY TABLE grain_tmp"},
+    {"prepared statement", "PREPARE grain_s FROM 'SELECT 1'", "EXECUTE grain_s",
+     "DEALLOCATE PREPARE grain_s"},
+    {"named lock", "SELECT GET_LOCK('grain_lock', 0)", "SELECT IS_USED_LOCK('grain_lock') = "
+     "CONNECTION_ID()", "SELECT RELEASE_LOCK('grain_lock')"},
+    {"lock tables", "LOCK TABLES grain_p READ", "SELECT COUNT(*) + 1 FROM grain_p",
+     "UNLOCK TABLES"},
+    {"handler", "HANDLER grain_p OPEN", "SELECT 1", "HANDLER grain_p CLOSE"},
+    {"other variable", "SET SESSION max_join_size = 1000000", "SELECT @@max_join_size = 1000000",
+     "SET SESSION max_join_size = DEFAULT"},
+  };
+  return cr_make_param_array(Pin, pins, G_N_ELEMENTS(pins));
+}
+
+ParameterizedTest(Pin *pin, grain, each_pin_reason_keeps_the_connection)
+{
+  grain_env("2", "100", "2s");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "CREATE TABLE IF NOT EXISTS grain_p (a INT)");
+  pst_exec(a, "%s", pin->setup);
+  long long first = conn_id(a);
+  /* Another handle's connect and command: it would take a's connection if it were free. */
+  MYSQL *b = pst_connect_app();
+  pst_exec(b, "START TRANSACTION");
+  long long held = conn_id(b);
+  cr_assert_neq(held, first, "%s: the other handle got the pinned connection", pin->name);
+  cr_assert_eq(conn_id(a), first, "%s: the pinned handle moved", pin->name);
+  cr_assert_eq(pst_scalar(a, "%s", pin->check), 1, "%s: the session's state is gone",
+               pin->name);
+  pst_exec(a, "%s", pin->undo);
+  /* Unpinned now: a's command gives it back and the next one runs elsewhere (b holds the
+   * other connection, the pool has two: a's own, taken and given back, comes back to it;
+   * what matters is that both still answer). */
+  pst_exec(b, "COMMIT");
+  conn_id(a);
+  mysql_close(b);
+  mysql_close(a);
+}
+
+Test(grain, an_unpinned_handle_lends_its_connection_to_a_waiting_connect)
+{
+  grain_env("1", "0", "2s");
+  MYSQL *a = pst_connect_app();
+  long long first = conn_id(a); /* takeable, kept: nobody waits */
+  MYSQL *b = pst_connect_app(); /* would wait: takes a's */
+  cr_assert_eq(conn_id(b), first, "b runs on the one connection, taken from a");
+  pst_exec(b, "START TRANSACTION"); /* pinned */
+  /* a's next command waits for the pinned connection: the connect's error after the wait. */
+  cr_assert_neq(mysql_query(a, "SELECT 1"), 0);
+  cr_assert_eq(mysql_errno(a), ER_CON_COUNT_ERROR, "%u %s", mysql_errno(a), mysql_error(a));
+  pst_exec(b, "COMMIT");
+  /* b is takeable again: a's next command takes it back. */
+  cr_assert_eq(conn_id(a), first);
+  mysql_close(b);
+  mysql_close(a);
+  cr_assert_leq(pst_user_threads(pst_env("PS_TEST_USER")), 1);
+}
+
+/* ---- never retry what may have run ---- */
+
+Test(grain, a_killed_connection_given_back_by_a_handle_is_replaced_at_its_next_command)
+{
+  grain_env("2", "100", "10s");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "SET time_zone = '+04:00'");
+  long long id = conn_id(a); /* then given back at once */
+  pst_exec(pst_admin(), "KILL %lld", id);
+  pst_wait_thread_gone((unsigned long)id);
+  /* The handle's next command runs on a live connection, in its session. */
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+04:00");
+  cr_assert_neq(conn_id(a), id);
+  mysql_close(a);
+}
+
+Test(grain, a_killed_connection_still_in_its_handle_gives_the_library_error)
+{
+  grain_env("2", "0", "10s");
+  MYSQL *a = pst_connect_app();
+  long long id = conn_id(a); /* takeable, kept: nobody waits */
+  pst_exec(pst_admin(), "KILL %lld", id);
+  pst_wait_thread_gone((unsigned long)id);
+  /* As without the pool: the statement fails with the lost connection's error. */
+  cr_assert_neq(mysql_query(a, "SELECT 1"), 0);
+  unsigned int e = mysql_errno(a);
+  cr_assert(e == 2006 || e == 2013 || e == 4031, "error %u %s", e, mysql_error(a));
+  mysql_close(a);
+}
