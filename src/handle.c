@@ -33,6 +33,7 @@ typedef struct {
   PsPhys *p;       /* the connection held; NULL while detached */
   PsPool *pool;
   PsPoolKey *pk;   /* held */
+  PsGrainCounts *counts; /* pk's: takes, re-borrows, pins (atomic adds) */
   gint state;
   char *restore;   /* detached: the SET that brings a fresh session to the handle's state */
   char *db;        /* ... and its database (NULL: none) */
@@ -45,8 +46,9 @@ static struct {
   GMutex lock;       /* guards `all` */
   GPtrArray *all;    /* of PsHandle */
   guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
-  guint64 takes, reborrows, pins[PS_PIN_REASONS]; /* atomic */
 } H;
+
+G_STATIC_ASSERT(PS_PIN_REASONS == PS_GRAIN_PIN_REASONS);
 
 static const char *const pin_names[PS_PIN_REASONS] = {
   [PS_PIN_TRANSACTION] = "transaction", [PS_PIN_AUTOCOMMIT] = "autocommit off",
@@ -214,7 +216,7 @@ take(PsHandle *h)
   gboolean ok = snapshot(h, p->shell, p->watch);
   h->lost = !ok;
   h->p = NULL;
-  __atomic_fetch_add(&H.takes, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
   /* h is the owner's again: not touched from here on. */
   if (ok)
@@ -276,7 +278,7 @@ settle(PsHandle *h)
     return;
   int why = pin_reason(h->m, p, h->asked);
   if (why >= 0) {
-    __atomic_fetch_add(&H.pins[why], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&h->counts->pins[why], 1, __ATOMIC_RELAXED);
     if (p->state != PS_PHYS_PINNED)
       ps_phys_enter(p, PS_PHYS_PINNED, pin_names[why]);
     return;
@@ -333,7 +335,7 @@ reattach(PsHandle *h)
     ps_conn_copy_in(m, s);
     ps_phys_attach(q, m);
     h->p = q;
-    __atomic_fetch_add(&H.reborrows, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&h->counts->reborrows, 1, __ATOMIC_RELAXED);
     return TRUE;
   }
   ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
@@ -449,6 +451,7 @@ ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk)
   h->p = p;
   h->pool = pool;
   h->pk = pk;
+  h->counts = ps_pool_key_grain_counts(pk);
   h->state = H_BUSY;
   m->methods = &h->methods;
   g_mutex_lock(&H.lock);
@@ -489,22 +492,4 @@ ps_handle_closing(MYSQL *m)
   g_free(h->db);
   g_free(h);
   return TRUE;
-}
-
-guint64
-ps_handle_takes(void)
-{
-  return __atomic_load_n(&H.takes, __ATOMIC_RELAXED);
-}
-
-guint64
-ps_handle_reborrows(void)
-{
-  return __atomic_load_n(&H.reborrows, __ATOMIC_RELAXED);
-}
-
-guint64
-ps_handle_pins(PsPinReason reason)
-{
-  return reason < PS_PIN_REASONS ? __atomic_load_n(&H.pins[reason], __ATOMIC_RELAXED) : 0;
 }

@@ -18,7 +18,8 @@
 #include "phys.h"
 #include "pool.h"
 
-/* Why a handle's connection may not be taken (counted per reason). */
+/* Why a handle's connection may not be taken (counted per reason and pool: pool.h's
+ * PsGrainCounts, in this order; the statistics file names them, stats.c). */
 typedef enum {
   PS_PIN_TRANSACTION,  /* open transaction, XA, a failed statement with autocommit off */
   PS_PIN_AUTOCOMMIT,   /* autocommit off: the next statement opens a transaction */
@@ -60,8 +61,3 @@ gboolean ps_handle_closing(MYSQL *m);
 /* A connect or re-borrow of pk that would wait: takes the connection of one takeable
  * handle of pk and gives it back to the pool. TRUE when one was given back. */
 gboolean ps_handle_take(PsPoolKey *pk);
-
-/* Counters (atomic reads). */
-guint64 ps_handle_takes(void);
-guint64 ps_handle_reborrows(void);
-guint64 ps_handle_pins(PsPinReason reason);

@@ -206,6 +206,7 @@ ps_house_write_stats(void)
                 __atomic_load_n(&B.plans[PS_PLAN_RESTORE], __ATOMIC_RELAXED),
                 __atomic_load_n(&B.plans[PS_PLAN_FULL], __ATOMIC_RELAXED),
                 __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
+    .grain = B.config.grain == PS_GRAIN_TRANSACTION,
   };
   g_mutex_lock(&B.stats_lock);
   r.keys = ps_pool_snapshot(B.pool);

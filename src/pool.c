@@ -39,6 +39,7 @@ struct PsPoolKey {
   PsPool *pool;
   PsPoolSettings settings;
   PsKeyCounts counts;
+  PsGrainCounts grain; /* atomic, outside the lock (pool.h) */
   guint serial;  /* creation order, for stable statistics output */
   GQueue idle;   /* of PsItem.link; head = most recently returned */
   guint open;    /* idle + lent + slots being opened */
@@ -618,6 +619,12 @@ ps_pool_key_label(const PsPoolKey *key)
   return key->label;
 }
 
+PsGrainCounts *
+ps_pool_key_grain_counts(PsPoolKey *key)
+{
+  return &key->grain;
+}
+
 const PsPoolSettings *
 ps_pool_key_settings(const PsPoolKey *key)
 {
@@ -1055,6 +1062,10 @@ ps_pool_snapshot(PsPool *pool)
     s->label = g_strdup(key->label);
     s->settings = key->settings;
     s->counts = key->counts;
+    s->grain.takes = __atomic_load_n(&key->grain.takes, __ATOMIC_RELAXED);
+    s->grain.reborrows = __atomic_load_n(&key->grain.reborrows, __ATOMIC_RELAXED);
+    for (guint r = 0; r < PS_GRAIN_PIN_REASONS; r++)
+      s->grain.pins[r] = __atomic_load_n(&key->grain.pins[r], __ATOMIC_RELAXED);
     s->open = key->open;
     s->idle = key->idle.length;
     s->lent = key->lent;

@@ -91,12 +91,24 @@ typedef struct {
   guint64 wait_count, wait_sum_us;       /* every acquire, also those that did not wait */
 } PsKeyCounts;
 
+/* POOLSHIM_GRAIN=transaction: what the key's handles did (handle.c), counted with relaxed
+ * atomic adds outside the pool's lock and read with atomic loads (ps_pool_snapshot): takes
+ * (a connection taken from an idle handle), re-borrows (a taken handle's command borrowed
+ * one again) and pins by reason (commands after which the session could not be taken, by
+ * handle.h's PsPinReason, in its order). */
+#define PS_GRAIN_PIN_REASONS 7
+typedef struct {
+  guint64 takes, reborrows;
+  guint64 pins[PS_GRAIN_PIN_REASONS];
+} PsGrainCounts;
+
 /* A consistent copy of one key, taken under the pool's lock. */
 typedef struct {
   char *label;
   guint serial; /* creation order */
   PsPoolSettings settings;
   PsKeyCounts counts;
+  PsGrainCounts grain; /* each count atomic on its own, not consistent with the others */
   guint open, idle, lent, waiting; /* open - idle - lent = being opened */
 } PsKeySnapshot;
 
@@ -128,6 +140,9 @@ void ps_pool_key_proved(PsPoolKey *key, gint64 when_us);
 void ps_pool_key_set_revoked(PsPoolKey *key);
 gboolean ps_pool_key_revoked(const PsPoolKey *key);
 const char *ps_pool_key_label(const PsPoolKey *key);
+/* The key's transaction-grain counters (PsGrainCounts): add to them with relaxed atomics; the
+ * pointer is valid while the caller holds the key. */
+PsGrainCounts *ps_pool_key_grain_counts(PsPoolKey *key);
 const PsPoolSettings *ps_pool_key_settings(const PsPoolKey *key);
 /* The sub-pool of a digest (held, as ps_pool_key), or NULL when none exists yet. */
 PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]);

@@ -56,6 +56,10 @@ seconds(GString *out, gint64 us)
 const char *const ps_stats_plan_names[PS_STATS_PLANS] = {"nothing", "kept",  "rollback",
                                                           "restore", "full", "mode"};
 
+const char *const ps_stats_pin_names[PS_GRAIN_PIN_REASONS] = {
+  "transaction", "autocommit", "session", "prepared_statement", "unread_result", "warnings",
+  "other"};
+
 typedef guint64 (*PsField)(const PsKeySnapshot *k);
 
 #define FIELD(fn, expr)                                                                          \
@@ -130,6 +134,10 @@ add_into(PsKeySnapshot *sum, const PsKeySnapshot *k)
     c->wait_buckets[i] += d->wait_buckets[i];
   c->wait_count += d->wait_count;
   c->wait_sum_us += d->wait_sum_us;
+  sum->grain.takes += k->grain.takes;
+  sum->grain.reborrows += k->grain.reborrows;
+  for (guint i = 0; i < PS_GRAIN_PIN_REASONS; i++)
+    sum->grain.pins[i] += k->grain.pins[i];
 }
 
 /* The keys the file lists: all of them up to PS_STATS_MAX_POOLS; beyond that the busiest
@@ -166,6 +174,36 @@ bounded_keys(const GArray *keys, char **other_label)
   other.label = *other_label;
   g_array_append_val(shown, other);
   return shown;
+}
+
+#define KEY(i) (&g_array_index(r->keys, PsKeySnapshot, (i)))
+
+/* POOLSHIM_GRAIN=transaction only: under the connect grain these would always be 0. */
+static void
+format_grain(GString *out, const PsStatsReport *r)
+{
+  guint n = r->keys ? r->keys->len : 0;
+  header(out, "poolshim_grain_takes_total", "counter",
+         "Connections taken from idle handles by a connect or command that would wait "
+         "(POOLSHIM_GRAIN=transaction).");
+  for (guint i = 0; i < n; i++)
+    sample(out, r->pid, "poolshim_grain_takes_total", KEY(i)->label, NULL, KEY(i)->grain.takes);
+  header(out, "poolshim_grain_reborrows_total", "counter",
+         "Commands of handles whose connection was taken that borrowed one again and "
+         "restored the session (POOLSHIM_GRAIN=transaction).");
+  for (guint i = 0; i < n; i++)
+    sample(out, r->pid, "poolshim_grain_reborrows_total", KEY(i)->label, NULL,
+           KEY(i)->grain.reborrows);
+  header(out, "poolshim_grain_pins_total", "counter",
+         "Commands after which a handle's session could not be taken, by reason "
+         "(POOLSHIM_GRAIN=transaction).");
+  for (guint i = 0; i < n; i++)
+    for (guint reason = 0; reason < PS_GRAIN_PIN_REASONS; reason++) {
+      char extra[64];
+      g_snprintf(extra, sizeof extra, "reason=\"%s\"", ps_stats_pin_names[reason]);
+      sample(out, r->pid, "poolshim_grain_pins_total", KEY(i)->label, extra,
+             KEY(i)->grain.pins[reason]);
+    }
 }
 
 char *
@@ -207,7 +245,6 @@ ps_stats_format(const PsStatsReport *report)
                            "\n", r->pid, ps_stats_plan_names[i], r->returns[i]);
 
   guint n = r->keys ? r->keys->len : 0;
-#define KEY(i) (&g_array_index(r->keys, PsKeySnapshot, (i)))
   header(out, "poolshim_connections", "gauge",
          "Physical connections of the pool by state: idle, lent, opening.");
   for (guint i = 0; i < n; i++) {
@@ -252,6 +289,8 @@ ps_stats_format(const PsStatsReport *report)
     g_string_append_c(out, '\n');
     sample(out, r->pid, "poolshim_wait_seconds_count", k->label, NULL, k->counts.wait_count);
   }
+  if (r->grain)
+    format_grain(out, r);
 #undef KEY
   return g_string_free(out, FALSE);
 }

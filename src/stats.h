@@ -10,6 +10,10 @@
 #define PS_STATS_PLANS 6
 extern const char *const ps_stats_plan_names[PS_STATS_PLANS];
 
+/* POOLSHIM_GRAIN=transaction: the `reason` label of poolshim_grain_pins_total, in the order
+ * of handle.h's PsPinReason. */
+extern const char *const ps_stats_pin_names[PS_GRAIN_PIN_REASONS];
+
 typedef struct {
   const char *version;
   int pid;
@@ -18,6 +22,7 @@ typedef struct {
   gint64 written_time_us;
   guint64 unpooled;
   guint64 returns[PS_STATS_PLANS]; /* returns by what they cost (ps_stats_plan_names) */
+  gboolean grain;         /* POOLSHIM_GRAIN=transaction: the keys' grain counts are written */
   GArray *keys;           /* of PsKeySnapshot, may be NULL */
 } PsStatsReport;
 

@@ -133,6 +133,36 @@ check "only *.prom, no dot files, in a directory" eval '[ -s "$tmp/json" ] && [ 
 "$bin" "$tmp/ctl" >"$tmp/out" 2>&1
 check "control characters shown escaped in the table" grep -qF 'a\nb\x09c\x01d' "$tmp/out"
 
+# --- POOLSHIM_GRAIN=transaction: takes, re-borrows and pins by reason, per pool ---
+mkdir "$tmp/grain"
+cat >"$tmp/grain/grainy-1.prom" <<'EOF'
+poolshim_info{version="0.1.0",pid="1",program="grainy"} 1
+poolshim_pool_size{pid="1",pool="app@h:1/d"} 8
+poolshim_grain_takes_total{pid="1",pool="app@h:1/d"} 12
+poolshim_grain_reborrows_total{pid="1",pool="app@h:1/d"} 11
+poolshim_grain_pins_total{pid="1",pool="app@h:1/d",reason="transaction"} 5
+poolshim_grain_pins_total{pid="1",pool="app@h:1/d",reason="warnings"} 2
+poolshim_grain_pins_total{pid="1",pool="app@h:1/d",reason="a_future_reason"} 9
+poolshim_pool_size{pid="1",pool="other@h:1/d"} 2
+EOF
+"$bin" "$tmp/grain" >"$tmp/out" 2>"$tmp/err"
+check "grain: one line per pool that has the counts, after the table, no warning" \
+  eval '[ ! -s "$tmp/err" ] && [ "$(grep -c "^transaction grain" "$tmp/out")" = 1 ] &&
+  [ "$(tail -n 1 "$tmp/out")" = "transaction grain, pid 1 (grainy), pool app@h:1/d: takes 12, \
+re-borrows 11, pins: transaction 5, autocommit 0, session 0, prepared_statement 0, \
+unread_result 0, warnings 2, other 0" ]'
+check "grain: no line for the sample files written under the connect grain" \
+  eval '"$bin" "$samples" 2>/dev/null | { ! grep -q "transaction grain"; }'
+"$bin" --json "$tmp/grain" >"$tmp/json" 2>/dev/null
+check "grain: --json has the counts per pool, only where written" "$py" -c '
+import json, sys
+pools = json.load(open(sys.argv[1]))["processes"][0]["pools"]
+g = pools[0].get("grain")
+sys.exit(not (g == {"takes": 12, "reborrows": 11, "pins": {"transaction": 5, "autocommit": 0,
+  "session": 0, "prepared_statement": 0, "unread_result": 0, "warnings": 2, "other": 0}}
+  and "grain" not in pools[1]))
+' "$tmp/json"
+
 # --- a FIFO or a device given or planted: one line and a prompt exit, never a hang ---
 mkfifo "$tmp/fifo.prom"
 timeout 10 "$bin" "$tmp/fifo.prom" >"$tmp/out" 2>"$tmp/err"

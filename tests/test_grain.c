@@ -6,10 +6,12 @@
 #include <mysqld_error.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <glib/gstdio.h>
 
 #include "helpers.h"
 
@@ -284,5 +286,108 @@ Test(grain, a_killed_connection_still_in_its_handle_gives_the_library_error)
   cr_assert_neq(mysql_query(a, "SELECT 1"), 0);
   unsigned int e = mysql_errno(a);
   cr_assert(e == 2006 || e == 2013 || e == 4031, "error %u %s", e, mysql_error(a));
+  mysql_close(a);
+}
+
+/* ---- statistics ---- */
+
+/* The stats file's value of one sample line that starts with `prefix`, or -1 when absent. */
+static long long
+stats_value(const char *text, const char *prefix)
+{
+  g_auto(GStrv) lines = g_strsplit(text ? text : "", "\n", -1);
+  for (char **l = lines; *l; l++)
+    if (g_str_has_prefix(*l, prefix) && (*l)[strlen(prefix)] == ' ')
+      return g_ascii_strtoll(*l + strlen(prefix) + 1, NULL, 10);
+  return -1;
+}
+
+/* Waits (at most 10 s: the file is rewritten every second) until the file shows `want` for
+ * `metric`; returns the file's text. */
+static char *
+stats_wait(const char *path, const char *metric, long long want)
+{
+  char *text = NULL;
+  for (int i = 0; i < 100; i++) {
+    g_free(text);
+    text = NULL;
+    g_file_get_contents(path, &text, NULL, NULL);
+    if (stats_value(text, metric) == want)
+      break;
+    g_usleep(100 * 1000);
+  }
+  return text;
+}
+
+static char *stats_dir, *stats_path;
+
+/* After the library's own exit handler (registered at its first call, so run before this
+ * one), which writes the file a last time. */
+static void
+stats_cleanup(void)
+{
+  g_unlink(stats_path);
+  g_rmdir(stats_dir);
+}
+
+Test(grain, the_stats_file_counts_takes_reborrows_and_pins_by_reason_per_pool)
+{
+  grain_env("2", "100", "10s");
+  stats_dir = g_dir_make_tmp("pst-grain-XXXXXX", NULL);
+  cr_assert_not_null(stats_dir);
+  const char *path = stats_path = g_build_filename(stats_dir, "grain.prom", NULL);
+  atexit(stats_cleanup);
+  g_setenv("POOLSHIM_STATS_FILE", path, TRUE);
+  g_setenv("POOLSHIM_STATS_INTERVAL", "1s", TRUE);
+  MYSQL *a = pst_connect_app();
+  /* Each command that leaves the session takeable gives the connection back at once: the
+   * next command borrows one again. Proved by the server: the session variable survives
+   * only because it was read and restored. */
+  pst_exec(a, "SET time_zone = '+05:00'");       /* take 1 */
+  long long first = conn_id(a);                  /* re-borrow 1, take 2 */
+  pst_exec(pst_admin(), "KILL %lld", first);     /* the idle connection dies in the pool */
+  pst_wait_thread_gone((unsigned long)first);
+  pst_exec(a, "START TRANSACTION");              /* re-borrow 2 (another connection), pin 1 */
+  long long second = conn_id(a);                 /* pin 2 */
+  cr_assert_neq(second, first, "the command after a take ran on the connection it had");
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone"); /* pin 3 */
+  cr_assert_str_eq(tz, "+05:00");
+  cr_assert_eq(pst_scalar(a, "SELECT @@in_transaction"), 1); /* pin 4 */
+  pst_exec(a, "COMMIT");                         /* take 3 */
+  /* The pool's label (user@host:port/db) as the file writes it: read off the file. */
+  g_autofree char *want = g_strdup_printf("poolshim_grain_takes_total{pid=\"%d\",pool=\"%s@",
+                                          (int)getpid(), pst_env("PS_TEST_USER"));
+  g_autofree char *text = NULL;
+  const char *at = NULL;
+  for (int i = 0; i < 100 && !at; i++) {
+    g_free(text);
+    text = NULL;
+    g_file_get_contents(path, &text, NULL, NULL);
+    at = text ? strstr(text, want) : NULL;
+    if (!at)
+      g_usleep(100 * 1000);
+  }
+  cr_assert_not_null(at, "no grain counts of the application's pool in:\n%s", text);
+  g_autofree char *takes_prefix = g_strndup(at, (gsize)(strchr(at, '}') + 1 - at));
+  g_free(text);
+  text = stats_wait(path, takes_prefix, 3);
+  cr_assert_eq(stats_value(text, takes_prefix), 3, "%s", text);
+  const char *labels = strchr(takes_prefix, '{'); /* {pid="...",pool="..."} */
+  g_autofree char *pool = g_strndup(labels, strlen(labels) - 1);
+  g_autofree char *reborrows = g_strdup_printf("poolshim_grain_reborrows_total%s}", pool);
+  cr_assert_eq(stats_value(text, reborrows), 2, "%s", text);
+  static const struct {
+    const char *reason;
+    long long n;
+  } pins[] = {{"transaction", 4}, {"autocommit", 0}, {"session", 0},
+              {"prepared_statement", 0}, {"unread_result", 0}, {"warnings", 0}, {"other", 0}};
+  for (gsize i = 0; i < G_N_ELEMENTS(pins); i++) {
+    g_autofree char *line =
+      g_strdup_printf("poolshim_grain_pins_total%s,reason=\"%s\"}", pool, pins[i].reason);
+    cr_assert_eq(stats_value(text, line), pins[i].n, "%s in:\n%s", line, text);
+  }
+  /* The dead connection was found at the re-borrow and closed as dead. */
+  g_autofree char *dead = g_strdup_printf("poolshim_closed_total%s,reason=\"dead\"}", pool);
+  cr_assert_eq(stats_value(text, dead), 1, "%s", text);
   mysql_close(a);
 }

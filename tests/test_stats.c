@@ -100,6 +100,42 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
   cr_assert_eq(samples, 10 + 2 * 28, "%u samples", samples);
 }
 
+Test(stats, the_transaction_grain_counts_are_written_per_pool_only_under_that_grain)
+{
+  g_autoptr(GArray) keys = two_pools();
+  PsKeySnapshot *a = &g_array_index(keys, PsKeySnapshot, 0);
+  a->grain.takes = 12;
+  a->grain.reborrows = 11;
+  a->grain.pins[0] = 5; /* PS_PIN_TRANSACTION */
+  a->grain.pins[5] = 2; /* PS_PIN_WARNINGS */
+  PsStatsReport r = {.version = "1", .pid = 42, .program = "p", .keys = keys};
+  g_autofree char *connect = ps_stats_format(&r);
+  cr_assert_null(strstr(connect, "poolshim_grain_"), "under the connect grain:\n%s", connect);
+  r.grain = TRUE;
+  g_autofree char *text = ps_stats_format(&r);
+  static const char *const lines[] = {
+    "# TYPE poolshim_grain_takes_total counter",
+    "poolshim_grain_takes_total{pid=\"42\",pool=\"app@db1:3306/shop\"} 12",
+    "poolshim_grain_reborrows_total{pid=\"42\",pool=\"app@db1:3306/shop\"} 11",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"transaction\"} 5",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"autocommit\"} 0",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"session\"} 0",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"prepared_statement\"} 0",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"unread_result\"} 0",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"warnings\"} 2",
+    "poolshim_grain_pins_total{pid=\"42\",pool=\"app@db1:3306/shop\",reason=\"other\"} 0",
+    "poolshim_grain_takes_total{pid=\"42\",pool=\"odd\\\"na\\\\me\\nx@h:1/d\"} 0",
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(lines); i++)
+    cr_assert(has_line(text, lines[i]), "missing line: %s\nin:\n%s", lines[i], text);
+  /* Two pools: 2 + 7 grain samples each. */
+  g_auto(GStrv) all = g_strsplit(text, "\n", -1);
+  guint extra = 0;
+  for (guint i = 0; all[i]; i++)
+    extra += g_str_has_prefix(all[i], "poolshim_grain_");
+  cr_assert_eq(extra, 2 * 9, "%u grain samples", extra);
+}
+
 Test(stats, no_pool_yet_gives_a_valid_file)
 {
   PsStatsReport r = {.version = "1", .pid = 1, .program = "x"};

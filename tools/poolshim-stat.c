@@ -56,8 +56,15 @@ static const char *const states[] = {"lent", "idle", "opening"}; /* from PS_LENT
 /* The other metrics we read, by how they are filed (ps_stat_apply). */
 static const char *const other_metrics[] = {"unpooled_total", "connections", "closed_total",
                                             "wait_seconds_bucket", "wait_seconds_sum",
-                                            "returns_total"};
-enum { PS_M_UNPOOLED, PS_M_CONN, PS_M_CLOSED, PS_M_BUCKET, PS_M_SUM, PS_M_RETURNS };
+                                            "returns_total", "grain_takes_total",
+                                            "grain_reborrows_total", "grain_pins_total"};
+enum { PS_M_UNPOOLED, PS_M_CONN, PS_M_CLOSED, PS_M_BUCKET, PS_M_SUM, PS_M_RETURNS,
+       PS_M_TAKES, PS_M_REBORROWS, PS_M_PINS };
+/* poolshim_grain_pins_total{reason=...} (POOLSHIM_GRAIN=transaction): why a handle's session
+ * could not be taken after a command, as the library names them (src/stats.c). */
+static const char *const pins[] = {"transaction",   "autocommit", "session", "prepared_statement",
+                                   "unread_result", "warnings",   "other"};
+#define PS_N_PINS G_N_ELEMENTS(pins)
 /* poolshim_returns_total{plan=...}: what returns cost the server (POOLSHIM_RESET). */
 static const char *const plans[] = {"nothing", "kept", "rollback", "restore", "full", "mode"};
 #define PS_N_PLANS G_N_ELEMENTS(plans)
@@ -66,6 +73,10 @@ typedef struct {
   char *name;
   guint64 n[PS_N_NUMS]; /* buckets cumulative, as written */
   double wait_sum;
+  /* POOLSHIM_GRAIN=transaction: takes, re-borrows, pins by reason (pins[]); shown only when
+   * the file has them (`grain`). */
+  gboolean grain;
+  guint64 takes, reborrows, pinned[PS_N_PINS];
 } PsStatPool;
 
 typedef struct {
@@ -296,6 +307,17 @@ ps_stat_apply(PsStatProc *proc, const PsSample *s)
   if (!pool_name)
     return "pool metric without a pool label";
   PsStatPool *pool = ps_stat_pool_get(proc, pool_name);
+  if (kind == PS_M_TAKES || kind == PS_M_REBORROWS || kind == PS_M_PINS) {
+    int pin = kind == PS_M_PINS ? ps_stat_index(pins, PS_N_PINS, ps_stat_label(s, "reason")) : 0;
+    pool->grain = TRUE;
+    if (kind == PS_M_TAKES)
+      pool->takes = s->count;
+    else if (kind == PS_M_REBORROWS)
+      pool->reborrows = s->count;
+    else if (pin >= 0)
+      pool->pinned[pin] = s->count;
+    return NULL;
+  }
   if (kind == PS_M_SUM)
     pool->wait_sum = s->value;
   else if (kind == PS_M_CONN &&
@@ -648,6 +670,22 @@ ps_stat_width(const char *s)
   return g_utf8_validate(s, -1, NULL) ? g_utf8_strlen(s, -1) : (glong)strlen(s);
 }
 
+/* POOLSHIM_GRAIN=transaction: one line per pool under the table. */
+static void
+ps_stat_grain_line(GString *out, const PsStatProc *proc, const PsStatPool *pool)
+{
+  g_autofree char *program = ps_stat_printable(proc->program ? proc->program : "-");
+  g_autofree char *name = ps_stat_printable(pool->name);
+  g_string_append_printf(out,
+                         "transaction grain, pid %" G_GINT64_FORMAT " (%s), pool %s: takes %"
+                         G_GUINT64_FORMAT ", re-borrows %" G_GUINT64_FORMAT ", pins:",
+                         proc->pid, program, name, pool->takes, pool->reborrows);
+  for (guint i = 0; i < PS_N_PINS; i++)
+    g_string_append_printf(out, "%s %s %" G_GUINT64_FORMAT, i ? "," : "", pins[i],
+                           pool->pinned[i]);
+  g_string_append_c(out, '\n');
+}
+
 static void
 ps_stat_print_table(GPtrArray *procs, double now)
 {
@@ -655,6 +693,7 @@ ps_stat_print_table(GPtrArray *procs, double now)
   g_ptr_array_add(rows, g_strdupv((char **)headers));
   GString *unpooled = g_string_new(NULL);
   GString *returns = g_string_new(NULL);
+  GString *grain = g_string_new(NULL);
   for (guint p = 0; p < procs->len; p++) {
     const PsStatProc *proc = g_ptr_array_index(procs, p);
     guint64 any = 0;
@@ -673,6 +712,8 @@ ps_stat_print_table(GPtrArray *procs, double now)
       const PsStatPool *pool = g_ptr_array_index(proc->pools, i);
       g_ptr_array_add(rows, ps_stat_row(proc, pool->name, pool, now));
       ps_stat_pool_add(&total, pool);
+      if (pool->grain)
+        ps_stat_grain_line(grain, proc, pool);
     }
     if (proc->pools->len == 0)
       g_ptr_array_add(rows, ps_stat_row(proc, "-", NULL, now));
@@ -703,6 +744,8 @@ ps_stat_print_table(GPtrArray *procs, double now)
   g_string_free(unpooled, TRUE);
   fputs(returns->str, stdout);
   g_string_free(returns, TRUE);
+  fputs(grain->str, stdout);
+  g_string_free(grain, TRUE);
   g_ptr_array_free(rows, TRUE);
 }
 
@@ -755,7 +798,18 @@ ps_stat_json_pool(GString *out, const PsStatPool *pool)
                            bucket_le[i], pool->n[PS_BUCKET + i]);
   g_string_append(out, "],\"sum\":");
   ps_stat_json_double(out, pool->wait_sum);
-  g_string_append_printf(out, ",\"count\":%" G_GUINT64_FORMAT "}}", pool->n[PS_WAIT_COUNT]);
+  g_string_append_printf(out, ",\"count\":%" G_GUINT64_FORMAT "}", pool->n[PS_WAIT_COUNT]);
+  if (pool->grain) {
+    g_string_append_printf(out,
+                           ",\"grain\":{\"takes\":%" G_GUINT64_FORMAT ",\"reborrows\":%"
+                           G_GUINT64_FORMAT ",\"pins\":{",
+                           pool->takes, pool->reborrows);
+    for (guint i = 0; i < PS_N_PINS; i++)
+      g_string_append_printf(out, "%s\"%s\":%" G_GUINT64_FORMAT, i ? "," : "", pins[i],
+                             pool->pinned[i]);
+    g_string_append(out, "}}");
+  }
+  g_string_append_c(out, '}');
 }
 
 static void
@@ -878,7 +932,9 @@ main(int argc, char **argv)
            "HIT% is the share of borrows served by an idle connection, CLOSED sums all reasons,\n"
            "WAIT_P99 the histogram bucket holding 99% of the waits for a connection, AGE the time\n"
            "since the file was written. \"(exited)\": no such process any more (killed, its file\n"
-           "left behind). Exit status: 0 when a file was read, 1 when none, 2 for a usage error.");
+           "left behind). Under POOLSHIM_GRAIN=transaction one line per pool under the table\n"
+           "gives its takes, re-borrows and pins by reason. Exit status: 0 when a file was read,\n"
+           "1 when none, 2 for a usage error.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   /* GLib would give an optional argument the next word ("--watch 1234" would read a pid as the
    * interval): a bare --watch is made explicit first. */
