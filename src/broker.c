@@ -10,6 +10,7 @@
  *   4. phys.c's lock     (the table of attached handles)
  *   5. PsPool.lock       (pool.c; its ready/match callbacks take no lock)
  *   6. hostslots.c's registry_lock
+ *   7. handle.c's registry lock (a leaf otherwise)
  * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
 
@@ -121,11 +122,13 @@ before_fork(void)
   if (B.pool)
     ps_pool_lock_for_fork(B.pool);
   ps_host_slots_before_fork();
+  ps_handle_lock_for_fork();
 }
 
 static void
 after_fork_parent(void)
 {
+  ps_handle_unlock_after_fork(FALSE);
   ps_host_slots_after_fork(FALSE);
   if (B.pool)
     ps_pool_unlock_after_fork(B.pool);
@@ -138,6 +141,7 @@ after_fork_parent(void)
 static void
 after_fork_child(void)
 {
+  ps_handle_unlock_after_fork(TRUE);
   /* The parent's host-wide slots are the parent's: the child's copies of their descriptors
    * are closed (never unlocked) so that they die with the parent. */
   ps_host_slots_after_fork(TRUE);
@@ -809,10 +813,29 @@ grain_discard(PsPhys *p, const char *why)
   ps_phys_close(p, NULL, PS_CLOSE_DEAD, why);
 }
 
+/* A handle taken before fork(), in the child: the child's key of the same digest (made with
+ * the parent's settings and connection profile, which the parent's pool keeps allocated in
+ * the child: see adopt_fork). */
+static PsPoolKey *
+grain_adopt(PsPoolKey *inherited, PsPool **pool)
+{
+  adopt_fork();
+  *pool = B.pool;
+  PsPoolKey *pk = ps_pool_key_find(B.pool, ps_pool_key_digest(inherited));
+  if (!pk)
+    pk = ps_pool_key(B.pool, ps_pool_key_digest(inherited), ps_pool_key_label(inherited),
+                     ps_pool_key_settings(inherited));
+  PsConnProfile *profile = ps_pool_key_data(inherited);
+  if (profile && !ps_pool_key_data(pk))
+    ps_pool_key_set_data(pk, profile, NULL); /* the inherited key owns it */
+  return pk;
+}
+
 static const PsHandleOps handle_ops = {
   .reborrow = grain_reborrow,
   .give_back = grain_give_back,
   .discard = grain_discard,
+  .adopt = grain_adopt,
 };
 
 void

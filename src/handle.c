@@ -34,6 +34,7 @@ typedef struct {
   PsPool *pool;
   PsPoolKey *pk;   /* held */
   PsGrainCounts *counts; /* pk's: takes, re-borrows, pins (atomic adds) */
+  guint generation; /* H.generation at attach: another one means inherited across fork */
   gint state;
   char *restore;   /* detached: the SET that brings a fresh session to the handle's state */
   char *db;        /* ... and its database (NULL: none) */
@@ -46,6 +47,7 @@ static struct {
   GMutex lock;       /* guards `all` */
   GPtrArray *all;    /* of PsHandle */
   guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
+  guint generation;  /* forks this process descends from (written in the child alone) */
 } H;
 
 G_STATIC_ASSERT(PS_PIN_REASONS == PS_GRAIN_PIN_REASONS);
@@ -225,6 +227,20 @@ take(PsHandle *h)
     H.ops.discard(p, "lost while being taken from an idle handle");
 }
 
+void
+ps_handle_lock_for_fork(void)
+{
+  g_mutex_lock(&H.lock);
+}
+
+void
+ps_handle_unlock_after_fork(gboolean child)
+{
+  if (child)
+    H.generation++;
+  g_mutex_unlock(&H.lock);
+}
+
 gboolean
 ps_handle_take(PsPoolKey *pk)
 {
@@ -274,7 +290,9 @@ static void
 settle(PsHandle *h)
 {
   PsPhys *p = h->p;
-  if (!p || p->state == PS_PHYS_DOOMED || p->state == PS_PHYS_ORPHANED)
+  /* A handle inherited across fork holds the parent's session: never lent to another. */
+  if (!p || p->state == PS_PHYS_DOOMED || p->state == PS_PHYS_ORPHANED ||
+      h->generation != H.generation)
     return;
   int why = pin_reason(h->m, p, h->asked);
   if (why >= 0) {
@@ -307,6 +325,17 @@ reattach(PsHandle *h)
                       "MySQL server has gone away (poolshim: the session was lost while "
                       "its connection was idle)");
     return FALSE;
+  }
+  if (h->generation != H.generation) {
+    /* Taken before fork(): its session was read then; the parent's pool and its
+     * connections are the parent's. The child borrows from its own pool. */
+    PsPool *pool = NULL;
+    PsPoolKey *pk = H.ops.adopt(h->pk, &pool);
+    ps_pool_key_release(h->pool, h->pk, FALSE);
+    h->pool = pool;
+    h->pk = pk;
+    h->counts = ps_pool_key_grain_counts(pk);
+    h->generation = H.generation;
   }
   for (int attempt = 0; attempt < 3; attempt++) {
     PsPhys *q = H.ops.reborrow(h->pk, m);
@@ -452,6 +481,7 @@ ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk)
   h->pool = pool;
   h->pk = pk;
   h->counts = ps_pool_key_grain_counts(pk);
+  h->generation = H.generation;
   h->state = H_BUSY;
   m->methods = &h->methods;
   g_mutex_lock(&H.lock);

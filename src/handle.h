@@ -44,6 +44,9 @@ typedef struct {
   void (*give_back)(PsPhys *p);
   /* A connection that failed while being taken or restored: closed. */
   void (*discard)(PsPhys *p, const char *why);
+  /* In a forked child: the child's own key (held, in *pool) for a key of the parent's pool
+   * (a handle taken before fork), with the same digest, settings and connection profile. */
+  PsPoolKey *(*adopt)(PsPoolKey *inherited, PsPool **pool);
 } PsHandleOps;
 
 void ps_handle_setup(const PsHandleOps *ops);
@@ -57,6 +60,12 @@ gboolean ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk);
  * connection (the real close sends nothing); an attached one gets the watch's table back
  * (the normal return follows). TRUE when m had a record. */
 gboolean ps_handle_closing(MYSQL *m);
+
+/* fork(): the registry's lock is held across it (taken last, broker.c's lock order); in
+ * the child, the records from then on are the parent's handles: never takeable, and a taken
+ * one re-borrows from the child's own pool (PsHandleOps.adopt). */
+void ps_handle_lock_for_fork(void);
+void ps_handle_unlock_after_fork(gboolean child);
 
 /* A connect or re-borrow of pk that would wait: takes the connection of one takeable
  * handle of pk and gives it back to the pool. TRUE when one was given back. */

@@ -619,6 +619,12 @@ ps_pool_key_label(const PsPoolKey *key)
   return key->label;
 }
 
+const guint8 *
+ps_pool_key_digest(const PsPoolKey *key)
+{
+  return key->digest;
+}
+
 PsGrainCounts *
 ps_pool_key_grain_counts(PsPoolKey *key)
 {

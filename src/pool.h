@@ -143,6 +143,8 @@ const char *ps_pool_key_label(const PsPoolKey *key);
 /* The key's transaction-grain counters (PsGrainCounts): add to them with relaxed atomics; the
  * pointer is valid while the caller holds the key. */
 PsGrainCounts *ps_pool_key_grain_counts(PsPoolKey *key);
+/* The key's digest (PS_KEY_DIGEST_LEN bytes), immutable. */
+const guint8 *ps_pool_key_digest(const PsPoolKey *key);
 const PsPoolSettings *ps_pool_key_settings(const PsPoolKey *key);
 /* The sub-pool of a digest (held, as ps_pool_key), or NULL when none exists yet. */
 PsPoolKey *ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN]);

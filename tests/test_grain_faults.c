@@ -1,0 +1,404 @@
+/* Faults under the transaction grain (issue 13, point 3), each against the same steps on a
+ * connection the pool does not touch (an option file makes a connect unpooled), judged by
+ * the server's own facts: a server restart, the server's wait_timeout, fork() and a
+ * connection that dies after a statement was sent, each while a handle is takeable (its
+ * connection still in it) and while it is taken (its connection back in the pool). Runs
+ * with the test library preloaded (tests/meson.build); each test sets its variables before
+ * its first connect (each test is its own process). */
+#include <errmsg.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+static void
+make_table(void)
+{
+  MYSQL *root = pst_admin();
+  pst_exec(root, "CREATE TABLE IF NOT EXISTS %s.grain_f (who VARCHAR(16), n INT)",
+           pst_env("PS_TEST_DB"));
+  pst_exec(root, "DELETE FROM %s.grain_f", pst_env("PS_TEST_DB"));
+}
+
+TestSuite(grain_faults, .timeout = 120);
+
+/* Before the process's first connect (the library reads its variables then), the root
+ * connection's included. */
+static void
+grain_env(const char *force_take)
+{
+  g_setenv("POOLSHIM_GRAIN", "transaction", TRUE);
+  g_setenv("POOLSHIM_POOL_SIZE", "2", TRUE);
+  g_setenv("POOLSHIM_TEST_FORCE_TAKE", force_take, TRUE);
+  g_setenv("POOLSHIM_TIMEOUT", "10s", TRUE);
+  make_table();
+}
+
+/* Connects as the application user to host:port; unpooled: with an (empty) option file,
+ * which the pool never takes; reconnect: MYSQL_OPT_RECONNECT. */
+static MYSQL *
+connect_to(unsigned int port, gboolean unpooled, gboolean reconnect)
+{
+  MYSQL *m = mysql_init(NULL);
+  cr_assert_not_null(m);
+  if (unpooled)
+    mysql_options(m, MYSQL_READ_DEFAULT_FILE, "/dev/null");
+  my_bool on = 1;
+  if (reconnect)
+    mysql_options(m, MYSQL_OPT_RECONNECT, &on);
+  unsigned int timeout = 10;
+  mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &timeout);
+  mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
+  cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                        pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                        port, NULL, 0),
+                     "connect failed: %u %s", mysql_errno(m), mysql_error(m));
+  return m;
+}
+
+static long long
+conn_id(MYSQL *m)
+{
+  return pst_scalar(m, "SELECT CONNECTION_ID()");
+}
+
+/* Rows the statement of `who` left (read as root: the server's word). */
+static long long
+rows_of(const char *who)
+{
+  return pst_scalar(pst_admin(), "SELECT COUNT(*) FROM %s.grain_f WHERE who = '%s'",
+                    pst_env("PS_TEST_DB"), who);
+}
+
+/* mysql_query's outcome: 0 when it worked, else the error number. A result is read and
+ * freed. */
+static unsigned int
+try_query(MYSQL *m, const char *sql)
+{
+  if (mysql_query(m, sql) != 0)
+    return mysql_errno(m);
+  MYSQL_RES *r = mysql_store_result(m);
+  if (r)
+    mysql_free_result(r);
+  return mysql_field_count(m) && !r ? mysql_errno(m) : 0;
+}
+
+static gboolean
+lost(unsigned int e)
+{
+  return e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST || e == 4031;
+}
+
+static void
+restart_server(void)
+{
+  pst_server_ctl("restart");
+  pst_admin_drop();
+}
+
+/* ---- a. server restart ---- */
+
+/* The handle still holds its connection (nobody needed it): what it sees is what the
+ * client library says without the pool, command after command. */
+static void
+restart_with_connection_in_handle(gboolean reconnect)
+{
+  grain_env("0");
+  MYSQL *a = connect_to(pst_port(), FALSE, reconnect);
+  MYSQL *plain = connect_to(pst_port(), TRUE, reconnect);
+  long long a_id = conn_id(a), plain_id = conn_id(plain); /* a is takeable, kept */
+  cr_assert_neq(a_id, plain_id);
+  restart_server();
+  make_table();
+  static const char *const steps[][2] = {
+    {"INSERT INTO grain_f VALUES ('a', 1)", "INSERT INTO grain_f VALUES ('plain', 1)"},
+    {"INSERT INTO grain_f VALUES ('a', 2)", "INSERT INTO grain_f VALUES ('plain', 2)"},
+    {"INSERT INTO grain_f VALUES ('a', 3)", "INSERT INTO grain_f VALUES ('plain', 3)"},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(steps); i++) {
+    unsigned int ea = try_query(a, steps[i][0]);
+    unsigned int ep = try_query(plain, steps[i][1]);
+    cr_assert_eq(ea, ep, "step %zu: %u (%s) under the pool, %u (%s) without it", i, ea,
+                 mysql_error(a), ep, mysql_error(plain));
+    cr_assert(ea == 0 || lost(ea), "step %zu: error %u %s", i, ea, mysql_error(a));
+    /* As many rows as without the pool: nothing sent twice, nothing lost that went. */
+    cr_assert_eq(rows_of("a"), rows_of("plain"), "step %zu: rows %lld under the pool, %lld "
+                 "without it", i, rows_of("a"), rows_of("plain"));
+  }
+  if (reconnect) {
+    cr_assert_eq(try_query(a, "DO 1"), 0, "reconnected: %s", mysql_error(a));
+    cr_assert_eq(try_query(plain, "DO 1"), 0, "reconnected: %s", mysql_error(plain));
+  }
+  mysql_close(a);
+  mysql_close(plain);
+}
+
+Test(grain_faults, a_restart_gives_a_takeable_handle_the_errors_a_plain_connection_gets)
+{
+  restart_with_connection_in_handle(FALSE);
+}
+
+Test(grain_faults, a_restart_with_reconnect_set_reconnects_a_takeable_handle_as_without_the_pool)
+{
+  restart_with_connection_in_handle(TRUE);
+}
+
+Test(grain_faults, after_a_restart_a_taken_handle_runs_its_statement_once_on_a_new_connection)
+{
+  grain_env("100");
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  MYSQL *plain = connect_to(pst_port(), TRUE, FALSE);
+  pst_exec(a, "SET time_zone = '+02:00'"); /* then taken: its connection is in the pool */
+  long long a_id = conn_id(a);
+  conn_id(plain);
+  restart_server();
+  make_table();
+  /* Without the pool the session is gone with its connection. */
+  unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
+  cr_assert(lost(ep), "without the pool: %u %s", ep, mysql_error(plain));
+  /* Under the grain the handle had no connection: its command borrows a live one and runs
+   * there once, in its session. */
+  cr_assert_eq(try_query(a, "INSERT INTO grain_f VALUES ('a', 1)"), 0, "%s", mysql_error(a));
+  cr_assert_eq(rows_of("a"), 1);
+  cr_assert_eq(rows_of("plain"), 0);
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+02:00");
+  /* mysql_thread_id() names the connection that ran the handle's last command (the one it
+   * holds, or held until it was taken). */
+  long long now = conn_id(a);
+  cr_assert_neq(now, a_id);
+  cr_assert_eq((long long)mysql_thread_id(a), now);
+  mysql_close(a);
+  mysql_close(plain);
+}
+
+/* ---- b. the server's wait_timeout ---- */
+
+static long long global_wait_timeout;
+
+static void
+low_wait_timeout(void)
+{
+  global_wait_timeout = pst_scalar(pst_admin(), "SELECT @@global.wait_timeout");
+  pst_exec(pst_admin(), "SET GLOBAL wait_timeout = 2");
+}
+
+static void
+restore_wait_timeout(void)
+{
+  if (global_wait_timeout > 0)
+    pst_exec(pst_admin(), "SET GLOBAL wait_timeout = %lld", global_wait_timeout);
+}
+
+Test(grain_faults, a_takeable_handle_past_wait_timeout_sees_what_a_plain_connection_sees,
+     .fini = restore_wait_timeout)
+{
+  grain_env("0");
+  low_wait_timeout();
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  MYSQL *plain = connect_to(pst_port(), TRUE, FALSE);
+  cr_assert_eq(pst_scalar(a, "SELECT @@session.wait_timeout"), 2);
+  long long a_id = conn_id(a), plain_id = conn_id(plain);
+  /* The server closes both sessions after 2 s of silence. */
+  pst_wait_thread_gone((unsigned long)a_id);
+  pst_wait_thread_gone((unsigned long)plain_id);
+  for (int i = 0; i < 2; i++) {
+    unsigned int ea = try_query(a, "INSERT INTO grain_f VALUES ('a', 1)");
+    unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
+    cr_assert_eq(ea, ep, "command %d: %u (%s) under the pool, %u (%s) without it", i, ea,
+                 mysql_error(a), ep, mysql_error(plain));
+    cr_assert(lost(ea), "command %d: %u %s", i, ea, mysql_error(a));
+  }
+  cr_assert_eq(rows_of("a"), 0);
+  mysql_close(a);
+  mysql_close(plain);
+}
+
+Test(grain_faults, a_taken_handle_past_wait_timeout_simply_works_again_in_its_session,
+     .fini = restore_wait_timeout)
+{
+  grain_env("100");
+  low_wait_timeout();
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  MYSQL *plain = connect_to(pst_port(), TRUE, FALSE);
+  pst_exec(a, "SET @grain_w = 41");
+  long long a_id = conn_id(a), plain_id = conn_id(plain); /* a: taken after each command */
+  pst_wait_thread_gone((unsigned long)a_id);
+  pst_wait_thread_gone((unsigned long)plain_id);
+  unsigned int ep = try_query(plain, "SELECT 1");
+  cr_assert(lost(ep), "without the pool: %u %s", ep, mysql_error(plain));
+  cr_assert_eq(try_query(a, "INSERT INTO grain_f VALUES ('a', 1)"), 0, "%s", mysql_error(a));
+  cr_assert_eq(rows_of("a"), 1);
+  cr_assert_eq(pst_scalar(a, "SELECT @grain_w + 1"), 42);
+  cr_assert_neq(conn_id(a), a_id);
+  mysql_close(a);
+  mysql_close(plain);
+}
+
+/* ---- c. fork ---- */
+
+/* In a child: `sql`'s first column as a number, -(error) when it failed. Reported through
+ * a pipe; the child ends with _exit (no exit handler of the test runner runs twice). */
+static long long
+in_child(MYSQL *m, const char *sql, gboolean close_it)
+{
+  int fds[2];
+  cr_assert_eq(pipe(fds), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    long long v;
+    if (mysql_query(m, sql) != 0) {
+      v = -(long long)mysql_errno(m);
+    } else {
+      MYSQL_RES *r = mysql_store_result(m);
+      MYSQL_ROW row = r ? mysql_fetch_row(r) : NULL;
+      v = row && row[0] ? atoll(row[0]) : -1;
+      if (r)
+        mysql_free_result(r);
+    }
+    if (close_it)
+      mysql_close(m);
+    ssize_t w = write(fds[1], &v, sizeof v);
+    _exit(w == sizeof v ? 0 : 1);
+  }
+  close(fds[1]);
+  long long v = G_MININT64;
+  ssize_t n = read(fds[0], &v, sizeof v);
+  close(fds[0]);
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed: %d", status);
+  cr_assert_eq(n, (ssize_t)sizeof v);
+  return v;
+}
+
+Test(grain_faults, a_child_uses_an_inherited_takeable_handle_as_without_the_pool)
+{
+  grain_env("0");
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  MYSQL *plain = connect_to(pst_port(), TRUE, FALSE);
+  long long a_id = conn_id(a), plain_id = conn_id(plain); /* a: takeable, kept */
+  /* Without the pool the child's statement runs on the parent's connection. */
+  cr_assert_eq(in_child(plain, "SELECT CONNECTION_ID()", FALSE), plain_id);
+  cr_assert_eq(in_child(a, "SELECT CONNECTION_ID()", FALSE), a_id);
+  /* A child's close of the inherited handle sends nothing: the parent's session lives. */
+  cr_assert_eq(in_child(a, "SELECT CONNECTION_ID()", TRUE), a_id);
+  cr_assert_eq(conn_id(a), a_id, "the parent's handle lost its connection");
+  cr_assert_eq(conn_id(plain), plain_id);
+  cr_assert_eq(pst_user_threads(pst_env("PS_TEST_USER")), 2);
+  mysql_close(a);
+  mysql_close(plain);
+}
+
+Test(grain_faults, a_child_gets_its_own_connection_for_an_inherited_taken_handle)
+{
+  grain_env("100");
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  pst_exec(a, "SET time_zone = '+07:00'");
+  long long a_id = conn_id(a); /* taken: the connection is idle in the parent's pool */
+  long long before = pst_status("Connections");
+  /* The child never touches the parent's pooled connections: it borrows its own, in the
+   * handle's session. */
+  long long child_id = in_child(a, "SELECT CONNECTION_ID()", TRUE);
+  cr_assert_gt(child_id, 0, "the child's statement failed: %lld", child_id);
+  cr_assert_neq(child_id, a_id, "the child ran on the parent's connection");
+  cr_assert_geq(pst_status("Connections") - before, 1, "the child opened no connection");
+  long long tz_ok = in_child(a, "SELECT @@session.time_zone = '+07:00'", TRUE);
+  cr_assert_eq(tz_ok, 1, "the child's session is not the handle's: %lld", tz_ok);
+  /* The parent's handle and its pool are as they were. */
+  cr_assert_eq(conn_id(a), a_id);
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+07:00");
+  mysql_close(a);
+}
+
+/* ---- d. never retry what may have run ---- */
+
+typedef struct {
+  MYSQL *m;
+  const char *who;
+  unsigned int err;
+} Pending;
+
+static void *
+run_slow_insert(void *arg)
+{
+  Pending *p = arg;
+  char sql[160];
+  g_snprintf(sql, sizeof sql, "INSERT INTO grain_f SELECT '%s', SLEEP(1)", p->who);
+  p->err = try_query(p->m, sql);
+  return NULL;
+}
+
+/* Waits (at most 10 s) until the server runs (or no longer runs) a statement of `who`. */
+static void
+wait_statement(const char *who, gboolean running)
+{
+  for (int i = 0; i < 200; i++) {
+    long long n = pst_scalar(pst_admin(), "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                          "WHERE INFO LIKE 'INSERT INTO grain_f SELECT ''%s''%%'",
+                             who);
+    if ((n > 0) == running)
+      return;
+    g_usleep(50 * 1000);
+  }
+  cr_assert_fail("the statement of %s is %s running", who, running ? "not" : "still");
+}
+
+/* Sends the slow INSERT on m, cuts every proxied connection while the server runs it, and
+ * returns the error the program saw. */
+static unsigned int
+cut_after_send(PstProxy *proxy, MYSQL *m, const char *who)
+{
+  Pending p = {.m = m, .who = who};
+  pthread_t t;
+  pthread_create(&t, NULL, run_slow_insert, &p);
+  wait_statement(who, TRUE);
+  pst_proxy_cut(proxy);
+  pthread_join(t, NULL);
+  wait_statement(who, FALSE); /* the server finished it: its row is in */
+  return p.err;
+}
+
+static void
+cut_statement(const char *force_take)
+{
+  grain_env(force_take);
+  PstProxy *proxy = pst_proxy_start();
+  MYSQL *plain = connect_to(pst_proxy_port(proxy), TRUE, FALSE);
+  unsigned int ep = cut_after_send(proxy, plain, "plain");
+  cr_assert_eq(ep, CR_SERVER_LOST, "without the pool: %u %s", ep, mysql_error(plain));
+  MYSQL *a = connect_to(pst_proxy_port(proxy), FALSE, FALSE);
+  pst_exec(a, "SET time_zone = '+01:00'"); /* force_take 100: taken; 0: kept */
+  unsigned int ea = cut_after_send(proxy, a, "a");
+  cr_assert_eq(ea, ep, "%u (%s) under the pool, %u without it", ea, mysql_error(a), ep);
+  /* The statement ran once, where it was sent: never sent again elsewhere. */
+  cr_assert_eq(rows_of("plain"), 1);
+  cr_assert_eq(rows_of("a"), 1, "the statement ran %lld times", rows_of("a"));
+  /* The next command: what the library says without the pool. */
+  unsigned int ea2 = try_query(a, "SELECT 1");
+  unsigned int ep2 = try_query(plain, "SELECT 1");
+  cr_assert_eq(ea2, ep2, "next: %u (%s) under the pool, %u (%s) without it", ea2,
+               mysql_error(a), ep2, mysql_error(plain));
+  cr_assert_eq(rows_of("a"), 1);
+  mysql_close(a);
+  mysql_close(plain);
+  pst_proxy_stop(proxy);
+}
+
+Test(grain_faults, a_statement_cut_after_it_was_sent_from_a_takeable_handle_is_not_run_twice)
+{
+  cut_statement("0");
+}
+
+Test(grain_faults, a_statement_cut_after_a_reborrow_sent_it_is_not_run_twice)
+{
+  cut_statement("100");
+}
