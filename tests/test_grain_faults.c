@@ -123,6 +123,7 @@ restart_with_connection_in_handle(gboolean reconnect)
   for (gsize i = 0; i < G_N_ELEMENTS(steps); i++) {
     unsigned int ea = try_query(a, steps[i][0]);
     unsigned int ep = try_query(plain, steps[i][1]);
+    cr_log_info("restart, step %zu: %u under the pool, %u without it", i, ea, ep);
     cr_assert_eq(ea, ep, "step %zu: %u (%s) under the pool, %u (%s) without it", i, ea,
                  mysql_error(a), ep, mysql_error(plain));
     cr_assert(ea == 0 || lost(ea), "step %zu: error %u %s", i, ea, mysql_error(a));
@@ -210,6 +211,7 @@ Test(grain_faults, a_takeable_handle_past_wait_timeout_sees_what_a_plain_connect
   for (int i = 0; i < 2; i++) {
     unsigned int ea = try_query(a, "INSERT INTO grain_f VALUES ('a', 1)");
     unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
+    cr_log_info("wait_timeout, command %d: %u under the pool, %u without it", i, ea, ep);
     cr_assert_eq(ea, ep, "command %d: %u (%s) under the pool, %u (%s) without it", i, ea,
                  mysql_error(a), ep, mysql_error(plain));
     cr_assert(lost(ea), "command %d: %u %s", i, ea, mysql_error(a));
@@ -385,6 +387,7 @@ cut_statement(const char *force_take)
   /* The next command: what the library says without the pool. */
   unsigned int ea2 = try_query(a, "SELECT 1");
   unsigned int ep2 = try_query(plain, "SELECT 1");
+  cr_log_info("cut: %u then %u under the pool, %u then %u without it", ea, ea2, ep, ep2);
   cr_assert_eq(ea2, ep2, "next: %u (%s) under the pool, %u (%s) without it", ea2,
                mysql_error(a), ep2, mysql_error(plain));
   cr_assert_eq(rows_of("a"), 1);
