@@ -30,13 +30,19 @@ TestSuite(grain_faults, .timeout = 120);
 /* Before the process's first connect (the library reads its variables then), the root
  * connection's included. */
 static void
-grain_env(const char *force_take)
+grain_env_sized(const char *force_take, const char *pool_size)
 {
   g_setenv("POOLSHIM_GRAIN", "transaction", TRUE);
-  g_setenv("POOLSHIM_POOL_SIZE", "2", TRUE);
+  g_setenv("POOLSHIM_POOL_SIZE", pool_size, TRUE);
   g_setenv("POOLSHIM_TEST_FORCE_TAKE", force_take, TRUE);
   g_setenv("POOLSHIM_TIMEOUT", "10s", TRUE);
   make_table();
+}
+
+static void
+grain_env(const char *force_take)
+{
+  grain_env_sized(force_take, "2");
 }
 
 /* Connects as the application user to host:port; unpooled: with an (empty) option file,
@@ -404,4 +410,31 @@ Test(grain_faults, a_statement_cut_after_it_was_sent_from_a_takeable_handle_is_n
 Test(grain_faults, a_statement_cut_after_a_reborrow_sent_it_is_not_run_twice)
 {
   cut_statement("100");
+}
+
+/* ---- ids and KILL (point 4) ---- */
+
+Test(grain_faults, an_id_read_before_a_take_names_the_connection_not_the_handle)
+{
+  grain_env_sized("100", "1");
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  pst_exec(a, "SET time_zone = '+06:00'");
+  long long id = conn_id(a); /* then taken: the pool's one connection is idle */
+  cr_assert_eq((long long)mysql_thread_id(a), id);
+  MYSQL *b = connect_to(pst_port(), FALSE, FALSE);
+  pst_exec(b, "START TRANSACTION"); /* pinned to b */
+  cr_assert_eq(conn_id(b), id, "b runs on the connection a's id named");
+  /* KILL of the id a read ends b's session, not a's. */
+  cr_assert_eq(mysql_kill(pst_admin(), (unsigned long)id), 0, "%s", mysql_error(pst_admin()));
+  pst_wait_thread_gone((unsigned long)id);
+  unsigned int eb = try_query(b, "SELECT 1");
+  cr_assert(lost(eb), "b: %u %s", eb, mysql_error(b));
+  mysql_close(b); /* its dead connection goes: a's next command opens one */
+  long long now = conn_id(a);
+  cr_assert_neq(now, id);
+  cr_assert_eq((long long)mysql_thread_id(a), now,
+               "mysql_thread_id() names the connection that ran the handle's last command");
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+06:00");
+  mysql_close(a);
 }
