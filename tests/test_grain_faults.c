@@ -184,6 +184,29 @@ Test(grain_faults, after_a_restart_a_taken_handle_runs_its_statement_once_on_a_n
   mysql_close(plain);
 }
 
+Test(grain_faults, a_kill_gives_a_takeable_handle_the_errors_a_plain_connection_gets)
+{
+  grain_env("0");
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  MYSQL *plain = connect_to(pst_port(), TRUE, FALSE);
+  long long a_id = conn_id(a), plain_id = conn_id(plain); /* a: takeable, kept */
+  pst_exec(pst_admin(), "KILL %lld", a_id);
+  pst_exec(pst_admin(), "KILL %lld", plain_id);
+  pst_wait_thread_gone((unsigned long)a_id);
+  pst_wait_thread_gone((unsigned long)plain_id);
+  for (int i = 0; i < 2; i++) {
+    unsigned int ea = try_query(a, "INSERT INTO grain_f VALUES ('a', 1)");
+    unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
+    cr_log_info("KILL, command %d: %u under the pool, %u without it", i, ea, ep);
+    cr_assert_eq(ea, ep, "command %d: %u (%s) under the pool, %u (%s) without it", i, ea,
+                 mysql_error(a), ep, mysql_error(plain));
+    cr_assert(lost(ea), "command %d: %u %s", i, ea, mysql_error(a));
+  }
+  cr_assert_eq(rows_of("a"), 0);
+  mysql_close(a);
+  mysql_close(plain);
+}
+
 /* ---- b. the server's wait_timeout ---- */
 
 static long long global_wait_timeout;
