@@ -112,15 +112,30 @@ restart_server(void)
 /* The handle still holds its connection (nobody needed it): what it sees is what the
  * client library says without the pool, command after command. */
 static void
-restart_with_connection_in_handle(gboolean reconnect)
+restart_with_connection_in_handle(gboolean reconnect, gboolean in_transaction)
 {
   grain_env("0");
   MYSQL *a = connect_to(pst_port(), FALSE, reconnect);
   MYSQL *plain = connect_to(pst_port(), TRUE, reconnect);
   long long a_id = conn_id(a), plain_id = conn_id(plain); /* a is takeable, kept */
   cr_assert_neq(a_id, plain_id);
+  if (in_transaction) {
+    /* Pinned: a transaction with a row in it, which the restart rolls back. */
+    pst_exec(a, "START TRANSACTION");
+    pst_exec(a, "INSERT INTO grain_f VALUES ('a', 0)");
+    pst_exec(plain, "START TRANSACTION");
+    pst_exec(plain, "INSERT INTO grain_f VALUES ('plain', 0)");
+  }
   restart_server();
   make_table();
+  if (in_transaction) {
+    unsigned int ea = try_query(a, "COMMIT");
+    unsigned int ep = try_query(plain, "COMMIT");
+    cr_log_info("restart in a transaction, COMMIT: %u under the pool, %u without it", ea, ep);
+    cr_assert_eq(ea, ep, "COMMIT: %u (%s) under the pool, %u (%s) without it", ea,
+                 mysql_error(a), ep, mysql_error(plain));
+    cr_assert(lost(ea), "COMMIT after the restart: %u %s", ea, mysql_error(a));
+  }
   static const char *const steps[][2] = {
     {"INSERT INTO grain_f VALUES ('a', 1)", "INSERT INTO grain_f VALUES ('plain', 1)"},
     {"INSERT INTO grain_f VALUES ('a', 2)", "INSERT INTO grain_f VALUES ('plain', 2)"},
@@ -147,12 +162,17 @@ restart_with_connection_in_handle(gboolean reconnect)
 
 Test(grain_faults, a_restart_gives_a_takeable_handle_the_errors_a_plain_connection_gets)
 {
-  restart_with_connection_in_handle(FALSE);
+  restart_with_connection_in_handle(FALSE, FALSE);
 }
 
 Test(grain_faults, a_restart_with_reconnect_set_reconnects_a_takeable_handle_as_without_the_pool)
 {
-  restart_with_connection_in_handle(TRUE);
+  restart_with_connection_in_handle(TRUE, FALSE);
+}
+
+Test(grain_faults, a_restart_inside_a_transaction_gives_the_commit_the_error_it_gets_without_the_pool)
+{
+  restart_with_connection_in_handle(FALSE, TRUE);
 }
 
 Test(grain_faults, after_a_restart_a_taken_handle_runs_its_statement_once_on_a_new_connection)
