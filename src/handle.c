@@ -339,8 +339,14 @@ reattach(PsHandle *h)
   }
   for (int attempt = 0; attempt < 3; attempt++) {
     PsPhys *q = H.ops.reborrow(h->pk, m);
-    if (!q)
-      return FALSE;
+    if (!q) {
+      /* Opening one failed (not the pool's timeout, 1040): nothing of the command was sent
+       * either: another try. */
+      unsigned int e = m->net.last_errno;
+      if (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR && attempt < 2)
+        continue;
+      return FALSE; /* the last try's own error */
+    }
     MYSQL *s = q->shell;
     gboolean ok = ps_watch_settle(s, q->watch);
     if (ok) {

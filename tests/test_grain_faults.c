@@ -455,6 +455,90 @@ Test(grain_faults, a_statement_cut_after_a_reborrow_sent_it_is_not_run_twice)
   cut_statement("100");
 }
 
+/* The other half of the rule: a connection that dies while a taken handle's command is
+ * being given one (the reset's reply, the restore), before anything of the command was
+ * sent, is replaced, and the command runs once. Without the pool there is no such moment. */
+static void *
+run_insert(void *arg)
+{
+  Pending *p = arg;
+  char sql[160];
+  g_snprintf(sql, sizeof sql, "INSERT INTO grain_f VALUES ('%s', 1)", p->who);
+  p->err = try_query(p->m, sql);
+  return NULL;
+}
+
+Test(grain_faults, a_connection_lost_before_the_command_was_sent_is_replaced_and_it_runs_once)
+{
+  grain_env_sized("100", "1");
+  PstProxy *proxy = pst_proxy_start();
+  MYSQL *a = connect_to(pst_proxy_port(proxy), FALSE, FALSE);
+  pst_exec(a, "SET time_zone = '+09:00'");
+  long long a_id = conn_id(a); /* taken: the connection is idle in the pool */
+  long long before = pst_status("Connections");
+  /* The command's re-borrow waits on a frozen connection (its reset's reply, or the
+   * restore), which is then cut; the proxy serves the next one. */
+  pst_proxy_freeze(proxy);
+  Pending p = {.m = a, .who = "a"};
+  pthread_t t;
+  pthread_create(&t, NULL, run_insert, &p);
+  g_usleep(300 * 1000); /* not a timing assertion: cut before or during the re-borrow */
+  pst_proxy_cut(proxy);
+  pst_proxy_thaw(proxy);
+  pthread_join(t, NULL);
+  cr_assert_eq(p.err, 0, "the command failed: %u %s", p.err, mysql_error(a));
+  cr_assert_eq(rows_of("a"), 1, "the statement ran %lld times", rows_of("a"));
+  cr_assert_geq(pst_status("Connections") - before, 1, "no new connection was opened");
+  long long now = conn_id(a);
+  cr_assert_neq(now, a_id);
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+09:00");
+  cr_assert_eq(rows_of("a"), 1);
+  mysql_close(a);
+  pst_proxy_stop(proxy);
+}
+
+/* Waits (at most 10 s) until the proxy carries `want` connections (`at_least`: or more). */
+static void
+wait_proxy_conns(PstProxy *proxy, int want, gboolean at_least)
+{
+  int n = -1;
+  for (int i = 0; i < 200; i++) {
+    n = pst_proxy_conns(proxy);
+    if (n == want || (at_least && n > want))
+      return;
+    g_usleep(50 * 1000);
+  }
+  cr_assert_fail("the proxy carries %d connections, not %d", n, want);
+}
+
+Test(grain_faults, a_connection_that_fails_to_open_for_a_taken_handle_is_tried_again)
+{
+  grain_env_sized("100", "1");
+  PstProxy *proxy = pst_proxy_start();
+  MYSQL *a = connect_to(pst_proxy_port(proxy), FALSE, FALSE);
+  pst_exec(a, "SET time_zone = '+10:00'");
+  long long a_id = conn_id(a); /* taken: the pool's one connection is idle */
+  pst_exec(pst_admin(), "KILL %lld", a_id); /* so the command must open one */
+  pst_wait_thread_gone((unsigned long)a_id);
+  wait_proxy_conns(proxy, 0, FALSE);
+  pst_proxy_freeze(proxy);
+  Pending p = {.m = a, .who = "a"};
+  pthread_t t;
+  pthread_create(&t, NULL, run_insert, &p);
+  wait_proxy_conns(proxy, 1, TRUE); /* the new connection waits for its handshake */
+  pst_proxy_cut(proxy);
+  pst_proxy_thaw(proxy);
+  pthread_join(t, NULL);
+  /* Nothing of the command was sent on the one that failed: it runs once on the next. */
+  cr_assert_eq(p.err, 0, "the command failed: %u %s", p.err, mysql_error(a));
+  cr_assert_eq(rows_of("a"), 1, "the statement ran %lld times", rows_of("a"));
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+10:00");
+  mysql_close(a);
+  pst_proxy_stop(proxy);
+}
+
 /* ---- ids and KILL (point 4) ---- */
 
 Test(grain_faults, an_id_read_before_a_take_names_the_connection_not_the_handle)
