@@ -481,8 +481,39 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   return TRUE;
 }
 
-/* How long a wait of the transaction grain lasts before it looks for a takeable handle. */
+/* The transaction grain's waiting: a connect or re-borrow first only tries the pool; when
+ * that finds nothing it counts itself as wanting (a handle that becomes takeable then gives
+ * its connection back at once), takes a takeable handle's connection now, and waits. The
+ * wait is cut into slices (the slow fallback: a handle that became takeable before the
+ * waiter counted itself), after each of which it looks for takeable handles again. */
 #define GRAIN_SLICE_US (5 * 1000)
+
+static gint64
+grain_until(gboolean wanting, gint64 deadline)
+{
+  return wanting ? MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US) : 0;
+}
+
+/* After an acquire of the transaction grain: TRUE when the caller acquires again (a try
+ * or a slice ended: a takeable handle's connection was given back to the pool). */
+static gboolean
+grain_waits(PsPoolKey *pk, PsGrant *grant, gint64 until, gint64 deadline, gboolean *wanting)
+{
+  if (grant->kind == PS_GRANT_TIMEOUT && until < deadline) {
+    close_victims(grant->victims, FALSE);
+    if (!*wanting) {
+      ps_pool_key_want(pk, TRUE);
+      *wanting = TRUE;
+    }
+    ps_handle_take(pk);
+    return TRUE;
+  }
+  if (*wanting) {
+    ps_pool_key_want(pk, FALSE);
+    *wanting = FALSE;
+  }
+  return FALSE;
+}
 
 static MYSQL *connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp,
                              const char *host, const char *user, const char *passwd,
@@ -555,22 +586,18 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                           : G_MAXINT64;
   gboolean may_grow = TRUE;
   gint64 read_at = started; /* the first acquire reads no clock of its own */
+  gboolean grain = B.config.grain == PS_GRAIN_TRANSACTION;
+  gboolean wanting = FALSE;
   for (;;) {
     PsGrant grant;
-    /* The transaction grain: a wait is cut into slices, between which a takeable handle's
-     * connection is taken (handle.c). */
-    gint64 until = B.config.grain == PS_GRAIN_TRANSACTION
-                     ? MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US)
-                     : deadline;
+    gint64 until = grain ? grain_until(wanting, deadline) : deadline;
     if (may_grow)
       ps_pool_acquire_at(pool, pk, read_at, until, &grant);
     else
       ps_pool_acquire_no_grow(pool, pk, until, &grant);
     read_at = 0;
-    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
-      ps_handle_take(pk);
+    if (grain && grain_waits(pk, &grant, until, deadline, &wanting))
       continue;
-    }
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
@@ -722,15 +749,14 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m)
   gint64 deadline = started + settings->timeout_us;
   unsigned int reset_s = reset_timeout_s();
   const char *why = NULL;
+  gboolean wanting = FALSE;
   for (;;) {
     PsGrant grant;
-    gint64 until = MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US);
+    gint64 until = grain_until(wanting, deadline);
     ps_pool_acquire(pool, pk, until, &grant);
-    close_victims(grant.victims, FALSE);
-    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
-      ps_handle_take(pk);
+    if (grain_waits(pk, &grant, until, deadline, &wanting))
       continue;
-    }
+    close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT) {
       char msg[MYSQL_ERRMSG_SIZE];
       g_snprintf(msg, sizeof msg,

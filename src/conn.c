@@ -1156,6 +1156,23 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
       return FALSE;
   return TRUE;
 }
+gboolean
+ps_conn_run_pipeline(MYSQL *m, const char *db, const char *const *stmts, guint n)
+{
+  PsCmd *cmds = g_newa(PsCmd, n + 1);
+  int k = 0;
+  if (db)
+    cmds[k++] = (PsCmd){COM_INIT_DB, db};
+  for (guint i = 0; i < n; i++)
+    cmds[k++] = (PsCmd){COM_QUERY, stmts[i]};
+  if (k && !send_pipeline(m, cmds, k, m->options.write_timeout))
+    return FALSE;
+  for (int i = 0; i < k; i++)
+    if (!read_reply(m))
+      return FALSE;
+  return TRUE;
+}
+
 static void present_returned(MYSQL *m, const PsConnProfile *profile);
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                        guint dirty, unsigned int timeout_s, PsPlan *plan, const char **why);

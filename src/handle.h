@@ -1,12 +1,14 @@
 /* handle.h: POOLSHIM_GRAIN=transaction (issue 13). One record per application handle that
  * holds a pooled connection under the transaction grain: attached (its connection inside
- * the handle's struct, busy or takeable) or detached (taken: the session's snapshot waits
- * for the handle's next command, which borrows a connection again and restores it).
+ * the handle's struct, busy or takeable) or detached (taken: what its session differs by
+ * from a fresh one waits for the handle's next command, which borrows a connection again
+ * and restores it in one write: database, setup statements, user variables,
+ * LAST_INSERT_ID()).
  *
  * The handle's struct gets its own command table (the watch's, with the entry points
  * below): a command first makes the handle busy (one compare-and-swap), and re-borrows when
- * the connection was taken. A taker (a connect or a re-borrow that would wait, in another
- * thread) claims a takeable handle with a compare-and-swap and then only reads the handle's
+ * the connection was taken. A taker (a connect or a re-borrow that found no connection, in
+ * another thread, or the owner after a command while one of those waits) claims a takeable handle with a compare-and-swap and then only reads the handle's
  * struct: the session moves into the pool's struct (ps_conn_copy_out); the handle keeps
  * everything it shows and an alias of the socket, which its owner drops at its next call.
  * Between the owner's marking a handle takeable and its next command, the library writes
@@ -22,7 +24,7 @@
 typedef enum {
   PS_PIN_TRANSACTION,  /* open transaction, XA, a failed statement with autocommit off */
   PS_PIN_AUTOCOMMIT,   /* autocommit off: the next statement opens a transaction */
-  PS_PIN_SESSION,      /* temporary table, user variable, lock, PREPARE, HANDLER, another
+  PS_PIN_SESSION,      /* temporary table, lock, PREPARE, HANDLER, another
                           variable: what only a full reset undoes (the statement watch) */
   PS_PIN_STATEMENT,    /* a server-side prepared statement (COM_STMT_PREPARE) is open */
   PS_PIN_RESULT,       /* an unread or streamed result, more results */
@@ -57,8 +59,10 @@ gboolean ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk);
  * (the normal return follows). TRUE when m had a record. */
 gboolean ps_handle_closing(MYSQL *m);
 
-/* A connect or re-borrow of pk that would wait: takes the connection of one takeable
- * handle of pk and gives it back to the pool. TRUE when one was given back. */
+/* A connect or re-borrow of pk that found no connection: takes the connection of one
+ * takeable handle of pk and gives it back to the pool (to its oldest waiter). TRUE when
+ * one was given back. (A handle that becomes takeable while ps_pool_key_wanted gives its
+ * connection back itself.) */
 gboolean ps_handle_take(PsPoolKey *pk);
 
 /* Counters (atomic reads). */
