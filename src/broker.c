@@ -482,22 +482,27 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
 }
 
 /* The transaction grain's waiting: a connect or re-borrow first only tries the pool; when
- * that finds nothing it counts itself as wanting (a handle that becomes takeable then gives
- * its connection back at once), takes a takeable handle's connection now, and waits. The
- * wait is cut into slices (the slow fallback: a handle that became takeable before the
- * waiter counted itself), after each of which it looks for takeable handles again. */
-#define GRAIN_SLICE_US (5 * 1000)
-
+ * that finds nothing it counts itself as wanting, takes the connection of the handle that
+ * has been takeable longest (at least handle.c's delay: one between two statements of a
+ * task comes back at once), and waits: until that delay ends for the handle takeable
+ * longest, or a slice (shorter while few wait, so that a handle that becomes takeable is
+ * seen soon, longer while many do: each of them looks) after which it looks again. */
 static gint64
-grain_until(gboolean wanting, gint64 deadline)
+grain_until(PsPoolKey *pk, gboolean wanting, gint64 next_us, gint64 deadline)
 {
-  return wanting ? MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US) : 0;
+  if (!wanting)
+    return 0;
+  if (!next_us)
+    next_us = g_get_monotonic_time() +
+              CLAMP((gint64)ps_pool_key_wanted(pk) * 250, 1000, 5000);
+  return MIN(deadline, next_us);
 }
 
 /* After an acquire of the transaction grain: TRUE when the caller acquires again (a try
  * or a slice ended: a takeable handle's connection was given back to the pool). */
 static gboolean
-grain_waits(PsPoolKey *pk, PsGrant *grant, gint64 until, gint64 deadline, gboolean *wanting)
+grain_waits(PsPoolKey *pk, PsGrant *grant, gint64 until, gint64 deadline, gboolean *wanting,
+            gint64 *next_us)
 {
   if (grant->kind == PS_GRANT_TIMEOUT && until < deadline) {
     close_victims(grant->victims, FALSE);
@@ -505,7 +510,7 @@ grain_waits(PsPoolKey *pk, PsGrant *grant, gint64 until, gint64 deadline, gboole
       ps_pool_key_want(pk, TRUE);
       *wanting = TRUE;
     }
-    ps_handle_take(pk);
+    ps_handle_take(pk, next_us);
     return TRUE;
   }
   if (*wanting) {
@@ -588,15 +593,16 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
   gint64 read_at = started; /* the first acquire reads no clock of its own */
   gboolean grain = B.config.grain == PS_GRAIN_TRANSACTION;
   gboolean wanting = FALSE;
+  gint64 next_us = 0; /* when a takeable handle has been takeable long enough */
   for (;;) {
     PsGrant grant;
-    gint64 until = grain ? grain_until(wanting, deadline) : deadline;
+    gint64 until = grain ? grain_until(pk, wanting, next_us, deadline) : deadline;
     if (may_grow)
       ps_pool_acquire_at(pool, pk, read_at, until, &grant);
     else
       ps_pool_acquire_no_grow(pool, pk, until, &grant);
     read_at = 0;
-    if (grain && grain_waits(pk, &grant, until, deadline, &wanting))
+    if (grain && grain_waits(pk, &grant, until, deadline, &wanting, &next_us))
       continue;
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
@@ -750,11 +756,12 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m)
   unsigned int reset_s = reset_timeout_s();
   const char *why = NULL;
   gboolean wanting = FALSE;
+  gint64 next_us = 0; /* when a takeable handle has been takeable long enough */
   for (;;) {
     PsGrant grant;
-    gint64 until = grain_until(wanting, deadline);
+    gint64 until = grain_until(pk, wanting, next_us, deadline);
     ps_pool_acquire(pool, pk, until, &grant);
-    if (grain_waits(pk, &grant, until, deadline, &wanting))
+    if (grain_waits(pk, &grant, until, deadline, &wanting, &next_us))
       continue;
     close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT) {

@@ -29,6 +29,10 @@ enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
 
 /* More distinct setup statements than this: the session is pinned (PS_PIN_SESSION). */
 #define H_MAX_SETS 16
+/* How long a handle is takeable before a waiter takes it (connection sharing's delay, as
+ * MySQL Router's connection_sharing_delay): between two statements of one task a handle
+ * comes back within microseconds, and taking it then makes both wait. */
+#define H_TAKE_DELAY_US 300
 
 typedef struct {
   struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
@@ -39,6 +43,7 @@ typedef struct {
   PsPool *pool;
   PsPoolKey *pk;   /* held */
   gint state;
+  gint64 takeable_us; /* atomic: when it last became takeable */
   /* The handle's session as it differs from the pool's fresh one, known without asking the
    * server: the session setup statements that succeeded (ps_watch_prelude_var), in order,
    * the last one per variable; its LAST_INSERT_ID(); and, while detached, its database.
@@ -230,18 +235,32 @@ take(PsHandle *h)
 }
 
 gboolean
-ps_handle_take(PsPoolKey *pk)
+ps_handle_take(PsPoolKey *pk, gint64 *next_us)
 {
   PsHandle *found = NULL;
+  gint64 now = g_get_monotonic_time(), oldest = G_MAXINT64;
+  *next_us = 0;
   g_mutex_lock(&H.lock);
-  for (guint i = 0; H.all && i < H.all->len && !found; i++) {
+  /* The one takeable longest: a handle between two statements of one task comes back
+   * within microseconds, one that thinks does not. */
+  for (guint i = 0; H.all && i < H.all->len; i++) {
     PsHandle *h = H.all->pdata[i];
-    gint expect = H_TAKEABLE;
-    if (h->pk == pk && __atomic_load_n(&h->state, __ATOMIC_RELAXED) == H_TAKEABLE &&
-        __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
-                                    __ATOMIC_RELAXED))
+    if (h->pk != pk || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
+      continue;
+    gint64 since = __atomic_load_n(&h->takeable_us, __ATOMIC_RELAXED);
+    if (since < oldest) {
+      oldest = since;
       found = h;
+    }
   }
+  if (found && now - oldest < H_TAKE_DELAY_US) {
+    *next_us = oldest + H_TAKE_DELAY_US;
+    found = NULL;
+  }
+  gint expect = H_TAKEABLE;
+  if (found && !__atomic_compare_exchange_n(&found->state, &expect, H_TAKING, FALSE,
+                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+    found = NULL;
   g_mutex_unlock(&H.lock);
   if (!found)
     return FALSE;
@@ -312,20 +331,17 @@ settle(PsHandle *h)
   }
   if (p->state != PS_PHYS_TAKEABLE)
     ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL);
-  /* Seen by a waiter that then looks for takeable handles (ps_handle_take); a waiter
-   * that counted itself before this handle was takeable is seen here: both sides are
-   * sequentially consistent. */
-  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_SEQ_CST);
-  gboolean give = ps_pool_key_wanted(h->pk);
+  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (ps_handle_take). */
+  __atomic_store_n(&h->takeable_us, g_get_monotonic_time(), __ATOMIC_RELAXED);
+  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
 #ifdef PS_TEST_HOOKS
-  give = give || (H.force_take && (guint)g_random_int_range(0, 100) < H.force_take);
-#endif
-  /* Given back at once, on the owner's thread, when a connect or re-borrow of the key
-   * waits: the connection goes to the oldest waiter. */
+  /* POOLSHIM_TEST_FORCE_TAKE: taken at once, on the owner's thread. */
   gint expect = H_TAKEABLE;
-  if (give && __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
-                                          __ATOMIC_RELAXED))
+  if (H.force_take && (guint)g_random_int_range(0, 100) < H.force_take &&
+      __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
+                                  __ATOMIC_RELAXED))
     take(h);
+#endif
 }
 
 /* The handle's connection was taken: borrow one and bring its session to the handle's

@@ -63,7 +63,7 @@ gboolean ps_handle_closing(MYSQL *m);
  * takeable handle of pk and gives it back to the pool (to its oldest waiter). TRUE when
  * one was given back. (A handle that becomes takeable while ps_pool_key_wanted gives its
  * connection back itself.) */
-gboolean ps_handle_take(PsPoolKey *pk);
+gboolean ps_handle_take(PsPoolKey *pk, gint64 *next_us);
 
 /* Counters (atomic reads). */
 guint64 ps_handle_takes(void);

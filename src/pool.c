@@ -651,13 +651,13 @@ ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
 void
 ps_pool_key_want(PsPoolKey *key, gboolean on)
 {
-  __atomic_fetch_add(&key->wanted, on ? 1 : -1, __ATOMIC_SEQ_CST);
+  __atomic_fetch_add(&key->wanted, on ? 1 : -1, __ATOMIC_RELAXED);
 }
 
-gboolean
+guint
 ps_pool_key_wanted(PsPoolKey *key)
 {
-  return __atomic_load_n(&key->wanted, __ATOMIC_SEQ_CST) > 0;
+  return (guint)MAX(0, __atomic_load_n(&key->wanted, __ATOMIC_RELAXED));
 }
 
 void
