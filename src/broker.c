@@ -747,7 +747,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 /* A connection of pk for a detached handle's command: waits like a connect (taking from
  * takeable handles between slices), the same error 1040 after POOLSHIM_TIMEOUT. */
 static PsPhys *
-grain_reborrow(PsPoolKey *pk, MYSQL *m)
+grain_reborrow(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 *next_us),
+               gpointer data)
 {
   PsPool *pool = B.pool;
   const PsPoolSettings *settings = ps_pool_key_settings(pk);
@@ -761,8 +762,23 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m)
     PsGrant grant;
     gint64 until = grain_until(pk, wanting, next_us, deadline);
     ps_pool_acquire(pool, pk, until, &grant);
-    if (grain_waits(pk, &grant, until, deadline, &wanting, &next_us))
-      continue;
+    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
+      /* Nothing in the pool: one straight from an idle handle of the key. */
+      close_victims(grant.victims, FALSE);
+      if (!wanting) {
+        ps_pool_key_want(pk, TRUE);
+        wanting = TRUE;
+      }
+      PsPhys *p = direct(data, &next_us);
+      if (!p)
+        continue;
+      ps_pool_key_want(pk, FALSE);
+      return p;
+    }
+    if (wanting) {
+      ps_pool_key_want(pk, FALSE);
+      wanting = FALSE;
+    }
     close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT) {
       char msg[MYSQL_ERRMSG_SIZE];

@@ -7,12 +7,14 @@
  *   TAKEABLE -> TAKING      taker: compare-and-swap under the registry's lock
  *   TAKING -> TAKEN         taker: the session moved out, what it differs by recorded (release)
  *   TAKEN -> BUSY           owner: at its next command, after borrowing and restoring
- * The owner waits out TAKING (no I/O is done in it, but one query on the taken connection
- * when the handle's LAST_INSERT_ID() or user variables may have changed since they were
- * last known: what the watch cannot name). A taker is a connect or re-borrow that found no
- * connection, or the owner itself after a command when one of those waits. Only the owner writes the handle's struct; a taker reads it while it
- * holds TAKING. Lock order: the registry's lock is a leaf (no other lock is taken under it,
- * no I/O is done). */
+ * The owner waits out TAKING. A taker does no I/O in it but one query on the taken
+ * connection when the handle's LAST_INSERT_ID() or user variables may have changed since
+ * they were last known (what the watch cannot name), and, handing the connection straight
+ * to a re-borrowing handle (take_for), the one write that sets the other's database and
+ * LAST_INSERT_ID(). A taker is a connect or re-borrow that found no connection (or the
+ * owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
+ * reads it while it holds TAKING. Lock order: the registry's lock is a leaf (no other lock
+ * is taken under it, no I/O is done). */
 #include "handle.h"
 
 #include <errmsg.h>
@@ -57,6 +59,7 @@ typedef struct {
   char *db;        /* the handle's database (NULL: none), kept by the owner: the library
                       writes m->db only after mysql_select_db's settle */
   gboolean lost;   /* detached: the session could not be read; commands fail as lost */
+  gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
   gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
 } PsHandle;
 
@@ -234,18 +237,20 @@ take(PsHandle *h)
     H.ops.discard(p, "lost while being taken from an idle handle");
 }
 
-gboolean
-ps_handle_take(PsPoolKey *pk, gint64 *next_us)
+/* Claims (TAKING) the handle of pk that has been takeable longest, at least
+ * H_TAKE_DELAY_US; NULL, and in *next_us when one will have been (0: none takeable). */
+static PsHandle *
+claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
 {
   PsHandle *found = NULL;
   gint64 now = g_get_monotonic_time(), oldest = G_MAXINT64;
   *next_us = 0;
   g_mutex_lock(&H.lock);
-  /* The one takeable longest: a handle between two statements of one task comes back
-   * within microseconds, one that thinks does not. */
+  /* A handle between two statements of one task comes back within microseconds, one that
+   * thinks does not. */
   for (guint i = 0; H.all && i < H.all->len; i++) {
     PsHandle *h = H.all->pdata[i];
-    if (h->pk != pk || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
+    if (h->pk != pk || h == self || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
       continue;
     gint64 since = __atomic_load_n(&h->takeable_us, __ATOMIC_RELAXED);
     if (since < oldest) {
@@ -262,10 +267,92 @@ ps_handle_take(PsPoolKey *pk, gint64 *next_us)
                                             __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
     found = NULL;
   g_mutex_unlock(&H.lock);
-  if (!found)
+  return found;
+}
+
+gboolean
+ps_handle_take(PsPoolKey *pk, gint64 *next_us)
+{
+  PsHandle *found = claim(pk, NULL, next_us);
+  if (found)
+    take(found);
+  return found != NULL;
+}
+
+static gboolean
+same_sets(const GPtrArray *a, const GPtrArray *b)
+{
+  guint n = a ? a->len : 0;
+  if (n != (b ? b->len : 0))
     return FALSE;
-  take(found);
+  for (guint i = 0; i < n; i++)
+    if (strcmp(a->pdata[i], b->pdata[i]) != 0)
+      return FALSE;
   return TRUE;
+}
+
+/* Holding TAKING on h: hands its connection to t's re-borrow as it is, without a reset,
+ * when the two sessions differ at most by the database and LAST_INSERT_ID() (the same
+ * setup statements, no user variables, no warnings left): those are set in one write
+ * (with h's LAST_INSERT_ID() read first when unknown). CLAIMED, in its shell; NULL when
+ * the sessions differ by more (then given back to the pool like any take) or it failed. */
+static PsPhys *
+take_for(PsHandle *h, PsHandle *t)
+{
+  PsPhys *p = h->p;
+  MYSQL *m = h->m;
+  if (!same_sets(h->sets, t->sets) || h->uservars || t->uservars ||
+      ps_watch_uservars_used(p->watch) || m->warning_count || (h->db && !t->db)) {
+    take(h);
+    return NULL;
+  }
+  if ((!p->shell && !(p->shell = ps_conn_shell_new(5))) || !ps_conn_copy_out(p->shell, m)) {
+    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    return NULL;
+  }
+  MYSQL *s = p->shell;
+  s->methods = ps_watch_methods(p->watch);
+  ps_phys_detach(m); /* RETURNING */
+  char lid[64];
+  g_snprintf(lid, sizeof lid, "SET SESSION last_insert_id = %" G_GUINT64_FORMAT, t->lid);
+  const char *stmts[] = {lid};
+  gboolean set_lid = h->lid_unknown || h->lid != t->lid;
+  char *value = NULL;
+  ps_watch_set_bypass(p->watch, TRUE);
+  gboolean ok = ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
+                                     &value, g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
+                                     stmts, set_lid ? 1 : 0);
+  ps_watch_set_bypass(p->watch, FALSE);
+  ps_watch_mark_full(p->watch); /* its return resets what both handles did */
+  if (value) {
+    h->lid = g_ascii_strtoull(value, NULL, 10);
+    h->lid_unknown = FALSE;
+    g_free(value);
+  }
+  h->lost = h->lid_unknown;
+  h->p = NULL;
+  __atomic_fetch_add(&H.takes, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
+  /* h is the owner's again: not touched from here on. */
+  if (!ok) {
+    H.ops.discard(p, "lost while being handed from an idle handle to another");
+    return NULL;
+  }
+  ps_phys_enter(p, PS_PHYS_CLAIMED, "handed from an idle handle to another");
+  return p;
+}
+
+/* PsHandleOps.reborrow's `direct`: a connection for t at once from the handle of its key
+ * takeable longest (t->handed: its session is t's already), or NULL (maybe one was given
+ * back to the pool instead). */
+static PsPhys *
+direct(gpointer data, gint64 *next_us)
+{
+  PsHandle *t = data;
+  PsHandle *h = claim(t->pk, t, next_us);
+  PsPhys *p = h ? take_for(h, t) : NULL;
+  t->handed = p != NULL;
+  return p;
 }
 
 /* ---- the owner's side ---- */
@@ -358,12 +445,13 @@ reattach(PsHandle *h)
     return FALSE;
   }
   for (int attempt = 0; attempt < 3; attempt++) {
-    PsPhys *q = H.ops.reborrow(h->pk, m);
+    h->handed = FALSE;
+    PsPhys *q = H.ops.reborrow(h->pk, m, direct, h);
     if (!q)
       return FALSE;
     MYSQL *s = q->shell;
-    gboolean ok = ps_watch_settle(s, q->watch);
-    if (ok) {
+    gboolean ok = h->handed || ps_watch_settle(s, q->watch);
+    if (ok && !h->handed) {
       /* The difference from a fresh session, in one write: the database, the setup
        * statements, LAST_INSERT_ID(). */
       guint n = h->sets ? h->sets->len : 0;
@@ -381,7 +469,7 @@ reattach(PsHandle *h)
         stmts[n++] = lid;
       }
       ps_watch_set_bypass(q->watch, TRUE);
-      ok = ps_conn_run_pipeline(s, h->db, stmts, n);
+      ok = ps_conn_run_pipeline(s, NULL, NULL, h->db, stmts, n);
       ps_watch_set_bypass(q->watch, FALSE);
       ps_watch_mark_full(q->watch); /* its return resets what the restore set */
     }
@@ -490,7 +578,7 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   h->pending_set = NULL;
   if (n && ps_watch_prelude_var(arg, n, &h->pending_var))
     h->pending_set = g_strndup(arg, n);
-  else if (n && has_word(arg, n, "returning", 9))
+  else if (n > 6 && (arg[0] | 0x20) != 's' && has_word(arg, n, "returning", 9))
     h->lid_unknown = TRUE; /* INSERT ... RETURNING: a result set, no insert id */
   int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
   if (command == COM_INIT_DB && rc == 0 && arg) {
@@ -513,7 +601,7 @@ grain_read_query_result(MYSQL *m)
     record_set(h);
   if (!rc && m->field_count == 0 && m->insert_id)
     h->lid_unknown = TRUE;
-  if (!rc && g_strcmp0(m->db, h->db) != 0) { /* USE, as the schema tracker reported it */
+  if (!rc && m->db && g_strcmp0(m->db, h->db) != 0) { /* USE, as the schema tracker said */
     g_free(h->db);
     h->db = g_strdup(m->db);
   }
@@ -549,7 +637,8 @@ ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk)
   h->p = p;
   h->pool = pool;
   h->pk = pk;
-  h->db = g_strdup(m->db);
+  /* A connection lent from the pool leaves m->db unset: the session is in the key's. */
+  h->db = g_strdup(m->db ? m->db : p->profile ? p->profile->db : NULL);
   h->state = H_BUSY;
   m->methods = &h->methods;
   g_mutex_lock(&H.lock);

@@ -37,10 +37,12 @@ const char *ps_handle_pin_name(PsPinReason reason);
 
 /* What the broker does for the handles (broker.c). */
 typedef struct {
-  /* A connection of pk for a detached handle's command, waiting like a connect (and taking
-   * from idle handles meanwhile): in p->shell, CLAIMED or OPENING. NULL with m's error set
+  /* A connection of pk for a detached handle's command, waiting like a connect: in
+   * p->shell, CLAIMED or OPENING. When the pool has none, direct(data) is asked for one
+   * taken from an idle handle (NULL: none yet; *next_us: when to ask again, 0: a slice). NULL with m's error set
    * (the connect's error 1040 after POOLSHIM_TIMEOUT). */
-  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m);
+  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 *next_us),
+                      gpointer data);
   /* A taken connection (RETURNING, in p->shell): reset and back to the pool. */
   void (*give_back)(PsPhys *p);
   /* A connection that failed while being taken or restored: closed. */

@@ -205,7 +205,7 @@ ps_session_classify_sql(const char *sql, size_t len)
     }
     if (c == '(') {
       if (last == TOK_QUOTED && !quoted_table)
-        return PS_STMT_FULL; /* `f`(...) or "f"(...): a call of a quoted name, but INTO `t` (columns) */
+        return PS_STMT_FULL; /* `f`(...) or "f"(...): a call, but not INTO `t` (columns) */
       if (last == TOK_WORD) {
         if (last_after_dot && !(pprevw && word_is(pprevw, npprevw, "into")))
           return PS_STMT_FULL; /* db.f(...), but INTO db.t (columns) */

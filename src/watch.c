@@ -583,12 +583,12 @@ uservar_only(const char *sql, size_t len)
 
 /* INSERT|REPLACE ... RETURNING, which the scan calls FULL only for the RETURNING word (its
  * LAST_INSERT_ID() comes without an OK packet): the transaction grain reads that value at
- * a take instead of pinning the session. */
+ * a take instead of pinning the session. (DELETE ... RETURNING stays FULL.) */
 static gboolean
 returning_only(const char *sql, size_t len)
 {
-  if (len > 65536 || len < 9)
-    return FALSE;
+  if (len > 65536 || len < 9 || ((sql[0] | 0x20) != 'i' && (sql[0] | 0x20) != 'r'))
+    return FALSE; /* INSERT or REPLACE, first (a comment or a space before it: FULL) */
   char *copy = NULL;
   for (size_t i = 0; i + 9 <= len; i++) {
     if ((sql[i] | 0x20) != 'r' || g_ascii_strncasecmp(sql + i, "returning", 9) != 0)

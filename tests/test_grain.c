@@ -181,6 +181,32 @@ Test(grain, after_insert_returning_the_handle_is_takeable_and_keeps_its_last_ins
   mysql_close(a);
 }
 
+Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps_its_own_last_insert_id)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_h");
+  pst_exec(setup, "CREATE TABLE grain_h (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  mysql_close(setup);
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "INSERT INTO grain_h (v) VALUES (1)"); /* a's LAST_INSERT_ID() is 1 */
+  long long only = conn_id(a);
+  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
+  pst_exec(b, "INSERT INTO grain_h (v) VALUES (2), (3)"); /* b's is 2 */
+  cr_assert_eq(conn_id(b), only);
+  g_usleep(5000); /* b has been takeable a while */
+  long long dbs = pst_status("Com_change_db");
+  /* a's command: the pool has nothing; b's connection comes to a as it is, with a's
+   * LAST_INSERT_ID() set: no reset, no COM_INIT_DB (the same database). */
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 1);
+  /* (The restore after a reset selects the database.) */
+  cr_assert_eq(pst_status("Com_change_db") - dbs, 0, "a's session was restored from a reset");
+  cr_assert_eq(conn_id(a), only);
+  cr_assert_eq(pst_scalar(b, "SELECT LAST_INSERT_ID()"), 2);
+  mysql_close(b);
+  mysql_close(a);
+}
+
 Test(grain, insert_id_affected_rows_info_and_warnings_are_unchanged_across_a_take)
 {
   grain_env("2", "100", "10s");
