@@ -485,8 +485,44 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   return TRUE;
 }
 
-/* How long a wait of the transaction grain lasts before it looks for a takeable handle. */
-#define GRAIN_SLICE_US (5 * 1000)
+/* The transaction grain's waiting: a connect or re-borrow first only tries the pool; when
+ * that finds nothing it counts itself as wanting, takes the connection of the handle that
+ * has been takeable longest (at least handle.c's delay: one between two statements of a
+ * task comes back at once), and waits: until that delay ends for the handle takeable
+ * longest, or a slice (shorter while few wait, so that a handle that becomes takeable is
+ * seen soon, longer while many do: each of them looks) after which it looks again. */
+static gint64
+grain_until(PsPoolKey *pk, gboolean wanting, gint64 next_us, gint64 deadline)
+{
+  if (!wanting)
+    return 0;
+  if (!next_us)
+    next_us = g_get_monotonic_time() +
+              CLAMP((gint64)ps_pool_key_wanted(pk) * 250, 1000, 5000);
+  return MIN(deadline, next_us);
+}
+
+/* After an acquire of the transaction grain: TRUE when the caller acquires again (a try
+ * or a slice ended: a takeable handle's connection was given back to the pool). */
+static gboolean
+grain_waits(PsPoolKey *pk, PsGrant *grant, gint64 until, gint64 deadline, gboolean *wanting,
+            gint64 *next_us)
+{
+  if (grant->kind == PS_GRANT_TIMEOUT && until < deadline) {
+    close_victims(grant->victims, FALSE);
+    if (!*wanting) {
+      ps_pool_key_want(pk, TRUE);
+      *wanting = TRUE;
+    }
+    ps_handle_take(pk, next_us);
+    return TRUE;
+  }
+  if (*wanting) {
+    ps_pool_key_want(pk, FALSE);
+    *wanting = FALSE;
+  }
+  return FALSE;
+}
 
 static MYSQL *connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp,
                              const char *host, const char *user, const char *passwd,
@@ -559,22 +595,19 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                           : G_MAXINT64;
   gboolean may_grow = TRUE;
   gint64 read_at = started; /* the first acquire reads no clock of its own */
+  gboolean grain = B.config.grain == PS_GRAIN_TRANSACTION;
+  gboolean wanting = FALSE;
+  gint64 next_us = 0; /* when a takeable handle has been takeable long enough */
   for (;;) {
     PsGrant grant;
-    /* The transaction grain: a wait is cut into slices, between which a takeable handle's
-     * connection is taken (handle.c). */
-    gint64 until = B.config.grain == PS_GRAIN_TRANSACTION
-                     ? MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US)
-                     : deadline;
+    gint64 until = grain ? grain_until(pk, wanting, next_us, deadline) : deadline;
     if (may_grow)
       ps_pool_acquire_at(pool, pk, read_at, until, &grant);
     else
       ps_pool_acquire_no_grow(pool, pk, until, &grant);
     read_at = 0;
-    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
-      ps_handle_take(pk);
+    if (grain && grain_waits(pk, &grant, until, deadline, &wanting, &next_us))
       continue;
-    }
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
@@ -718,7 +751,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 /* A connection of pk for a detached handle's command: waits like a connect (taking from
  * takeable handles between slices), the same error 1040 after POOLSHIM_TIMEOUT. */
 static PsPhys *
-grain_reborrow(PsPoolKey *pk, MYSQL *m)
+grain_reborrow(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 *next_us),
+               gpointer data)
 {
   PsPool *pool = B.pool;
   const PsPoolSettings *settings = ps_pool_key_settings(pk);
@@ -726,15 +760,30 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m)
   gint64 deadline = started + settings->timeout_us;
   unsigned int reset_s = reset_timeout_s();
   const char *why = NULL;
+  gboolean wanting = FALSE;
+  gint64 next_us = 0; /* when a takeable handle has been takeable long enough */
   for (;;) {
     PsGrant grant;
-    gint64 until = MIN(deadline, g_get_monotonic_time() + GRAIN_SLICE_US);
+    gint64 until = grain_until(pk, wanting, next_us, deadline);
     ps_pool_acquire(pool, pk, until, &grant);
-    close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
-      ps_handle_take(pk);
-      continue;
+      /* Nothing in the pool: one straight from an idle handle of the key. */
+      close_victims(grant.victims, FALSE);
+      if (!wanting) {
+        ps_pool_key_want(pk, TRUE);
+        wanting = TRUE;
+      }
+      PsPhys *p = direct(data, &next_us);
+      if (!p)
+        continue;
+      ps_pool_key_want(pk, FALSE);
+      return p;
     }
+    if (wanting) {
+      ps_pool_key_want(pk, FALSE);
+      wanting = FALSE;
+    }
+    close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT) {
       char msg[MYSQL_ERRMSG_SIZE];
       g_snprintf(msg, sizeof msg,

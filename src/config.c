@@ -81,10 +81,10 @@ static const PsVar vars[] = {
   {"POOLSHIM_GRAIN", PS_T_ENUM, "connect", 0, 0, grain_choices, G_STRUCT_OFFSET(PsConfig, grain),
    FILE_ONLY,
    "How long a handle holds its physical connection: connect (from mysql_real_connect to "
-   "mysql_close) or transaction (a first cut, issue 13: between transactions, a handle's "
-   "connection may be taken by a connect that would wait, and its next command borrows one "
-   "again and restores its session; only with POOLSHIM_RESET=auto, else one warning and "
-   "connect; see \"The transaction grain\" in the README)."},
+   "mysql_close) or transaction (issue 13: between transactions, a handle's connection may "
+   "be taken by a connect or another handle's command that finds none free, and its next "
+   "command borrows one again and restores its session; only with POOLSHIM_RESET=auto, else "
+   "one warning and connect; see \"Transaction grain\" in the README)."},
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "

@@ -1156,6 +1156,41 @@ restore_session(MYSQL *m, gpointer data, const char *const *replay, guint nrepla
       return FALSE;
   return TRUE;
 }
+gboolean
+ps_conn_run_pipeline(MYSQL *m, const char *query, char **value, const char *db,
+                     const char *const *stmts, guint n)
+{
+  PsCmd *cmds = g_newa(PsCmd, n + 2);
+  int k = 0;
+  if (query)
+    cmds[k++] = (PsCmd){COM_QUERY, query};
+  if (db)
+    cmds[k++] = (PsCmd){COM_INIT_DB, db};
+  for (guint i = 0; i < n; i++)
+    cmds[k++] = (PsCmd){COM_QUERY, stmts[i]};
+  if (k && !send_pipeline(m, cmds, k, m->options.write_timeout))
+    return FALSE;
+  int i = 0;
+  if (query) {
+    i = 1;
+    if (m->methods->db_read_query_result(m) || !m->field_count)
+      return FALSE;
+    MYSQL_RES *res = ps_real.store_result(m);
+    MYSQL_ROW row = res ? ps_real.fetch_row(res) : NULL;
+    gboolean ok = row && row[0];
+    if (ok)
+      *value = g_strdup(row[0]);
+    if (res)
+      ps_real.free_result(res);
+    if (!ok)
+      return FALSE;
+  }
+  for (; i < k; i++)
+    if (!read_reply(m))
+      return FALSE;
+  return TRUE;
+}
+
 static void present_returned(MYSQL *m, const PsConnProfile *profile);
 static int reset_begin(MYSQL *m, PsResetMode mode, PsConnProfile *profile, PsWatch *watch,
                        guint dirty, unsigned int timeout_s, PsPlan *plan, const char **why);

@@ -139,6 +139,12 @@ void ps_conn_move(MYSQL *to, MYSQL *from);
  * handle `to`, which keeps what it shows (the database and character set included). */
 gboolean ps_conn_copy_out(MYSQL *to, const MYSQL *from);
 void ps_conn_forget(MYSQL *m);
+/* The transaction grain's restore, in one write: `query` (unless NULL; the first column of
+ * its first row into *value, g_free), COM_INIT_DB of db (unless NULL), then each
+ * statement; every reply read. FALSE with m's error set at the first failure (the
+ * connection is then out of step: closed by the caller). */
+gboolean ps_conn_run_pipeline(MYSQL *m, const char *query, char **value, const char *db,
+                              const char *const *stmts, guint n);
 void ps_conn_copy_in(MYSQL *to, MYSQL *from);
 
 /* Whether the connection in m may go back to a pool; *why names what prevents it. */

@@ -5,12 +5,16 @@
  *   BUSY -> TAKEABLE        owner: after a command's final reply, nothing pins the session
  *   TAKEABLE -> BUSY        owner: at its next command or close (compare-and-swap)
  *   TAKEABLE -> TAKING      taker: compare-and-swap under the registry's lock
- *   TAKING -> TAKEN         taker: the session moved out, its snapshot written (release)
+ *   TAKING -> TAKEN         taker: the session moved out, what it differs by recorded (release)
  *   TAKEN -> BUSY           owner: at its next command, after borrowing and restoring
- * The owner waits out TAKING (no I/O is done in it but the snapshot's one round trip on the
- * taken connection). Only the owner writes the handle's struct; a taker reads it while it
- * holds TAKING. Lock order: the registry's lock is a leaf (no other lock is taken under it,
- * no I/O is done). */
+ * The owner waits out TAKING. A taker does no I/O in it but one query on the taken
+ * connection when the handle's LAST_INSERT_ID() or user variables may have changed since
+ * they were last known (what the watch cannot name), and, handing the connection straight
+ * to a re-borrowing handle (take_for), the one write that sets the other's database and
+ * LAST_INSERT_ID(). A taker is a connect or re-borrow that found no connection (or the
+ * owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
+ * reads it while it holds TAKING. Lock order: the registry's lock is a leaf (no other lock
+ * is taken under it, no I/O is done). */
 #include "handle.h"
 
 #include <errmsg.h>
@@ -25,6 +29,13 @@
 
 enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
 
+/* More distinct setup statements than this: the session is pinned (PS_PIN_SESSION). */
+#define H_MAX_SETS 16
+/* How long a handle is takeable before a waiter takes it (connection sharing's delay, as
+ * MySQL Router's connection_sharing_delay): between two statements of one task a handle
+ * comes back within microseconds, and taking it then makes both wait. */
+#define H_TAKE_DELAY_US 300
+
 typedef struct {
   struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
   const struct st_mariadb_methods *lib; /* the library's own table */
@@ -36,9 +47,21 @@ typedef struct {
   PsGrainCounts *counts; /* pk's: takes, re-borrows, pins (atomic adds) */
   guint generation; /* H.generation at attach: another one means inherited across fork */
   gint state;
-  char *restore;   /* detached: the SET that brings a fresh session to the handle's state */
-  char *db;        /* ... and its database (NULL: none) */
+  gint64 takeable_us; /* atomic: when it last became takeable */
+  /* The handle's session as it differs from the pool's fresh one, known without asking the
+   * server: the session setup statements that succeeded (ps_watch_prelude_var), in order,
+   * the last one per variable; its LAST_INSERT_ID(); and, while detached, its database.
+   * Anything else the watch cannot name pins the connection (ps_watch_pinned). */
+  GPtrArray *sets;     /* of char*, at most H_MAX_SETS */
+  char *pending_set;   /* the command in flight is one of them: kept if it succeeds */
+  guint pending_var;
+  guint64 lid;         /* LAST_INSERT_ID() when known */
+  gboolean lid_unknown; /* an insert id may have been generated since: read at the take */
+  char *uservars;      /* SET @`a`=..., read at the last take that followed their use */
+  char *db;        /* the handle's database (NULL: none), kept by the owner: the library
+                      writes m->db only after mysql_select_db's settle */
   gboolean lost;   /* detached: the session could not be read; commands fail as lost */
+  gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
   gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
 } PsHandle;
 
@@ -64,17 +87,6 @@ ps_handle_pin_name(PsPinReason reason)
 {
   return reason < PS_PIN_REASONS ? pin_names[reason] : "?";
 }
-
-/* What the taker reads of the session before it is reset; the re-borrow sets it back. */
-#define SNAPSHOT_SQL                                                                               \
-  "SELECT DATABASE(), @@character_set_client, @@character_set_results, "                        \
-  "@@character_set_connection, @@collation_connection, @@time_zone, @@sql_mode, @@autocommit, " \
-  "@@tx_isolation, @@tx_read_only, @@sql_auto_is_null, @@last_insert_id"
-static const char *const snapshot_vars[] = {
-  "character_set_client", "character_set_results", "character_set_connection",
-  "collation_connection", "time_zone", "sql_mode", "autocommit", "tx_isolation",
-  "tx_read_only", "sql_auto_is_null", "last_insert_id",
-};
 
 void
 ps_handle_setup(const PsHandleOps *ops)
@@ -127,12 +139,14 @@ append_value(GString *sql, const char *v)
   g_string_append_c(sql, '\'');
 }
 
-/* The session's user variables, as assignments appended to sql. Without the server's list
- * (the user_variables plugin off), user variables pin sessions from now on; FALSE when this
- * session used some. */
+/* The session's user variables (it used some since it was restored), as one SET into
+ * h->uservars (NULL: none), read from the server: what a take reads that the watch cannot
+ * know. Without the server's list (the user_variables plugin off), user variables pin
+ * sessions from now on; FALSE then (this session used some) or when the query failed. */
 static gboolean
-add_uservars(GString *sql, MYSQL *s, PsWatch *w)
+read_uservars(PsHandle *h, MYSQL *s, PsWatch *w)
 {
+  GString *sql = g_string_new("SET @`");
   static const char q[] = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE FROM "
                           "information_schema.USER_VARIABLES";
   ps_watch_set_bypass(w, TRUE);
@@ -140,18 +154,20 @@ add_uservars(GString *sql, MYSQL *s, PsWatch *w)
   ps_watch_set_bypass(w, FALSE);
   if (!res) {
     unsigned int e = s->net.last_errno;
+    g_string_free(sql, TRUE);
     if (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR)
       return FALSE;
     ps_watch_set_uservars_restorable(FALSE);
     ps_info("the server does not list user variables (information_schema.USER_VARIABLES): "
             "they pin a handle's connection from now on");
-    return !ps_watch_uservars_used(w);
+    return FALSE;
   }
   MYSQL_ROW row;
   while ((row = ps_real.fetch_row(res))) {
     if (!row[0])
       continue;
-    g_string_append(sql, ", @`");
+    if (sql->len > 6)
+      g_string_append(sql, ", @`");
     for (const char *c = row[0]; *c; c++) {
       if (*c == '`')
         g_string_append_c(sql, '`');
@@ -166,39 +182,36 @@ add_uservars(GString *sql, MYSQL *s, PsWatch *w)
       append_value(sql, row[1]);
   }
   ps_real.free_result(res);
+  g_free(h->uservars);
+  h->uservars = sql->len > 6 ? g_string_free(sql, FALSE) : NULL;
+  if (!h->uservars)
+    g_string_free(sql, TRUE);
   return TRUE;
 }
 
-/* Reads the session in s (the taker's now): h->restore and h->db. FALSE when it failed. */
+/* LAST_INSERT_ID() of the session in s (the taker's now), when an insert id may have been
+ * generated since it was last known: the one query a take may make (an OK packet's insert
+ * id is not it when the id was given, and INSERT ... RETURNING sends none). */
 static gboolean
-snapshot(PsHandle *h, MYSQL *s, PsWatch *w)
+read_lid(PsHandle *h, MYSQL *s, PsWatch *w)
 {
+  static const char q[] = "SELECT LAST_INSERT_ID()";
   ps_watch_set_bypass(w, TRUE);
-  gboolean ok = ps_real.real_query(s, SNAPSHOT_SQL, strlen(SNAPSHOT_SQL)) == 0;
-  MYSQL_RES *res = ok ? ps_real.store_result(s) : NULL;
+  MYSQL_RES *res = ps_real.real_query(s, q, sizeof q - 1) == 0 ? ps_real.store_result(s) : NULL;
   MYSQL_ROW row = res ? ps_real.fetch_row(res) : NULL;
   ps_watch_set_bypass(w, FALSE);
-  if (!row) {
-    if (res)
-      ps_real.free_result(res);
-    return FALSE;
+  gboolean ok = row && row[0];
+  if (ok) {
+    h->lid = g_ascii_strtoull(row[0], NULL, 10);
+    h->lid_unknown = FALSE;
   }
-  GString *sql = g_string_new("SET SESSION ");
-  for (gsize i = 0; i < G_N_ELEMENTS(snapshot_vars); i++) {
-    g_string_append_printf(sql, "%s%s=", i ? ", " : "", snapshot_vars[i]);
-    append_value(sql, row[i + 1]);
-  }
-  g_free(h->db);
-  h->db = g_strdup(row[0]);
-  ps_real.free_result(res);
-  gboolean vars_ok = add_uservars(sql, s, w);
-  g_free(h->restore);
-  h->restore = g_string_free(sql, FALSE);
-  return vars_ok;
+  if (res)
+    ps_real.free_result(res);
+  return ok;
 }
 
-/* Holding TAKING on h: moves its session out, reads it, publishes TAKEN, gives the
- * connection back to the pool. */
+/* Holding TAKING on h: moves its session out, records what it differs by from a fresh one
+ * (no I/O but read_lid), publishes TAKEN, gives the connection back to the pool. */
 static void
 take(PsHandle *h)
 {
@@ -215,7 +228,8 @@ take(PsHandle *h)
   }
   p->shell->methods = ps_watch_methods(p->watch);
   ps_phys_detach(m); /* RETURNING */
-  gboolean ok = snapshot(h, p->shell, p->watch);
+  gboolean ok = (!h->lid_unknown || read_lid(h, p->shell, p->watch)) &&
+                (!ps_watch_uservars_used(p->watch) || read_uservars(h, p->shell, p->watch));
   h->lost = !ok;
   h->p = NULL;
   __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
@@ -241,31 +255,129 @@ ps_handle_unlock_after_fork(gboolean child)
   g_mutex_unlock(&H.lock);
 }
 
-gboolean
-ps_handle_take(PsPoolKey *pk)
+/* Claims (TAKING) the handle of pk that has been takeable longest, at least
+ * H_TAKE_DELAY_US; NULL, and in *next_us when one will have been (0: none takeable). */
+static PsHandle *
+claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
 {
   PsHandle *found = NULL;
+  gint64 now = g_get_monotonic_time(), oldest = G_MAXINT64;
+  *next_us = 0;
   g_mutex_lock(&H.lock);
-  for (guint i = 0; H.all && i < H.all->len && !found; i++) {
+  /* A handle between two statements of one task comes back within microseconds, one that
+   * thinks does not. */
+  for (guint i = 0; H.all && i < H.all->len; i++) {
     PsHandle *h = H.all->pdata[i];
-    gint expect = H_TAKEABLE;
-    if (h->pk == pk && __atomic_load_n(&h->state, __ATOMIC_RELAXED) == H_TAKEABLE &&
-        __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
-                                    __ATOMIC_RELAXED))
+    if (h->pk != pk || h == self || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
+      continue;
+    gint64 since = __atomic_load_n(&h->takeable_us, __ATOMIC_RELAXED);
+    if (since < oldest) {
+      oldest = since;
       found = h;
+    }
   }
+  if (found && now - oldest < H_TAKE_DELAY_US) {
+    *next_us = oldest + H_TAKE_DELAY_US;
+    found = NULL;
+  }
+  gint expect = H_TAKEABLE;
+  if (found && !__atomic_compare_exchange_n(&found->state, &expect, H_TAKING, FALSE,
+                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+    found = NULL;
   g_mutex_unlock(&H.lock);
-  if (!found)
+  return found;
+}
+
+gboolean
+ps_handle_take(PsPoolKey *pk, gint64 *next_us)
+{
+  PsHandle *found = claim(pk, NULL, next_us);
+  if (found)
+    take(found);
+  return found != NULL;
+}
+
+static gboolean
+same_sets(const GPtrArray *a, const GPtrArray *b)
+{
+  guint n = a ? a->len : 0;
+  if (n != (b ? b->len : 0))
     return FALSE;
-  take(found);
+  for (guint i = 0; i < n; i++)
+    if (strcmp(a->pdata[i], b->pdata[i]) != 0)
+      return FALSE;
   return TRUE;
+}
+
+/* Holding TAKING on h: hands its connection to t's re-borrow as it is, without a reset,
+ * when the two sessions differ at most by the database and LAST_INSERT_ID() (the same
+ * setup statements, no user variables, no warnings left): those are set in one write
+ * (with h's LAST_INSERT_ID() read first when unknown). CLAIMED, in its shell; NULL when
+ * the sessions differ by more (then given back to the pool like any take) or it failed. */
+static PsPhys *
+take_for(PsHandle *h, PsHandle *t)
+{
+  PsPhys *p = h->p;
+  MYSQL *m = h->m;
+  if (!same_sets(h->sets, t->sets) || h->uservars || t->uservars ||
+      ps_watch_uservars_used(p->watch) || m->warning_count || (h->db && !t->db)) {
+    take(h);
+    return NULL;
+  }
+  if ((!p->shell && !(p->shell = ps_conn_shell_new(5))) || !ps_conn_copy_out(p->shell, m)) {
+    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    return NULL;
+  }
+  MYSQL *s = p->shell;
+  s->methods = ps_watch_methods(p->watch);
+  ps_phys_detach(m); /* RETURNING */
+  char lid[64];
+  g_snprintf(lid, sizeof lid, "SET SESSION last_insert_id = %" G_GUINT64_FORMAT, t->lid);
+  const char *stmts[] = {lid};
+  gboolean set_lid = h->lid_unknown || h->lid != t->lid;
+  char *value = NULL;
+  ps_watch_set_bypass(p->watch, TRUE);
+  gboolean ok = ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
+                                     &value, g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
+                                     stmts, set_lid ? 1 : 0);
+  ps_watch_set_bypass(p->watch, FALSE);
+  ps_watch_mark_full(p->watch); /* its return resets what both handles did */
+  if (value) {
+    h->lid = g_ascii_strtoull(value, NULL, 10);
+    h->lid_unknown = FALSE;
+    g_free(value);
+  }
+  h->lost = h->lid_unknown;
+  h->p = NULL;
+  __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
+  /* h is the owner's again: not touched from here on. */
+  if (!ok) {
+    H.ops.discard(p, "lost while being handed from an idle handle to another");
+    return NULL;
+  }
+  ps_phys_enter(p, PS_PHYS_CLAIMED, "handed from an idle handle to another");
+  return p;
+}
+
+/* PsHandleOps.reborrow's `direct`: a connection for t at once from the handle of its key
+ * takeable longest (t->handed: its session is t's already), or NULL (maybe one was given
+ * back to the pool instead). */
+static PsPhys *
+direct(gpointer data, gint64 *next_us)
+{
+  PsHandle *t = data;
+  PsHandle *h = claim(t->pk, t, next_us);
+  PsPhys *p = h ? take_for(h, t) : NULL;
+  t->handed = p != NULL;
+  return p;
 }
 
 /* ---- the owner's side ---- */
 
 /* After a command's final reply: why the session may not be taken, or -1. */
 static int
-pin_reason(const MYSQL *m, const PsPhys *p, gboolean asked)
+pin_reason(const MYSQL *m, const PsPhys *p, gboolean asked, gboolean h_sets_full)
 {
   unsigned int e = m->net.last_errno;
   if (!m->net.pvio || m->net.compress || (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR))
@@ -278,11 +390,34 @@ pin_reason(const MYSQL *m, const PsPhys *p, gboolean asked)
     return PS_PIN_AUTOCOMMIT;
   if (m->stmts)
     return PS_PIN_STATEMENT;
+  if (h_sets_full)
+    return PS_PIN_SESSION;
   if (m->warning_count && !asked)
     return PS_PIN_WARNINGS; /* until SHOW WARNINGS or the next command */
   if (ps_watch_pinned(p->watch))
     return PS_PIN_SESSION;
   return -1;
+}
+
+/* The handle's known session: a setup statement that succeeded replaces the one before it
+ * that set the same variable (or the same text); too many pin the session. */
+static void
+record_set(PsHandle *h)
+{
+  char *sql = h->pending_set;
+  h->pending_set = NULL;
+  if (!h->sets)
+    h->sets = g_ptr_array_new_with_free_func(g_free);
+  for (guint i = 0; i < h->sets->len; i++) {
+    const char *old = h->sets->pdata[i];
+    guint var = 0;
+    ps_watch_prelude_var(old, strlen(old), &var);
+    if ((h->pending_var && var == h->pending_var) || g_ascii_strcasecmp(old, sql) == 0) {
+      g_ptr_array_remove_index(h->sets, i);
+      break;
+    }
+  }
+  g_ptr_array_add(h->sets, sql);
 }
 
 /* The final reply of a command is in: takeable, or pinned with a reason. */
@@ -294,7 +429,7 @@ settle(PsHandle *h)
   if (!p || p->state == PS_PHYS_DOOMED || p->state == PS_PHYS_ORPHANED ||
       h->generation != H.generation)
     return;
-  int why = pin_reason(h->m, p, h->asked);
+  int why = pin_reason(h->m, p, h->asked, h->sets && h->sets->len > H_MAX_SETS);
   if (why >= 0) {
     __atomic_fetch_add(&h->counts->pins[why], 1, __ATOMIC_RELAXED);
     if (p->state != PS_PHYS_PINNED)
@@ -303,8 +438,11 @@ settle(PsHandle *h)
   }
   if (p->state != PS_PHYS_TAKEABLE)
     ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL);
+  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (ps_handle_take). */
+  __atomic_store_n(&h->takeable_us, g_get_monotonic_time(), __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
 #ifdef PS_TEST_HOOKS
+  /* POOLSHIM_TEST_FORCE_TAKE: taken at once, on the owner's thread. */
   gint expect = H_TAKEABLE;
   if (H.force_take && (guint)g_random_int_range(0, 100) < H.force_take &&
       __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
@@ -338,7 +476,8 @@ reattach(PsHandle *h)
     h->generation = H.generation;
   }
   for (int attempt = 0; attempt < 3; attempt++) {
-    PsPhys *q = H.ops.reborrow(h->pk, m);
+    h->handed = FALSE;
+    PsPhys *q = H.ops.reborrow(h->pk, m, direct, h);
     if (!q) {
       /* Opening one failed (not the pool's timeout, 1040): nothing of the command was sent
        * either: another try. */
@@ -348,11 +487,26 @@ reattach(PsHandle *h)
       return FALSE; /* the last try's own error */
     }
     MYSQL *s = q->shell;
-    gboolean ok = ps_watch_settle(s, q->watch);
-    if (ok) {
+    gboolean ok = h->handed || ps_watch_settle(s, q->watch);
+    if (ok && !h->handed) {
+      /* The difference from a fresh session, in one write: the database, the setup
+       * statements, LAST_INSERT_ID(). */
+      guint n = h->sets ? h->sets->len : 0;
+      const char **stmts = g_newa(const char *, n + 1);
+      for (guint i = 0; i < n; i++)
+        stmts[i] = h->sets->pdata[i];
+      const char **all = g_newa(const char *, n + 2);
+      memcpy(all, stmts, n * sizeof *stmts);
+      stmts = all;
+      if (h->uservars)
+        stmts[n++] = h->uservars;
+      char lid[64];
+      if (h->lid) {
+        g_snprintf(lid, sizeof lid, "SET SESSION last_insert_id = %" G_GUINT64_FORMAT, h->lid);
+        stmts[n++] = lid;
+      }
       ps_watch_set_bypass(q->watch, TRUE);
-      ok = ps_real.real_query(s, h->restore, strlen(h->restore)) == 0 &&
-           (!h->db || ps_real.select_db(s, h->db) == 0);
+      ok = ps_conn_run_pipeline(s, NULL, NULL, h->db, stmts, n);
       ps_watch_set_bypass(q->watch, FALSE);
       ps_watch_mark_full(q->watch); /* its return resets what the restore set */
     }
@@ -430,6 +584,21 @@ asks_warnings(const char *sql, size_t len)
          (len - i >= 5 && g_ascii_strncasecmp(sql + i, "count", 5) == 0);
 }
 
+/* The word w (lower case, n bytes) anywhere in sql, case-insensitive, as a whole word. */
+static gboolean
+has_word(const char *sql, size_t len, const char *w, size_t n)
+{
+  for (size_t i = 0; i + n <= len; i++) {
+    if (g_ascii_tolower(sql[i]) != w[0] || g_ascii_strncasecmp(sql + i, w, n) != 0)
+      continue;
+    gboolean before = i > 0 && (g_ascii_isalnum(sql[i - 1]) || sql[i - 1] == '_');
+    gboolean after = i + n < len && (g_ascii_isalnum(sql[i + n]) || sql[i + n] == '_');
+    if (!before && !after)
+      return TRUE;
+  }
+  return FALSE;
+}
+
 static int
 grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, size_t length,
                  my_bool skip_check, void *opt_arg)
@@ -440,8 +609,19 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   PsPhys *p = h->p;
   if (p->state == PS_PHYS_PINNED)
     ps_phys_enter(p, PS_PHYS_LENT, NULL);
-  h->asked = command == COM_QUERY && arg && asks_warnings(arg, length ? length : strlen(arg));
+  size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
+  h->asked = n && asks_warnings(arg, n);
+  g_free(h->pending_set);
+  h->pending_set = NULL;
+  if (n && ps_watch_prelude_var(arg, n, &h->pending_var))
+    h->pending_set = g_strndup(arg, n);
+  else if (n > 6 && (arg[0] | 0x20) != 's' && has_word(arg, n, "returning", 9))
+    h->lid_unknown = TRUE; /* INSERT ... RETURNING: a result set, no insert id */
   int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
+  if (command == COM_INIT_DB && rc == 0 && arg) {
+    g_free(h->db);
+    h->db = g_strndup(arg, length ? length : strlen(arg));
+  }
   /* mysql_select_db and mysql_ping read their reply inside the command and no more from
    * the connection after it (the database they write next is not what a taker reads). */
   if (!skip_check && (command == COM_INIT_DB || command == COM_PING))
@@ -454,6 +634,14 @@ grain_read_query_result(MYSQL *m)
 {
   PsHandle *h = handle_of(m);
   int rc = ps_watch_read_query_result(h->p->watch, m);
+  if (!rc && h->pending_set)
+    record_set(h);
+  if (!rc && m->field_count == 0 && m->insert_id)
+    h->lid_unknown = TRUE;
+  if (!rc && m->db && g_strcmp0(m->db, h->db) != 0) { /* USE, as the schema tracker said */
+    g_free(h->db);
+    h->db = g_strdup(m->db);
+  }
   if (m->field_count == 0 || rc)
     settle(h);
   return rc;
@@ -488,6 +676,8 @@ ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk)
   h->pk = pk;
   h->counts = ps_pool_key_grain_counts(pk);
   h->generation = H.generation;
+  /* A connection lent from the pool leaves m->db unset: the session is in the key's. */
+  h->db = g_strdup(m->db ? m->db : p->profile ? p->profile->db : NULL);
   h->state = H_BUSY;
   m->methods = &h->methods;
   g_mutex_lock(&H.lock);
@@ -524,7 +714,10 @@ ps_handle_closing(MYSQL *m)
     m->methods = h->lib;
   }
   ps_pool_key_release(h->pool, h->pk, FALSE);
-  g_free(h->restore);
+  if (h->sets)
+    g_ptr_array_free(h->sets, TRUE);
+  g_free(h->pending_set);
+  g_free(h->uservars);
   g_free(h->db);
   g_free(h);
   return TRUE;

@@ -1,12 +1,14 @@
 /* handle.h: POOLSHIM_GRAIN=transaction (issue 13). One record per application handle that
  * holds a pooled connection under the transaction grain: attached (its connection inside
- * the handle's struct, busy or takeable) or detached (taken: the session's snapshot waits
- * for the handle's next command, which borrows a connection again and restores it).
+ * the handle's struct, busy or takeable) or detached (taken: what its session differs by
+ * from a fresh one waits for the handle's next command, which borrows a connection again
+ * and restores it in one write: database, setup statements, user variables,
+ * LAST_INSERT_ID()).
  *
  * The handle's struct gets its own command table (the watch's, with the entry points
  * below): a command first makes the handle busy (one compare-and-swap), and re-borrows when
- * the connection was taken. A taker (a connect or a re-borrow that would wait, in another
- * thread) claims a takeable handle with a compare-and-swap and then only reads the handle's
+ * the connection was taken. A taker (a connect or a re-borrow that found no connection, in
+ * another thread, or the owner after a command while one of those waits) claims a takeable handle with a compare-and-swap and then only reads the handle's
  * struct: the session moves into the pool's struct (ps_conn_copy_out); the handle keeps
  * everything it shows and an alias of the socket, which its owner drops at its next call.
  * Between the owner's marking a handle takeable and its next command, the library writes
@@ -23,7 +25,7 @@
 typedef enum {
   PS_PIN_TRANSACTION,  /* open transaction, XA, a failed statement with autocommit off */
   PS_PIN_AUTOCOMMIT,   /* autocommit off: the next statement opens a transaction */
-  PS_PIN_SESSION,      /* temporary table, user variable, lock, PREPARE, HANDLER, another
+  PS_PIN_SESSION,      /* temporary table, lock, PREPARE, HANDLER, another
                           variable: what only a full reset undoes (the statement watch) */
   PS_PIN_STATEMENT,    /* a server-side prepared statement (COM_STMT_PREPARE) is open */
   PS_PIN_RESULT,       /* an unread or streamed result, more results */
@@ -36,10 +38,12 @@ const char *ps_handle_pin_name(PsPinReason reason);
 
 /* What the broker does for the handles (broker.c). */
 typedef struct {
-  /* A connection of pk for a detached handle's command, waiting like a connect (and taking
-   * from idle handles meanwhile): in p->shell, CLAIMED or OPENING. NULL with m's error set
+  /* A connection of pk for a detached handle's command, waiting like a connect: in
+   * p->shell, CLAIMED or OPENING. When the pool has none, direct(data) is asked for one
+   * taken from an idle handle (NULL: none yet; *next_us: when to ask again, 0: a slice). NULL with m's error set
    * (the connect's error 1040 after POOLSHIM_TIMEOUT). */
-  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m);
+  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 *next_us),
+                      gpointer data);
   /* A taken connection (RETURNING, in p->shell): reset and back to the pool. */
   void (*give_back)(PsPhys *p);
   /* A connection that failed while being taken or restored: closed. */
@@ -67,6 +71,8 @@ gboolean ps_handle_closing(MYSQL *m);
 void ps_handle_lock_for_fork(void);
 void ps_handle_unlock_after_fork(gboolean child);
 
-/* A connect or re-borrow of pk that would wait: takes the connection of one takeable
- * handle of pk and gives it back to the pool. TRUE when one was given back. */
-gboolean ps_handle_take(PsPoolKey *pk);
+/* A connect or re-borrow of pk that found no connection: takes the connection of one
+ * takeable handle of pk and gives it back to the pool (to its oldest waiter). TRUE when
+ * one was given back. (A handle that becomes takeable while ps_pool_key_wanted gives its
+ * connection back itself.) */
+gboolean ps_handle_take(PsPoolKey *pk, gint64 *next_us);

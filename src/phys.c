@@ -33,8 +33,8 @@ static const char *const state_names[PS_PHYS_STATES] = {
 #define R_ PS_PHYS_RETURNING
 #define F PS_PHYS_ORPHANED
 #define X PS_PHYS_CLOSED
-/* from -> the states it may enter. TAKEABLE and PINNED: the moves lending per transaction
- * will make (issue 13); nothing enters them yet. */
+/* from -> the states it may enter. RETURNING -> CLAIMED: the transaction grain hands a
+ * connection taken from an idle handle straight to a re-borrowing one (handle.c). */
 static const gboolean allowed[PS_PHYS_STATES][PS_PHYS_STATES] = {
     [O] = {[I] = TRUE, [L] = TRUE, [X] = TRUE},
     [I] = {[C] = TRUE, [F] = TRUE, [X] = TRUE},
@@ -44,7 +44,7 @@ static const gboolean allowed[PS_PHYS_STATES][PS_PHYS_STATES] = {
     [T] = {[L] = TRUE, [P] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
     [P] = {[L] = TRUE, [D] = TRUE, [R_] = TRUE, [F] = TRUE, [X] = TRUE},
     [D] = {[D] = TRUE, [F] = TRUE, [X] = TRUE}, /* a second reason replaces the first */
-    [R_] = {[I] = TRUE, [S] = TRUE, [X] = TRUE},
+    [R_] = {[I] = TRUE, [S] = TRUE, [C] = TRUE, [X] = TRUE},
     [F] = {[X] = TRUE},
     [X] = {0},
 };

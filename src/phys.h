@@ -21,16 +21,17 @@
  *   LENT -> DOOMED (change_user, replication: closes at return)
  *   any live state -> ORPHANED (a forked child's copy of the parent's) -> CLOSED
  *   any live state -> CLOSED (with a reason, then freed)
- * TAKEABLE and PINNED are reserved for lending per transaction (issue 13): in the table,
- * entered by nothing yet. */
+ * POOLSHIM_GRAIN=transaction (handle.c): LENT <-> TAKEABLE | PINNED while attached;
+ *   a take detaches (RETURNING), then the pool gets it back, or a re-borrowing handle of
+ *   the same key gets it at once: RETURNING -> CLAIMED -> LENT. */
 typedef enum {
   PS_PHYS_OPENING,    /* being opened; counted by the pool as opening (open - idle - lent) */
   PS_PHYS_IDLE,       /* clean, in the idle queue */
   PS_PHYS_RESET_SENT, /* in the idle queue; the replies of its reset (`pending`) are owed */
   PS_PHYS_CLAIMED,    /* granted to a connect: replies read, liveness and proof checked */
   PS_PHYS_LENT,       /* attached to an application handle */
-  PS_PHYS_TAKEABLE,   /* reserved: attached, between transactions, another handle may take it */
-  PS_PHYS_PINNED,     /* reserved: attached, holds session state no other handle may see */
+  PS_PHYS_TAKEABLE,   /* attached, between transactions, another handle may take it */
+  PS_PHYS_PINNED,     /* attached, holds session state no other handle may see */
   PS_PHYS_DOOMED,     /* attached or detached: never pooled again, closes at its return */
   PS_PHYS_RETURNING,  /* detached from its handle: checks and its reset under way */
   PS_PHYS_ORPHANED,   /* inherited across fork: the parent's session, freed without a word */

@@ -45,6 +45,7 @@ struct PsPoolKey {
   guint open;    /* idle + lent + slots being opened */
   guint lent;
   guint waiting;
+  gint wanted;     /* atomic: transaction-grain waiters (ps_pool_key_want) */
   guint filling;   /* slots reserved to open idle connections in the background */
   gpointer data;
   GDestroyNotify data_destroy;
@@ -661,6 +662,18 @@ ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
 }
 
 void
+ps_pool_key_want(PsPoolKey *key, gboolean on)
+{
+  __atomic_fetch_add(&key->wanted, on ? 1 : -1, __ATOMIC_RELAXED);
+}
+
+guint
+ps_pool_key_wanted(PsPoolKey *key)
+{
+  return (guint)MAX(0, __atomic_load_n(&key->wanted, __ATOMIC_RELAXED));
+}
+
+void
 ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us)
 {
   g_mutex_lock(&key->pool->lock);
@@ -703,6 +716,12 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
     if (!barge)
       history.run_since_us = now; /* re-took nothing: a run begins */
     count_wait(key, 0);
+    g_mutex_unlock(&pool->lock);
+    return;
+  }
+  if (deadline_us <= now) {
+    /* Only a try (the transaction grain takes from an idle handle before it waits). */
+    grant->kind = PS_GRANT_TIMEOUT;
     g_mutex_unlock(&pool->lock);
     return;
   }

@@ -212,6 +212,12 @@ guint ps_pool_size_of(const PsPool *pool);
 /* Closes this key's idle connections sooner than the pool's idle timeout: used to stay
  * below the server's wait_timeout, so the server never closes one the pool still trusts. */
 void ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us);
+/* The transaction grain: a connect or re-borrow of key that found no connection counts
+ * itself (on) until it is served or gives up (off); how many do (how often each looks for
+ * takeable handles). A try (deadline already past) returns PS_GRANT_TIMEOUT without
+ * waiting. */
+void ps_pool_key_want(PsPoolKey *key, gboolean on);
+guint ps_pool_key_wanted(PsPoolKey *key);
 
 /* Held across fork() so that the child never inherits a lock taken by another thread. */
 void ps_pool_lock_for_fork(PsPool *pool);

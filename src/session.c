@@ -100,6 +100,7 @@ ps_session_classify_sql(const char *sql, size_t len)
   const char *lastw = NULL, *prevw = NULL, *pprevw = NULL; /* the last three words */
   size_t nlastw = 0, nprevw = 0, npprevw = 0;
   gboolean into = FALSE, atomic = FALSE, release = FALSE, banned = FALSE;
+  gboolean quoted_table = FALSE; /* the last quoted token is `t` or `db`.`t` right after INTO */
   size_t i = 0;
   while (i < len) {
     unsigned char c = (unsigned char)sql[i];
@@ -114,6 +115,7 @@ ps_session_classify_sql(const char *sql, size_t len)
         j++;
       const char *w = sql + i;
       size_t n = j - i;
+      quoted_table = FALSE;
       if (nwords == 0) {
         first = w;
         nfirst = n;
@@ -177,6 +179,8 @@ ps_session_classify_sql(const char *sql, size_t len)
       if (j >= len)
         return PS_STMT_FULL;
       i = j + 1;
+      quoted_table = c == '`' && ((last == TOK_WORD && lastw && word_is(lastw, nlastw, "into")) ||
+                                  (last == TOK_DOT && quoted_table));
       last = TOK_QUOTED;
       continue;
     }
@@ -200,8 +204,8 @@ ps_session_classify_sql(const char *sql, size_t len)
       break;
     }
     if (c == '(') {
-      if (last == TOK_QUOTED)
-        return PS_STMT_FULL; /* `f`(...) or "f"(...): a call of a quoted name */
+      if (last == TOK_QUOTED && !quoted_table)
+        return PS_STMT_FULL; /* `f`(...) or "f"(...): a call, but not INTO `t` (columns) */
       if (last == TOK_WORD) {
         if (last_after_dot && !(pprevw && word_is(pprevw, npprevw, "into")))
           return PS_STMT_FULL; /* db.f(...), but INTO db.t (columns) */

@@ -519,7 +519,8 @@ watch_read_query_result(PsWatch *w, MYSQL *mysql)
 }
 
 /* The transaction grain: user variables are restorable while the server lists them
- * (information_schema.USER_VARIABLES; handle.c turns this off when it does not). */
+ * (information_schema.USER_VARIABLES, read at a take; handle.c turns this off when it does
+ * not, and they pin from then on). */
 static gint uservars_restorable = 1;
 
 void
@@ -580,6 +581,30 @@ uservar_only(const char *sql, size_t len)
   return clean;
 }
 
+/* INSERT|REPLACE ... RETURNING, which the scan calls FULL only for the RETURNING word (its
+ * LAST_INSERT_ID() comes without an OK packet): the transaction grain reads that value at
+ * a take instead of pinning the session. (DELETE ... RETURNING stays FULL.) */
+static gboolean
+returning_only(const char *sql, size_t len)
+{
+  if (len > 65536 || len < 9 || ((sql[0] | 0x20) != 'i' && (sql[0] | 0x20) != 'r'))
+    return FALSE; /* INSERT or REPLACE, first (a comment or a space before it: FULL) */
+  char *copy = NULL;
+  for (size_t i = 0; i + 9 <= len; i++) {
+    if ((sql[i] | 0x20) != 'r' || g_ascii_strncasecmp(sql + i, "returning", 9) != 0)
+      continue;
+    if ((i > 0 && (g_ascii_isalnum(sql[i - 1]) || sql[i - 1] == '_')) ||
+        (i + 9 < len && (g_ascii_isalnum(sql[i + 9]) || sql[i + 9] == '_')))
+      continue;
+    if (!copy)
+      copy = g_strndup(sql, len);
+    memset(copy + i, ' ', 9);
+  }
+  gboolean clean = copy && ps_session_classify_sql(copy, len) != PS_STMT_FULL;
+  g_free(copy);
+  return clean;
+}
+
 /* The FULL or UNPOOLABLE bits a command added pin the session (the transaction grain), but
  * for a change of the database or of user variables, which a re-borrow restores. */
 static inline void
@@ -610,9 +635,9 @@ ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
   gboolean uv = !w->bypass && n && __atomic_load_n(&uservars_restorable, __ATOMIC_RELAXED) &&
                 uservar_only(arg, n);
   w->uv_used |= uv;
-  /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow's snapshot
-   * restores: it does not pin either. */
-  w->uv_last = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
+  /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow restores, and
+   * INSERT ... RETURNING only LAST_INSERT_ID(), which the take reads: neither pins. */
+  w->uv_last = uv || (!w->bypass && n && (ps_watch_is_prelude(arg, n) || returning_only(arg, n)));
   int rc = watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
   note_pin(w, before, command);
   return rc;

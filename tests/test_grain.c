@@ -106,7 +106,6 @@ Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_ses
   MYSQL *a = pst_connect_app();
   pst_exec(a, "SET time_zone = '+03:00'");
   pst_exec(a, "SET NAMES latin1");
-  pst_exec(a, "SET @grain_v = 7");
   cr_assert_eq(mysql_select_db(a, pst_env("PS_TEST_DB2")), 0, "%s", mysql_error(a));
   long long first = conn_id(a); /* then taken at once (POOLSHIM_TEST_FORCE_TAKE=100) */
   /* A third handle holds a's connection in a transaction; b's is given back. */
@@ -120,16 +119,92 @@ Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_ses
   g_autofree char *db = pst_scalar_str(a, "SELECT DATABASE()");
   g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   g_autofree char *cs = pst_scalar_str(a, "SELECT @@character_set_client");
-  g_autofree char *v = pst_scalar_str(a, "SELECT @grain_v");
   cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
   cr_assert_str_eq(tz, "+03:00");
   cr_assert_str_eq(cs, "latin1");
-  cr_assert_str_eq(v, "7");
   cr_assert_str_eq(mysql_character_set_name(a), "latin1");
   cr_assert_eq((long long)mysql_thread_id(a), conn_id(a), "mysql_thread_id() names the "
                "connection the handle holds now");
   pst_exec(d, "COMMIT");
   mysql_close(d);
+  mysql_close(b);
+  mysql_close(a);
+}
+
+Test(grain, a_take_sends_no_query_and_the_next_command_restores_the_session_in_one_write)
+{
+  grain_env("2", "100", "10s");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "SET time_zone = '+03:00'"); /* taken after every command from here on */
+  /* What reading the counters costs (the admin's own statements), measured once warm. */
+  pst_status("Com_select");
+  long long s0 = pst_status("Com_select");
+  long long s1 = pst_status("Com_select");
+  long long dbs = pst_status("Com_change_db");
+  for (int i = 0; i < 10; i++)
+    pst_exec(a, "DO %d", i);
+  long long s2 = pst_status("Com_select");
+  /* Each DO re-borrowed (its restore selects the database: COM_INIT_DB) after a take. */
+  cr_assert_geq(pst_status("Com_change_db") - dbs, 10, "the handle was not taken");
+  cr_assert_eq(s2 - s1, s1 - s0, "takes and restores ran %lld SELECTs",
+               (s2 - s1) - (s1 - s0));
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+03:00");
+  mysql_close(a);
+}
+
+Test(grain, after_insert_returning_the_handle_is_takeable_and_keeps_its_last_insert_id)
+{
+  grain_env("2", "100", "5s");
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_r");
+  pst_exec(setup, "CREATE TABLE grain_r (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  pst_exec(setup, "INSERT INTO grain_r (v) VALUES (1), (2)");
+  mysql_close(setup);
+  MYSQL *a = pst_connect_app();
+  /* What Django sends for Model.objects.create() on MariaDB (a quoted table name too). */
+  long long id = pst_scalar(a, "INSERT INTO `grain_r` (`v`) VALUES (7) RETURNING `grain_r`.`id`");
+  cr_assert_eq(id, 3);
+  /* The pool's two connections: b's in a transaction, and c's, which only a take of a's
+   * gives it (POOLSHIM_TIMEOUT=5s: a pinned handle would make c's connect fail). */
+  MYSQL *b = pst_connect_app();
+  pst_exec(b, "START TRANSACTION");
+  unsigned int err = 0;
+  char msg[512] = "";
+  MYSQL *c = pst_try_connect(pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                             pst_env("PS_TEST_DB"), &err, msg, sizeof msg);
+  cr_assert_not_null(c, "the handle after INSERT ... RETURNING was pinned: %u %s", err, msg);
+  pst_exec(c, "START TRANSACTION");
+  pst_exec(b, "COMMIT");
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 3, "LAST_INSERT_ID() after the take");
+  pst_exec(c, "COMMIT");
+  mysql_close(c);
+  mysql_close(b);
+  mysql_close(a);
+}
+
+Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps_its_own_last_insert_id)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_h");
+  pst_exec(setup, "CREATE TABLE grain_h (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  mysql_close(setup);
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "INSERT INTO grain_h (v) VALUES (1)"); /* a's LAST_INSERT_ID() is 1 */
+  long long only = conn_id(a);
+  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
+  pst_exec(b, "INSERT INTO grain_h (v) VALUES (2), (3)"); /* b's is 2 */
+  cr_assert_eq(conn_id(b), only);
+  g_usleep(5000); /* b has been takeable a while */
+  long long dbs = pst_status("Com_change_db");
+  /* a's command: the pool has nothing; b's connection comes to a as it is, with a's
+   * LAST_INSERT_ID() set: no reset, no COM_INIT_DB (the same database). */
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 1);
+  /* (The restore after a reset selects the database.) */
+  cr_assert_eq(pst_status("Com_change_db") - dbs, 0, "a's session was restored from a reset");
+  cr_assert_eq(conn_id(a), only);
+  cr_assert_eq(pst_scalar(b, "SELECT LAST_INSERT_ID()"), 2);
   mysql_close(b);
   mysql_close(a);
 }
@@ -210,6 +285,7 @@ ParameterizedTestParameters(grain, each_pin_reason_keeps_the_connection)
     {"handler", "HANDLER grain_p OPEN", "SELECT 1", "HANDLER grain_p CLOSE"},
     {"other variable", "SET SESSION max_join_size = 1000000", "SELECT @@max_join_size = 1000000",
      "SET SESSION max_join_size = DEFAULT"},
+
   };
   return cr_make_param_array(Pin, pins, G_N_ELEMENTS(pins));
 }
@@ -226,6 +302,13 @@ ParameterizedTest(Pin *pin, grain, each_pin_reason_keeps_the_connection)
   pst_exec(b, "START TRANSACTION");
   long long held = conn_id(b);
   cr_assert_neq(held, first, "%s: the other handle got the pinned connection", pin->name);
+  /* A third connect finds the pool full and nothing takeable (POOLSHIM_TIMEOUT=2s). */
+  unsigned int err = 0;
+  char msg[512] = "";
+  MYSQL *c = pst_try_connect(pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                             pst_env("PS_TEST_DB"), &err, msg, sizeof msg);
+  cr_assert_null(c, "%s: a third connect took the pinned handle's connection", pin->name);
+  cr_assert_eq(err, 1040, "%s: %u %s", pin->name, err, msg);
   cr_assert_eq(conn_id(a), first, "%s: the pinned handle moved", pin->name);
   cr_assert_eq(pst_scalar(a, "%s", pin->check), 1, "%s: the session's state is gone",
                pin->name);

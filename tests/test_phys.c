@@ -127,7 +127,7 @@ G_STATIC_ASSERT((int)N == (int)PS_PHYS_STATES && (int)O == (int)PS_PHYS_OPENING 
 /* Each state's allowed next states, as letters (O I S C L T P D R F X). */
 static const char *const expected_moves[N] = {
     [O] = "ILX",   [I] = "CFX", [S] = "CFX", [C] = "LIX", [L] = "TPDRFX", [T] = "LPDRFX",
-    [P] = "LDRFX", [D] = "DFX", [R] = "ISX", [F] = "X",   [X] = "",
+    [P] = "LDRFX", [D] = "DFX", [R] = "ISCX", [F] = "X",   [X] = "",
 };
 static const char letters[] = "OISCLTPDRFX";
 
