@@ -228,7 +228,14 @@ take(PsHandle *h)
   }
   p->shell->methods = ps_watch_methods(p->watch);
   ps_phys_detach(m); /* RETURNING */
-  gboolean ok = (!h->lid_unknown || read_lid(h, p->shell, p->watch)) &&
+  /* Setup statements run ahead that the handle did not send: their replies are read
+   * before any query (their effect goes with the full reset that follows). */
+  gboolean ok = TRUE;
+  if (ps_watch_unmatched(p->watch) && (h->lid_unknown || ps_watch_uservars_used(p->watch))) {
+    ok = ps_watch_settle(p->shell, p->watch);
+    ps_watch_mark_full(p->watch);
+  }
+  ok = ok && (!h->lid_unknown || read_lid(h, p->shell, p->watch)) &&
                 (!ps_watch_uservars_used(p->watch) || read_uservars(h, p->shell, p->watch));
   h->lost = !ok;
   h->p = NULL;
@@ -311,7 +318,8 @@ same_sets(const GPtrArray *a, const GPtrArray *b)
 
 /* Holding TAKING on h: hands its connection to t's re-borrow as it is, without a reset,
  * when the two sessions differ at most by the database and LAST_INSERT_ID() (the same
- * setup statements, no user variables, no warnings left): those are set in one write
+ * setup statements, no user variables, no warnings left, no setup statement run ahead
+ * for h that h did not send): those are set in one write
  * (with h's LAST_INSERT_ID() read first when unknown). CLAIMED, in its shell; NULL when
  * the sessions differ by more (then given back to the pool like any take) or it failed. */
 static PsPhys *
@@ -320,7 +328,8 @@ take_for(PsHandle *h, PsHandle *t)
   PsPhys *p = h->p;
   MYSQL *m = h->m;
   if (!same_sets(h->sets, t->sets) || h->uservars || t->uservars ||
-      ps_watch_uservars_used(p->watch) || m->warning_count || (h->db && !t->db)) {
+      ps_watch_uservars_used(p->watch) || ps_watch_unmatched(p->watch) || m->warning_count ||
+      (h->db && !t->db)) {
     take(h);
     return NULL;
   }
@@ -436,8 +445,11 @@ settle(PsHandle *h)
       ps_phys_enter(p, PS_PHYS_PINNED, pin_names[why]);
     return;
   }
-  if (p->state != PS_PHYS_TAKEABLE)
-    ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL);
+  /* Pinned by an earlier reply of this command (more results) and no longer. */
+  if (p->state == PS_PHYS_PINNED)
+    ps_phys_enter(p, PS_PHYS_LENT, "pin over");
+  if (p->state != PS_PHYS_TAKEABLE && !ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL))
+    return;
   /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (ps_handle_take). */
   __atomic_store_n(&h->takeable_us, g_get_monotonic_time(), __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
@@ -634,6 +646,10 @@ grain_read_query_result(MYSQL *m)
 {
   PsHandle *h = handle_of(m);
   int rc = ps_watch_read_query_result(h->p->watch, m);
+  /* The watch's own restore inside this command (catch_up) reads its replies through this
+   * table: not the command's reply, the handle stays busy. */
+  if (ps_watch_bypassed(h->p->watch))
+    return rc;
   if (!rc && h->pending_set)
     record_set(h);
   if (!rc && m->field_count == 0 && m->insert_id)
@@ -652,8 +668,9 @@ grain_read_rows(MYSQL *m, MYSQL_FIELD *fields, unsigned int count)
 {
   PsHandle *h = handle_of(m);
   MYSQL_DATA *data = h->read_rows(m, fields, count);
-  /* Rows (not a result's column definitions: no fields given), all read. */
-  if (fields && data)
+  /* Rows (not a result's column definitions: no fields given), all read; not those of
+   * the watch's own restore. */
+  if (fields && data && !ps_watch_bypassed(h->p->watch))
     settle(h);
   return data;
 }

@@ -680,6 +680,12 @@ ps_watch_pinned(const PsWatch *w)
   return !w || w->pinned || !w->auto_mode;
 }
 
+gboolean
+ps_watch_bypassed(const PsWatch *w)
+{
+  return w && w->bypass;
+}
+
 void
 ps_watch_set_bypass(PsWatch *w, gboolean on)
 {
@@ -854,6 +860,12 @@ ps_watch_keep(PsWatch *w, PsWatchRestore restore, gpointer data)
   w->kept = w->nahead > 0;
   w->restore = restore;
   w->restore_data = data;
+}
+
+gboolean
+ps_watch_unmatched(const PsWatch *w)
+{
+  return w && w->next < w->nahead;
 }
 
 guint

@@ -100,6 +100,9 @@ gboolean ps_watch_maybe_in_trans(const PsWatch *w);
  * the server gave them, without sending anything; at its first other command, restore
  * makes the session the reset one plus what it did send. */
 void ps_watch_keep(PsWatch *w, PsWatchRestore restore, gpointer data);
+/* Statements run ahead or kept that the borrower has not sent (yet): the session holds
+ * more than its commands made, and (not kept) their replies are still on the wire. */
+gboolean ps_watch_unmatched(const PsWatch *w);
 /* How many statements the session holds for the next borrower (kept mode). */
 guint ps_watch_kept(const PsWatch *w);
 /* Reads those replies (no restore: a reset follows); FALSE when the connection failed. */
@@ -126,5 +129,8 @@ gboolean ps_watch_uservars_used(const PsWatch *w);
 void ps_watch_set_uservars_restorable(gboolean on);
 /* The pool's own commands (a re-borrow's restore): not looked at. */
 void ps_watch_set_bypass(PsWatch *w, gboolean on);
+/* ... on now: a reply being read is the pool's (a restore inside the borrower's command,
+ * read through the borrower's own table), not the end of the borrower's command. */
+gboolean ps_watch_bypassed(const PsWatch *w);
 /* The session was changed behind the watch's back: the next return resets it fully. */
 void ps_watch_mark_full(PsWatch *w);

@@ -209,6 +209,21 @@ Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps
   mysql_close(a);
 }
 
+Test(grain, the_pools_own_restore_inside_a_command_does_not_make_the_handle_takeable)
+{
+  grain_env("2", "100", "5s"); /* every settled handle is taken at once */
+  MYSQL *x = pst_connect_app();
+  pst_exec(x, "SET autocommit=1"); /* its setup, noted; taken: the pool keeps it applied */
+  MYSQL *y = pst_connect_app();    /* gets that connection, the setup kept for it */
+  /* Not the kept statement: inside this command the pool restores the session (its
+   * replies read through y's own table) before sending it; y is not takeable then. */
+  cr_assert_eq(pst_scalar(y, "SELECT 5"), 5);
+  cr_assert_eq(pst_scalar(x, "SELECT 6"), 6);
+  cr_assert_eq(pst_scalar(y, "SELECT 7"), 7);
+  mysql_close(y);
+  mysql_close(x);
+}
+
 Test(grain, insert_id_affected_rows_info_and_warnings_are_unchanged_across_a_take)
 {
   grain_env("2", "100", "10s");
