@@ -104,6 +104,7 @@ Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_ses
   MYSQL *a = pst_connect_app();
   pst_exec(a, "SET time_zone = '+03:00'");
   pst_exec(a, "SET NAMES latin1");
+  pst_exec(a, "SET @grain_v = 7");
   cr_assert_eq(mysql_select_db(a, pst_env("PS_TEST_DB2")), 0, "%s", mysql_error(a));
   long long first = conn_id(a); /* then taken at once (POOLSHIM_TEST_FORCE_TAKE=100) */
   /* A third handle holds a's connection in a transaction; b's is given back. */
@@ -117,9 +118,11 @@ Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_ses
   g_autofree char *db = pst_scalar_str(a, "SELECT DATABASE()");
   g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   g_autofree char *cs = pst_scalar_str(a, "SELECT @@character_set_client");
+  g_autofree char *v = pst_scalar_str(a, "SELECT @grain_v");
   cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
   cr_assert_str_eq(tz, "+03:00");
   cr_assert_str_eq(cs, "latin1");
+  cr_assert_str_eq(v, "7");
   cr_assert_str_eq(mysql_character_set_name(a), "latin1");
   cr_assert_eq((long long)mysql_thread_id(a), conn_id(a), "mysql_thread_id() names the "
                "connection the handle holds now");
