@@ -260,6 +260,13 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
     if (h->pk != pk || h == self || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
       continue;
     gint64 since = __atomic_load_n(&h->takeable_us, __ATOMIC_RELAXED);
+    if (!since) {
+      /* Takeable since before anyone wanted: its delay starts now (settle). A racing
+       * settle's own stamp wins, or is replaced by this later one: never too early. */
+      gint64 zero = 0;
+      since = __atomic_compare_exchange_n(&h->takeable_us, &zero, now, FALSE,
+                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED) ? now : zero;
+    }
     if (since < oldest) {
       oldest = since;
       found = h;
@@ -430,8 +437,11 @@ settle(PsHandle *h)
     ps_phys_enter(p, PS_PHYS_LENT, "pin over");
   if (p->state != PS_PHYS_TAKEABLE && !ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL))
     return;
-  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (ps_handle_take). */
-  __atomic_store_n(&h->takeable_us, g_get_monotonic_time(), __ATOMIC_RELAXED);
+  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (claim). The clock is
+   * read only while someone wants a connection of the key; else the first waiter that
+   * sees the handle takeable starts its delay. */
+  __atomic_store_n(&h->takeable_us, ps_pool_key_wanted(h->pk) ? g_get_monotonic_time() : 0,
+                   __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
 #ifdef PS_TEST_HOOKS
   /* POOLSHIM_TEST_FORCE_TAKE: taken at once, on the owner's thread. */
@@ -559,21 +569,6 @@ asks_warnings(const char *sql, size_t len)
          (len - i >= 5 && g_ascii_strncasecmp(sql + i, "count", 5) == 0);
 }
 
-/* The word w (lower case, n bytes) anywhere in sql, case-insensitive, as a whole word. */
-static gboolean
-has_word(const char *sql, size_t len, const char *w, size_t n)
-{
-  for (size_t i = 0; i + n <= len; i++) {
-    if (g_ascii_tolower(sql[i]) != w[0] || g_ascii_strncasecmp(sql + i, w, n) != 0)
-      continue;
-    gboolean before = i > 0 && (g_ascii_isalnum(sql[i - 1]) || sql[i - 1] == '_');
-    gboolean after = i + n < len && (g_ascii_isalnum(sql[i + n]) || sql[i + n] == '_');
-    if (!before && !after)
-      return TRUE;
-  }
-  return FALSE;
-}
-
 static int
 grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, size_t length,
                  my_bool skip_check, void *opt_arg)
@@ -585,14 +580,20 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   if (p->state == PS_PHYS_PINNED)
     ps_phys_enter(p, PS_PHYS_LENT, NULL);
   size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
-  h->asked = n && asks_warnings(arg, n);
-  g_free(h->pending_set);
-  h->pending_set = NULL;
-  if (n && ps_watch_prelude_var(arg, n, &h->pending_var))
+  /* Most statements start with neither SHOW nor SET: one byte decides. */
+  gboolean s_word = n >= 4 && (arg[0] | 0x20) == 's';
+  h->asked = s_word && (arg[1] | 0x20) == 'h' && asks_warnings(arg, n);
+  if (G_UNLIKELY(h->pending_set)) {
+    g_free(h->pending_set);
+    h->pending_set = NULL;
+  }
+  if (s_word && ps_watch_prelude_var(arg, n, &h->pending_var))
     h->pending_set = g_strndup(arg, n);
-  else if (n > 6 && (arg[0] | 0x20) != 's' && has_word(arg, n, "returning", 9))
+  gboolean returning = FALSE;
+  int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg,
+                               &returning);
+  if (returning)
     h->lid_unknown = TRUE; /* INSERT ... RETURNING: a result set, no insert id */
-  int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
   if (command == COM_INIT_DB && rc == 0 && arg) {
     g_free(h->db);
     h->db = g_strndup(arg, length ? length : strlen(arg));
