@@ -285,9 +285,11 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
 }
 
 gboolean
-ps_handle_take(PsPoolKey *pk, gint64 *next_us)
+ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
 {
   PsHandle *found = claim(pk, NULL, next_us);
+  if (found)
+    H.ops.claimed(pk, waiter);
   if (found)
     take(found);
   return found != NULL;
@@ -362,10 +364,12 @@ take_for(PsHandle *h, PsHandle *t)
  * takeable longest (t->handed: its session is t's already), or NULL (maybe one was given
  * back to the pool instead). */
 static PsPhys *
-direct(gpointer data, gint64 *next_us)
+direct(gpointer data, gint64 *next_us, gpointer waiter)
 {
   PsHandle *t = data;
   PsHandle *h = claim(t->pk, t, next_us);
+  if (h)
+    H.ops.claimed(t->pk, waiter);
   PsPhys *p = h ? take_for(h, t) : NULL;
   t->handed = p != NULL;
   return p;
@@ -440,9 +444,12 @@ settle(PsHandle *h)
   /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (claim). The clock is
    * read only while someone wants a connection of the key; else the first waiter that
    * sees the handle takeable starts its delay. */
-  __atomic_store_n(&h->takeable_us, ps_pool_key_wanted(h->pk) ? g_get_monotonic_time() : 0,
-                   __ATOMIC_RELAXED);
-  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
+  gboolean wanted = ps_pool_key_wanted(h->pk) != 0;
+  __atomic_store_n(&h->takeable_us, wanted ? g_get_monotonic_time() : 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_SEQ_CST);
+  /* The key's poller sleeps without a delay timer: it looks now (ps_pool_key_poke). */
+  if (wanted)
+    ps_pool_key_poke(h->pool, h->pk);
 #ifdef PS_TEST_HOOKS
   /* POOLSHIM_TEST_FORCE_TAKE: taken at once, on the owner's thread. */
   gint expect = H_TAKEABLE;
