@@ -61,6 +61,7 @@ typedef struct {
   gboolean lost;   /* detached: the session could not be read; commands fail as lost */
   gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
   gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
+  gboolean asks_lid; /* the command is SELECT LAST_INSERT_ID(): its row is the handle's */
 } PsHandle;
 
 static struct {
@@ -576,6 +577,17 @@ asks_warnings(const char *sql, size_t len)
          (len - i >= 5 && g_ascii_strncasecmp(sql + i, "count", 5) == 0);
 }
 
+/* SELECT LAST_INSERT_ID() exactly (any case, spaces around): what a program often asks
+ * right after its INSERT; its answer makes the take's own read needless. */
+static gboolean
+asks_lid(const char *sql, size_t len)
+{
+  static const char q[] = "select last_insert_id()";
+  while (len > 0 && g_ascii_isspace(sql[len - 1]))
+    len--;
+  return len == sizeof q - 1 && g_ascii_strncasecmp(sql, q, len) == 0;
+}
+
 static int
 grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, size_t length,
                  my_bool skip_check, void *opt_arg)
@@ -590,6 +602,7 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   /* Most statements start with neither SHOW nor SET: one byte decides. */
   gboolean s_word = n >= 4 && (arg[0] | 0x20) == 's';
   h->asked = s_word && (arg[1] | 0x20) == 'h' && asks_warnings(arg, n);
+  h->asks_lid = s_word && h->lid_unknown && asks_lid(arg, n);
   if (G_UNLIKELY(h->pending_set)) {
     g_free(h->pending_set);
     h->pending_set = NULL;
@@ -641,8 +654,15 @@ grain_read_rows(MYSQL *m, MYSQL_FIELD *fields, unsigned int count)
   MYSQL_DATA *data = h->read_rows(m, fields, count);
   /* Rows (not a result's column definitions: no fields given), all read; not those of
    * the watch's own restore. */
-  if (fields && data && !ps_watch_bypassed(h->p->watch))
+  if (fields && data && !ps_watch_bypassed(h->p->watch)) {
+    if (h->asks_lid && count == 1 && data->rows == 1 && data->data && data->data->data &&
+        data->data->data[0]) {
+      h->lid = g_ascii_strtoull(data->data->data[0], NULL, 10);
+      h->lid_unknown = FALSE;
+    }
+    h->asks_lid = FALSE;
     settle(h);
+  }
   return data;
 }
 
