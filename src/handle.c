@@ -585,7 +585,8 @@ asks_lid(const char *sql, size_t len)
   static const char q[] = "select last_insert_id()";
   while (len > 0 && g_ascii_isspace(sql[len - 1]))
     len--;
-  return len == sizeof q - 1 && g_ascii_strncasecmp(sql, q, len) == 0;
+  return len == sizeof q - 1 &&
+         (memcmp(sql, "SELECT LAST_INSERT_ID()", len) == 0 || g_ascii_strncasecmp(sql, q, len) == 0);
 }
 
 static int

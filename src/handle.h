@@ -67,8 +67,8 @@ gboolean ps_handle_closing(MYSQL *m);
 
 /* A connect or re-borrow of pk that found no connection: takes the connection of one
  * takeable handle of pk and gives it back to the pool (to its oldest waiter). TRUE when
- * one was given back. (A handle that becomes takeable while ps_pool_key_wanted gives its
- * connection back itself.) */
+ * one was given back. (A handle that becomes takeable while ps_pool_key_wanted wakes the
+ * key's poller: ps_pool_key_poke.) waiter: the caller's, for PsHandleOps.claimed. */
 gboolean ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter);
 
 /* Counters (atomic reads). */
