@@ -35,6 +35,9 @@ enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
  * MySQL Router's connection_sharing_delay): between two statements of one task a handle
  * comes back within microseconds, and taking it then makes both wait. */
 #define H_TAKE_DELAY_US 300
+/* A re-borrow gets an idle handle's connection directly (a hand-over, past the pool's
+ * queue) only while no waiter in the queue has waited longer than this. */
+#define H_HAND_OVER_BOUND_US 100000
 
 typedef struct {
   struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
@@ -362,12 +365,19 @@ take_for(PsHandle *h, PsHandle *t)
 }
 
 /* PsHandleOps.reborrow's `direct`: a connection for t at once from the handle of its key
- * takeable longest (t->handed: its session is t's already), or NULL (maybe one was given
- * back to the pool instead). */
+ * takeable longest (t->handed: its session is t's already) while no one else waits, or
+ * NULL (maybe one was given back to the pool instead). */
 static PsPhys *
 direct(gpointer data, gint64 *next_us, gpointer waiter)
 {
   PsHandle *t = data;
+  t->handed = FALSE;
+  if (ps_pool_key_oldest_wait_us(t->pool, t->pk) > H_HAND_OVER_BOUND_US) {
+    /* Someone waits in the pool's queue for long: a take goes to the oldest waiter, as
+     * any take (hand-overs pass the queue, and a connect is served only from it). */
+    ps_handle_take(t->pk, next_us, waiter);
+    return NULL;
+  }
   PsHandle *h = claim(t->pk, t, next_us);
   if (h)
     H.ops.claimed(t->pk, waiter);

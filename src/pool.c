@@ -692,6 +692,15 @@ ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
   g_mutex_unlock(&pool->lock);
 }
 
+gint64
+ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  gint64 age = key->waitq.head ? pool->now() - ((PsWaiter *)key->waitq.head->data)->since_us : 0;
+  g_mutex_unlock(&pool->lock);
+  return age;
+}
+
 void
 ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
 {
