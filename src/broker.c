@@ -488,39 +488,54 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
 /* The transaction grain's waiting: a connect or re-borrow first only tries the pool; when
  * that finds nothing it counts itself as wanting, takes the connection of the handle that
  * has been takeable longest (at least handle.c's delay: one between two statements of a
- * task comes back at once), and waits: until that delay ends for the handle takeable
- * longest, or a slice (shorter while few wait, so that a handle that becomes takeable is
- * seen soon, longer while many do: each of them looks) after which it looks again. */
-static gint64
-grain_until(PsPoolKey *pk, gboolean wanting, gint64 next_us, gint64 deadline)
+ * task comes back at once), and waits in the pool's queue. Only one waiter of the key,
+ * the poller, looks again: when that delay ends for the handle takeable longest, or when
+ * a handle becomes takeable while it sleeps without one (settle pokes it); the others
+ * sleep until a connection comes to them (a take gives it to the oldest waiter). */
+typedef struct {
+  gboolean wanting;
+  gint64 next_us; /* when a takeable handle has been takeable long enough (0: none) */
+  gint64 arrived; /* the pool's clock at the first wait: its place in the queue */
+} PsGrainWait;
+
+static void
+grain_acquire(PsPool *pool, PsPoolKey *pk, PsGrainWait *g, gint64 now_us, gboolean may_grow,
+              gint64 deadline, PsGrant *grant)
 {
-  if (!wanting)
-    return 0;
-  if (!next_us)
-    next_us = g_get_monotonic_time() +
-              CLAMP((gint64)ps_pool_key_wanted(pk) * 250, 1000, 5000);
-  return MIN(deadline, next_us);
+  if (g->wanting)
+    ps_pool_acquire_grain(pool, pk, now_us, may_grow, g, g->next_us, deadline, &g->arrived,
+                          grant);
+  else if (may_grow)
+    ps_pool_acquire_at(pool, pk, now_us, 0, grant); /* a try */
+  else
+    ps_pool_acquire_no_grow(pool, pk, 0, grant);
 }
 
-/* After an acquire of the transaction grain: TRUE when the caller acquires again (a try
- * or a slice ended: a takeable handle's connection was given back to the pool). */
-static gboolean
-grain_waits(PsPoolKey *pk, PsGrant *grant, gint64 until, gint64 deadline, gboolean *wanting,
-            gint64 *next_us)
+static void
+grain_stop(PsPool *pool, PsPoolKey *pk, PsGrainWait *g)
 {
-  if (grant->kind == PS_GRANT_TIMEOUT && until < deadline) {
+  if (!g->wanting)
+    return;
+  ps_pool_grain_done(pool, pk, g);
+  ps_pool_key_want(pk, FALSE);
+  g->wanting = FALSE;
+}
+
+/* After grain_acquire: TRUE when the caller acquires again (its try failed, or the
+ * poller's turn: it looked for a takeable handle). */
+static gboolean
+grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *g)
+{
+  if (grant->kind == PS_GRANT_TIMEOUT && (!g->wanting || grant->turn)) {
     close_victims(grant->victims, FALSE);
-    if (!*wanting) {
+    if (!g->wanting) {
       ps_pool_key_want(pk, TRUE);
-      *wanting = TRUE;
+      g->wanting = TRUE;
     }
-    ps_handle_take(pk, next_us);
+    ps_handle_take(pk, &g->next_us, g);
     return TRUE;
   }
-  if (*wanting) {
-    ps_pool_key_want(pk, FALSE);
-    *wanting = FALSE;
-  }
+  grain_stop(pool, pk, g);
   return FALSE;
 }
 
@@ -596,17 +611,17 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
   gboolean may_grow = TRUE;
   gint64 read_at = started; /* the first acquire reads no clock of its own */
   gboolean grain = B.config.grain == PS_GRAIN_TRANSACTION;
-  gboolean wanting = FALSE;
-  gint64 next_us = 0; /* when a takeable handle has been takeable long enough */
+  PsGrainWait gw = {0};
   for (;;) {
     PsGrant grant;
-    gint64 until = grain ? grain_until(pk, wanting, next_us, deadline) : deadline;
-    if (may_grow)
-      ps_pool_acquire_at(pool, pk, read_at, until, &grant);
+    if (grain)
+      grain_acquire(pool, pk, &gw, read_at, may_grow, deadline, &grant);
+    else if (may_grow)
+      ps_pool_acquire_at(pool, pk, read_at, deadline, &grant);
     else
-      ps_pool_acquire_no_grow(pool, pk, until, &grant);
+      ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
     read_at = 0;
-    if (grain && grain_waits(pk, &grant, until, deadline, &wanting, &next_us))
+    if (grain && grain_waits(pool, pk, &grant, &gw))
       continue;
     close_victims(grant.victims, FALSE);
     if (grant.first_wait)
@@ -751,7 +766,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 /* A connection of pk for a detached handle's command: waits like a connect (taking from
  * takeable handles between slices), the same error 1040 after POOLSHIM_TIMEOUT. */
 static PsPhys *
-grain_reborrow(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 *next_us),
+grain_reborrow(PsPoolKey *pk, MYSQL *m,
+               PsPhys *(*direct)(gpointer data, gint64 *next_us, gpointer waiter),
                gpointer data)
 {
   PsPool *pool = B.pool;
@@ -760,29 +776,24 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 
   gint64 deadline = started + settings->timeout_us;
   unsigned int reset_s = reset_timeout_s();
   const char *why = NULL;
-  gboolean wanting = FALSE;
-  gint64 next_us = 0; /* when a takeable handle has been takeable long enough */
+  PsGrainWait gw = {0};
   for (;;) {
     PsGrant grant;
-    gint64 until = grain_until(pk, wanting, next_us, deadline);
-    ps_pool_acquire(pool, pk, until, &grant);
-    if (grant.kind == PS_GRANT_TIMEOUT && until < deadline) {
+    grain_acquire(pool, pk, &gw, 0, TRUE, deadline, &grant);
+    if (grant.kind == PS_GRANT_TIMEOUT && (!gw.wanting || grant.turn)) {
       /* Nothing in the pool: one straight from an idle handle of the key. */
       close_victims(grant.victims, FALSE);
-      if (!wanting) {
+      if (!gw.wanting) {
         ps_pool_key_want(pk, TRUE);
-        wanting = TRUE;
+        gw.wanting = TRUE;
       }
-      PsPhys *p = direct(data, &next_us);
+      PsPhys *p = direct(data, &gw.next_us, &gw);
       if (!p)
         continue;
-      ps_pool_key_want(pk, FALSE);
+      grain_stop(pool, pk, &gw);
       return p;
     }
-    if (wanting) {
-      ps_pool_key_want(pk, FALSE);
-      wanting = FALSE;
-    }
+    grain_stop(pool, pk, &gw);
     close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT) {
       char msg[MYSQL_ERRMSG_SIZE];
@@ -880,8 +891,18 @@ grain_adopt(PsPoolKey *inherited, PsPool **pool)
   return pk;
 }
 
+/* A take may read from the taken connection (its LAST_INSERT_ID(), user variables): the
+ * key's poller, if it is the taker, lets another waiter poll meanwhile, so that takes
+ * that read run side by side. */
+static void
+grain_claimed(PsPoolKey *pk, gpointer waiter)
+{
+  ps_pool_grain_done(B.pool, pk, waiter);
+}
+
 static const PsHandleOps handle_ops = {
   .reborrow = grain_reborrow,
+  .claimed = grain_claimed,
   .give_back = grain_give_back,
   .discard = grain_discard,
   .adopt = grain_adopt,

@@ -35,6 +35,9 @@ enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
  * MySQL Router's connection_sharing_delay): between two statements of one task a handle
  * comes back within microseconds, and taking it then makes both wait. */
 #define H_TAKE_DELAY_US 300
+/* A re-borrow gets an idle handle's connection directly (a hand-over, past the pool's
+ * queue) only while no waiter in the queue has waited longer than this. */
+#define H_HAND_OVER_BOUND_US 100000
 
 typedef struct {
   struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
@@ -63,6 +66,7 @@ typedef struct {
   gboolean lost;   /* detached: the session could not be read; commands fail as lost */
   gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
   gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
+  gboolean asks_lid; /* the command is SELECT LAST_INSERT_ID(): its row is the handle's */
 } PsHandle;
 
 static struct {
@@ -278,6 +282,13 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
     if (h->pk != pk || h == self || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
       continue;
     gint64 since = __atomic_load_n(&h->takeable_us, __ATOMIC_RELAXED);
+    if (!since) {
+      /* Takeable since before anyone wanted: its delay starts now (settle). A racing
+       * settle's own stamp wins, or is replaced by this later one: never too early. */
+      gint64 zero = 0;
+      since = __atomic_compare_exchange_n(&h->takeable_us, &zero, now, FALSE,
+                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED) ? now : zero;
+    }
     if (since < oldest) {
       oldest = since;
       found = h;
@@ -296,9 +307,11 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
 }
 
 gboolean
-ps_handle_take(PsPoolKey *pk, gint64 *next_us)
+ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
 {
   PsHandle *found = claim(pk, NULL, next_us);
+  if (found)
+    H.ops.claimed(pk, waiter);
   if (found)
     take(found);
   return found != NULL;
@@ -370,13 +383,22 @@ take_for(PsHandle *h, PsHandle *t)
 }
 
 /* PsHandleOps.reborrow's `direct`: a connection for t at once from the handle of its key
- * takeable longest (t->handed: its session is t's already), or NULL (maybe one was given
- * back to the pool instead). */
+ * takeable longest (t->handed: its session is t's already) while no one else waits, or
+ * NULL (maybe one was given back to the pool instead). */
 static PsPhys *
-direct(gpointer data, gint64 *next_us)
+direct(gpointer data, gint64 *next_us, gpointer waiter)
 {
   PsHandle *t = data;
+  t->handed = FALSE;
+  if (ps_pool_key_oldest_wait_us(t->pool, t->pk) > H_HAND_OVER_BOUND_US) {
+    /* Someone waits in the pool's queue for long: a take goes to the oldest waiter, as
+     * any take (hand-overs pass the queue, and a connect is served only from it). */
+    ps_handle_take(t->pk, next_us, waiter);
+    return NULL;
+  }
   PsHandle *h = claim(t->pk, t, next_us);
+  if (h)
+    H.ops.claimed(t->pk, waiter);
   PsPhys *p = h ? take_for(h, t) : NULL;
   t->handed = p != NULL;
   return p;
@@ -450,9 +472,15 @@ settle(PsHandle *h)
     ps_phys_enter(p, PS_PHYS_LENT, "pin over");
   if (p->state != PS_PHYS_TAKEABLE && !ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL))
     return;
-  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (ps_handle_take). */
-  __atomic_store_n(&h->takeable_us, g_get_monotonic_time(), __ATOMIC_RELAXED);
-  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_RELEASE);
+  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (claim). The clock is
+   * read only while someone wants a connection of the key; else the first waiter that
+   * sees the handle takeable starts its delay. */
+  gboolean wanted = ps_pool_key_wanted(h->pk) != 0;
+  __atomic_store_n(&h->takeable_us, wanted ? g_get_monotonic_time() : 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_SEQ_CST);
+  /* The key's poller sleeps without a delay timer: it looks now (ps_pool_key_poke). */
+  if (wanted)
+    ps_pool_key_poke(h->pool, h->pk);
 #ifdef PS_TEST_HOOKS
   /* POOLSHIM_TEST_FORCE_TAKE: taken at once, on the owner's thread. */
   gint expect = H_TAKEABLE;
@@ -596,19 +624,16 @@ asks_warnings(const char *sql, size_t len)
          (len - i >= 5 && g_ascii_strncasecmp(sql + i, "count", 5) == 0);
 }
 
-/* The word w (lower case, n bytes) anywhere in sql, case-insensitive, as a whole word. */
+/* SELECT LAST_INSERT_ID() exactly (any case, spaces around): what a program often asks
+ * right after its INSERT; its answer makes the take's own read needless. */
 static gboolean
-has_word(const char *sql, size_t len, const char *w, size_t n)
+asks_lid(const char *sql, size_t len)
 {
-  for (size_t i = 0; i + n <= len; i++) {
-    if (g_ascii_tolower(sql[i]) != w[0] || g_ascii_strncasecmp(sql + i, w, n) != 0)
-      continue;
-    gboolean before = i > 0 && (g_ascii_isalnum(sql[i - 1]) || sql[i - 1] == '_');
-    gboolean after = i + n < len && (g_ascii_isalnum(sql[i + n]) || sql[i + n] == '_');
-    if (!before && !after)
-      return TRUE;
-  }
-  return FALSE;
+  static const char q[] = "select last_insert_id()";
+  while (len > 0 && g_ascii_isspace(sql[len - 1]))
+    len--;
+  return len == sizeof q - 1 &&
+         (memcmp(sql, "SELECT LAST_INSERT_ID()", len) == 0 || g_ascii_strncasecmp(sql, q, len) == 0);
 }
 
 static int
@@ -622,14 +647,21 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   if (p->state == PS_PHYS_PINNED)
     ps_phys_enter(p, PS_PHYS_LENT, NULL);
   size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
-  h->asked = n && asks_warnings(arg, n);
-  g_free(h->pending_set);
-  h->pending_set = NULL;
-  if (n && ps_watch_prelude_var(arg, n, &h->pending_var))
+  /* Most statements start with neither SHOW nor SET: one byte decides. */
+  gboolean s_word = n >= 4 && (arg[0] | 0x20) == 's';
+  h->asked = s_word && (arg[1] | 0x20) == 'h' && asks_warnings(arg, n);
+  h->asks_lid = s_word && h->lid_unknown && asks_lid(arg, n);
+  if (G_UNLIKELY(h->pending_set)) {
+    g_free(h->pending_set);
+    h->pending_set = NULL;
+  }
+  if (s_word && ps_watch_prelude_var(arg, n, &h->pending_var))
     h->pending_set = g_strndup(arg, n);
-  else if (n > 6 && (arg[0] | 0x20) != 's' && has_word(arg, n, "returning", 9))
+  gboolean returning = FALSE;
+  int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg,
+                               &returning);
+  if (returning)
     h->lid_unknown = TRUE; /* INSERT ... RETURNING: a result set, no insert id */
-  int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg);
   if (command == COM_INIT_DB && rc == 0 && arg) {
     g_free(h->db);
     h->db = g_strndup(arg, length ? length : strlen(arg));
@@ -670,8 +702,15 @@ grain_read_rows(MYSQL *m, MYSQL_FIELD *fields, unsigned int count)
   MYSQL_DATA *data = h->read_rows(m, fields, count);
   /* Rows (not a result's column definitions: no fields given), all read; not those of
    * the watch's own restore. */
-  if (fields && data && !ps_watch_bypassed(h->p->watch))
+  if (fields && data && !ps_watch_bypassed(h->p->watch)) {
+    if (h->asks_lid && count == 1 && data->rows == 1 && data->data && data->data->data &&
+        data->data->data[0]) {
+      h->lid = g_ascii_strtoull(data->data->data[0], NULL, 10);
+      h->lid_unknown = FALSE;
+    }
+    h->asks_lid = FALSE;
     settle(h);
+  }
   return data;
 }
 

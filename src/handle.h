@@ -42,8 +42,12 @@ typedef struct {
    * p->shell, CLAIMED or OPENING. When the pool has none, direct(data) is asked for one
    * taken from an idle handle (NULL: none yet; *next_us: when to ask again, 0: a slice). NULL with m's error set
    * (the connect's error 1040 after POOLSHIM_TIMEOUT). */
-  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m, PsPhys *(*direct)(gpointer data, gint64 *next_us),
+  PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m,
+                      PsPhys *(*direct)(gpointer data, gint64 *next_us, gpointer waiter),
                       gpointer data);
+  /* A take by `waiter` (ps_handle_take's, direct's) claimed a handle and may read from its
+   * connection now: when it is the key's poller, another waiter polls meanwhile. */
+  void (*claimed)(PsPoolKey *pk, gpointer waiter);
   /* A taken connection (RETURNING, in p->shell): reset and back to the pool. */
   void (*give_back)(PsPhys *p);
   /* A connection that failed while being taken or restored: closed. */
@@ -73,6 +77,7 @@ void ps_handle_unlock_after_fork(gboolean child);
 
 /* A connect or re-borrow of pk that found no connection: takes the connection of one
  * takeable handle of pk and gives it back to the pool (to its oldest waiter). TRUE when
- * one was given back. (A handle that becomes takeable while ps_pool_key_wanted gives its
- * connection back itself.) */
-gboolean ps_handle_take(PsPoolKey *pk, gint64 *next_us);
+ * one was given back. (A handle that becomes takeable while ps_pool_key_wanted wakes the
+ * key's poller: ps_pool_key_poke.) waiter: the caller's, for PsHandleOps.claimed. */
+gboolean ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter);
+

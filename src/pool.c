@@ -46,6 +46,13 @@ struct PsPoolKey {
   guint lent;
   guint waiting;
   gint wanted;     /* atomic: transaction-grain waiters (ps_pool_key_want) */
+  /* The transaction grain's one poller (ps_pool_acquire_grain): the token of the waiter
+   * that looks for takeable handles, its waiter while it waits, a poke it has not seen
+   * yet, and whether it sleeps without a delay timer (atomic: a settle pokes it then). */
+  gconstpointer grain_token;
+  PsWaiter *grain_waiter;
+  gboolean grain_poked;
+  gint grain_need_poke;
   guint filling;   /* slots reserved to open idle connections in the background */
   gpointer data;
   GDestroyNotify data_destroy;
@@ -70,12 +77,19 @@ typedef struct {
   guint live;
 } PsLabelUse;
 
+static void
+acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
+              gboolean may_grow, gconstpointer token, gint64 poll_us, gint64 *arrived,
+              PsGrant *grant);
+
 struct PsWaiter {
   PsPoolKey *key;
   GCond cond;
   gboolean served;
   gboolean may_grow;
   gint64 since_us; /* pool clock at arrival: the key's oldest waiter bounds barging */
+  gconstpointer grain; /* the transaction grain's waiter: its token (else NULL) */
+  gboolean turn;       /* ... became the key's grain poller while waiting */
   PsGrant *grant;
   GList link;     /* in pool->waiters */
   GList key_link; /* in key->waitq */
@@ -662,6 +676,59 @@ ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
 }
 
 void
+ps_pool_acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gboolean may_grow,
+                      gconstpointer token, gint64 poll_us, gint64 deadline_us,
+                      gint64 *arrived, PsGrant *grant)
+{
+  acquire_grain(pool, key, now_us, deadline_us, may_grow, token, poll_us, arrived, grant);
+}
+
+void
+ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
+{
+  g_mutex_lock(&pool->lock);
+  if (key->grain_token == token) {
+    key->grain_token = NULL;
+    key->grain_poked = FALSE;
+    /* The newest grain waiter of the key polls from now on (it waits longest for its own
+     * turn in the queue). */
+    for (GList *l = key->waitq.tail; l; l = l->prev) {
+      PsWaiter *w = l->data;
+      if (w->grain) {
+        key->grain_token = w->grain;
+        w->turn = TRUE;
+        g_cond_signal(&w->cond);
+        break;
+      }
+    }
+  }
+  g_mutex_unlock(&pool->lock);
+}
+
+gint64
+ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  gint64 age = key->waitq.head ? pool->now() - ((PsWaiter *)key->waitq.head->data)->since_us : 0;
+  g_mutex_unlock(&pool->lock);
+  return age;
+}
+
+void
+ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
+{
+  if (!__atomic_exchange_n(&key->grain_need_poke, 0, __ATOMIC_SEQ_CST))
+    return;
+  g_mutex_lock(&pool->lock);
+  if (key->grain_token) {
+    key->grain_poked = TRUE;
+    if (key->grain_waiter)
+      g_cond_signal(&key->grain_waiter->cond);
+  }
+  g_mutex_unlock(&pool->lock);
+}
+
+void
 ps_pool_key_want(PsPoolKey *key, gboolean on)
 {
   __atomic_fetch_add(&key->wanted, on ? 1 : -1, __ATOMIC_RELAXED);
@@ -693,9 +760,43 @@ ps_pool_unlock_after_fork(PsPool *pool)
   g_mutex_unlock(&pool->lock);
 }
 
+
 static void
 acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolean may_grow,
         PsGrant *grant)
+{
+  acquire_grain(pool, key, now_us, deadline_us, may_grow, NULL, 0, NULL, grant);
+}
+
+/* Queues w by its arrival (since_us): a grain waiter that looked for takeable handles
+ * between its waits keeps its place. */
+static void
+queue_waiter(PsPool *pool, PsPoolKey *key, PsWaiter *w)
+{
+  GList *l = pool->waiters.tail;
+  while (l && ((PsWaiter *)l->data)->since_us > w->since_us)
+    l = l->prev;
+  if (l)
+    g_queue_insert_after_link(&pool->waiters, l, &w->link);
+  else
+    g_queue_push_head_link(&pool->waiters, &w->link);
+  l = key->waitq.tail;
+  while (l && ((PsWaiter *)l->data)->since_us > w->since_us)
+    l = l->prev;
+  if (l)
+    g_queue_insert_after_link(&key->waitq, l, &w->key_link);
+  else
+    g_queue_push_head_link(&key->waitq, &w->key_link);
+}
+
+/* The grain poller's wake-up while no handle is known to be in its delay: a settle that
+ * found it asleep pokes it, this only bounds a poke missed in a race. */
+#define GRAIN_SLICE_US ((gint64)5000)
+
+static void
+acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
+              gboolean may_grow, gconstpointer token, gint64 poll_us, gint64 *arrived,
+              PsGrant *grant)
 {
   memset(grant, 0, sizeof *grant);
   g_mutex_lock(&pool->lock);
@@ -725,31 +826,76 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
     g_mutex_unlock(&pool->lock);
     return;
   }
-  PsWaiter w = {.key = key, .grant = grant, .may_grow = may_grow, .since_us = now};
+  if (token && !key->grain_token)
+    key->grain_token = token; /* the key's grain poller from now on (ps_pool_grain_done) */
+  if (token && key->grain_token == token && key->grain_poked) {
+    key->grain_poked = FALSE; /* a handle became takeable while it looked: look again */
+    grant->kind = PS_GRANT_TIMEOUT;
+    grant->turn = TRUE;
+    g_mutex_unlock(&pool->lock);
+    return;
+  }
+  gint64 since = arrived && *arrived ? MIN(*arrived, now) : now;
+  if (arrived)
+    *arrived = since;
+  PsWaiter w = {.key = key, .grant = grant, .may_grow = may_grow, .since_us = since,
+                .grain = token};
   w.link.data = &w;
   w.key_link.data = &w;
   g_cond_init(&w.cond);
-  g_queue_push_tail_link(&pool->waiters, &w.link);
-  g_queue_push_tail_link(&key->waitq, &w.key_link);
+  if (since < now) {
+    queue_waiter(pool, key, &w);
+  } else {
+    g_queue_push_tail_link(&pool->waiters, &w.link);
+    g_queue_push_tail_link(&key->waitq, &w.key_link);
+  }
   key->waiting++;
   ensure_poller(key);
-  grant->first_wait = key->counts.waits == 0;
-  pool->counts.waits++;
-  key->counts.waits++;
-  gint64 started = now;
+  if (since == now) { /* a grain poller's later acquires are the same wait */
+    grant->first_wait = key->counts.waits == 0;
+    pool->counts.waits++;
+    key->counts.waits++;
+  }
+  gint64 started = since;
+  gint64 grain_wake = 0; /* as the grain poller: when it looks for takeable handles */
   while (!w.served) {
     gint64 wake = deadline_us;
     if (key->poller == &w)
       wake = MIN(wake, g_get_monotonic_time() + PS_POOL_POLL_US);
+    gboolean polling = token && key->grain_token == token;
+    if (polling) {
+      if (!grain_wake)
+        grain_wake = poll_us ? poll_us : g_get_monotonic_time() + GRAIN_SLICE_US;
+      wake = MIN(wake, grain_wake);
+      key->grain_waiter = &w;
+      __atomic_store_n(&key->grain_need_poke, !poll_us, __ATOMIC_SEQ_CST);
+    }
     g_cond_wait_until(&w.cond, &pool->lock, wake);
+    if (polling || key->grain_waiter == &w) {
+      key->grain_waiter = NULL;
+      __atomic_store_n(&key->grain_need_poke, 0, __ATOMIC_RELAXED);
+    }
     if (w.served)
       break;
-    if (g_get_monotonic_time() >= deadline_us) {
+    gint64 mono = g_get_monotonic_time();
+    if (mono >= deadline_us) {
       unlink_waiter(pool, &w);
       grant->kind = PS_GRANT_TIMEOUT;
       pool->counts.wait_timeouts++;
       key->counts.wait_timeouts++;
       break;
+    }
+    if (token && key->grain_token == token &&
+        (key->grain_poked || w.turn || (grain_wake && mono >= grain_wake))) {
+      /* The poller's turn to look (not a timeout: the caller acquires again, its wait
+       * goes on). */
+      key->grain_poked = FALSE;
+      unlink_waiter(pool, &w);
+      grant->kind = PS_GRANT_TIMEOUT;
+      grant->turn = TRUE;
+      g_mutex_unlock(&pool->lock);
+      g_cond_clear(&w.cond);
+      return;
     }
     if (key->poller == &w) {
       /* Hands over what is held past its grace (to the oldest waiter, maybe this one). */

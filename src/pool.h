@@ -64,6 +64,8 @@ typedef struct {
   gint64 now_us;       /* the pool's clock when the grant was made */
   gboolean first_wait; /* this key's first wait ever: worth one info line */
   guint busy_idle;     /* PS_GRANT_OPEN: idle connections passed over as not ready */
+  gboolean turn;       /* PS_GRANT_TIMEOUT of ps_pool_acquire_grain: the poller's turn to
+                          look for a takeable handle, not the deadline */
 } PsGrant;
 
 typedef struct {
@@ -218,6 +220,25 @@ void ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us);
  * waiting. */
 void ps_pool_key_want(PsPoolKey *key, gboolean on);
 guint ps_pool_key_wanted(PsPoolKey *key);
+/* The transaction grain's waiting: ps_pool_acquire for a connect or re-borrow that
+ * found no connection and looks for takeable handles. One such waiter per key, the poller
+ * (the first to ask; `token` names it across its acquires until ps_pool_grain_done), also
+ * comes back with PS_GRANT_TIMEOUT and grant->turn set at poll_us (a handle's take delay
+ * ends; 0: none known, then when poked or after a bounded slice) or when poked; the
+ * others wait until served or the deadline, or until they become the poller (turn).
+ * *arrived (0 at first): the pool's clock at its first wait, which keeps its place in
+ * the queue across its acquires. */
+void ps_pool_acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gboolean may_grow,
+                           gconstpointer token, gint64 poll_us, gint64 deadline_us,
+                           gint64 *arrived, PsGrant *grant);
+/* The waiter with `token` stopped waiting: when it was the poller, the newest grain
+ * waiter of the key becomes it (woken). */
+void ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token);
+/* A handle of key became takeable while someone wants a connection: wakes the poller when
+ * it sleeps without a delay timer (else nothing: one atomic exchange). */
+void ps_pool_key_poke(PsPool *pool, PsPoolKey *key);
+/* How long the key's oldest waiter has waited (0: none), in the pool's clock. */
+gint64 ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key);
 
 /* Held across fork() so that the child never inherits a lock taken by another thread. */
 void ps_pool_lock_for_fork(PsPool *pool);

@@ -618,7 +618,8 @@ note_pin(PsWatch *w, guint before, enum enum_server_command command)
 
 int
 ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
-                    const char *arg, size_t length, my_bool skip_check, void *opt_arg)
+                    const char *arg, size_t length, my_bool skip_check, void *opt_arg,
+                    gboolean *returning)
 {
   guint before = w->dirty; /* this command's own bits: the session may be FULL already */
   w->dirty = 0;
@@ -636,9 +637,14 @@ ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
                 uservar_only(arg, n);
   w->uv_used |= uv;
   /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow restores, and
-   * INSERT ... RETURNING only LAST_INSERT_ID(), which the take reads: neither pins. */
-  w->uv_last = uv || (!w->bypass && n && (ps_watch_is_prelude(arg, n) || returning_only(arg, n)));
+   * INSERT ... RETURNING only LAST_INSERT_ID(), which the take reads: neither pins. The
+   * RETURNING text is looked for only when the scan called the statement FULL (it calls
+   * every RETURNING so): most statements are not. */
+  w->uv_last = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
   int rc = watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
+  *returning = !w->bypass && !w->uv_last && n && (w->dirty & PS_DIRTY_FULL) &&
+               returning_only(arg, n);
+  w->uv_last |= *returning;
   note_pin(w, before, command);
   return rc;
 }

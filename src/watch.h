@@ -112,9 +112,12 @@ gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
 guint ps_watch_classify_sql(const char *sql, size_t len);
 
 /* POOLSHIM_GRAIN=transaction (handle.c): the application's handle has its own command table
- * that calls these with the watch of the connection it holds now. */
+ * that calls these with the watch of the connection it holds now. *returning: the command
+ * is an INSERT or REPLACE ... RETURNING that does not pin (its LAST_INSERT_ID() comes
+ * without an OK packet). */
 int ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
-                        const char *arg, size_t length, my_bool skip_check, void *opt_arg);
+                        const char *arg, size_t length, my_bool skip_check, void *opt_arg,
+                        gboolean *returning);
 int ps_watch_read_query_result(PsWatch *w, MYSQL *mysql);
 /* The watched table (what a connection's holder points its methods at). */
 const struct st_mariadb_methods *ps_watch_methods(PsWatch *w);

@@ -106,6 +106,7 @@ Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_ses
   MYSQL *a = pst_connect_app();
   pst_exec(a, "SET time_zone = '+03:00'");
   pst_exec(a, "SET NAMES latin1");
+  pst_exec(a, "SET @grain_v = 7");
   cr_assert_eq(mysql_select_db(a, pst_env("PS_TEST_DB2")), 0, "%s", mysql_error(a));
   long long first = conn_id(a); /* then taken at once (POOLSHIM_TEST_FORCE_TAKE=100) */
   /* A third handle holds a's connection in a transaction; b's is given back. */
@@ -119,9 +120,11 @@ Test(grain, a_taken_handles_next_command_runs_on_another_connection_with_its_ses
   g_autofree char *db = pst_scalar_str(a, "SELECT DATABASE()");
   g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   g_autofree char *cs = pst_scalar_str(a, "SELECT @@character_set_client");
+  g_autofree char *v = pst_scalar_str(a, "SELECT @grain_v");
   cr_assert_str_eq(db, pst_env("PS_TEST_DB2"));
   cr_assert_str_eq(tz, "+03:00");
   cr_assert_str_eq(cs, "latin1");
+  cr_assert_str_eq(v, "7");
   cr_assert_str_eq(mysql_character_set_name(a), "latin1");
   cr_assert_eq((long long)mysql_thread_id(a), conn_id(a), "mysql_thread_id() names the "
                "connection the handle holds now");
@@ -150,6 +153,34 @@ Test(grain, a_take_sends_no_query_and_the_next_command_restores_the_session_in_o
                (s2 - s1) - (s1 - s0));
   g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   cr_assert_str_eq(tz, "+03:00");
+  mysql_close(a);
+}
+
+Test(grain, a_take_after_the_handle_read_its_own_last_insert_id_reads_nothing_and_keeps_it)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_l");
+  pst_exec(setup, "CREATE TABLE grain_l (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  mysql_close(setup);
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "INSERT INTO grain_l (v) VALUES (1), (2)"); /* LAST_INSERT_ID() is 1 */
+  /* An id given, not generated: the OK packet says 10, LAST_INSERT_ID() stays 1. */
+  pst_exec(a, "INSERT INTO grain_l (id, v) VALUES (10, 3)");
+  cr_assert_eq(mysql_insert_id(a), 10);
+  long long only = conn_id(a);
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 1); /* what the take needs */
+  pst_status("Com_select");
+  long long s0 = pst_status("Com_select");
+  long long s1 = pst_status("Com_select");
+  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
+  long long s2 = pst_status("Com_select");
+  cr_assert_eq(s2 - s1, s1 - s0, "the take ran %lld SELECTs", (s2 - s1) - (s1 - s0));
+  cr_assert_eq(conn_id(b), only, "b did not get a's connection");
+  pst_exec(b, "INSERT INTO grain_l (v) VALUES (4)"); /* b's is 11 */
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 1, "a's LAST_INSERT_ID() changed");
+  cr_assert_eq(pst_scalar(b, "SELECT LAST_INSERT_ID()"), 11);
+  mysql_close(b);
   mysql_close(a);
 }
 
