@@ -515,11 +515,35 @@ ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *la
   return key;
 }
 
+/* The key this thread found last, for the next find of the same digest (a program connects
+ * with the same credentials again and again). Valid while no key was unlinked and no pool
+ * freed since (key_gen, under a pool's lock or at pool free): only then is the pointer
+ * followed. */
+typedef struct {
+  PsPool *pool;
+  PsPoolKey *key;
+  guint64 gen;
+} PsFoundKey;
+static guint64 key_gen = 1; /* atomic; 0 = never valid */
+static _Thread_local PsFoundKey found_key __attribute__((tls_model("initial-exec")));
+
 PsPoolKey *
 ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
 {
+  PsFoundKey *f = &found_key;
   g_mutex_lock(&pool->lock);
-  PsPoolKey *key = g_hash_table_lookup(pool->keys, digest);
+  PsPoolKey *key = NULL;
+  if (f->pool == pool && f->gen == __atomic_load_n(&key_gen, __ATOMIC_RELAXED) &&
+      memcmp(f->key->digest, digest, PS_KEY_DIGEST_LEN) == 0) {
+    key = f->key;
+  } else {
+    key = g_hash_table_lookup(pool->keys, digest);
+    if (key) {
+      f->pool = pool;
+      f->key = key;
+      f->gen = __atomic_load_n(&key_gen, __ATOMIC_RELAXED);
+    }
+  }
   if (key)
     key->holds++;
   g_mutex_unlock(&pool->lock);
@@ -547,6 +571,7 @@ key_unused(const PsPoolKey *key)
 static void
 unlink_key(PsPool *pool, PsPoolKey *key)
 {
+  __atomic_fetch_add(&key_gen, 1, __ATOMIC_RELAXED); /* every thread's found_key is stale */
   g_hash_table_steal(pool->keys, key->digest);
   PsLabelUse *use = g_hash_table_lookup(pool->labels, key->base_label);
   /* The numbering starts again only once no key of the label lives: names stay unique. */
@@ -1258,6 +1283,7 @@ ps_pool_free(PsPool *pool, GSList **victims)
     *victims = g_slist_concat(*victims, idle);
   else
     g_slist_free_full(idle, (GDestroyNotify)ps_pool_item_free);
+  __atomic_fetch_add(&key_gen, 1, __ATOMIC_RELAXED);
   g_hash_table_unref(pool->keys);
   g_hash_table_unref(pool->labels);
   g_mutex_clear(&pool->lock);
