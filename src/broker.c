@@ -763,8 +763,9 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 
 /* ---- the transaction grain's pool side (handle.c calls these) ---- */
 
-/* A connection of pk for a detached handle's command: waits like a connect (taking from
- * takeable handles between slices), the same error 1040 after POOLSHIM_TIMEOUT. */
+/* A connection of pk for a detached handle's command: waits like a connect (its first try
+ * and, as the key's poller, its turns take from takeable handles: handle.c's `direct`),
+ * the same error 1040 after POOLSHIM_TIMEOUT. */
 static PsPhys *
 grain_reborrow(PsPoolKey *pk, MYSQL *m,
                PsPhys *(*direct)(gpointer data, gint64 *next_us, gpointer waiter),
