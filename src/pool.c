@@ -77,7 +77,7 @@ typedef struct {
   guint live;
 } PsLabelUse;
 
-static void
+static inline __attribute__((always_inline)) void
 acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
               gboolean may_grow, gconstpointer token, gint64 poll_us, gint64 *arrived,
               PsGrant *grant);
@@ -818,7 +818,9 @@ queue_waiter(PsPool *pool, PsPoolKey *key, PsWaiter *w)
  * found it asleep pokes it, this only bounds a poke missed in a race. */
 #define GRAIN_SLICE_US ((gint64)5000)
 
-static void
+/* Inlined into acquire() with token NULL: the connect grain's acquire pays nothing for the
+ * transaction grain's poller. */
+static inline __attribute__((always_inline)) void
 acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
               gboolean may_grow, gconstpointer token, gint64 poll_us, gint64 *arrived,
               PsGrant *grant)
