@@ -539,6 +539,21 @@ grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *g)
   return FALSE;
 }
 
+/* POOLSHIM_TIMEOUT passed while waiting for a connection of pk: m gets error 1040, the
+ * server's own "Too many connections" code, with the pool's words. */
+static void
+pool_full(MYSQL *m, PsPoolKey *pk, const PsPoolSettings *settings, gint64 started)
+{
+  char msg[MYSQL_ERRMSG_SIZE];
+  g_snprintf(msg, sizeof msg,
+             "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
+             " ms for a free connection (POOLSHIM_TIMEOUT)",
+             ps_pool_key_label(pk), settings->pool_size,
+             (g_get_monotonic_time() - started) / 1000);
+  ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
+  ps_info("%s", msg);
+}
+
 static MYSQL *connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp,
                              const char *host, const char *user, const char *passwd,
                              const char *db, unsigned int port, const char *unix_socket,
@@ -629,14 +644,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
               "wait: %" G_GINT64_FORMAT " ms)",
               ps_pool_key_label(pk), settings->pool_size, grant.waited_us / 1000);
     if (grant.kind == PS_GRANT_TIMEOUT) {
-      char msg[MYSQL_ERRMSG_SIZE];
-      g_snprintf(msg, sizeof msg,
-                 "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
-                 " ms for a free connection (POOLSHIM_TIMEOUT)",
-                 ps_pool_key_label(pk), settings->pool_size,
-                 (g_get_monotonic_time() - started) / 1000);
-      ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
-      ps_info("%s", msg);
+      pool_full(m, pk, settings, started);
       return NULL;
     }
     if (grant.kind == PS_GRANT_IDLE) {
@@ -797,14 +805,7 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m,
     grain_stop(pool, pk, &gw);
     close_victims(grant.victims, FALSE);
     if (grant.kind == PS_GRANT_TIMEOUT) {
-      char msg[MYSQL_ERRMSG_SIZE];
-      g_snprintf(msg, sizeof msg,
-                 "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
-                 " ms for a free connection (POOLSHIM_TIMEOUT)",
-                 ps_pool_key_label(pk), settings->pool_size,
-                 (g_get_monotonic_time() - started) / 1000);
-      ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
-      ps_info("%s", msg);
+      pool_full(m, pk, settings, started);
       return NULL;
     }
     if (grant.kind == PS_GRANT_IDLE) {
