@@ -539,6 +539,30 @@ grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *g)
   return FALSE;
 }
 
+/* An idle connection the pool granted: claimed, the reply of its pending reset read, and
+ * checked alive (a reply the server sent ahead makes the socket readable: then only a
+ * closed one counts as dead). FALSE when it was closed instead: its reset failed
+ * (*reset_failed) or the server closed it while idle. */
+static gboolean
+claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed)
+{
+  const char *why = NULL;
+  *reset_failed = FALSE;
+  if (ps_phys_claim(p) &&
+      !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile, reset_s, &why)) {
+    ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
+    *reset_failed = TRUE;
+    return FALSE;
+  }
+  p->pending = 0;
+  if (ps_watch_ahead(p->watch) ? ps_conn_idle_closed(p->shell, TRUE)
+                               : !ps_conn_idle_alive(p->shell)) {
+    ps_phys_close(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* POOLSHIM_TIMEOUT passed while waiting for a connection of pk: m gets error 1040, the
  * server's own "Too many connections" code, with the pool's words. */
 static void
@@ -613,7 +637,6 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
                const char *unix_socket, unsigned long client_flag)
 {
   const PsConnKey *key = keyp; /* the caller's, alive until the connect returns */
-  const char *why = NULL;
   const PsPoolSettings *settings = ps_pool_key_settings(pk);
   gint64 started = g_get_monotonic_time();
   gint64 deadline = started + settings->timeout_us;
@@ -649,26 +672,16 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      if (ps_phys_claim(p) && !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile,
-                                 MIN(reset_s, seconds_left(net_deadline)), &why)) {
-        ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
-        if (g_get_monotonic_time() >= net_deadline) {
+      gboolean reset_failed;
+      if (!claim_idle(p, MIN(reset_s, seconds_left(net_deadline)), &reset_failed)) {
+        if (reset_failed && g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */
           ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
                             "Lost connection to server at 'handshake': the server did not "
                             "answer within the connect timeout (poolshim)");
           return NULL;
         }
-        continue;
-      }
-      p->pending = 0;
-      /* A reply the server sent ahead makes the socket readable: then only a closed one
-       * counts as dead. */
-      if (ps_watch_ahead(p->watch) ? ps_conn_idle_closed(p->shell, TRUE)
-                                   : !ps_conn_idle_alive(p->shell)) {
-        /* Killed, timed out or restarted while idle: replace it, the caller sees nothing. */
-        ps_phys_close(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
-        continue;
+        continue; /* killed, timed out or restarted while idle: the caller sees nothing */
       }
       if (!ps_conn_same_identity(p->shell, key)) {
         /* Two keys with one digest: never lend across identities, connect unpooled. */
@@ -784,7 +797,6 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m,
   gint64 started = g_get_monotonic_time();
   gint64 deadline = started + settings->timeout_us;
   unsigned int reset_s = reset_timeout_s();
-  const char *why = NULL;
   PsGrainWait gw = {0};
   for (;;) {
     PsGrant grant;
@@ -810,17 +822,9 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m,
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
-      if (ps_phys_claim(p) &&
-          !ps_conn_reset_end(p->shell, p->pending, p->plan, p->profile, reset_s, &why)) {
-        ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
+      gboolean reset_failed;
+      if (!claim_idle(p, reset_s, &reset_failed))
         continue;
-      }
-      p->pending = 0;
-      if (ps_watch_ahead(p->watch) ? ps_conn_idle_closed(p->shell, TRUE)
-                                   : !ps_conn_idle_alive(p->shell)) {
-        ps_phys_close(p, NULL, PS_CLOSE_DEAD, "closed by the server while idle");
-        continue;
-      }
       return p;
     }
     /* A slot (or every idle one busy with its reset): one more from the key's template. */
