@@ -796,22 +796,22 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
 /* Queues w by its arrival (since_us): a grain waiter that looked for takeable handles
  * between its waits keeps its place. */
 static void
+insert_by_arrival(GQueue *q, GList *link, gint64 since_us)
+{
+  GList *l = q->tail;
+  while (l && ((PsWaiter *)l->data)->since_us > since_us)
+    l = l->prev;
+  if (l)
+    g_queue_insert_after_link(q, l, link);
+  else
+    g_queue_push_head_link(q, link);
+}
+
+static void
 queue_waiter(PsPool *pool, PsPoolKey *key, PsWaiter *w)
 {
-  GList *l = pool->waiters.tail;
-  while (l && ((PsWaiter *)l->data)->since_us > w->since_us)
-    l = l->prev;
-  if (l)
-    g_queue_insert_after_link(&pool->waiters, l, &w->link);
-  else
-    g_queue_push_head_link(&pool->waiters, &w->link);
-  l = key->waitq.tail;
-  while (l && ((PsWaiter *)l->data)->since_us > w->since_us)
-    l = l->prev;
-  if (l)
-    g_queue_insert_after_link(&key->waitq, l, &w->key_link);
-  else
-    g_queue_push_head_link(&key->waitq, &w->key_link);
+  insert_by_arrival(&pool->waiters, &w->link, w->since_us);
+  insert_by_arrival(&key->waitq, &w->key_link, w->since_us);
 }
 
 /* The grain poller's wake-up while no handle is known to be in its delay: a settle that
