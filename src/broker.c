@@ -959,6 +959,8 @@ ps_broker_close(MYSQL *m)
     return;
   }
   const char *why = p->state == PS_PHYS_DOOMED ? p->doom : NULL;
+  if (!why && ps_watch_reply_unread(p->watch))
+    why = "a query's reply was never read";
   if (!why && ps_conn_returnable(m, &why) && p->profile->user &&
       g_strcmp0(m->user, p->profile->user) != 0)
     why = "the session's user changed";

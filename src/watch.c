@@ -55,7 +55,11 @@ struct PsWatch {
   gboolean maybe_in_trans;             /* an error reply with autocommit off: the failed
                                           statement may have begun a transaction, and an
                                           error packet carries no status flags to say so */
+  gboolean unread;                     /* a query was sent (mysql_send_query) and its reply
+                                          not read yet: the connection is out of step for
+                                          anyone else (ps_watch_reply_unread) */
 };
+G_STATIC_ASSERT(sizeof(struct PsWatch) == 648);
 
 static void clear_learnt(PsWatch *w);
 static void clear_ahead(PsWatch *w);
@@ -393,6 +397,7 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
   /* COM_QUIT ends the session: nothing kept for it needs restoring first. */
   if (w->bypass || command == COM_QUIT)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
+  w->unread = command == COM_QUERY && skip_check;
   note_reply(w, mysql); /* the previous command's final reply */
   w->learnt_pending = -1;
   w->fake = NULL;
@@ -487,6 +492,7 @@ watch_read_query_result(PsWatch *w, MYSQL *mysql)
 {
   if (w->bypass)
     return w->orig->db_read_query_result(mysql);
+  w->unread = FALSE;
   int rc = 0;
   if (w->fake) {
     /* What ma_read_ok_packet leaves for a SET: the session already is in this state. */
@@ -687,6 +693,12 @@ gboolean
 ps_watch_pinned(const PsWatch *w)
 {
   return !w || w->pinned || !w->auto_mode;
+}
+
+gboolean
+ps_watch_reply_unread(const PsWatch *w)
+{
+  return w && w->unread;
 }
 
 gboolean

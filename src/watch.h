@@ -85,6 +85,9 @@ void ps_watch_lent(PsWatch *w);
 guint ps_watch_learnt(PsWatch *w, const char *const **stmts);
 /* The reset sent them after its own commands, replies unread; restore undoes a mismatch. */
 void ps_watch_sent_ahead(PsWatch *w, PsWatchRestore restore, gpointer data);
+/* A query was sent without its reply being read (mysql_send_query, then no
+ * mysql_read_query_result): the next reply on the wire is not the next command's. */
+gboolean ps_watch_reply_unread(const PsWatch *w);
 /* Replies of statements run ahead are still on the wire (not kept ones: they owe none). */
 gboolean ps_watch_ahead(const PsWatch *w);
 /* POOLSHIM_RESET=auto: session tracking is on in m's session (session.h); every command is

@@ -76,6 +76,23 @@ Test(misuse, a_handle_closed_with_an_unread_result_is_not_pooled)
   mysql_close(next);
 }
 
+/* mysql_send_query without mysql_read_query_result, then mysql_close: the reply is still on
+ * the wire (or on its way). Handed on, the next borrower's first query read it, or a
+ * reset's reply, as its own (it did: SELECT 7 returned no result set). */
+Test(misuse, a_handle_closed_with_a_query_sent_and_its_reply_never_read_is_not_pooled)
+{
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  static const char q[] = "SELECT 12345";
+  cr_assert_eq(mysql_send_query(m, q, sizeof q - 1), 0, "%s", mysql_error(m));
+  mysql_close(m);
+  pst_wait_thread_gone((unsigned long)id);
+  MYSQL *next = pst_connect_app();
+  cr_assert_eq(pst_scalar(next, "SELECT 7"), 7);
+  cr_assert_neq(pst_scalar(next, "SELECT CONNECTION_ID()"), id);
+  mysql_close(next);
+}
+
 /* A connection the application closed must not live on in a program it execs. */
 Test(misuse, pooled_sockets_are_close_on_exec)
 {
