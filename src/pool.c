@@ -715,9 +715,11 @@ ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
   if (key->grain_token == token) {
     key->grain_token = NULL;
     key->grain_poked = FALSE;
-    /* The newest grain waiter of the key polls from now on (it waits longest for its own
-     * turn in the queue). */
-    for (GList *l = key->waitq.tail; l; l = l->prev) {
+    /* The oldest grain waiter of the key polls from now on: what it takes is its own, so
+     * takes serve the key's waiters in their order of arrival, like connections given
+     * back to the pool. (The newest polled before: with every connection held in a
+     * handle, the oldest then waited for the hand-over bound, 100 ms, and a full reset.) */
+    for (GList *l = key->waitq.head; l; l = l->next) {
       PsWaiter *w = l->data;
       if (w->grain) {
         key->grain_token = w->grain;
