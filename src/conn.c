@@ -1023,6 +1023,11 @@ send_only(MYSQL *m, enum enum_server_command cmd, const char *arg)
   return m->methods->db_command(m, cmd, arg, arg ? strlen(arg) : 0, 1, NULL) == 0;
 }
 
+gboolean
+ps_conn_send_query(MYSQL *m, const char *query)
+{
+  return send_only(m, COM_QUERY, query);
+}
 
 /* Sends the commands back to back without reading a reply: on a plain socket in one
  * send() of the packets the library would write one by one (a syscall and a server wake-up

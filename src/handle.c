@@ -67,6 +67,11 @@ typedef struct {
   gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
   gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
   gboolean asks_lid; /* the command is SELECT LAST_INSERT_ID(): its row is the handle's */
+  /* A re-borrowed session's LAST_INSERT_ID() is not the handle's: DO LAST_INSERT_ID(lid) is
+   * sent at the re-borrow, its reply not awaited; the handle's command follows it on the
+   * wire (one round trip for both), and its reply is read first (read_prefix). */
+  gboolean lid_prefix;
+  gboolean prefix_unread;
 } PsHandle;
 
 static struct {
@@ -353,15 +358,11 @@ take_for(PsHandle *h, PsHandle *t)
   MYSQL *s = p->shell;
   s->methods = ps_watch_methods(p->watch);
   ps_phys_detach(m); /* RETURNING */
-  char lid[64];
-  g_snprintf(lid, sizeof lid, "SET SESSION last_insert_id = %" G_GUINT64_FORMAT, t->lid);
-  const char *stmts[] = {lid};
-  gboolean set_lid = h->lid_unknown || h->lid != t->lid;
   char *value = NULL;
   ps_watch_set_bypass(p->watch, TRUE);
   gboolean ok = ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
                                      &value, g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
-                                     stmts, set_lid ? 1 : 0);
+                                     NULL, 0);
   ps_watch_set_bypass(p->watch, FALSE);
   ps_watch_mark_full(p->watch); /* its return resets what both handles did */
   if (value) {
@@ -370,6 +371,8 @@ take_for(PsHandle *h, PsHandle *t)
     g_free(value);
   }
   h->lost = h->lid_unknown;
+  /* The session holds h's LAST_INSERT_ID() now: t's goes ahead of t's command. */
+  t->lid_prefix = h->lid_unknown || h->lid != t->lid;
   h->p = NULL;
   __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
@@ -517,6 +520,7 @@ reattach(PsHandle *h)
   }
   for (int attempt = 0; attempt < 3; attempt++) {
     h->handed = FALSE;
+    h->lid_prefix = FALSE;
     PsPhys *q = H.ops.reborrow(h->pk, m, direct, h);
     if (!q) {
       /* Opening one failed (not the pool's timeout, 1040): nothing of the command was sent
@@ -529,26 +533,30 @@ reattach(PsHandle *h)
     MYSQL *s = q->shell;
     gboolean ok = h->handed || ps_watch_settle(s, q->watch);
     if (ok && !h->handed) {
-      /* The difference from a fresh session, in one write: the database, the setup
-       * statements, LAST_INSERT_ID(). */
+      /* The difference from a fresh session, in one write, its replies read: the database,
+       * the setup statements, the user variables (each of which the server may refuse).
+       * A fresh session's LAST_INSERT_ID() is 0. */
       guint n = h->sets ? h->sets->len : 0;
       const char **stmts = g_newa(const char *, n + 1);
       for (guint i = 0; i < n; i++)
         stmts[i] = h->sets->pdata[i];
-      const char **all = g_newa(const char *, n + 2);
-      memcpy(all, stmts, n * sizeof *stmts);
-      stmts = all;
       if (h->uservars)
         stmts[n++] = h->uservars;
-      char lid[64];
-      if (h->lid) {
-        g_snprintf(lid, sizeof lid, "SET SESSION last_insert_id = %" G_GUINT64_FORMAT, h->lid);
-        stmts[n++] = lid;
-      }
       ps_watch_set_bypass(q->watch, TRUE);
       ok = ps_conn_run_pipeline(s, NULL, NULL, h->db, stmts, n);
       ps_watch_set_bypass(q->watch, FALSE);
       ps_watch_mark_full(q->watch); /* its return resets what the restore set */
+      h->lid_prefix = h->lid != 0;
+    }
+    if (ok && h->lid_prefix) {
+      /* LAST_INSERT_ID(), which the server cannot refuse: sent now, its reply read with the
+       * command's (read_prefix). A connection lost here has sent nothing of the command. */
+      char lid[64];
+      g_snprintf(lid, sizeof lid, "DO LAST_INSERT_ID(%" G_GUINT64_FORMAT ")", h->lid);
+      ps_watch_set_bypass(q->watch, TRUE);
+      ok = ps_conn_send_query(s, lid);
+      ps_watch_set_bypass(q->watch, FALSE);
+      ps_watch_mark_full(q->watch);
     }
     if (!ok) {
       unsigned int e = s->net.last_errno;
@@ -564,6 +572,7 @@ reattach(PsHandle *h)
     ps_conn_copy_in(m, s);
     ps_phys_attach(q, m);
     h->p = q;
+    h->prefix_unread = h->lid_prefix;
     __atomic_fetch_add(&h->counts->reborrows, 1, __ATOMIC_RELAXED);
     return TRUE;
   }
@@ -636,6 +645,36 @@ asks_lid(const char *sql, size_t len)
          (memcmp(sql, "SELECT LAST_INSERT_ID()", len) == 0 || g_ascii_strncasecmp(sql, q, len) == 0);
 }
 
+/* Reads the reply of the re-borrow's DO LAST_INSERT_ID() (ahead of the command's on the
+ * wire); what the handle shows of its last command stays. 0, or 1 with m's error (the
+ * connection is lost: the command's reply cannot be read either). */
+static int
+read_prefix(PsHandle *h, MYSQL *m)
+{
+  h->prefix_unread = FALSE;
+  my_ulonglong affected = m->affected_rows, id = m->insert_id;
+  unsigned int status = m->server_status, warnings = m->warning_count;
+  ps_watch_set_bypass(h->p->watch, TRUE);
+  int rc = ps_watch_read_query_result(h->p->watch, m);
+  ps_watch_set_bypass(h->p->watch, FALSE);
+  unsigned int e = m->net.last_errno;
+  if (rc && e >= CR_MIN_ERROR && e <= CR_MAX_ERROR)
+    return 1;
+  if (rc) /* not expected of DO with a literal; the session's value stays unknown */
+    ps_warn("a handle's LAST_INSERT_ID() was not restored: %u %s", e, m->net.last_error);
+  m->affected_rows = affected;
+  m->insert_id = id;
+  m->server_status = status;
+  m->warning_count = warnings;
+  m->info = NULL; /* a command's send clears it (mthd_my_send_cmd), and it points into the
+                     read buffer the prefix's reply overwrote */
+  m->field_count = 0;
+  m->net.last_errno = 0;
+  m->net.last_error[0] = '\0';
+  strcpy(m->net.sqlstate, "00000");
+  return 0;
+}
+
 static int
 grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, size_t length,
                  my_bool skip_check, void *opt_arg)
@@ -646,6 +685,13 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   PsPhys *p = h->p;
   if (p->state == PS_PHYS_PINNED)
     ps_phys_enter(p, PS_PHYS_LENT, NULL);
+  /* Only a query whose reply the library reads through read_query_result follows the
+   * re-borrow's prefix unread (mysql_real_query, mysql_send_query): anything else reads
+   * its reply in its own way, the prefix's is read first. */
+  if (G_UNLIKELY(h->prefix_unread) &&
+      (command != COM_QUERY || !skip_check || !arg || ps_watch_unmatched(p->watch)) &&
+      read_prefix(h, m))
+    return 1;
   size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
   /* Most statements start with neither SHOW nor SET: one byte decides. */
   gboolean s_word = n >= 4 && (arg[0] | 0x20) == 's';
@@ -677,7 +723,10 @@ static int
 grain_read_query_result(MYSQL *m)
 {
   PsHandle *h = handle_of(m);
-  int rc = ps_watch_read_query_result(h->p->watch, m);
+  int rc = G_UNLIKELY(h->prefix_unread) && !ps_watch_bypassed(h->p->watch) ? read_prefix(h, m)
+                                                                            : 0;
+  if (!rc)
+    rc = ps_watch_read_query_result(h->p->watch, m);
   /* The watch's own restore inside this command (catch_up) reads its replies through this
    * table: not the command's reply, the handle stays busy. */
   if (ps_watch_bypassed(h->p->watch))
@@ -761,6 +810,8 @@ ps_handle_closing(MYSQL *m)
   g_ptr_array_remove_fast(H.all, h);
   g_mutex_unlock(&H.lock);
   if (attached) {
+    if (h->prefix_unread) /* a query sent and never read: its reply comes after */
+      read_prefix(h, m);
     m->methods = ps_watch_methods(h->p->watch);
     if (h->p->state == PS_PHYS_PINNED || h->p->state == PS_PHYS_TAKEABLE)
       ps_phys_enter(h->p, PS_PHYS_LENT, "closing");

@@ -240,6 +240,58 @@ Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps
   mysql_close(a);
 }
 
+/* A re-borrow's LAST_INSERT_ID() restore (DO LAST_INSERT_ID(n), Com_do) is sent ahead of
+ * the command without waiting for its reply; whatever the next command is, its reply is
+ * read in order: a query (mysql_real_query, mysql_send_query + mysql_read_query_result),
+ * commands that read their reply themselves (mysql_select_db, mysql_ping), a prepared
+ * statement, and a query sent and never read before mysql_close. */
+Test(grain, a_reborrowed_handles_last_insert_id_goes_ahead_of_whatever_command_comes_next)
+{
+  grain_env("2", "100", "10s"); /* taken after every command */
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_lid");
+  pst_exec(setup, "CREATE TABLE grain_lid (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  pst_exec(setup, "INSERT INTO grain_lid (v) VALUES (0), (0), (0)");
+  mysql_close(setup);
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "INSERT INTO grain_lid (v) VALUES (1)");
+  long long want = (long long)mysql_insert_id(a);
+  cr_assert_eq(want, 4);
+  long long dos = pst_status("Com_do");
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), want);
+  cr_assert_eq(mysql_select_db(a, pst_env("PS_TEST_DB")), 0, "%s", mysql_error(a));
+  cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), want);
+  cr_assert_eq(mysql_ping(a), 0, "%s", mysql_error(a));
+  static const char q[] = "SELECT LAST_INSERT_ID()";
+  cr_assert_eq(mysql_send_query(a, q, sizeof q - 1), 0, "%s", mysql_error(a));
+  cr_assert_eq(mysql_read_query_result(a), 0, "%s", mysql_error(a));
+  MYSQL_RES *r = mysql_store_result(a);
+  MYSQL_ROW row = r ? mysql_fetch_row(r) : NULL;
+  cr_assert(row && row[0] && atoll(row[0]) == want, "send + read: %s", row ? row[0] : "no row");
+  mysql_free_result(r);
+  cr_assert_eq(mysql_insert_id(a), (my_ulonglong)want, "mysql_insert_id() changed");
+  /* A prepared statement after a take. */
+  MYSQL_STMT *st = mysql_stmt_init(a);
+  cr_assert_eq(mysql_stmt_prepare(st, q, sizeof q - 1), 0, "%s", mysql_stmt_error(st));
+  cr_assert_eq(mysql_stmt_execute(st), 0, "%s", mysql_stmt_error(st));
+  unsigned long long got = 0;
+  MYSQL_BIND b = {.buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &got, .is_unsigned = 1};
+  cr_assert_eq(mysql_stmt_bind_result(st, &b), 0);
+  cr_assert_eq(mysql_stmt_fetch(st), 0);
+  cr_assert_eq(got, (unsigned long long)want);
+  mysql_stmt_close(st);
+  /* Every one of those commands re-borrowed: a DO each (at least: other tests may run
+   * DO on the same server). */
+  cr_assert_geq(pst_status("Com_do") - dos, 5, "only %lld restores", pst_status("Com_do") - dos);
+  /* Sent, never read, closed: the connection is not handed on with replies unread. */
+  cr_assert_eq(mysql_send_query(a, q, sizeof q - 1), 0, "%s", mysql_error(a));
+  mysql_close(a);
+  MYSQL *c = pst_connect_app();
+  cr_assert_eq(pst_scalar(c, "SELECT 7"), 7);
+  cr_assert_eq(pst_scalar(c, "SELECT LAST_INSERT_ID()"), 0, "another handle's id leaked");
+  mysql_close(c);
+}
+
 Test(grain, the_pools_own_restore_inside_a_command_does_not_make_the_handle_takeable)
 {
   grain_env("2", "100", "5s"); /* every settled handle is taken at once */
