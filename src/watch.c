@@ -310,7 +310,7 @@ classify_command(enum enum_server_command command, const char *arg, size_t lengt
 
 /* POOLSHIM_RESET=auto: PS_DIRTY_FULL for a command whose effect on the session only a full
  * reset is known to undo. */
-static guint
+static inline __attribute__((always_inline)) guint
 classify_auto(enum enum_server_command command, const char *arg, size_t n)
 {
   switch (command) {
@@ -397,7 +397,6 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
   /* COM_QUIT ends the session: nothing kept for it needs restoring first. */
   if (w->bypass || command == COM_QUIT)
     return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
-  w->unread = command == COM_QUERY && skip_check;
   note_reply(w, mysql); /* the previous command's final reply */
   w->learnt_pending = -1;
   w->fake = NULL;
@@ -410,6 +409,7 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
           ps_session_lower((unsigned char)arg[1]) == 'e' &&
           ps_session_lower((unsigned char)arg[2]) == 't')) {
       w->learning = FALSE;
+      w->unread = skip_check;
       guint bits = classify_auto(command, arg, len);
       if (bits) /* not CLEAN or TXN: the database word scan too */
         w->dirty |= bits | classify_command(command, arg, length);
@@ -417,6 +417,7 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
       return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
     }
   }
+  w->unread = command == COM_QUERY && skip_check;
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
   size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;
