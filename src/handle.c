@@ -360,7 +360,10 @@ take_for(PsHandle *h, PsHandle *t)
   ps_phys_detach(m); /* RETURNING */
   char *value = NULL;
   ps_watch_set_bypass(p->watch, TRUE);
-  gboolean ok = ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
+  /* Closed by the server while idle in h (KILL, restart, wait_timeout): not t's to fail
+   * on; one poll, since t's command may be the first thing written to it. */
+  gboolean ok = !ps_conn_idle_closed(s, FALSE) &&
+                ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
                                      &value, g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
                                      NULL, 0);
   ps_watch_set_bypass(p->watch, FALSE);

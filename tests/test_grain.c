@@ -470,6 +470,32 @@ Test(grain, a_killed_connection_still_in_its_handle_gives_the_library_error)
   mysql_close(a);
 }
 
+/* A connection that dies while idle in a takeable handle is checked before it is handed to
+ * another handle's command (one poll): that command runs on a new connection, once, instead
+ * of failing on a socket the server closed. */
+Test(grain, a_killed_connection_in_a_takeable_handle_is_not_handed_to_another_handles_command)
+{
+  grain_env("1", "0", "10s");
+  MYSQL *a = pst_connect_app();
+  conn_id(a); /* takeable from here on */
+  MYSQL *b = pst_connect_app(); /* the one connection, taken from a (takeable, nobody else) */
+  long long first = conn_id(b);
+  g_usleep(5000); /* b takeable for longer than the take delay */
+  cr_assert_eq(conn_id(a), first, "a did not get the connection back from b");
+  g_usleep(5000);
+  pst_exec(pst_admin(), "KILL %lld", first); /* dies in a, takeable */
+  pst_wait_thread_gone((unsigned long)first);
+  long long before = pst_status("Connections");
+  /* b's command: the pool has nothing, a's connection is the only takeable one. */
+  long long now = conn_id(b);
+  cr_assert_neq(now, first);
+  cr_assert_geq(pst_status("Connections") - before, 1, "no new connection was opened");
+  mysql_close(b);
+  /* a's next command re-borrows too: its session was not lost with the connection. */
+  cr_assert_eq(pst_scalar(a, "SELECT 5"), 5);
+  mysql_close(a);
+}
+
 /* ---- statistics ---- */
 
 /* The stats file's value of one sample line that starts with `prefix`, or -1 when absent. */
