@@ -349,6 +349,14 @@ main(int argc, char **argv)
       return 2;
     }
   }
+  static const char *const need[] = {"PS_TEST_HOST", "PS_TEST_PORT", "PS_TEST_USER",
+                                      "PS_TEST_PASSWORD", "PS_TEST_DB"};
+  for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
+    if (!getenv(need[i])) {
+      fprintf(stderr, "holders: %s is not set (the server's coordinates: PS_TEST_HOST, "
+                      "PS_TEST_PORT, PS_TEST_USER, PS_TEST_PASSWORD, PS_TEST_DB)\n", need[i]);
+      return 2;
+    }
   if (shared < 0 || (shared && (per_task || mixed))) {
     fprintf(stderr, "holders: --shared N needs N >= 1 and neither --per-task nor --mixed\n");
     return 2;
