@@ -35,6 +35,12 @@ enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
  * MySQL Router's connection_sharing_delay): between two statements of one task a handle
  * comes back within microseconds, and taking it then makes both wait. */
 #define H_TAKE_DELAY_US 300
+/* ... or, for a handle seen coming back sooner, H_COMEBACK_FACTOR times its usual gap
+ * between two of its commands (measured while someone waits: comeback_us), but never less
+ * than this: a C loop's statements follow each other within tens of microseconds, a
+ * Python ORM's within hundreds. */
+#define H_TAKE_DELAY_MIN_US 50
+#define H_COMEBACK_FACTOR 4
 /* A re-borrow gets an idle handle's connection directly (a hand-over, past the pool's
  * queue) only while no waiter in the queue has waited longer than this. */
 #define H_HAND_OVER_BOUND_US 100000
@@ -51,6 +57,10 @@ typedef struct {
   guint generation; /* H.generation at attach: another one means inherited across fork */
   gint state;
   gint64 takeable_us; /* atomic: when it last became takeable */
+  gint64 comeback_us; /* atomic: its usual gap (a moving average of those shorter than
+                         H_TAKE_DELAY_US) from takeable to its next command; 0: none seen */
+  gint64 settled_us;  /* the owner's: when settle made it takeable with the clock read (0:
+                         not read; a waiter's later stamp of takeable_us is no sample) */
   /* The handle's session as it differs from the pool's fresh one, known without asking the
    * server: the session setup statements that succeeded (ps_watch_prelude_var), in order,
    * the last one per variable; its LAST_INSERT_ID(); and, while detached, its database.
@@ -271,13 +281,38 @@ ps_handle_unlock_after_fork(gboolean child)
   g_mutex_unlock(&H.lock);
 }
 
+/* The owner came back before anyone took its connection: how soon, when the clock was
+ * read for it (settle reads it only while someone wants a connection of the key). */
+static void
+note_comeback(PsHandle *h)
+{
+  gint64 since = h->settled_us;
+  if (!since)
+    return;
+  gint64 gap = g_get_monotonic_time() - since;
+  if (gap < 0 || gap >= H_TAKE_DELAY_US)
+    return;
+  gint64 avg = __atomic_load_n(&h->comeback_us, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->comeback_us, avg ? (7 * avg + gap) / 8 + 1 : gap + 1, __ATOMIC_RELAXED);
+}
+
+/* How long h stays takeable before a waiter takes it. */
+static gint64
+take_delay_us(const PsHandle *h)
+{
+  gint64 avg = __atomic_load_n(&h->comeback_us, __ATOMIC_RELAXED);
+  return avg ? CLAMP(H_COMEBACK_FACTOR * avg, H_TAKE_DELAY_MIN_US, H_TAKE_DELAY_US)
+             : H_TAKE_DELAY_US;
+}
+
 /* Claims (TAKING) the handle of pk that has been takeable longest, at least
- * H_TAKE_DELAY_US; NULL, and in *next_us when one will have been (0: none takeable). */
+ * its delay (take_delay_us); NULL, and in *next_us when one will have been (0: none
+ * takeable). */
 static PsHandle *
 claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
 {
   PsHandle *found = NULL;
-  gint64 now = g_get_monotonic_time(), oldest = G_MAXINT64;
+  gint64 now = g_get_monotonic_time(), ready = G_MAXINT64;
   *next_us = 0;
   g_mutex_lock(&H.lock);
   /* A handle between two statements of one task comes back within microseconds, one that
@@ -294,13 +329,14 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
       since = __atomic_compare_exchange_n(&h->takeable_us, &zero, now, FALSE,
                                           __ATOMIC_RELAXED, __ATOMIC_RELAXED) ? now : zero;
     }
-    if (since < oldest) {
-      oldest = since;
+    gint64 at = since + take_delay_us(h); /* the one whose delay ends first */
+    if (at < ready) {
+      ready = at;
       found = h;
     }
   }
-  if (found && now - oldest < H_TAKE_DELAY_US) {
-    *next_us = oldest + H_TAKE_DELAY_US;
+  if (found && now < ready) {
+    *next_us = ready;
     found = NULL;
   }
   gint expect = H_TAKEABLE;
@@ -478,11 +514,12 @@ settle(PsHandle *h)
     ps_phys_enter(p, PS_PHYS_LENT, "pin over");
   if (p->state != PS_PHYS_TAKEABLE && !ps_phys_enter(p, PS_PHYS_TAKEABLE, NULL))
     return;
-  /* A waiter takes it once it has been takeable for H_TAKE_DELAY_US (claim). The clock is
+  /* A waiter takes it once it has been takeable for its delay (claim). The clock is
    * read only while someone wants a connection of the key; else the first waiter that
    * sees the handle takeable starts its delay. */
   gboolean wanted = ps_pool_key_wanted(h->pk) != 0;
-  __atomic_store_n(&h->takeable_us, wanted ? g_get_monotonic_time() : 0, __ATOMIC_RELAXED);
+  h->settled_us = wanted ? g_get_monotonic_time() : 0;
+  __atomic_store_n(&h->takeable_us, h->settled_us, __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_SEQ_CST);
   /* The key's poller sleeps without a delay timer: it looks now (ps_pool_key_poke). */
   if (wanted)
@@ -598,6 +635,7 @@ enter(PsHandle *h, gboolean reborrow)
                                       __ATOMIC_RELAXED)) {
         if (h->p->state == PS_PHYS_TAKEABLE)
           ps_phys_enter(h->p, PS_PHYS_LENT, NULL);
+        note_comeback(h);
         return TRUE;
       }
       continue;
