@@ -292,6 +292,32 @@ Test(grain, a_reborrowed_handles_last_insert_id_goes_ahead_of_whatever_command_c
   mysql_close(c);
 }
 
+/* Django's handles run the same setup statements, but set autocommit again at different
+ * moments: the same session, in another order. A re-borrow gets such a handle's connection
+ * as it is, without the restore that follows a return to the pool (its COM_INIT_DB). */
+Test(grain, handles_whose_setups_ran_in_another_order_hand_over_without_a_reset)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "SET time_zone = '+01:00'");
+  pst_exec(a, "SET autocommit = 1");
+  long long only = conn_id(a);
+  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
+  pst_exec(b, "SET autocommit = 1");
+  pst_exec(b, "SET time_zone = '+01:00'");
+  cr_assert_eq(conn_id(b), only);
+  g_usleep(5000); /* b has been takeable a while */
+  /* The session's own counter: no other test's statements in it. */
+  long long dbs = pst_scalar(a, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
+                                "WHERE VARIABLE_NAME = 'COM_CHANGE_DB'");
+  cr_assert_eq(dbs, 0, "a's session was restored (%lld COM_INIT_DB in it)", dbs);
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+01:00");
+  cr_assert_eq(conn_id(a), only);
+  mysql_close(b);
+  mysql_close(a);
+}
+
 Test(grain, the_pools_own_restore_inside_a_command_does_not_make_the_handle_takeable)
 {
   grain_env("2", "100", "5s"); /* every settled handle is taken at once */
