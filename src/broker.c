@@ -959,8 +959,7 @@ ps_broker_close(MYSQL *m)
     return;
   }
   const char *why = p->state == PS_PHYS_DOOMED ? p->doom : NULL;
-  /* After a command's send the library's packet number is 1 until a reply is read. */
-  if (!why && m->net.pkt_nr == 1 && ps_watch_reply_unread(p->watch))
+  if (!why && ps_watch_reply_unread(p->watch))
     why = "a query's reply was never read";
   if (!why && ps_conn_returnable(m, &why) && p->profile->user &&
       g_strcmp0(m->user, p->profile->user) != 0)

@@ -720,8 +720,9 @@ read_prefix(PsHandle *h, MYSQL *m)
   unsigned int e = m->net.last_errno;
   if (rc && e >= CR_MIN_ERROR && e <= CR_MAX_ERROR)
     return 1;
-  if (rc) /* not expected of DO with a literal; the session's value stays unknown */
-    ps_warn("a handle's LAST_INSERT_ID() was not restored: %u %s", e, m->net.last_error);
+  if (rc) /* not expected of DO with a literal (a KILL QUERY could): said, not hidden */
+    ps_warn("a handle's LAST_INSERT_ID() was not restored (it shows another session's "
+            "until its next INSERT): %u %s", e, m->net.last_error);
   m->affected_rows = affected;
   m->insert_id = id;
   m->server_status = status;
@@ -749,9 +750,13 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
    * re-borrow's prefix unread (mysql_real_query, mysql_send_query): anything else reads
    * its reply in its own way, the prefix's is read first. */
   if (G_UNLIKELY(h->prefix_unread) &&
-      (command != COM_QUERY || !skip_check || !arg || ps_watch_unmatched(p->watch)) &&
+      (command != COM_QUERY || !skip_check || !arg || ps_watch_unmatched(p->watch) ||
+       /* LOAD DATA LOCAL: the library allows the file request only while the reply it
+        * reads next is this statement's (auto_local_infile) */
+       ((length ? length : strlen(arg)) >= 4 && g_ascii_strncasecmp(arg, "load", 4) == 0)) &&
       read_prefix(h, m))
     return 1;
+  MARIADB_PVIO *sent_on = m->net.pvio;
   size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
   /* Most statements start with neither SHOW nor SET: one byte decides. */
   gboolean s_word = n >= 4 && (arg[0] | 0x20) == 's';
@@ -766,6 +771,10 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   gboolean returning = FALSE;
   int rc = ps_watch_db_command(p->watch, m, command, arg, length, skip_check, opt_arg,
                                &returning);
+  /* The send failed, or the library reconnected and sent it on a new socket (its struct
+   * replaced, these hooks with it): no prefix reply will come on this one. */
+  if (G_UNLIKELY(h->prefix_unread) && (rc || m->net.pvio != sent_on))
+    h->prefix_unread = FALSE;
   if (returning)
     h->lid_unknown = TRUE; /* INSERT ... RETURNING: a result set, no insert id */
   if (command == COM_INIT_DB && rc == 0 && arg) {
@@ -870,8 +879,10 @@ ps_handle_closing(MYSQL *m)
   g_ptr_array_remove_fast(H.all, h);
   g_mutex_unlock(&H.lock);
   if (attached) {
-    if (h->prefix_unread) /* a query sent and never read: its reply comes after */
-      read_prefix(h, m);
+    /* A query sent and never read (its reply after the prefix's): the watch says so and
+     * the connection is closed, not pooled; nothing is read from it here (in a forked
+     * child the socket is the parent's too). */
+    h->prefix_unread = FALSE;
     m->methods = ps_watch_methods(h->p->watch);
     if (h->p->state == PS_PHYS_PINNED || h->p->state == PS_PHYS_TAKEABLE)
       ps_phys_enter(h->p, PS_PHYS_LENT, "closing");

@@ -409,7 +409,7 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
           ps_session_lower((unsigned char)arg[1]) == 'e' &&
           ps_session_lower((unsigned char)arg[2]) == 't')) {
       w->learning = FALSE;
-      w->unread = skip_check;
+      w->unread |= skip_check;
       guint bits = classify_auto(command, arg, len);
       if (bits) /* not CLEAN or TXN: the database word scan too */
         w->dirty |= bits | classify_command(command, arg, length);
@@ -417,7 +417,9 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
       return w->orig->db_command(mysql, command, arg, length, skip_check, opt_arg);
     }
   }
-  w->unread = command == COM_QUERY && skip_check;
+  /* Kept until a reply is read: a command sent after it (ping, statement close) does not
+   * read the query's reply for it. */
+  w->unread |= command == COM_QUERY && skip_check;
   /* Statements are matched only while a borrow's setup is being noted or answered. */
   gboolean looking = w->learning || w->next < w->nahead;
   size_t n = arg && (looking || w->auto_mode) ? (length ? length : strlen(arg)) : 0;

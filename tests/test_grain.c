@@ -283,9 +283,13 @@ Test(grain, a_reborrowed_handles_last_insert_id_goes_ahead_of_whatever_command_c
   /* Every one of those commands re-borrowed: a DO each (at least: other tests may run
    * DO on the same server). */
   cr_assert_geq(pst_status("Com_do") - dos, 5, "only %lld restores", pst_status("Com_do") - dos);
-  /* Sent, never read, closed: the connection is not handed on with replies unread. */
+  /* Sent right after a re-borrow (the prefix ahead of it), never read, closed: the
+   * connection is closed, not handed on with replies unread. */
+  conn_id(a); /* a query: taken after it (the statement before pinned until closed) */
   cr_assert_eq(mysql_send_query(a, q, sizeof q - 1), 0, "%s", mysql_error(a));
+  unsigned long sent_on = mysql_thread_id(a);
   mysql_close(a);
+  pst_wait_thread_gone(sent_on);
   MYSQL *c = pst_connect_app();
   cr_assert_eq(pst_scalar(c, "SELECT 7"), 7);
   cr_assert_eq(pst_scalar(c, "SELECT LAST_INSERT_ID()"), 0, "another handle's id leaked");
@@ -316,6 +320,32 @@ Test(grain, handles_whose_setups_ran_in_another_order_hand_over_without_a_reset)
   cr_assert_eq(conn_id(a), only);
   mysql_close(b);
   mysql_close(a);
+}
+
+/* LOAD DATA LOCAL INFILE as the first command after a re-borrow whose LAST_INSERT_ID() goes
+ * ahead of it: the library accepts the server's file request only while the reply it reads
+ * is the statement's own (auto_local_infile), so the prefix's reply is read before it. */
+Test(grain, load_data_local_infile_right_after_a_reborrow_loads_its_rows)
+{
+  grain_env("2", "100", "10s"); /* taken after every command */
+  g_autofree char *path = g_build_filename(g_get_tmp_dir(), "poolshim-grain-load.txt", NULL);
+  cr_assert(g_file_set_contents(path, "7\n8\n9\n", -1, NULL));
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS grain_load");
+  pst_exec(setup, "CREATE TABLE grain_load (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
+  mysql_close(setup);
+  MYSQL *a = mysql_init(NULL);
+  unsigned int on = 1;
+  mysql_options(a, MYSQL_OPT_LOCAL_INFILE, &on);
+  pst_connect_app_on(a);
+  pst_exec(a, "INSERT INTO grain_load (v) VALUES (1)"); /* LAST_INSERT_ID() 1: restored */
+  g_autofree char *sql =
+    g_strdup_printf("LOAD DATA LOCAL INFILE '%s' INTO TABLE grain_load (v)", path);
+  cr_assert_eq(mysql_query(a, sql), 0, "%u %s", mysql_errno(a), mysql_error(a));
+  cr_assert_eq(mysql_affected_rows(a), 3);
+  cr_assert_eq(pst_scalar(a, "SELECT COUNT(*) FROM grain_load"), 4);
+  mysql_close(a);
+  g_unlink(path);
 }
 
 Test(grain, the_pools_own_restore_inside_a_command_does_not_make_the_handle_takeable)
