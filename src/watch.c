@@ -389,6 +389,20 @@ catch_up(MYSQL *mysql, PsWatch *w)
   return ok;
 }
 
+static gboolean returning_only(const char *sql, size_t len);
+
+/* Auto mode, a query the scan called FULL: INSERT or REPLACE ... RETURNING whose only FULL
+ * word is RETURNING changes nothing but LAST_INSERT_ID() (which no OK packet shows then):
+ * the return sets it back to 0 (PS_VAR_LAST_INSERT_ID) instead of a full reset. */
+static guint
+returning_bits(PsWatch *w, guint bits, const char *arg, size_t n)
+{
+  if (bits != PS_DIRTY_FULL || !returning_only(arg, n))
+    return bits;
+  w->restore_vars |= PS_VAR_LAST_INSERT_ID;
+  return 0;
+}
+
 /* Inlined into both of its callers: the default path (watched_db_command) pays no call. */
 static inline __attribute__((always_inline)) int
 watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const char *arg,
@@ -411,6 +425,8 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
       w->learning = FALSE;
       w->unread |= skip_check;
       guint bits = classify_auto(command, arg, len);
+      if (G_UNLIKELY(bits))
+        bits = returning_bits(w, bits, arg, len);
       if (bits) /* not CLEAN or TXN: the database word scan too */
         w->dirty |= bits | classify_command(command, arg, length);
       w->last = PS_LAST_QUIET;
@@ -473,6 +489,8 @@ watch_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command, const 
   guint auto_bits = w->auto_mode && learnt < 0 && !restorable
                       ? classify_auto(command, arg, n)
                       : PS_DIRTY_FULL; /* not judged */
+  if (w->auto_mode && learnt < 0 && !restorable && command == COM_QUERY && arg && auto_bits)
+    auto_bits = returning_bits(w, auto_bits, arg, n);
   /* A statement session.c calls CLEAN or TXN is one plain statement (no USE, no dynamic
    * SQL, no routine call, no DROP DATABASE: those are FULL there): the words this file
    * looks for can only be names or text in it, never a change of the database or the
@@ -650,12 +668,12 @@ ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
   w->uv_used |= uv;
   /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow restores, and
    * INSERT ... RETURNING only LAST_INSERT_ID(), which the take reads: neither pins. The
-   * RETURNING text is looked for only when the scan called the statement FULL (it calls
-   * every RETURNING so): most statements are not. */
+   * RETURNING text is looked for only in an INSERT or REPLACE (returning_only's first
+   * test). */
   w->uv_last = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
   int rc = watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
-  *returning = !w->bypass && !w->uv_last && n && (w->dirty & PS_DIRTY_FULL) &&
-               returning_only(arg, n);
+  /* (Not FULL in auto mode: returning_bits.) */
+  *returning = !w->bypass && !w->uv_last && n && returning_only(arg, n);
   w->uv_last |= *returning;
   note_pin(w, before, command);
   return rc;
