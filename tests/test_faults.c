@@ -1149,6 +1149,7 @@ Test(faults, committed_work_survives_kills_and_a_restart, .init = pool_of_eight,
      .fini = finish)
 {
   long long c0 = 0, marker = 0;
+  Lane lane; /* the workers read it until stop_and_join: outside the loop's scope */
   /* As in kill_scenario: a server that dies under the KILLs (MariaDB 10.11, reading
    * PROCESSLIST while sessions end) is restarted and the scenario runs once more. */
   for (int attempt = 0;; attempt++) {
@@ -1157,7 +1158,7 @@ Test(faults, committed_work_survives_kills_and_a_restart, .init = pool_of_eight,
     g_snprintf(S.insert_sql, sizeof S.insert_sql, "INSERT INTO t (v) VALUES (%lld)", marker);
     g_snprintf(S.abandon_sql, sizeof S.abandon_sql, "INSERT INTO t (v) VALUES (%lld)",
                marker + 1);
-    Lane lane = select_lane(0, pst_env("PS_TEST_DB"));
+    lane = select_lane(0, pst_env("PS_TEST_DB"));
     lane.commit = TRUE;
     lane.abandon_every = 8;
     start_workers(&lane, THREADS);
