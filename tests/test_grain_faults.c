@@ -380,8 +380,10 @@ typedef struct {
 
 /* The statement takes the named lock `grain_sent_WHO` (so the test knows the server runs
  * it), then waits for `grain_go_WHO`, which the test holds until it has cut the
- * connection. No polling of PROCESSLIST: MariaDB 10.11 crashed once while the test read it
- * (a NULL dereference in mariadbd, seen in the ASan pass). */
+ * connection. No polling of PROCESSLIST: mariadbd crashed once while the test read it (a
+ * NULL dereference in ha_maria::drop_table, seen in the ASan pass; the other private server,
+ * restarting, had deleted the internal temporary table of that read from the /tmp both
+ * shared, which scripts/server no longer lets them share). */
 static void *
 run_held_insert(void *arg)
 {
