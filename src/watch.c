@@ -32,7 +32,10 @@ struct PsWatch {
   /* Answering ahead (watch.h). */
   gboolean learning;                   /* lent: the leading preludes are being noted */
   guint nlearnt;
-  gboolean uv_last;                    /* the last command only read or set user variables */
+  gboolean uv_last;                    /* the last command only read or set user variables,
+                                          or changed only what a re-borrow restores (a
+                                          prelude; LAST_INSERT_ID() by INSERT ... RETURNING,
+                                          noted by returning_bits) */
   char *learnt[PS_PRELUDE_MAX];        /* this borrow's leading preludes */
   guint nahead, next;
   char *ahead[PS_PRELUDE_MAX];         /* run ahead by the reset; replies next.. unread */
@@ -400,6 +403,7 @@ returning_bits(PsWatch *w, guint bits, const char *arg, size_t n)
   if (bits != PS_DIRTY_FULL || !returning_only(arg, n))
     return bits;
   w->restore_vars |= PS_VAR_LAST_INSERT_ID;
+  w->uv_last = TRUE; /* for ps_watch_db_command: the transaction grain reads it at a take */
   return 0;
 }
 
@@ -668,13 +672,12 @@ ps_watch_db_command(PsWatch *w, MYSQL *mysql, enum enum_server_command command,
   w->uv_used |= uv;
   /* A session setup statement (ps_watch_is_prelude) sets what the re-borrow restores, and
    * INSERT ... RETURNING only LAST_INSERT_ID(), which the take reads: neither pins. The
-   * RETURNING text is looked for only in an INSERT or REPLACE (returning_only's first
-   * test). */
-  w->uv_last = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
+   * scan of watch_command finds the RETURNING (returning_bits sets uv_last). */
+  gboolean noted = uv || (!w->bypass && n && ps_watch_is_prelude(arg, n));
+  w->uv_last = FALSE;
   int rc = watch_command(w, mysql, command, arg, length, skip_check, opt_arg);
-  /* (Not FULL in auto mode: returning_bits.) */
-  *returning = !w->bypass && !w->uv_last && n && returning_only(arg, n);
-  w->uv_last |= *returning;
+  *returning = !w->bypass && !noted && w->uv_last;
+  w->uv_last |= noted;
   note_pin(w, before, command);
   return rc;
 }
