@@ -32,6 +32,19 @@ conn_id(MYSQL *m)
   return pst_scalar(m, "SELECT CONNECTION_ID()");
 }
 
+/* A new table `name` (id AUTO_INCREMENT, v), with `rows` ("(1), (2)") in it unless NULL,
+ * made on a handle of its own that is then closed (DDL pins a session until its close). */
+static void
+fresh_table(const char *name, const char *rows)
+{
+  MYSQL *setup = pst_connect_app();
+  pst_exec(setup, "DROP TABLE IF EXISTS %s", name);
+  pst_exec(setup, "CREATE TABLE %s (id INT AUTO_INCREMENT PRIMARY KEY, v INT)", name);
+  if (rows)
+    pst_exec(setup, "INSERT INTO %s (v) VALUES %s", name, rows);
+  mysql_close(setup);
+}
+
 /* ---- many handles, few connections ---- */
 
 #define THREADS 16
@@ -159,10 +172,7 @@ Test(grain, a_take_sends_no_query_and_the_next_command_restores_the_session_in_o
 Test(grain, a_take_after_the_handle_read_its_own_last_insert_id_reads_nothing_and_keeps_it)
 {
   grain_env("1", "0", "5s");
-  MYSQL *setup = pst_connect_app();
-  pst_exec(setup, "DROP TABLE IF EXISTS grain_l");
-  pst_exec(setup, "CREATE TABLE grain_l (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
-  mysql_close(setup);
+  fresh_table("grain_l", NULL);
   MYSQL *a = pst_connect_app();
   pst_exec(a, "INSERT INTO grain_l (v) VALUES (1), (2)"); /* LAST_INSERT_ID() is 1 */
   /* An id given, not generated: the OK packet says 10, LAST_INSERT_ID() stays 1. */
@@ -187,11 +197,7 @@ Test(grain, a_take_after_the_handle_read_its_own_last_insert_id_reads_nothing_an
 Test(grain, after_insert_returning_the_handle_is_takeable_and_keeps_its_last_insert_id)
 {
   grain_env("2", "100", "5s");
-  MYSQL *setup = pst_connect_app();
-  pst_exec(setup, "DROP TABLE IF EXISTS grain_r");
-  pst_exec(setup, "CREATE TABLE grain_r (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
-  pst_exec(setup, "INSERT INTO grain_r (v) VALUES (1), (2)");
-  mysql_close(setup);
+  fresh_table("grain_r", "(1), (2)");
   MYSQL *a = pst_connect_app();
   /* What Django sends for Model.objects.create() on MariaDB (a quoted table name too). */
   long long id = pst_scalar(a, "INSERT INTO `grain_r` (`v`) VALUES (7) RETURNING `grain_r`.`id`");
@@ -217,10 +223,7 @@ Test(grain, after_insert_returning_the_handle_is_takeable_and_keeps_its_last_ins
 Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps_its_own_last_insert_id)
 {
   grain_env("1", "0", "5s");
-  MYSQL *setup = pst_connect_app();
-  pst_exec(setup, "DROP TABLE IF EXISTS grain_h");
-  pst_exec(setup, "CREATE TABLE grain_h (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
-  mysql_close(setup);
+  fresh_table("grain_h", NULL);
   MYSQL *a = pst_connect_app();
   pst_exec(a, "INSERT INTO grain_h (v) VALUES (1)"); /* a's LAST_INSERT_ID() is 1 */
   long long only = conn_id(a);
@@ -248,11 +251,7 @@ Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps
 Test(grain, a_reborrowed_handles_last_insert_id_goes_ahead_of_whatever_command_comes_next)
 {
   grain_env("2", "100", "10s"); /* taken after every command */
-  MYSQL *setup = pst_connect_app();
-  pst_exec(setup, "DROP TABLE IF EXISTS grain_lid");
-  pst_exec(setup, "CREATE TABLE grain_lid (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
-  pst_exec(setup, "INSERT INTO grain_lid (v) VALUES (0), (0), (0)");
-  mysql_close(setup);
+  fresh_table("grain_lid", "(0), (0), (0)");
   MYSQL *a = pst_connect_app();
   pst_exec(a, "INSERT INTO grain_lid (v) VALUES (1)");
   long long want = (long long)mysql_insert_id(a);
@@ -330,10 +329,7 @@ Test(grain, load_data_local_infile_right_after_a_reborrow_loads_its_rows)
   grain_env("2", "100", "10s"); /* taken after every command */
   g_autofree char *path = g_build_filename(g_get_tmp_dir(), "poolshim-grain-load.txt", NULL);
   cr_assert(g_file_set_contents(path, "7\n8\n9\n", -1, NULL));
-  MYSQL *setup = pst_connect_app();
-  pst_exec(setup, "DROP TABLE IF EXISTS grain_load");
-  pst_exec(setup, "CREATE TABLE grain_load (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
-  mysql_close(setup);
+  fresh_table("grain_load", NULL);
   MYSQL *a = mysql_init(NULL);
   unsigned int on = 1;
   mysql_options(a, MYSQL_OPT_LOCAL_INFILE, &on);
@@ -366,10 +362,7 @@ Test(grain, the_pools_own_restore_inside_a_command_does_not_make_the_handle_take
 Test(grain, insert_id_affected_rows_info_and_warnings_are_unchanged_across_a_take)
 {
   grain_env("2", "100", "10s");
-  MYSQL *setup = pst_connect_app(); /* DDL pins a session until its close */
-  pst_exec(setup, "DROP TABLE IF EXISTS grain_t");
-  pst_exec(setup, "CREATE TABLE grain_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)");
-  mysql_close(setup);
+  fresh_table("grain_t", NULL);
   MYSQL *b = pst_connect_app();
   pst_exec(b, "START TRANSACTION");
   MYSQL *a = pst_connect_app();

@@ -204,6 +204,24 @@ Test(grain_faults, after_a_restart_a_taken_handle_runs_its_statement_once_on_a_n
   mysql_close(plain);
 }
 
+/* Both sessions are gone (a still in its takeable handle): two commands each get the same
+ * lost-connection error under the pool as without it, and neither ran. Closes both. */
+static void
+same_loss_as_without_the_pool(MYSQL *a, MYSQL *plain, const char *fault)
+{
+  for (int i = 0; i < 2; i++) {
+    unsigned int ea = try_query(a, "INSERT INTO grain_f VALUES ('a', 1)");
+    unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
+    cr_log_info("%s, command %d: %u under the pool, %u without it", fault, i, ea, ep);
+    cr_assert_eq(ea, ep, "command %d: %u (%s) under the pool, %u (%s) without it", i, ea,
+                 mysql_error(a), ep, mysql_error(plain));
+    cr_assert(lost(ea), "command %d: %u %s", i, ea, mysql_error(a));
+  }
+  cr_assert_eq(rows_of("a"), 0);
+  mysql_close(a);
+  mysql_close(plain);
+}
+
 Test(grain_faults, a_kill_gives_a_takeable_handle_the_errors_a_plain_connection_gets)
 {
   grain_env("0");
@@ -214,17 +232,7 @@ Test(grain_faults, a_kill_gives_a_takeable_handle_the_errors_a_plain_connection_
   pst_exec(pst_admin(), "KILL %lld", plain_id);
   pst_wait_thread_gone((unsigned long)a_id);
   pst_wait_thread_gone((unsigned long)plain_id);
-  for (int i = 0; i < 2; i++) {
-    unsigned int ea = try_query(a, "INSERT INTO grain_f VALUES ('a', 1)");
-    unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
-    cr_log_info("KILL, command %d: %u under the pool, %u without it", i, ea, ep);
-    cr_assert_eq(ea, ep, "command %d: %u (%s) under the pool, %u (%s) without it", i, ea,
-                 mysql_error(a), ep, mysql_error(plain));
-    cr_assert(lost(ea), "command %d: %u %s", i, ea, mysql_error(a));
-  }
-  cr_assert_eq(rows_of("a"), 0);
-  mysql_close(a);
-  mysql_close(plain);
+  same_loss_as_without_the_pool(a, plain, "KILL");
 }
 
 /* ---- b. the server's wait_timeout ---- */
@@ -257,17 +265,7 @@ Test(grain_faults, a_takeable_handle_past_wait_timeout_sees_what_a_plain_connect
   /* The server closes both sessions after 2 s of silence. */
   pst_wait_thread_gone((unsigned long)a_id);
   pst_wait_thread_gone((unsigned long)plain_id);
-  for (int i = 0; i < 2; i++) {
-    unsigned int ea = try_query(a, "INSERT INTO grain_f VALUES ('a', 1)");
-    unsigned int ep = try_query(plain, "INSERT INTO grain_f VALUES ('plain', 1)");
-    cr_log_info("wait_timeout, command %d: %u under the pool, %u without it", i, ea, ep);
-    cr_assert_eq(ea, ep, "command %d: %u (%s) under the pool, %u (%s) without it", i, ea,
-                 mysql_error(a), ep, mysql_error(plain));
-    cr_assert(lost(ea), "command %d: %u %s", i, ea, mysql_error(a));
-  }
-  cr_assert_eq(rows_of("a"), 0);
-  mysql_close(a);
-  mysql_close(plain);
+  same_loss_as_without_the_pool(a, plain, "wait_timeout");
 }
 
 Test(grain_faults, a_taken_handle_past_wait_timeout_simply_works_again_in_its_session,
