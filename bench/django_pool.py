@@ -1,7 +1,8 @@
 """A Django thread pool: each task uses the ORM's connection, runs SELECT 1, and closes
 the connection as a request handler does at the end of a request (CONN_MAX_AGE=0).
 
-Usage: django_pool.py TASKS THREADS [--persistent]. Server from PS_TEST_*.
+Usage: django_pool.py TASKS THREADS [--persistent]. Server from PS_TEST_*. THREADS 1 runs
+the tasks in the main thread (no executor).
 Prints one result line: seconds=... cycles=... errors=...
 
   (default)     CONN_MAX_AGE=0 and connection.close() after every task: Django's default;
@@ -58,8 +59,13 @@ def task(_):
 
 
 start = time.monotonic()
-with ThreadPoolExecutor(args.threads) as pool:
-    errors = sum(pool.map(task, range(args.tasks)))
+if args.threads == 1:
+    # In this thread, with no executor: no second thread waits for the interpreter's lock
+    # whenever MySQLdb lets go of it around a call into the client library.
+    errors = sum(task(i) for i in range(args.tasks))
+else:
+    with ThreadPoolExecutor(args.threads) as pool:
+        errors = sum(pool.map(task, range(args.tasks)))
 seconds = time.monotonic() - start
 connections.close_all()  # this thread's; worker threads' connections close with them
 if first_error:

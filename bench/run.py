@@ -81,6 +81,7 @@ GROUP_TITLES = {
     "fairness": f"256 threads on a pool of {FAIR_POOL}",
     "pyrtt": f"Python MySQLdb, {RTT_PY_THREADS} threads, 0.5 ms RTT",
     "djrtt": f"Django ORM, {RTT_PY_THREADS} threads, 0.5 ms RTT",
+    "django1": "Django ORM, one thread",
     "revalidate": "C loop, TCP, credentials proved again (POOLSHIM_REVALIDATE)",
 }
 
@@ -220,6 +221,9 @@ def variants(groups, scale):
         mysqldb("python", PY_THREADS, (3000, 4000, 4000, 6000))
     if "django" in groups:
         django("django", PY_THREADS, (2000, 3000, 5000))
+        # The same tasks on one thread: no other thread waits for the interpreter's lock
+        # each time MySQLdb lets go of it around a call into the client library.
+        django("django1", 1, (1000, 3000, 5000))
     if "pyrtt" in groups:
         # The interpreted clients where the network is not loopback: each connect's own
         # setup statements are round trips (MySQLdb: SET autocommit; Django: four).
@@ -654,6 +658,10 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                   ("python", PY_THREADS, tag), ("python", PY_THREADS, "sqlalchemy"), 1.10)
         target(f"Django, 16 threads, CONN_MAX_AGE=0: {name} >= 2x no pool",
                ("django", PY_THREADS, tag), 2)
+        one = by_key.get(("django1", 1, tag))
+        if one and one.ratio:
+            L.append(f"| (no target) Django, one thread, CONN_MAX_AGE=0: {name} / no pool | "
+                     f"{one.ratio:.2f}x | - |")
         f8, f256 = by_key.get(("fairness", FAIR_POOL, tag)), by_key.get(("fairness", 256, tag))
         if f8 and f256 and f8.med_thr and f256.med_thr:
             x = f256.med_thr / f8.med_thr
@@ -737,7 +745,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     # Checks per group.
     L.append("## Checks per group")
     L.append("")
-    for g in groups + (["djrtt"] if "pyrtt" in groups else []):
+    for g in groups + (["djrtt"] if "pyrtt" in groups else []) + \
+            (["django1"] if "django" in groups else []):
         vs = [v for v in todo if v.group == g]
         if not vs:
             continue
