@@ -13,6 +13,11 @@
  *                   99th percentile and maximum in microseconds (connect_p50_us=...), and
  *                   the lowest and highest per-thread mean (thread_mean_min_us=...): with
  *                   fair (FIFO) service of waiters for a full pool the two are close
+ *   --shared N      no connect per cycle: N connections opened up front are shared by all
+ *                   threads from a stack (a mutex and a condition variable; a cycle takes
+ *                   one, waiting while none is free, runs SELECT 1 and puts it back): the
+ *                   program's own pool of N, the bound of any pool of that size for this
+ *                   many threads (--latency then times the take)
  *
  * After the timed part one more connection (same options; under poolshim it comes from
  * the pool) runs SHOW STATUS LIKE 'Ssl_cipher' and the line ends with cipher=NAME, or
@@ -34,6 +39,12 @@ static const char *host, *sock, *user, *password, *db;
 static unsigned port;
 static int errors;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* --shared: the stack of free connections, guarded by `lock`. */
+static int shared;
+static MYSQL **stack;
+static int stack_top;
+static pthread_cond_t stack_cv = PTHREAD_COND_INITIALIZER;
 
 /* Per-thread connect durations (--latency), merged after the join. */
 typedef struct {
@@ -77,6 +88,33 @@ open_one(Work *w)
   return m;
 }
 
+/* --shared: takes a connection from the stack (waiting while it is empty), timed like a
+ * connect. */
+static MYSQL *
+take_shared(Work *w)
+{
+  uint64_t t0 = latency ? now_ns() : 0;
+  pthread_mutex_lock(&lock);
+  while (stack_top == 0)
+    pthread_cond_wait(&stack_cv, &lock);
+  MYSQL *m = stack[--stack_top];
+  pthread_mutex_unlock(&lock);
+  if (latency) {
+    uint64_t d = (now_ns() - t0) / 1000u;
+    w->us[w->used++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+  }
+  return m;
+}
+
+static void
+give_shared(MYSQL *m)
+{
+  pthread_mutex_lock(&lock);
+  stack[stack_top++] = m;
+  pthread_cond_signal(&stack_cv);
+  pthread_mutex_unlock(&lock);
+}
+
 static int
 select_one(MYSQL *m)
 {
@@ -106,6 +144,12 @@ worker(void *arg)
       if (!u)
         bad++;
       mysql_close(u);
+      continue;
+    }
+    if (shared) {
+      MYSQL *s = take_shared(w);
+      bad += select_one(s);
+      give_shared(s);
       continue;
     }
     MYSQL *m = kept ? k : open_one(w);
@@ -182,14 +226,17 @@ main(int argc, char **argv)
       tls_ca = argv[++i];
     else if (!strcmp(argv[i], "--latency"))
       latency = 1;
+    else if (!strcmp(argv[i], "--shared") && i + 1 < argc)
+      shared = atoi(argv[++i]);
     else {
       fprintf(stderr, "usage: cycle [--threads N] [--cycles N] [--kept] [--unconnected] "
-                      "[--socket] [--tls CA_FILE] [--latency]\n");
+                      "[--socket] [--tls CA_FILE] [--latency] [--shared N]\n");
       return 2;
     }
   }
-  if (threads < 1 || cycles < threads) {
-    fprintf(stderr, "cycle: need 1 <= threads <= cycles\n");
+  if (threads < 1 || cycles < threads || shared < 0 || (shared && (kept || unconnected))) {
+    fprintf(stderr, "cycle: need 1 <= threads <= cycles, and --shared N (N >= 1) without "
+                    "--kept or --unconnected\n");
     return 2;
   }
   host = use_socket ? "localhost" : getenv("PS_TEST_HOST");
@@ -199,6 +246,14 @@ main(int argc, char **argv)
   db = getenv("PS_TEST_DB");
   port = getenv("PS_TEST_PORT") ? (unsigned)atoi(getenv("PS_TEST_PORT")) : 0;
   mysql_library_init(0, NULL, NULL);
+  if (shared) {
+    stack = calloc((size_t)shared, sizeof *stack);
+    for (; stack_top < shared; stack_top++)
+      if (!(stack[stack_top] = open_one(NULL))) {
+        fprintf(stderr, "cycle: could not open the %d shared connections\n", shared);
+        return 1;
+      }
+  }
   pthread_t *t = calloc((size_t)threads, sizeof *t);
   Work *w = calloc((size_t)threads, sizeof *w);
   for (int i = 0; i < threads; i++) {
@@ -243,6 +298,9 @@ main(int argc, char **argv)
                n, pct(all, n, 50), pct(all, n, 99), all[n - 1], tmin, tmax);
     free(all);
   }
+  for (int i = 0; i < stack_top; i++)
+    mysql_close(stack[i]);
+  free(stack);
   char c[96];
   cipher(c, sizeof c);
   printf("seconds=%.4f cycles=%d errors=%d%s cipher=%s\n", s, cycles, errors, lat, c);
