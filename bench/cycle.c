@@ -62,6 +62,14 @@ now_ns(void)
   return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* --latency: one connect's (or take's) duration since t0, in microseconds. */
+static void
+record_us(Work *w, uint64_t t0)
+{
+  uint64_t d = (now_ns() - t0) / 1000u;
+  w->us[w->used++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
 static MYSQL *
 open_one(Work *w)
 {
@@ -76,10 +84,8 @@ open_one(Work *w)
   }
   uint64_t t0 = w && latency ? now_ns() : 0;
   MYSQL *ok = mysql_real_connect(m, host, user, password, db, port, sock, 0);
-  if (w && latency) {
-    uint64_t d = (now_ns() - t0) / 1000u;
-    w->us[w->used++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
-  }
+  if (w && latency)
+    record_us(w, t0);
   if (!ok) {
     fprintf(stderr, "connect: %s\n", mysql_error(m));
     mysql_close(m);
@@ -99,10 +105,8 @@ take_shared(Work *w)
     pthread_cond_wait(&stack_cv, &lock);
   MYSQL *m = stack[--stack_top];
   pthread_mutex_unlock(&lock);
-  if (latency) {
-    uint64_t d = (now_ns() - t0) / 1000u;
-    w->us[w->used++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
-  }
+  if (latency)
+    record_us(w, t0);
   return m;
 }
 
