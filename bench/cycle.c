@@ -31,6 +31,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "ownpool.h"
+
 static int cycles = 5000, threads = 1, kept = 0, unconnected = 0, use_socket = 0, latency = 0;
 static const char *tls_ca;
 /* The server coordinates, read from the environment once (main): a getenv per cycle would
@@ -40,11 +42,9 @@ static unsigned port;
 static int errors;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* --shared: the stack of free connections, guarded by `lock`. */
+/* --shared: the program's own pool of `shared` connections. */
 static int shared;
-static MYSQL **stack;
-static int stack_top;
-static pthread_cond_t stack_cv = PTHREAD_COND_INITIALIZER;
+static OwnPool own = OWN_POOL_INIT;
 
 /* Per-thread connect durations (--latency), merged after the join. */
 typedef struct {
@@ -94,31 +94,6 @@ open_one(Work *w)
   return m;
 }
 
-/* --shared: takes a connection from the stack (waiting while it is empty), timed like a
- * connect. */
-static MYSQL *
-take_shared(Work *w)
-{
-  uint64_t t0 = latency ? now_ns() : 0;
-  pthread_mutex_lock(&lock);
-  while (stack_top == 0)
-    pthread_cond_wait(&stack_cv, &lock);
-  MYSQL *m = stack[--stack_top];
-  pthread_mutex_unlock(&lock);
-  if (latency)
-    record_us(w, t0);
-  return m;
-}
-
-static void
-give_shared(MYSQL *m)
-{
-  pthread_mutex_lock(&lock);
-  stack[stack_top++] = m;
-  pthread_cond_signal(&stack_cv);
-  pthread_mutex_unlock(&lock);
-}
-
 static int
 select_one(MYSQL *m)
 {
@@ -150,10 +125,13 @@ worker(void *arg)
       mysql_close(u);
       continue;
     }
-    if (shared) {
-      MYSQL *s = take_shared(w);
+    if (shared) { /* the take is timed like a connect */
+      uint64_t t0 = latency ? now_ns() : 0;
+      MYSQL *s = own_pool_take(&own);
+      if (latency)
+        record_us(w, t0);
       bad += select_one(s);
-      give_shared(s);
+      own_pool_give(&own, s);
       continue;
     }
     MYSQL *m = kept ? k : open_one(w);
@@ -251,12 +229,15 @@ main(int argc, char **argv)
   port = getenv("PS_TEST_PORT") ? (unsigned)atoi(getenv("PS_TEST_PORT")) : 0;
   mysql_library_init(0, NULL, NULL);
   if (shared) {
-    stack = calloc((size_t)shared, sizeof *stack);
-    for (; stack_top < shared; stack_top++)
-      if (!(stack[stack_top] = open_one(NULL))) {
+    own_pool_alloc(&own, shared);
+    for (int i = 0; i < shared; i++) {
+      MYSQL *m = open_one(NULL);
+      if (!m) {
         fprintf(stderr, "cycle: could not open the %d shared connections\n", shared);
         return 1;
       }
+      own_pool_give(&own, m);
+    }
   }
   pthread_t *t = calloc((size_t)threads, sizeof *t);
   Work *w = calloc((size_t)threads, sizeof *w);
@@ -302,9 +283,7 @@ main(int argc, char **argv)
                n, pct(all, n, 50), pct(all, n, 99), all[n - 1], tmin, tmax);
     free(all);
   }
-  for (int i = 0; i < stack_top; i++)
-    mysql_close(stack[i]);
-  free(stack);
+  own_pool_close(&own);
   char c[96];
   cipher(c, sizeof c);
   printf("seconds=%.4f cycles=%d errors=%d%s cipher=%s\n", s, cycles, errors, lat, c);

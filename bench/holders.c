@@ -32,13 +32,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "ownpool.h"
+
 static int threads = 64, tasks = 6400, think_us = 3000, per_task = 0, mixed = 0, shared = 0;
 
-/* --shared: the program's own pool, a stack of open connections. */
-static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t shared_cond = PTHREAD_COND_INITIALIZER;
-static MYSQL **shared_free;
-static int shared_n;
+/* --shared: the program's own pool. */
+static OwnPool own = OWN_POOL_INIT;
 
 typedef struct {
   int id;
@@ -202,35 +201,15 @@ think(void)
   nanosleep(&t, NULL);
 }
 
-static MYSQL *
-shared_take(void)
-{
-  pthread_mutex_lock(&shared_lock);
-  while (shared_n == 0)
-    pthread_cond_wait(&shared_cond, &shared_lock);
-  MYSQL *m = shared_free[--shared_n];
-  pthread_mutex_unlock(&shared_lock);
-  return m;
-}
-
-static void
-shared_give(MYSQL *m)
-{
-  pthread_mutex_lock(&shared_lock);
-  shared_free[shared_n++] = m;
-  pthread_cond_signal(&shared_cond);
-  pthread_mutex_unlock(&shared_lock);
-}
-
 static void *
 worker(void *arg)
 {
   Worker *w = arg;
   if (shared) {
     for (int k = 0; k < w->tasks; k++) {
-      MYSQL *m = shared_take();
+      MYSQL *m = own_pool_take(&own);
       task(w, m, k, NULL, NULL);
-      shared_give(m);
+      own_pool_give(&own, m);
       think();
     }
     return NULL;
@@ -374,10 +353,13 @@ main(int argc, char **argv)
     ws[i].tasks = tasks / threads + (i < tasks % threads);
   }
   if (shared) {
-    shared_free = calloc((size_t)shared, sizeof *shared_free);
-    for (; shared_n < shared; shared_n++)
-      if (!(shared_free[shared_n] = open_one()))
+    own_pool_alloc(&own, shared);
+    for (int i = 0; i < shared; i++) {
+      MYSQL *m = open_one();
+      if (!m)
         return 1;
+      own_pool_give(&own, m);
+    }
   }
   double t0 = now_s();
   for (int i = 0; i < threads; i++)
@@ -385,8 +367,7 @@ main(int argc, char **argv)
   for (int i = 0; i < threads; i++)
     pthread_join(tid[i], NULL);
   double secs = now_s() - t0;
-  while (shared_n > 0) /* closed first: the final check's connection is not a ninth */
-    mysql_close(shared_free[--shared_n]);
+  own_pool_close(&own); /* closed first: the final check's connection is not a ninth */
   int errors = 0, wrong = final_check(ws), shown = 0;
   for (int i = 0; i < threads; i++) {
     errors += ws[i].errors;
@@ -395,7 +376,6 @@ main(int argc, char **argv)
       fprintf(stderr, "holders: %s\n", ws[i].first);
   }
   printf("seconds=%.4f cycles=%d errors=%d wrong=%d\n", secs, tasks, errors, wrong);
-  free(shared_free);
   free(ws);
   free(tid);
   return errors || wrong ? 1 : 0;
