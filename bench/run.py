@@ -272,25 +272,25 @@ def variants(groups, scale):
                                    pool=pool, baseline="kept", peak=True,
                                    known_failure=known))
     if "fairness" in groups:
-        for tag in POOLED:
+        # The pooled variants, and the same threads sharing 8 kept connections in the
+        # program itself (`ownshared`, cycle --shared): what 256 threads on 8 connections
+        # cost on this machine whatever the pool.
+        for tag in POOLED + ("ownshared",):
             # About 40,000 cycles each: long enough that starting and ending 256 threads is
             # a small part of the run (at 32 cycles a thread it was most of its noise), and
             # a thread of the 256 goes through several runs of bounded barging (pool.c).
             for threads, per in ((FAIR_POOL, 5000), (256, 160)):
                 cyc = threads * max(1, n(per))
                 cmd = [CYCLE, "--threads", str(threads), "--cycles", str(cyc), "--latency"]
+                if tag == "ownshared":
+                    out.append(Variant("fairness", tag, threads, cyc,
+                                       cmd + ["--shared", str(FAIR_POOL)], latency=True,
+                                       label=f"{LABELS[tag]}, {threads} threads, "
+                                             f"{FAIR_POOL} connections"))
+                    continue
                 out.append(Variant("fairness", tag, threads, cyc, cmd,
                                    env=preload(FAIR_POOL, tag), pool=FAIR_POOL, latency=True,
                                    label=f"{LABELS[tag]}, {threads} threads, pool of {FAIR_POOL}"))
-        # The same threads sharing 8 kept connections in the program itself (cycle --shared):
-        # what 256 threads on 8 connections cost on this machine whatever the pool.
-        for threads, per in ((FAIR_POOL, 5000), (256, 160)):
-            cyc = threads * max(1, n(per))
-            cmd = [CYCLE, "--threads", str(threads), "--cycles", str(cyc), "--latency",
-                   "--shared", str(FAIR_POOL)]
-            out.append(Variant("fairness", "ownshared", threads, cyc, cmd, latency=True,
-                               label=f"{LABELS['ownshared']}, {threads} threads, "
-                                     f"{FAIR_POOL} connections"))
     return out
 
 
@@ -592,6 +592,9 @@ def versions(conn):
 
 def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall, cpu=None):
     L = []
+    # The fairness group's reference: 256 over 8 threads on the program's own pool.
+    o8, o256 = (by_key.get(("fairness", t, "ownshared")) for t in (FAIR_POOL, 256))
+    own_ratio = o256.med_thr / o8.med_thr if o8 and o256 and o8.med_thr and o256.med_thr else None
     now = started.strftime("%Y-%m-%d %H:%M UTC")
     L.append(f"# poolshim benchmark, {now}")
     L.append("")
@@ -699,11 +702,10 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                 L.append(f"| {name}, 256 threads: highest per-thread mean wait <= 2 x FIFO "
                          f"share ({share / 1000:.1f} ms) | {thi / 1000:.1f} ms | "
                          f"{'yes' if thi <= 2 * share else '**no**'} |")
-    o8, o256 = by_key.get(("fairness", FAIR_POOL, "ownshared")), by_key.get(("fairness", 256, "ownshared"))
-    if o8 and o256 and o8.med_thr and o256.med_thr:
+    if own_ratio:
         L.append(f"| (reference, no target) the program's own pool of {FAIR_POOL} kept "
                  f"connections, no pool library: 256 threads / {FAIR_POOL} threads | "
-                 f"{o256.med_thr / o8.med_thr:.2f}x | - |")
+                 f"{own_ratio:.2f}x | - |")
     if shimcost and "error" not in shimcost:
         sc = shimcost.get("modes", {}).get(shimcost.get("mode"), shimcost)
         L.append(f"| instructions added per pooled connect+close pair "
@@ -815,14 +817,12 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                      "gives every thread): both are checked in the targets above. "
                      "(256 threads on 2 cores: a waiter that is handed a connection still has "
                      "to be scheduled, which widens the tail.)")
-            o8 = by_key.get(("fairness", FAIR_POOL, "ownshared"))
-            o256 = by_key.get(("fairness", 256, "ownshared"))
-            if o8 and o256 and o8.med_thr and o256.med_thr:
+            if own_ratio:
                 L.append("")
                 L.append(f"Reference: the same threads with the program as its own pool of "
                          f"{FAIR_POOL} kept connections (`cycle --shared {FAIR_POOL}`: a "
                          "mutex-guarded stack and a condition variable, no connect, no close, "
-                         f"no reset) do {o256.med_thr / o8.med_thr:.2f}x with 256 threads of "
+                         f"no reset) do {own_ratio:.2f}x with 256 threads of "
                          f"what they do with {FAIR_POOL}: what 256 threads on "
                          f"{FAIR_POOL} connections cost this machine whatever shares them.")
             L.append("")
