@@ -1,6 +1,7 @@
-/* conn.h: everything that knows MariaDB Connector/C's internals: the pool key of a connect,
- * moving a live connection between MYSQL structs, reset, liveness and closing. Callers see
- * MYSQL pointers and these functions only; no pool policy lives here. */
+/* conn.h: everything that knows MariaDB Connector/C's internals: the pool key of a connect
+ * (conn_key.c), moving a live connection between MYSQL structs, liveness and closing
+ * (conn.c), the session profile and reset (conn_reset.c). Callers see MYSQL pointers and
+ * these functions only; no pool policy lives here. */
 #pragma once
 #include <glib.h>
 #include <mysql.h>
@@ -47,6 +48,8 @@ typedef struct {
   unsigned int port;
 } PsConnKey;
 
+/* Draws the per-process random key of the digest (ps_conn_library_ok calls it once). */
+void ps_conn_key_seed(void);
 /* Fills *key for a connect on m with these arguments, resolving defaults from m's options
  * as mysql_real_connect does. Returns FALSE (and *why) for handles that must not be pooled. */
 gboolean ps_conn_key(MYSQL *m, const char *host, const char *user, const char *passwd,

@@ -1,7 +1,8 @@
-/* mirror.h: Connector/C 3.3's private struct layouts that poolshim reads, for conn.c and
+/* mirror.h: Connector/C 3.3's private struct layouts that poolshim reads, for conn*.c and
  * template.c only. ps_conn_library_ok() verifies them against the library's own accessors
  * at start; nothing may rely on them before that. */
 #pragma once
+#include <glib.h>
 #include <mysql.h>
 
 /* ma_pvio.h declares pvio->ctls as MARIADB_TLS only when told TLS exists; Debian's
@@ -66,3 +67,19 @@ typedef struct {
 } PsMirrorExtension;
 
 #define EXT(m) ((PsMirrorExtension *)(m)->extension)
+
+#ifndef INVALID_SOCKET
+#define INVALID_SOCKET (-1)
+#endif
+
+/* Applies a timeout (seconds, 0 = none) to the socket unless it already has it: each
+ * change is a setsockopt(). pvio_socket_set_timeout stores it as `timeout > 0 ? timeout *
+ * 1000 : -1` milliseconds in pvio->timeout[type] (plugins/pvio/pvio_socket.c). */
+static inline void
+ps_mirror_set_socket_timeout(MARIADB_PVIO *pvio, enum enum_pvio_timeout type,
+                             unsigned int seconds)
+{
+  gint64 want = seconds > 0 ? (gint64)seconds * 1000 : -1;
+  if ((gint64)pvio->timeout[type] != want)
+    pvio->methods->set_timeout(pvio, type, (int)seconds);
+}
