@@ -16,7 +16,9 @@
 
 #include "helpers.h"
 
-TestSuite(faults, .timeout = 30);
+/* A hang detector: a scenario takes 5-10 s, and its windows stretch on a slow machine (the
+ * KILL phase up to 20 s, a judged window up to 10 s more). */
+TestSuite(faults, .timeout = 60);
 
 #define POOL_SIZE 8
 #define THREADS 32
@@ -242,6 +244,32 @@ stop_and_join(int grace_s)
     S.workers[i].joined = TRUE;
   }
   cr_assert_lt(S.nlog, LOG_CAP, "the request log is full: the load outran its bound");
+}
+
+/* Requests begun so far by the workers of `lane` (-1: all); atomics only, so it may run
+ * while they do. */
+static int
+begun(int lane)
+{
+  int n = 0;
+  for (int i = 0; i < S.nworkers; i++)
+    if (lane < 0 || S.workers[i].lane->lane == lane)
+      n += g_atomic_int_get(&S.workers[i].c.attempted);
+  return n;
+}
+
+/* Keeps the load running for `min_ms`, then on until the workers of `lane` have begun
+ * `at_least` requests since the call (at most 10 s more). A window that is judged by a
+ * minimum count holds it whatever the machine's speed: under a sanitizer, with the other
+ * test chains on the same two cores, 1.5 s once held 20 TLS requests. A request counted
+ * here began after the call, so after the timestamp the caller took just before it. */
+static void
+run_on(int lane, int min_ms, int at_least)
+{
+  int mark = begun(lane);
+  sleep_ms(min_ms);
+  for (int i = 0; i < 100 && begun(lane) - mark < at_least; i++)
+    sleep_ms(100);
 }
 
 /* ---- judging the log ---- */
@@ -729,7 +757,7 @@ Test(faults, server_restart_mid_run, .init = pool_of_eight, .fini = finish)
   pst_server_ctl("restart");
   gint64 restart_done = now_us();
   long long c2 = pst_status("Connections"); /* counted from the new server's start */
-  sleep_ms(2500);
+  run_on(0, 2500, 100);
   stop_and_join(15);
   long long c3 = pst_status("Connections");
 
@@ -832,7 +860,7 @@ kill_scenario(const char *scenario, const char *tls_ca)
   gint64 kills_end = now_us();
   wait_killed_gone();
   gint64 final_begin = now_us();
-  sleep_ms(1500);
+  run_on(0, 1500, 100);
   stop_and_join(15);
   long long c1 = pst_status("Connections");
 
@@ -1087,7 +1115,7 @@ Test(faults, max_connections_reached_by_another_client, .init = pool_of_eight,
     sleep_ms(10);
   long long left_by_other = pst_user_threads(pst_env("PS_TEST_USER2"));
   gint64 release_done = now_us();
-  sleep_ms(2000);
+  run_on(1, 2000, 20);
   stop_and_join(15);
   long long c1 = pst_status("Connections");
   long long after_b = app_threads_on(db2);
@@ -1179,7 +1207,7 @@ Test(faults, committed_work_survives_kills_and_a_restart, .init = pool_of_eight,
   pst_admin_drop();
   pst_server_ctl("restart");
   gint64 restart_done = now_us();
-  sleep_ms(2000);
+  run_on(-1, 2000, 50);
   stop_and_join(15);
   long long c2 = pst_status("Connections");
 
