@@ -1,6 +1,7 @@
 /* broker.c: the pool policy. Owns the process-wide pool and decides each physical
- * connection's moves (phys.c carries them out: its states, handle table and close). Knows nothing of MYSQL
- * internals (conn.c) and finds no symbols (interpose.c). No lock is held across I/O.
+ * connection's moves (phys.c carries them out: its states, handle table and close). Knows
+ * nothing of MYSQL internals (conn*.c) and finds no symbols (interpose.c). No lock is held
+ * across I/O.
  *
  * Lock order (a thread that holds one may take only those after it; before_fork takes them
  * all in this order; ThreadSanitizer's deadlock detector checks it in the tsan pass):
