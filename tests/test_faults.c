@@ -414,6 +414,38 @@ wait_killed_gone(void)
   cr_assert_fail("killed threads still listed after 10 s");
 }
 
+/* KILLs every session of the application user that sits idle on the server (COMMAND
+ * 'Sleep'), with the load stopped: the pool's idle connections. Returns how many. */
+static int
+kill_idle_sessions(void)
+{
+  MYSQL *admin = pst_admin();
+  g_autofree char *sql = g_strdup_printf(
+    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '%s' AND COMMAND = 'Sleep'",
+    app_user());
+  cr_assert_eq(mysql_query(admin, sql), 0, "%s", mysql_error(admin));
+  MYSQL_RES *res = mysql_store_result(admin);
+  cr_assert_not_null(res, "%s", mysql_error(admin));
+  GArray *ids = g_array_new(FALSE, FALSE, sizeof(guint64));
+  MYSQL_ROW row;
+  while ((row = mysql_fetch_row(res))) {
+    guint64 id = g_ascii_strtoull(row[0], NULL, 10);
+    g_array_append_val(ids, id);
+  }
+  mysql_free_result(res);
+  int killed = 0;
+  for (guint i = 0; i < ids->len; i++) {
+    g_autofree char *kill = g_strdup_printf("KILL %" G_GUINT64_FORMAT,
+                                            g_array_index(ids, guint64, i));
+    if (mysql_query(admin, kill) == 0)
+      killed++;
+    else
+      cr_assert_eq(mysql_errno(admin), ER_NO_SUCH_THREAD, "%s", mysql_error(admin));
+  }
+  g_array_unref(ids);
+  return killed;
+}
+
 /* A root connection that bypasses the pool (an option file is never pooled): fresh. */
 static MYSQL *
 fresh_root(void)
@@ -878,8 +910,7 @@ kill_scenario(const char *scenario, const char *tls_ca)
   figures(scenario, c1 - c0, "0", extra);
 
   cr_assert_geq(nk, 20, "only %d KILLs were made", nk);
-  cr_assert_geq(rep.idle, 1, "no KILL hit an idle pooled connection");
-  /* A killed idle connection is replaced unseen: no connect ever fails. */
+  /* No connect ever fails, whatever the KILLs hit. */
   cr_assert_eq(all.connect_failed, 0, "%d connects failed", all.connect_failed);
   /* In use, a killed session fails as it would without the pool (over TLS the library
    * reports the cut as a TLS error, 2026). */
@@ -893,7 +924,15 @@ kill_scenario(const char *scenario, const char *tls_ca)
                rep.unexplained, rep.failed_queries, rep.first);
   /* Once the killer stopped and its victims were gone: not one failure. */
   assert_all_ok(0, final_begin, G_MAXINT64, 100, "requests after the killer stopped");
-  check_burst("after the kills", tls_ca);
+  /* A killed idle connection is replaced unseen. Under the load the pool's 8 connections
+   * serve 32 threads and are seldom idle, so the KILLs above may all have hit lent ones (on
+   * a slow machine all 20 did): here the load has stopped and every session killed is one
+   * the pool holds idle. The next 8 concurrent borrowers must all be served, on live
+   * sessions. */
+  int idle_killed = kill_idle_sessions();
+  cr_assert_geq(idle_killed, 1, "the pool held no idle session to kill");
+  wait_killed_gone();
+  check_burst("after the idle sessions were killed", tls_ca);
   tally_clear(&all);
   tally_clear(&final);
 }
