@@ -424,25 +424,19 @@ kill_idle_sessions(void)
     "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '%s' AND COMMAND = 'Sleep'",
     app_user());
   cr_assert_eq(mysql_query(admin, sql), 0, "%s", mysql_error(admin));
+  /* Stored whole on the client: the KILLs may go out while its rows are read. */
   MYSQL_RES *res = mysql_store_result(admin);
   cr_assert_not_null(res, "%s", mysql_error(admin));
-  GArray *ids = g_array_new(FALSE, FALSE, sizeof(guint64));
+  int killed = 0;
   MYSQL_ROW row;
   while ((row = mysql_fetch_row(res))) {
-    guint64 id = g_ascii_strtoull(row[0], NULL, 10);
-    g_array_append_val(ids, id);
-  }
-  mysql_free_result(res);
-  int killed = 0;
-  for (guint i = 0; i < ids->len; i++) {
-    g_autofree char *kill = g_strdup_printf("KILL %" G_GUINT64_FORMAT,
-                                            g_array_index(ids, guint64, i));
+    g_autofree char *kill = g_strdup_printf("KILL %s", row[0]);
     if (mysql_query(admin, kill) == 0)
       killed++;
     else
       cr_assert_eq(mysql_errno(admin), ER_NO_SUCH_THREAD, "%s", mysql_error(admin));
   }
-  g_array_unref(ids);
+  mysql_free_result(res);
   return killed;
 }
 
