@@ -4,7 +4,10 @@
  *
  *   poolshim-config-doc --markdown            the README table
  *   poolshim-config-doc --man IN OUT          poolshim.7: IN with @VARIABLES@ and @VERSION@
- *   poolshim-config-doc --check README.md     exit 1 unless README's table is the generated one */
+ *   poolshim-config-doc --check README.md     exit 1 unless README's table is the generated one
+ *   poolshim-config-doc --check-launcher poolshim-run
+ *                                             exit 1 unless the launcher's --help names the
+ *                                             variables, defaults and choices the library has */
 #include <glib.h>
 #include <stdio.h>
 #include <string.h>
@@ -136,6 +139,125 @@ check(const char *readme)
   return 0;
 }
 
+/* The index of the variable called name, or -1. */
+static int
+var_index(const char *name)
+{
+  const char *n, *def, *range, *help;
+  for (guint i = 0; ps_config_describe(i, &n, &def, &range, &help); i++)
+    if (g_str_equal(n, name))
+      return (int)i;
+  return -1;
+}
+
+/* One option of the launcher's usage text ("  --name ARG   text", continued on lines
+ * indented further): its variable, default and choices against the library's table. */
+static int
+check_option(const char *opt, const char *text)
+{
+  g_autoptr(GRegex) var_re = g_regex_new("\\((POOLSHIM_[A-Z_]+)(?:, default ([^)]+)|=1)\\)", 0, 0,
+                                         NULL);
+  g_autoptr(GMatchInfo) mi = NULL;
+  if (!g_regex_match(var_re, text, 0, &mi))
+    return 0; /* --library, --help: no variable */
+  g_autofree char *name = g_match_info_fetch(mi, 1);
+  g_autofree char *shown = g_match_info_fetch(mi, 2);
+  int i = var_index(name);
+  if (i < 0) {
+    fprintf(stderr, "poolshim-run --help: %s names %s, which the library does not read\n", opt,
+            name);
+    return 1;
+  }
+  const char *n, *def, *range, *help;
+  ps_config_describe((guint)i, &n, &def, &range, &help);
+  int bad = 0;
+  if (shown && *shown) {
+    gboolean same = *def ? g_str_equal(shown, def)
+                         : (g_str_equal(shown, "none") || g_str_equal(shown, "stderr"));
+    if (!same) {
+      fprintf(stderr, "poolshim-run --help: %s says %s defaults to %s; the library's default is "
+              "%s\n", opt, name, shown, *def ? def : "unset");
+      bad = 1;
+    }
+  }
+  /* A list of choices "a | b | c" is the library's, less any name its help calls an alias
+   * ("\"x\" is accepted for it"). */
+  g_autoptr(GRegex) list_re = g_regex_new("[a-z_]+(?: \\| [a-z_]+)+", 0, 0, NULL);
+  g_autoptr(GMatchInfo) li = NULL;
+  if (g_str_has_prefix(range, "one of ") && g_regex_match(list_re, text, 0, &li)) {
+    g_autofree char *list = g_match_info_fetch(li, 0);
+    g_auto(GStrv) said = g_strsplit(list, " | ", -1);
+    g_auto(GStrv) accepted = g_strsplit(range + strlen("one of "), ", ", -1);
+    for (char **c = said; *c; c++)
+      if (!g_strv_contains((const char *const *)accepted, *c)) {
+        fprintf(stderr, "poolshim-run --help: %s lists %s, which %s does not accept\n", opt, *c,
+                name);
+        bad = 1;
+      }
+    for (char **c = accepted; *c; c++) {
+      g_autofree char *alias = g_strdup_printf("\"%s\" is accepted for it", *c);
+      if (!g_strv_contains((const char *const *)said, *c) && !strstr(help, alias)) {
+        fprintf(stderr, "poolshim-run --help: %s does not list %s, which %s accepts\n", opt, *c,
+                name);
+        bad = 1;
+      }
+    }
+  }
+  return bad;
+}
+
+static int
+check_launcher(const char *script)
+{
+  g_autofree char *text = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!g_file_get_contents(script, &text, NULL, &error)) {
+    fprintf(stderr, "poolshim-config-doc: %s\n", error->message);
+    return 1;
+  }
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  g_autoptr(GRegex) opt_re = g_regex_new("^  (--[a-z-]+)", 0, 0, NULL);
+  g_autoptr(GRegex) case_re =
+    g_regex_new("^\\s+(--[a-z-]+)\\).*export(?:_path)? (POOLSHIM_[A-Z_]+)", 0, 0, NULL);
+  g_autoptr(GHashTable) usage = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  int bad = 0, options = 0, exported = 0;
+  for (guint i = 0; lines[i]; i++) {
+    g_autoptr(GMatchInfo) mi = NULL;
+    if (!g_regex_match(opt_re, lines[i], 0, &mi))
+      continue;
+    g_autofree char *opt = g_match_info_fetch(mi, 1);
+    GString *block = g_string_new(lines[i]);
+    while (lines[i + 1] && g_str_has_prefix(lines[i + 1], "          ") &&
+           !g_regex_match(opt_re, lines[i + 1], 0, NULL))
+      g_string_append_printf(block, " %s", g_strstrip(lines[++i]));
+    bad |= check_option(opt, block->str);
+    g_hash_table_replace(usage, g_strdup(opt), g_string_free(block, FALSE));
+    options++;
+  }
+  for (guint i = 0; lines[i]; i++) {
+    g_autoptr(GMatchInfo) mi = NULL;
+    if (!g_regex_match(case_re, lines[i], 0, &mi))
+      continue;
+    g_autofree char *opt = g_match_info_fetch(mi, 1);
+    g_autofree char *name = g_match_info_fetch(mi, 2);
+    const char *block = g_hash_table_lookup(usage, opt);
+    exported++;
+    if (!block || !strstr(block, name)) {
+      fprintf(stderr, "poolshim-run: %s sets %s but its --help %s\n", opt, name,
+              block ? "does not name the variable" : "does not describe the option");
+      bad = 1;
+    }
+  }
+  if (options == 0 || exported == 0) {
+    fprintf(stderr, "poolshim-config-doc: no options found in %s\n", script);
+    return 1;
+  }
+  if (!bad)
+    printf("%s: %d options, the %d that set a variable agree with src/config.c\n", script,
+           options, exported);
+  return bad;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -148,6 +270,9 @@ main(int argc, char **argv)
     return man(argv[2], argv[3]);
   if (argc == 3 && g_str_equal(argv[1], "--check"))
     return check(argv[2]);
-  fprintf(stderr, "usage: poolshim-config-doc --markdown | --man IN OUT | --check README.md\n");
+  if (argc == 3 && g_str_equal(argv[1], "--check-launcher"))
+    return check_launcher(argv[2]);
+  fprintf(stderr, "usage: poolshim-config-doc --markdown | --man IN OUT | --check README.md | "
+                  "--check-launcher poolshim-run\n");
   return 2;
 }
