@@ -123,7 +123,7 @@ static const PsVar vars[] = {
   {"POOLSHIM_HOST_DIR", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, host_dir),
    FILE_ONLY,
    "Directory of the POOLSHIM_HOST_MAX slot files; empty means /run/poolshim when writable, "
-   "else $XDG_RUNTIME_DIR/poolshim, else /tmp/poolshim-UID."},
+   "else $XDG_RUNTIME_DIR/poolshim, else $TMPDIR/poolshim-UID (/tmp without TMPDIR)."},
   {"POOLSHIM_CONFIG", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, config_file),
    ENV_ONLY,
    "A key file with a [default] group and [pool user@host:port/db] groups (glob patterns); "
@@ -548,7 +548,12 @@ parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup loo
       warn_bad_value(v, text ? text : "", f, group, "the process-wide value");
       continue;
     }
-    if (lookup(v->name, user_data)) {
+    /* Only a value the environment sets validly hides the group's: a bad one falls back
+     * to the file (its own warning says so). */
+    const char *env = lookup(v->name, user_data);
+    g_autofree char *env_text = env ? g_strstrip(g_strdup(env)) : NULL;
+    guint64 env_value;
+    if (env_text && parse_value(v, env_text, &env_value)) {
       file_warn(f, group, keys[k], "[%s] %s is overridden by %s from the environment", group,
                 keys[k], v->name);
       continue;

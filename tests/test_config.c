@@ -713,6 +713,31 @@ Test(config, parsing_the_same_file_twice_gives_equal_configurations)
   unlink(path);
 }
 
+/* A bad value in the environment falls back to the file's, per pool too: it does not hide
+ * a [pool ...] group's value the way a valid one does. */
+Test(config, a_bad_environment_value_does_not_hide_a_pool_group)
+{
+  g_autofree char *path = write_key_file("[default]\npool_size = 6\n[pool big@*]\npool_size = 20\n");
+  const char *bad[] = {"POOLSHIM_POOL_SIZE", "banana", NULL};
+  PsConfig cfg;
+  g_autofree char *out = parse_with_file(&cfg, path, bad);
+  cr_assert(strstr(out, "POOLSHIM_POOL_SIZE"), "no warning about the bad value: %s", out);
+  cr_assert_null(strstr(out, "overridden"), "a bad value hid the group: %s", out);
+  PsPoolSettings s;
+  ps_config_pool_settings(&cfg, "big@h:1/d", &s);
+  cr_assert_eq(s.pool_size, 20, "the group's value");
+  ps_config_pool_settings(&cfg, "other@h:1/d", &s);
+  cr_assert_eq(s.pool_size, 6, "the file's [default]");
+  ps_config_clear(&cfg);
+  const char *good[] = {"POOLSHIM_POOL_SIZE", "5", NULL};
+  g_autofree char *out2 = parse_with_file(&cfg, path, good);
+  cr_assert(strstr(out2, "overridden"), "no word that the environment wins: %s", out2);
+  ps_config_pool_settings(&cfg, "big@h:1/d", &s);
+  cr_assert_eq(s.pool_size, 5, "the environment's value");
+  ps_config_clear(&cfg);
+  unlink(path);
+}
+
 Test(config, min_idle_is_set_per_pool_and_never_above_the_pool_size)
 {
   g_autofree char *path = write_key_file("[default]\nmin_idle = 2\n[pool small@*]\npool_size = 1\n"
