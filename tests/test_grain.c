@@ -413,25 +413,30 @@ Test(grain, show_warnings_right_after_a_statement_sees_its_warnings)
 typedef struct {
   char name[24];
   char setup[160];
-  char check[160]; /* still holds after the other handle's connect */
+  char check[160]; /* still holds after the other handle's connect: answers 1, or */
+  int check_errno; /* fails with this error (it would succeed without the state), or -1:
+                      runs (it would fail without the state) */
   char undo[120];
 } Pin;
 
 ParameterizedTestParameters(grain, each_pin_reason_keeps_the_connection)
 {
   static Pin pins[] = {
-    {"transaction", "START TRANSACTION", "SELECT @@in_transaction = 1", "COMMIT"},
+    {"transaction", "START TRANSACTION", "SELECT @@in_transaction = 1", 0, "COMMIT"},
     {"temporary table", "CREATE TEMPORARY TABLE grain_tmp (a INT)",
-     "SELECT COUNT(*) + 1 FROM grain_tmp", "DROP TEMPORARY TABLE grain_tmp"},
-    {"prepared statement", "PREPARE grain_s FROM 'SELECT 1'", "EXECUTE grain_s",
+     "SELECT COUNT(*) + 1 FROM grain_tmp", 0, "DROP TEMPORARY TABLE grain_tmp"},
+    {"prepared statement", "PREPARE grain_s FROM 'SELECT 1'", "EXECUTE grain_s", 0,
      "DEALLOCATE PREPARE grain_s"},
     {"named lock", "SELECT GET_LOCK('grain_lock', 0)", "SELECT IS_USED_LOCK('grain_lock') = "
-     "CONNECTION_ID()", "SELECT RELEASE_LOCK('grain_lock')"},
-    {"lock tables", "LOCK TABLES grain_p READ", "SELECT COUNT(*) + 1 FROM grain_p",
+     "CONNECTION_ID()", 0, "SELECT RELEASE_LOCK('grain_lock')"},
+    /* Under LOCK TABLES a table not locked cannot be read (ER_TABLE_NOT_LOCKED). */
+    {"lock tables", "LOCK TABLES grain_p READ", "SELECT COUNT(*) FROM grain_q", 1100,
      "UNLOCK TABLES"},
-    {"handler", "HANDLER grain_p OPEN", "SELECT 1", "HANDLER grain_p CLOSE"},
+    /* Without the open handler this is ER_UNKNOWN_TABLE (1109). */
+    {"handler", "HANDLER grain_p OPEN", "HANDLER grain_p READ FIRST", -1,
+     "HANDLER grain_p CLOSE"},
     {"other variable", "SET SESSION max_join_size = 1000000", "SELECT @@max_join_size = 1000000",
-     "SET SESSION max_join_size = DEFAULT"},
+     0, "SET SESSION max_join_size = DEFAULT"},
 
   };
   return cr_make_param_array(Pin, pins, G_N_ELEMENTS(pins));
@@ -442,6 +447,7 @@ ParameterizedTest(Pin *pin, grain, each_pin_reason_keeps_the_connection)
   grain_env("2", "100", "2s");
   MYSQL *a = pst_connect_app();
   pst_exec(a, "CREATE TABLE IF NOT EXISTS grain_p (a INT)");
+  pst_exec(a, "CREATE TABLE IF NOT EXISTS grain_q (a INT)");
   pst_exec(a, "%s", pin->setup);
   long long first = conn_id(a);
   /* Another handle's connect and command: it would take a's connection if it were free. */
@@ -457,8 +463,20 @@ ParameterizedTest(Pin *pin, grain, each_pin_reason_keeps_the_connection)
   cr_assert_null(c, "%s: a third connect took the pinned handle's connection", pin->name);
   cr_assert_eq(err, 1040, "%s: %u %s", pin->name, err, msg);
   cr_assert_eq(conn_id(a), first, "%s: the pinned handle moved", pin->name);
-  cr_assert_eq(pst_scalar(a, "%s", pin->check), 1, "%s: the session's state is gone",
-               pin->name);
+  if (pin->check_errno == 0) {
+    cr_assert_eq(pst_scalar(a, "%s", pin->check), 1, "%s: the session's state is gone",
+                 pin->name);
+  } else {
+    int rc = mysql_query(a, pin->check);
+    mysql_free_result(mysql_store_result(a));
+    if (pin->check_errno < 0)
+      cr_assert_eq(rc, 0, "%s: the session's state is gone: %s: %s", pin->name, pin->check,
+                   mysql_error(a));
+    else
+      cr_assert_eq(mysql_errno(a), (unsigned int)pin->check_errno,
+                   "%s: the session's state is gone: %s gave %u %s", pin->name, pin->check,
+                   mysql_errno(a), mysql_error(a));
+  }
   pst_exec(a, "%s", pin->undo);
   /* Unpinned now: a's command gives it back and the next one runs elsewhere (b holds the
    * other connection, the pool has two: a's own, taken and given back, comes back to it;
