@@ -513,6 +513,14 @@ is_log_var(const PsVar *v)
   return v->offset == G_STRUCT_OFFSET(PsConfig, log_level);
 }
 
+/* The environment's value of name without surrounding white space (a copy), or NULL. */
+static char *
+env_trimmed(PsEnvLookup lookup, gpointer user_data, const char *name)
+{
+  const char *env = lookup(name, user_data);
+  return env ? g_strstrip(g_strdup(env)) : NULL;
+}
+
 static void
 parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup lookup,
                  gpointer user_data)
@@ -550,8 +558,7 @@ parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup loo
     }
     /* Only a value the environment sets validly hides the group's: a bad one falls back
      * to the file (its own warning says so). */
-    const char *env = lookup(v->name, user_data);
-    g_autofree char *env_text = env ? g_strstrip(g_strdup(env)) : NULL;
+    g_autofree char *env_text = env_trimmed(lookup, user_data, v->name);
     guint64 env_value;
     if (env_text && parse_value(v, env_text, &env_value)) {
       file_warn(f, group, keys[k], "[%s] %s is overridden by %s from the environment", group,
@@ -611,15 +618,13 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
 {
   memset(out, 0, sizeof *out);
   PsKeyFile file = {0};
-  const char *config_path = lookup("POOLSHIM_CONFIG", user_data);
-  g_autofree char *config_trimmed = config_path ? g_strstrip(g_strdup(config_path)) : NULL;
+  g_autofree char *config_trimmed = env_trimmed(lookup, user_data, "POOLSHIM_CONFIG");
   /* The level first, so that the other warnings (also the file's) obey it: the
    * environment's alone while the file is read, then the file's under it. */
   ps_log_set_level(PS_LOG_WARN);
   for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
     guint64 level;
-    const char *env = lookup(vars[i].name, user_data);
-    g_autofree char *trimmed = env ? g_strstrip(g_strdup(env)) : NULL;
+    g_autofree char *trimmed = env_trimmed(lookup, user_data, vars[i].name);
     if (is_log_var(&vars[i]) && trimmed && parse_value(&vars[i], trimmed, &level))
       ps_log_set_level((PsLogLevel)level);
   }
