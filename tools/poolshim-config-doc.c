@@ -84,15 +84,23 @@ man_variables(void)
   return g_string_free(out, FALSE);
 }
 
+/* The whole file, or NULL after one line on stderr. */
+static char *
+read_text(const char *path)
+{
+  char *text = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!g_file_get_contents(path, &text, NULL, &error))
+    fprintf(stderr, "poolshim-config-doc: %s\n", error->message);
+  return text;
+}
+
 static int
 man(const char *in, const char *out)
 {
-  g_autofree char *text = NULL;
-  g_autoptr(GError) error = NULL;
-  if (!g_file_get_contents(in, &text, NULL, &error)) {
-    fprintf(stderr, "poolshim-config-doc: %s\n", error->message);
+  g_autofree char *text = read_text(in);
+  if (!text)
     return 1;
-  }
   g_autofree char *vars = man_variables();
   g_auto(GStrv) parts = g_strsplit(text, "@VARIABLES@\n", -1);
   if (g_strv_length(parts) != 2) {
@@ -102,6 +110,7 @@ man(const char *in, const char *out)
   g_autofree char *joined = g_strjoin(vars, parts[0], parts[1], NULL);
   g_auto(GStrv) v = g_strsplit(joined, "@VERSION@", -1);
   g_autofree char *final = g_strjoinv(POOLSHIM_VERSION, v);
+  g_autoptr(GError) error = NULL;
   if (!g_file_set_contents(out, final, -1, &error)) {
     fprintf(stderr, "poolshim-config-doc: %s\n", error->message);
     return 1;
@@ -112,12 +121,9 @@ man(const char *in, const char *out)
 static int
 check(const char *readme)
 {
-  g_autofree char *text = NULL;
-  g_autoptr(GError) error = NULL;
-  if (!g_file_get_contents(readme, &text, NULL, &error)) {
-    fprintf(stderr, "poolshim-config-doc: %s\n", error->message);
+  g_autofree char *text = read_text(readme);
+  if (!text)
     return 1;
-  }
   g_autofree char *want = markdown();
   const char *begin = strstr(text, BEGIN_MARK);
   const char *end = begin ? strstr(begin, END_MARK) : NULL;
@@ -209,12 +215,9 @@ check_option(const char *opt, const char *text)
 static int
 check_launcher(const char *script)
 {
-  g_autofree char *text = NULL;
-  g_autoptr(GError) error = NULL;
-  if (!g_file_get_contents(script, &text, NULL, &error)) {
-    fprintf(stderr, "poolshim-config-doc: %s\n", error->message);
+  g_autofree char *text = read_text(script);
+  if (!text)
     return 1;
-  }
   g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
   g_autoptr(GRegex) opt_re = g_regex_new("^  (--[a-z-]+)", 0, 0, NULL);
   g_autoptr(GRegex) case_re =
