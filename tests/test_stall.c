@@ -571,8 +571,7 @@ Test(stall, busy_threads_survive_stalls_and_cuts)
   /* Each phase runs for its length, then on until a request has succeeded in it (at most
    * 10 s more): on a loaded machine a window of fixed length may hold none. */
   g_usleep(500 * 1000);
-  run_on_until_more(w, 0);
-  guint before_freeze = total_ok(w);
+  guint before_freeze = run_on_until_more(w, 0);
   cr_assert_gt(before_freeze, 0, "no request succeeded before the stall");
   pst_proxy_freeze(p);
   g_usleep(3000 * 1000); /* longer than every timeout involved */
