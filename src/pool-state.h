@@ -1,0 +1,82 @@
+/* pool-state.h: the pool's structures, shared by pool.c (connections, limits, waiters) and
+ * pool_key.c (keys and read-only views) and by nothing else. Every field is under
+ * PsPool.lock unless its comment says atomic. */
+#pragma once
+#include <glib.h>
+
+#include "pool.h"
+
+typedef struct PsWaiter PsWaiter;
+
+struct PsPoolKey {
+  guint8 digest[PS_KEY_DIGEST_LEN];
+  char *label;
+  char *base_label; /* as asked for, without the "#n" */
+  PsPool *pool;
+  PsPoolSettings settings;
+  PsKeyCounts counts;
+  PsGrainCounts grain; /* atomic, outside the lock (pool.h) */
+  guint serial;  /* creation order, for stable statistics output */
+  GQueue idle;   /* of PsItem.link; head = most recently returned */
+  guint open;    /* idle + lent + slots being opened */
+  guint lent;
+  guint waiting;
+  gint wanted;     /* atomic: transaction-grain waiters (ps_pool_key_want) */
+  /* The transaction grain's one poller (ps_pool_acquire_grain): the token of the waiter
+   * that looks for takeable handles, its waiter while it waits, a poke it has not seen
+   * yet, and whether it sleeps without a delay timer (atomic: a settle pokes it then). */
+  gconstpointer grain_token;
+  PsWaiter *grain_waiter;
+  gboolean grain_poked;
+  gint grain_need_poke;
+  guint filling;   /* slots reserved to open idle connections in the background */
+  gpointer data;
+  GDestroyNotify data_destroy;
+  gint64 idle_cap_us; /* 0 = none; below the server's wait_timeout */
+  guint full_in_pass; /* dispatch pass in which this key could serve no more waiters */
+  GQueue waitq;       /* of PsWaiter.key_link: this key's waiters, in arrival order */
+  PsWaiter *poller;   /* the waiter that wakes every PS_POOL_POLL_US while holds happen */
+  gint64 last_hold_us; /* the last return held back for a looping thread */
+  /* What keeps the key alive (ps_pool_forget_unused frees it only when all are zero):
+   * callers between ps_pool_key/key_find/key_list and the matching release, and PsItems
+   * (counted from their creation to ps_pool_item_free, also while closed as victims). */
+  guint holds;
+  guint items;
+  gint64 last_used_us; /* the last hold released or item freed */
+  gint64 proved_us;    /* atomic: the last time the server accepted the key's credentials */
+  gint revoked;        /* atomic: the server refused them since (ps_pool_key_set_revoked) */
+};
+
+struct PsWaiter {
+  PsPoolKey *key;
+  GCond cond;
+  gboolean served;
+  gboolean may_grow;
+  gint64 since_us; /* pool clock at arrival: the key's oldest waiter bounds barging */
+  gconstpointer grain; /* the transaction grain's waiter: its token (else NULL) */
+  gboolean turn;       /* ... became the key's grain poller while waiting */
+  PsGrant *grant;
+  GList link;     /* in pool->waiters */
+  GList key_link; /* in key->waitq */
+};
+
+struct PsPool {
+  GMutex lock;
+  PsPoolLimits limits;
+  GHashTable *keys; /* digest -> PsPoolKey* */
+  GHashTable *labels; /* label -> PsLabelUse* */
+  guint next_serial;  /* creation order of keys, never reused */
+  GQueue waiters;   /* of PsWaiter.link, in arrival order */
+  guint total_open;
+  gint64 (*now)(void);
+  gint64 seen_us; /* the last reading of `now` by acquire/release (atomic, relaxed) */
+  gboolean (*ready)(PsItem *item); /* NULL: every idle connection is ready */
+  gboolean grow_past_busy;          /* open rather than wait for a reset to finish */
+  guint dispatch_pass;
+  PsPoolCounts counts; /* the cumulative part; gauges are computed on demand */
+};
+
+/* pool_key.c: the key table and the label counts of a new pool, and their end (every
+ * thread's cached key is stale from then on). */
+void ps_pool_keys_init(PsPool *pool);
+void ps_pool_keys_clear(PsPool *pool);
