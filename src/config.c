@@ -1,15 +1,12 @@
 /* config.c: one table of POOLSHIM_* variables (name, default, range, help), parsed once from
- * the environment and the optional key file. Bad values never abort the host: one warning
- * line naming the variable (and the file and line), then the default. */
+ * the environment and the optional key file (read by keyfile.c). Bad values never abort the
+ * host: one warning line naming the variable (and the file and line), then the default. */
 #include "config.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <stdarg.h>
 #include <string.h>
 #include <sys/auxv.h>
-#include <sys/stat.h>
-#include <unistd.h>
+
+#include "keyfile.h"
 
 extern char **environ;
 
@@ -342,133 +339,12 @@ var_by_file_key(const char *key)
   return NULL;
 }
 
-/* At most this many messages about one key file; then one line counts the rest (a file of
- * 100,000 bad keys must not become 100,000 lines inside the host's first connect). */
-#define PS_CONFIG_FILE_WARNINGS 50
-#define PS_CONFIG_FILE_MAX (16 * 1024 * 1024)
-
-typedef struct {
-  char *path;
-  char *contents;
-  GKeyFile *kf;
-  /* GKeyFile keeps no line numbers: "group" and "group\nkey" -> the line of their first
-   * occurrence, indexed in one pass over the text (a search per message was quadratic). */
-  GHashTable *lines;
-  guint warnings;
-} PsKeyFile;
-
-static void
-index_lines(PsKeyFile *f)
-{
-  f->lines = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  g_autofree char *group = NULL;
-  guint number = 0;
-  for (char *line = f->contents; line; ) {
-    char *next = strchr(line, '\n');
-    number++;
-    g_autofree char *l = g_strstrip(next ? g_strndup(line, (gsize)(next - line)) : g_strdup(line));
-    line = next ? next + 1 : NULL;
-    char *key;
-    if (l[0] == '[') {
-      char *end = strrchr(l, ']');
-      g_free(group);
-      group = end ? g_strndup(l + 1, (gsize)(end - l - 1)) : NULL;
-      key = group ? g_strdup(group) : NULL;
-    } else {
-      char *eq = strchr(l, '=');
-      if (!group || !eq || l[0] == '#' || l[0] == ';')
-        continue;
-      *eq = '\0';
-      key = g_strconcat(group, "\n", g_strstrip(l), NULL);
-    }
-    if (key && !g_hash_table_contains(f->lines, key))
-      g_hash_table_insert(f->lines, key, GUINT_TO_POINTER(number));
-    else
-      g_free(key);
-  }
-}
-
-/* The line of `key` in `group` (of the group's header when key is NULL), 0 if not found.
- * Messages name the file and line so that an operator can go straight there. */
-static guint
-line_of(const PsKeyFile *f, const char *group, const char *key)
-{
-  if (!f->lines)
-    return 0;
-  g_autofree char *k = key ? g_strconcat(group, "\n", key, NULL) : g_strdup(group);
-  return GPOINTER_TO_UINT(g_hash_table_lookup(f->lines, k));
-}
-
-/* One message about the file, "PATH:LINE: ...", up to PS_CONFIG_FILE_WARNINGS of them. */
-static void G_GNUC_PRINTF(4, 5)
-file_warn(PsKeyFile *f, const char *group, const char *key, const char *fmt, ...)
-{
-  if (f->warnings++ >= PS_CONFIG_FILE_WARNINGS)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  g_autofree char *text = g_strdup_vprintf(fmt, ap);
-  va_end(ap);
-  ps_warn("%s:%u: %s", f->path, line_of(f, group, key), text);
-}
-
-/* Reads POOLSHIM_CONFIG: a regular file of at most 16 MiB (never a FIFO or a device that
- * would block or never end the host's first connect). */
-static gboolean
-key_file_load(PsKeyFile *f, const char *path)
-{
-  f->path = g_strdup(path);
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-  struct stat st;
-  if (fd < 0) {
-    ps_warn("POOLSHIM_CONFIG=%s cannot be opened (%s); using the environment and defaults",
-            path, g_strerror(errno));
-    return FALSE;
-  }
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > PS_CONFIG_FILE_MAX) {
-    ps_warn("POOLSHIM_CONFIG=%s is not a regular file of at most 16 MiB; using the environment "
-            "and defaults",
-            path);
-    close(fd);
-    return FALSE;
-  }
-  GString *text = g_string_sized_new((gsize)st.st_size + 1);
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0 && text->len <= PS_CONFIG_FILE_MAX)
-    g_string_append_len(text, buf, n);
-  close(fd);
-  f->contents = g_string_free(text, FALSE);
-  f->kf = g_key_file_new();
-  g_autoptr(GError) error = NULL;
-  if (!g_key_file_load_from_data(f->kf, f->contents, (gsize)-1, G_KEY_FILE_NONE, &error)) {
-    ps_warn("%s: not a valid key file (%s); using the environment and defaults", path,
-            error->message);
-    g_clear_pointer(&f->kf, g_key_file_free);
-    return FALSE;
-  }
-  index_lines(f);
-  return TRUE;
-}
-
-static void
-key_file_clear(PsKeyFile *f)
-{
-  g_free(f->path);
-  g_free(f->contents);
-  g_clear_pointer(&f->kf, g_key_file_free);
-  g_clear_pointer(&f->lines, g_hash_table_unref);
-}
-
 /* The value of `v` in `group`, trimmed, or NULL. */
 static char *
 key_file_value(const PsKeyFile *f, const char *group, const PsVar *v)
 {
-  if (!f->kf)
-    return NULL;
   g_autofree char *key = file_key_of(v);
-  char *value = g_key_file_get_value(f->kf, group, key, NULL);
-  return value ? g_strstrip(value) : NULL;
+  return ps_key_file_value(f, group, key);
 }
 
 static void
@@ -481,8 +357,8 @@ warn_bad_value(const PsVar *v, const char *text, PsKeyFile *f, const char *group
   const char *shown = text;
   if (f) {
     g_autofree char *key = file_key_of(v);
-    file_warn(f, group, key, "[%s] %s = \"%.60s\" is not valid (expected %s); using %s", group,
-              key, shown, accepted, fallback);
+    ps_key_file_warn(f, group, key, "[%s] %s = \"%.60s\" is not valid (expected %s); using %s",
+                     group, key, shown, accepted, fallback);
   } else {
     ps_warn("%s=\"%.60s\" is not valid (expected %s); using %s", v->name, shown, accepted,
             fallback);
@@ -530,10 +406,10 @@ parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup loo
   while (*pattern == ' ')
     pattern++;
   if (!*pattern) {
-    file_warn(f, group, NULL,
-              "[%s] names no pool (expected [pool user@host:port/db], globs allowed); group "
-              "ignored",
-              group);
+    ps_key_file_warn(f, group, NULL,
+                     "[%s] names no pool (expected [pool user@host:port/db], globs allowed); group "
+                     "ignored",
+                     group);
     return;
   }
   PsPoolRule *rule = g_new0(PsPoolRule, 1);
@@ -544,10 +420,10 @@ parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup loo
     const PsVar *v = var_by_file_key(keys[k]);
     gsize index = v ? (gsize)(v - vars) : 0;
     if (!v || !(v->where & PS_WHERE_POOL)) {
-      file_warn(f, group, keys[k],
-                "[%s] %s cannot be set per pool (accepted: pool_size, min_idle, timeout, "
-                "max_lifetime, idle_timeout, reset); ignored",
-                group, keys[k]);
+      ps_key_file_warn(f, group, keys[k],
+                       "[%s] %s cannot be set per pool (accepted: pool_size, min_idle, timeout, "
+                       "max_lifetime, idle_timeout, reset); ignored",
+                       group, keys[k]);
       continue;
     }
     g_autofree char *text = key_file_value(f, group, v);
@@ -561,8 +437,8 @@ parse_pool_group(PsConfig *out, PsKeyFile *f, const char *group, PsEnvLookup loo
     g_autofree char *env_text = env_trimmed(lookup, user_data, v->name);
     guint64 env_value;
     if (env_text && parse_value(v, env_text, &env_value)) {
-      file_warn(f, group, keys[k], "[%s] %s is overridden by %s from the environment", group,
-                keys[k], v->name);
+      ps_key_file_warn(f, group, keys[k], "[%s] %s is overridden by %s from the environment",
+                       group, keys[k], v->name);
       continue;
     }
     store(&rule->values, v, value, text);
@@ -583,8 +459,9 @@ check_file_groups(PsConfig *out, PsKeyFile *f, PsEnvLookup lookup, gpointer user
       continue;
     }
     if (!g_str_equal(groups[g], "default")) {
-      file_warn(f, groups[g], NULL,
-                "unknown group [%s] ignored (expected [default] or [pool PATTERN])", groups[g]);
+      ps_key_file_warn(f, groups[g], NULL,
+                       "unknown group [%s] ignored (expected [default] or [pool PATTERN])",
+                       groups[g]);
       continue;
     }
     g_auto(GStrv) keys = g_key_file_get_keys(f->kf, groups[g], NULL, NULL);
@@ -592,12 +469,12 @@ check_file_groups(PsConfig *out, PsKeyFile *f, PsEnvLookup lookup, gpointer user
       if (var_by_file_key(keys[k]))
         continue;
       if (g_str_equal(keys[k], "config")) {
-        file_warn(f, "default", keys[k],
-                  "[default] config can only be set in the environment (POOLSHIM_CONFIG); "
-                  "ignored");
+        ps_key_file_warn(f, "default", keys[k],
+                         "[default] config can only be set in the environment (POOLSHIM_CONFIG); "
+                         "ignored");
         continue;
       }
-      if (f->warnings >= PS_CONFIG_FILE_WARNINGS) {
+      if (f->warnings >= PS_KEY_FILE_WARNINGS) {
         f->warnings++; /* counted, not shown: no name suggestion to compute */
         continue;
       }
@@ -606,8 +483,9 @@ check_file_groups(PsConfig *out, PsKeyFile *f, PsEnvLookup lookup, gpointer user
       const char *closest = ps_config_closest_name(as_var);
       g_autofree char *suggest =
         closest ? g_ascii_strdown(closest + strlen("POOLSHIM_"), -1) : NULL;
-      file_warn(f, "default", keys[k], "[default] unknown key %s ignored%s%s%s", keys[k],
-                suggest ? "; did you mean " : "", suggest ? suggest : "", suggest ? "?" : "");
+      ps_key_file_warn(f, "default", keys[k], "[default] unknown key %s ignored%s%s%s", keys[k],
+                       suggest ? "; did you mean " : "", suggest ? suggest : "",
+                       suggest ? "?" : "");
     }
   }
 }
@@ -629,7 +507,7 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
       ps_log_set_level((PsLogLevel)level);
   }
   if (config_trimmed && *config_trimmed)
-    key_file_load(&file, config_trimmed);
+    ps_key_file_load(&file, config_trimmed);
   for (gsize pass = 0; pass < 2; pass++) {
     for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
       const PsVar *v = &vars[i];
@@ -675,12 +553,12 @@ ps_config_parse(PsConfig *out, PsEnvLookup lookup, gpointer user_data,
             "using POOLSHIM_GRAIN=connect", reset_choices[out->reset]);
     out->grain = PS_GRAIN_CONNECT;
   }
-  if (file.warnings > PS_CONFIG_FILE_WARNINGS)
+  if (file.warnings > PS_KEY_FILE_WARNINGS)
     ps_warn("%s: %u more problems not shown", file.path,
-            file.warnings - PS_CONFIG_FILE_WARNINGS);
+            file.warnings - PS_KEY_FILE_WARNINGS);
   if (!file.kf)
     g_clear_pointer(&out->config_file, g_free);
-  key_file_clear(&file);
+  ps_key_file_clear(&file);
   for (gsize i = 0; present_names && present_names[i]; i++) {
     const char *name = present_names[i];
     gboolean known = FALSE;
