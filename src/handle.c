@@ -1,4 +1,5 @@
-/* handle.c: POOLSHIM_GRAIN=transaction, the per-handle record (handle.h).
+/* handle.c: POOLSHIM_GRAIN=transaction, the per-handle record (handle.h): its owner's side
+ * (attach, settle, re-borrow, the command hooks, close); the taker's side is handle_take.c.
  *
  * A record's state (atomic) is the handshake between its owner (the thread that calls the
  * library with the handle) and a taker:
@@ -15,7 +16,7 @@
  * owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
  * reads it while it holds TAKING. Lock order: the registry's lock is a leaf (no other lock
  * is taken under it, no I/O is done). */
-#include "handle.h"
+#include "handle-state.h"
 
 #include <errmsg.h>
 #include <stddef.h>
@@ -25,72 +26,8 @@
 #include "config.h"
 #include "conn.h"
 #include "log.h"
-#include "watch.h"
 
-enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
-
-/* More distinct setup statements than this: the session is pinned (PS_PIN_SESSION). */
-#define H_MAX_SETS 16
-/* How long a handle is takeable before a waiter takes it (connection sharing's delay, as
- * MySQL Router's connection_sharing_delay): between two statements of one task a handle
- * comes back within microseconds, and taking it then makes both wait. */
-#define H_TAKE_DELAY_US 300
-/* ... or, for a handle seen coming back sooner, H_COMEBACK_FACTOR times its usual gap
- * between two of its commands (measured while someone waits: comeback_us), but never less
- * than this: a C loop's statements follow each other within tens of microseconds, a
- * Python ORM's within hundreds. */
-#define H_TAKE_DELAY_MIN_US 50
-#define H_COMEBACK_FACTOR 4
-/* A re-borrow gets an idle handle's connection directly (a hand-over, past the pool's
- * queue) only while no waiter in the queue has waited longer than this. */
-#define H_HAND_OVER_BOUND_US 100000
-
-typedef struct {
-  struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
-  const struct st_mariadb_methods *lib; /* the library's own table */
-  MYSQL_DATA *(*read_rows)(MYSQL *, MYSQL_FIELD *, unsigned int);
-  MYSQL *m;
-  PsPhys *p;       /* the connection held; NULL while detached */
-  PsPool *pool;
-  PsPoolKey *pk;   /* held */
-  PsGrainCounts *counts; /* pk's: takes, re-borrows, pins (atomic adds) */
-  guint generation; /* H.generation at attach: another one means inherited across fork */
-  gint state;
-  gint64 takeable_us; /* atomic: when it last became takeable */
-  gint64 comeback_us; /* atomic: its usual gap (a moving average of those shorter than
-                         H_TAKE_DELAY_US) from takeable to its next command; 0: none seen */
-  gint64 settled_us;  /* the owner's: when settle made it takeable with the clock read (0:
-                         not read; a waiter's later stamp of takeable_us is no sample) */
-  /* The handle's session as it differs from the pool's fresh one, known without asking the
-   * server: the session setup statements that succeeded (ps_watch_prelude_var), in order,
-   * the last one per variable; its LAST_INSERT_ID(); and, while detached, its database.
-   * Anything else the watch cannot name pins the connection (ps_watch_pinned). */
-  GPtrArray *sets;     /* of char*, at most H_MAX_SETS */
-  char *pending_set;   /* the command in flight is one of them: kept if it succeeds */
-  guint pending_var;
-  guint64 lid;         /* LAST_INSERT_ID() when known */
-  gboolean lid_unknown; /* an insert id may have been generated since: read at the take */
-  char *uservars;      /* SET @`a`=..., read at the last take that followed their use */
-  char *db;        /* the handle's database (NULL: none), kept by the owner: the library
-                      writes m->db only after mysql_select_db's settle */
-  gboolean lost;   /* detached: the session could not be read; commands fail as lost */
-  gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
-  gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
-  gboolean asks_lid; /* the command is SELECT LAST_INSERT_ID(): its row is the handle's */
-  /* A re-borrowed session's LAST_INSERT_ID() is not the handle's: DO LAST_INSERT_ID(lid) is
-   * sent at the re-borrow, its reply not awaited; the handle's command follows it on the
-   * wire (one round trip for both), and its reply is read first (read_prefix). */
-  gboolean lid_prefix;
-  gboolean prefix_unread;
-} PsHandle;
-
-static struct {
-  PsHandleOps ops;
-  GMutex lock;       /* guards `all` */
-  GPtrArray *all;    /* of PsHandle */
-  guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
-  guint generation;  /* forks this process descends from (written in the child alone) */
-} H;
+PsHandleRegistry ps_handles;
 
 G_STATIC_ASSERT(PS_PIN_REASONS == PS_GRAIN_PIN_REASONS);
 
@@ -110,11 +47,11 @@ ps_handle_pin_name(PsPinReason reason)
 void
 ps_handle_setup(const PsHandleOps *ops)
 {
-  H.ops = *ops;
-  g_mutex_lock(&H.lock);
-  if (!H.all)
-    H.all = g_ptr_array_new();
-  g_mutex_unlock(&H.lock);
+  ps_handles.ops = *ops;
+  g_mutex_lock(&ps_handles.lock);
+  if (!ps_handles.all)
+    ps_handles.all = g_ptr_array_new();
+  g_mutex_unlock(&ps_handles.lock);
 #ifdef PS_TEST_HOOKS
   const char *force = g_getenv("POOLSHIM_TEST_FORCE_TAKE");
   guint64 pct = 0;
@@ -123,7 +60,7 @@ ps_handle_setup(const PsHandleOps *ops)
             force);
     pct = 0;
   }
-  H.force_take = (guint)pct;
+  ps_handles.force_take = (guint)pct;
 #endif
 }
 
@@ -133,336 +70,18 @@ handle_of(MYSQL *m)
   return (PsHandle *)((char *)m->methods - offsetof(PsHandle, methods));
 }
 
-/* ---- the taker's side ---- */
-
-static void
-append_value(GString *sql, const char *v)
-{
-  if (!v) {
-    g_string_append(sql, "NULL");
-    return;
-  }
-  gboolean number = *v != '\0';
-  for (const char *c = v; *c && number; c++)
-    number = g_ascii_isdigit(*c);
-  if (number) {
-    g_string_append(sql, v);
-    return;
-  }
-  g_string_append_c(sql, '\'');
-  for (const char *c = v; *c; c++) {
-    if (*c == '\'' || *c == '\\')
-      g_string_append_c(sql, '\\');
-    g_string_append_c(sql, *c);
-  }
-  g_string_append_c(sql, '\'');
-}
-
-/* The session's user variables (it used some since it was restored), as one SET into
- * h->uservars (NULL: none), read from the server: what a take reads that the watch cannot
- * know. Without the server's list (the user_variables plugin off), user variables pin
- * sessions from now on; FALSE then (this session used some) or when the query failed. */
-static gboolean
-read_uservars(PsHandle *h, MYSQL *s, PsWatch *w)
-{
-  GString *sql = g_string_new("SET @`");
-  static const char q[] = "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE FROM "
-                          "information_schema.USER_VARIABLES";
-  ps_watch_set_bypass(w, TRUE);
-  MYSQL_RES *res = ps_real.real_query(s, q, strlen(q)) == 0 ? ps_real.store_result(s) : NULL;
-  ps_watch_set_bypass(w, FALSE);
-  if (!res) {
-    unsigned int e = s->net.last_errno;
-    g_string_free(sql, TRUE);
-    if (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR)
-      return FALSE;
-    ps_watch_set_uservars_restorable(FALSE);
-    ps_info("the server does not list user variables (information_schema.USER_VARIABLES): "
-            "they pin a handle's connection from now on");
-    return FALSE;
-  }
-  MYSQL_ROW row;
-  while ((row = ps_real.fetch_row(res))) {
-    if (!row[0])
-      continue;
-    if (sql->len > 6)
-      g_string_append(sql, ", @`");
-    for (const char *c = row[0]; *c; c++) {
-      if (*c == '`')
-        g_string_append_c(sql, '`');
-      g_string_append_c(sql, *c);
-    }
-    g_string_append(sql, "`=");
-    const char *type = row[2] ? row[2] : "";
-    if (row[1] && (g_str_equal(type, "INT") || g_str_equal(type, "DECIMAL") ||
-                   g_str_equal(type, "DOUBLE") || g_str_equal(type, "REAL")))
-      g_string_append(sql, row[1]);
-    else
-      append_value(sql, row[1]);
-  }
-  ps_real.free_result(res);
-  g_free(h->uservars);
-  h->uservars = sql->len > 6 ? g_string_free(sql, FALSE) : NULL;
-  if (!h->uservars)
-    g_string_free(sql, TRUE);
-  return TRUE;
-}
-
-/* LAST_INSERT_ID() of the session in s (the taker's now), when an insert id may have been
- * generated since it was last known: the one query a take may make (an OK packet's insert
- * id is not it when the id was given, and INSERT ... RETURNING sends none). */
-static gboolean
-read_lid(PsHandle *h, MYSQL *s, PsWatch *w)
-{
-  static const char q[] = "SELECT LAST_INSERT_ID()";
-  ps_watch_set_bypass(w, TRUE);
-  MYSQL_RES *res = ps_real.real_query(s, q, sizeof q - 1) == 0 ? ps_real.store_result(s) : NULL;
-  MYSQL_ROW row = res ? ps_real.fetch_row(res) : NULL;
-  ps_watch_set_bypass(w, FALSE);
-  gboolean ok = row && row[0];
-  if (ok) {
-    h->lid = g_ascii_strtoull(row[0], NULL, 10);
-    h->lid_unknown = FALSE;
-  }
-  if (res)
-    ps_real.free_result(res);
-  return ok;
-}
-
-/* Holding TAKING on h: moves its session out, records what it differs by from a fresh one
- * (no I/O but read_lid), publishes TAKEN, gives the connection back to the pool. */
-static void
-take(PsHandle *h)
-{
-  PsPhys *p = h->p;
-  MYSQL *m = h->m;
-  if (!p->shell && !(p->shell = ps_conn_shell_new(5))) {
-    /* No struct to move it into: the owner keeps it. */
-    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
-    return;
-  }
-  if (!ps_conn_copy_out(p->shell, m)) {
-    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
-    return;
-  }
-  p->shell->methods = ps_watch_methods(p->watch);
-  ps_phys_detach(m); /* RETURNING */
-  /* Setup statements run ahead that the handle did not send: their replies are read
-   * before any query (their effect goes with the full reset that follows). */
-  gboolean ok = TRUE;
-  if (ps_watch_unmatched(p->watch) && (h->lid_unknown || ps_watch_uservars_used(p->watch))) {
-    ok = ps_watch_settle(p->shell, p->watch);
-    ps_watch_mark_full(p->watch);
-  }
-  ok = ok && (!h->lid_unknown || read_lid(h, p->shell, p->watch)) &&
-                (!ps_watch_uservars_used(p->watch) || read_uservars(h, p->shell, p->watch));
-  h->lost = !ok;
-  h->p = NULL;
-  __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
-  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
-  /* h is the owner's again: not touched from here on. */
-  if (ok)
-    H.ops.give_back(p);
-  else
-    H.ops.discard(p, "lost while being taken from an idle handle");
-}
-
 void
 ps_handle_lock_for_fork(void)
 {
-  g_mutex_lock(&H.lock);
+  g_mutex_lock(&ps_handles.lock);
 }
 
 void
 ps_handle_unlock_after_fork(gboolean child)
 {
   if (child)
-    H.generation++;
-  g_mutex_unlock(&H.lock);
-}
-
-/* The owner came back before anyone took its connection: how soon, when the clock was
- * read for it (settle reads it only while someone wants a connection of the key). */
-static void
-note_comeback(PsHandle *h)
-{
-  gint64 since = h->settled_us;
-  if (!since)
-    return;
-  gint64 gap = g_get_monotonic_time() - since;
-  if (gap < 0 || gap >= H_TAKE_DELAY_US)
-    return;
-  gint64 avg = __atomic_load_n(&h->comeback_us, __ATOMIC_RELAXED);
-  __atomic_store_n(&h->comeback_us, avg ? (7 * avg + gap) / 8 + 1 : gap + 1, __ATOMIC_RELAXED);
-}
-
-/* How long h stays takeable before a waiter takes it. */
-static gint64
-take_delay_us(const PsHandle *h)
-{
-  gint64 avg = __atomic_load_n(&h->comeback_us, __ATOMIC_RELAXED);
-  return avg ? CLAMP(H_COMEBACK_FACTOR * avg, H_TAKE_DELAY_MIN_US, H_TAKE_DELAY_US)
-             : H_TAKE_DELAY_US;
-}
-
-/* Claims (TAKING) the handle of pk that has been takeable longest, at least
- * its delay (take_delay_us); NULL, and in *next_us when one will have been (0: none
- * takeable). */
-static PsHandle *
-claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
-{
-  PsHandle *found = NULL;
-  gint64 now = g_get_monotonic_time(), ready = G_MAXINT64;
-  *next_us = 0;
-  g_mutex_lock(&H.lock);
-  /* A handle between two statements of one task comes back within microseconds, one that
-   * thinks does not. */
-  for (guint i = 0; H.all && i < H.all->len; i++) {
-    PsHandle *h = H.all->pdata[i];
-    if (h->pk != pk || h == self || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != H_TAKEABLE)
-      continue;
-    gint64 since = __atomic_load_n(&h->takeable_us, __ATOMIC_RELAXED);
-    if (!since) {
-      /* Takeable since before anyone wanted: its delay starts now (settle). A racing
-       * settle's own stamp wins, or is replaced by this later one: never too early. */
-      gint64 zero = 0;
-      since = __atomic_compare_exchange_n(&h->takeable_us, &zero, now, FALSE,
-                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED) ? now : zero;
-    }
-    gint64 at = since + take_delay_us(h); /* the one whose delay ends first */
-    if (at < ready) {
-      ready = at;
-      found = h;
-    }
-  }
-  if (found && now < ready) {
-    *next_us = ready;
-    found = NULL;
-  }
-  gint expect = H_TAKEABLE;
-  if (found && !__atomic_compare_exchange_n(&found->state, &expect, H_TAKING, FALSE,
-                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-    found = NULL;
-  g_mutex_unlock(&H.lock);
-  return found;
-}
-
-gboolean
-ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
-{
-  PsHandle *found = claim(pk, NULL, next_us);
-  if (found)
-    H.ops.claimed(pk, waiter);
-  if (found)
-    take(found);
-  return found != NULL;
-}
-
-static gboolean
-same_sets(const GPtrArray *a, const GPtrArray *b)
-{
-  guint n = a ? a->len : 0;
-  if (n != (b ? b->len : 0))
-    return FALSE;
-  guint i = 0;
-  while (i < n && strcmp(a->pdata[i], b->pdata[i]) == 0)
-    i++;
-  if (i == n)
-    return TRUE;
-  /* The same statements in another order (Django's handles set autocommit again after
-   * their setup, at different moments): one session, provided each sets a variable of
-   * its own. Each list holds one statement per variable (record_set), and those that
-   * set a character set (no PsVar) may overlap each other: at most one of them. */
-  guint charsets = 0;
-  for (guint k = 0; k < n; k++) {
-    const char *sa = a->pdata[k];
-    guint var = 0;
-    ps_watch_prelude_var(sa, strlen(sa), &var);
-    if (!var && ++charsets > 1)
-      return FALSE;
-    gboolean found = FALSE;
-    for (guint j = 0; j < n && !found; j++)
-      found = strcmp(sa, b->pdata[j]) == 0;
-    if (!found)
-      return FALSE;
-  }
-  return TRUE;
-}
-
-/* Holding TAKING on h: hands its connection to t's re-borrow as it is, without a reset,
- * when the two sessions differ at most by the database and LAST_INSERT_ID() (the same
- * setup statements, no user variables, no warnings left, no setup statement run ahead
- * for h that h did not send): those are set in one write
- * (with h's LAST_INSERT_ID() read first when unknown). CLAIMED, in its shell; NULL when
- * the sessions differ by more (then given back to the pool like any take) or it failed. */
-static PsPhys *
-take_for(PsHandle *h, PsHandle *t)
-{
-  PsPhys *p = h->p;
-  MYSQL *m = h->m;
-  if (!same_sets(h->sets, t->sets) || h->uservars || t->uservars ||
-      ps_watch_uservars_used(p->watch) || ps_watch_unmatched(p->watch) || m->warning_count ||
-      (h->db && !t->db)) {
-    take(h);
-    return NULL;
-  }
-  if ((!p->shell && !(p->shell = ps_conn_shell_new(5))) || !ps_conn_copy_out(p->shell, m)) {
-    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
-    return NULL;
-  }
-  MYSQL *s = p->shell;
-  s->methods = ps_watch_methods(p->watch);
-  ps_phys_detach(m); /* RETURNING */
-  char *value = NULL;
-  ps_watch_set_bypass(p->watch, TRUE);
-  /* Closed by the server while idle in h (KILL, restart, wait_timeout): not t's to fail
-   * on; one poll, since t's command may be the first thing written to it. */
-  gboolean ok = !ps_conn_idle_closed(s, FALSE) &&
-                ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
-                                     &value, g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
-                                     NULL, 0);
-  ps_watch_set_bypass(p->watch, FALSE);
-  ps_watch_mark_full(p->watch); /* its return resets what both handles did */
-  if (value) {
-    h->lid = g_ascii_strtoull(value, NULL, 10);
-    h->lid_unknown = FALSE;
-    g_free(value);
-  }
-  h->lost = h->lid_unknown;
-  /* The session holds h's LAST_INSERT_ID() now: t's goes ahead of t's command. */
-  t->lid_prefix = h->lid_unknown || h->lid != t->lid;
-  h->p = NULL;
-  __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
-  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
-  /* h is the owner's again: not touched from here on. */
-  if (!ok) {
-    H.ops.discard(p, "lost while being handed from an idle handle to another");
-    return NULL;
-  }
-  ps_phys_enter(p, PS_PHYS_CLAIMED, "handed from an idle handle to another");
-  return p;
-}
-
-/* PsHandleOps.reborrow's `direct`: a connection for t at once from the handle of its key
- * takeable longest (t->handed: its session is t's already) while no one else waits, or
- * NULL (maybe one was given back to the pool instead). */
-static PsPhys *
-direct(gpointer data, gint64 *next_us, gpointer waiter)
-{
-  PsHandle *t = data;
-  t->handed = FALSE;
-  if (ps_pool_key_oldest_wait_us(t->pool, t->pk) > H_HAND_OVER_BOUND_US) {
-    /* Someone waits in the pool's queue for long: a take goes to the oldest waiter, as
-     * any take (hand-overs pass the queue, and a connect is served only from it). */
-    ps_handle_take(t->pk, next_us, waiter);
-    return NULL;
-  }
-  PsHandle *h = claim(t->pk, t, next_us);
-  if (h)
-    H.ops.claimed(t->pk, waiter);
-  PsPhys *p = h ? take_for(h, t) : NULL;
-  t->handed = p != NULL;
-  return p;
+    ps_handles.generation++;
+  g_mutex_unlock(&ps_handles.lock);
 }
 
 /* ---- the owner's side ---- */
@@ -519,7 +138,7 @@ settle(PsHandle *h)
   PsPhys *p = h->p;
   /* A handle inherited across fork holds the parent's session: never lent to another. */
   if (!p || p->state == PS_PHYS_DOOMED || p->state == PS_PHYS_ORPHANED ||
-      h->generation != H.generation)
+      h->generation != ps_handles.generation)
     return;
   int why = pin_reason(h->m, p, h->asked, h->sets && h->sets->len > H_MAX_SETS);
   if (why >= 0) {
@@ -546,10 +165,10 @@ settle(PsHandle *h)
 #ifdef PS_TEST_HOOKS
   /* POOLSHIM_TEST_FORCE_TAKE: taken at once, on the owner's thread. */
   gint expect = H_TAKEABLE;
-  if (H.force_take && (guint)g_random_int_range(0, 100) < H.force_take &&
+  if (ps_handles.force_take && (guint)g_random_int_range(0, 100) < ps_handles.force_take &&
       __atomic_compare_exchange_n(&h->state, &expect, H_TAKING, FALSE, __ATOMIC_ACQUIRE,
                                   __ATOMIC_RELAXED))
-    take(h);
+    ps_handle_take_out(h);
 #endif
 }
 
@@ -566,21 +185,21 @@ reattach(PsHandle *h)
                       "its connection was idle)");
     return FALSE;
   }
-  if (h->generation != H.generation) {
+  if (h->generation != ps_handles.generation) {
     /* Taken before fork(): its session was read then; the parent's pool and its
      * connections are the parent's. The child borrows from its own pool. */
     PsPool *pool = NULL;
-    PsPoolKey *pk = H.ops.adopt(h->pk, &pool);
+    PsPoolKey *pk = ps_handles.ops.adopt(h->pk, &pool);
     ps_pool_key_release(h->pool, h->pk, FALSE);
     h->pool = pool;
     h->pk = pk;
     h->counts = ps_pool_key_grain_counts(pk);
-    h->generation = H.generation;
+    h->generation = ps_handles.generation;
   }
   for (int attempt = 0; attempt < 3; attempt++) {
     h->handed = FALSE;
     h->lid_prefix = FALSE;
-    PsPhys *q = H.ops.reborrow(h->pk, m, direct, h);
+    PsPhys *q = ps_handles.ops.reborrow(h->pk, m, ps_handle_direct, h);
     if (!q) {
       /* Opening one failed (not the pool's timeout, 1040): nothing of the command was sent
        * either: another try. */
@@ -622,7 +241,7 @@ reattach(PsHandle *h)
       gboolean conn_error = e >= CR_MIN_ERROR && e <= CR_MAX_ERROR;
       if (!conn_error) /* the server refused the restore: the handle sees why */
         ps_conn_set_error(m, e, s->net.sqlstate, s->net.last_error);
-      H.ops.discard(q, conn_error ? "lost while restoring a handle's session"
+      ps_handles.ops.discard(q, conn_error ? "lost while restoring a handle's session"
                                   : "a handle's session could not be restored");
       if (conn_error)
         continue; /* nothing of the command was sent: another connection */
@@ -654,7 +273,7 @@ enter(PsHandle *h, gboolean reborrow)
                                       __ATOMIC_RELAXED)) {
         if (h->p->state == PS_PHYS_TAKEABLE)
           ps_phys_enter(h->p, PS_PHYS_LENT, NULL);
-        note_comeback(h);
+        ps_handle_note_comeback(h);
         return TRUE;
       }
       continue;
@@ -849,35 +468,35 @@ ps_handle_attach(MYSQL *m, PsPhys *p, PsPool *pool, PsPoolKey *pk)
   h->pool = pool;
   h->pk = pk;
   h->counts = ps_pool_key_grain_counts(pk);
-  h->generation = H.generation;
+  h->generation = ps_handles.generation;
   /* A connection lent from the pool leaves m->db unset: the session is in the key's. */
   h->db = g_strdup(m->db ? m->db : p->profile ? p->profile->db : NULL);
   h->state = H_BUSY;
   m->methods = &h->methods;
-  g_mutex_lock(&H.lock);
-  g_ptr_array_add(H.all, h);
-  g_mutex_unlock(&H.lock);
+  g_mutex_lock(&ps_handles.lock);
+  g_ptr_array_add(ps_handles.all, h);
+  g_mutex_unlock(&ps_handles.lock);
   return TRUE;
 }
 
 gboolean
 ps_handle_closing(MYSQL *m)
 {
-  if (!H.all)
+  if (!ps_handles.all)
     return FALSE;
   PsHandle *h = NULL;
-  g_mutex_lock(&H.lock);
-  for (guint i = 0; i < H.all->len && !h; i++)
-    if (((PsHandle *)H.all->pdata[i])->m == m)
-      h = H.all->pdata[i];
-  g_mutex_unlock(&H.lock);
+  g_mutex_lock(&ps_handles.lock);
+  for (guint i = 0; i < ps_handles.all->len && !h; i++)
+    if (((PsHandle *)ps_handles.all->pdata[i])->m == m)
+      h = ps_handles.all->pdata[i];
+  g_mutex_unlock(&ps_handles.lock);
   if (!h)
     return FALSE;
   /* Busy from here on: no taker claims it, one under way has finished. */
   gboolean attached = enter(h, FALSE);
-  g_mutex_lock(&H.lock);
-  g_ptr_array_remove_fast(H.all, h);
-  g_mutex_unlock(&H.lock);
+  g_mutex_lock(&ps_handles.lock);
+  g_ptr_array_remove_fast(ps_handles.all, h);
+  g_mutex_unlock(&ps_handles.lock);
   if (attached) {
     /* A query sent and never read (its reply after the prefix's): the watch says so and
      * the connection is closed, not pooled; nothing is read from it here (in a forked

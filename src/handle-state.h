@@ -1,0 +1,80 @@
+/* handle-state.h: the per-handle record and the registry of handles, shared by handle.c (the
+ * owner's side: attach, settle, re-borrow, close) and handle_take.c (the taker's side) and by
+ * nothing else. The handshake and lock order: the top of handle.c. */
+#pragma once
+#include <glib.h>
+#include <mysql.h>
+
+#include "handle.h"
+#include "watch.h"
+
+enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
+
+/* More distinct setup statements than this: the session is pinned (PS_PIN_SESSION). */
+#define H_MAX_SETS 16
+/* How long a handle is takeable before a waiter takes it (connection sharing's delay, as
+ * MySQL Router's connection_sharing_delay): between two statements of one task a handle
+ * comes back within microseconds, and taking it then makes both wait. */
+#define H_TAKE_DELAY_US 300
+/* ... or, for a handle seen coming back sooner, H_COMEBACK_FACTOR times its usual gap
+ * between two of its commands (measured while someone waits: comeback_us), but never less
+ * than this: a C loop's statements follow each other within tens of microseconds, a
+ * Python ORM's within hundreds. */
+#define H_TAKE_DELAY_MIN_US 50
+#define H_COMEBACK_FACTOR 4
+/* A re-borrow gets an idle handle's connection directly (a hand-over, past the pool's
+ * queue) only while no waiter in the queue has waited longer than this. */
+#define H_HAND_OVER_BOUND_US 100000
+
+typedef struct {
+  struct st_mariadb_methods methods; /* first: the handle's m->methods points here */
+  const struct st_mariadb_methods *lib; /* the library's own table */
+  MYSQL_DATA *(*read_rows)(MYSQL *, MYSQL_FIELD *, unsigned int);
+  MYSQL *m;
+  PsPhys *p;       /* the connection held; NULL while detached */
+  PsPool *pool;
+  PsPoolKey *pk;   /* held */
+  PsGrainCounts *counts; /* pk's: takes, re-borrows, pins (atomic adds) */
+  guint generation; /* H.generation at attach: another one means inherited across fork */
+  gint state;
+  gint64 takeable_us; /* atomic: when it last became takeable */
+  gint64 comeback_us; /* atomic: its usual gap (a moving average of those shorter than
+                         H_TAKE_DELAY_US) from takeable to its next command; 0: none seen */
+  gint64 settled_us;  /* the owner's: when settle made it takeable with the clock read (0:
+                         not read; a waiter's later stamp of takeable_us is no sample) */
+  /* The handle's session as it differs from the pool's fresh one, known without asking the
+   * server: the session setup statements that succeeded (ps_watch_prelude_var), in order,
+   * the last one per variable; its LAST_INSERT_ID(); and, while detached, its database.
+   * Anything else the watch cannot name pins the connection (ps_watch_pinned). */
+  GPtrArray *sets;     /* of char*, at most H_MAX_SETS */
+  char *pending_set;   /* the command in flight is one of them: kept if it succeeds */
+  guint pending_var;
+  guint64 lid;         /* LAST_INSERT_ID() when known */
+  gboolean lid_unknown; /* an insert id may have been generated since: read at the take */
+  char *uservars;      /* SET @`a`=..., read at the last take that followed their use */
+  char *db;        /* the handle's database (NULL: none), kept by the owner: the library
+                      writes m->db only after mysql_select_db's settle */
+  gboolean lost;   /* detached: the session could not be read; commands fail as lost */
+  gboolean handed; /* the re-borrow got a connection whose session is the handle's already */
+  gboolean asked;  /* the last command was SHOW WARNINGS / ERRORS: its warnings were read */
+  gboolean asks_lid; /* the command is SELECT LAST_INSERT_ID(): its row is the handle's */
+  /* A re-borrowed session's LAST_INSERT_ID() is not the handle's: DO LAST_INSERT_ID(lid) is
+   * sent at the re-borrow, its reply not awaited; the handle's command follows it on the
+   * wire (one round trip for both), and its reply is read first (read_prefix). */
+  gboolean lid_prefix;
+  gboolean prefix_unread;
+} PsHandle;
+
+typedef struct {
+  PsHandleOps ops;
+  GMutex lock;       /* guards `all` */
+  GPtrArray *all;    /* of PsHandle */
+  guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
+  guint generation;  /* forks this process descends from (written in the child alone) */
+} PsHandleRegistry;
+extern PsHandleRegistry ps_handles; /* handle.c's; the library's own (poolshim.map) */
+
+/* handle_take.c, for the owner's side. */
+void ps_handle_take_out(PsHandle *h);
+void ps_handle_note_comeback(PsHandle *h);
+PsPhys *ps_handle_direct(gpointer data, gint64 *next_us, gpointer waiter);
