@@ -1,11 +1,13 @@
-/* broker-state.h: the broker's process-wide state, shared by broker.c (the decisions) and
- * house.c (its background threads) and by nothing else. Lock order: top of broker.c. */
+/* broker-state.h: the broker's process-wide state, shared by broker.c (the decisions),
+ * broker_grain.c (the transaction grain), broker_fork.c (fork) and house.c (its background
+ * threads) and by nothing else. Lock order: top of broker.c. */
 #pragma once
 #include <glib.h>
 #include <mysql.h>
 
 #include "config.h"
 #include "conn.h"
+#include "handle.h"
 #include "hostslots.h"
 #include "phys.h"
 #include "pool.h"
@@ -42,3 +44,36 @@ extern PsBrokerState ps_broker_state;
 /* A connection (OPENING) just opened on a pool-owned handle (the key's template): watched
  * and close-on-exec until it is filled or lent (broker.c). */
 void ps_broker_on_pool_handle(PsPhys *p, MYSQL *h);
+
+/* broker.c, for broker_grain.c and broker_fork.c. */
+void ps_broker_close_victims(GSList *victims, gboolean inherited);
+PsPool *ps_broker_new_pool(void);
+/* POOLSHIM_RESET_TIMEOUT in whole seconds, at least 1. */
+unsigned int ps_broker_reset_timeout_s(void);
+/* Claims the idle connection p the pool granted; FALSE when it was closed instead. */
+gboolean ps_broker_claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed);
+/* m gets error 1040: POOLSHIM_TIMEOUT passed while waiting for a connection of pk. */
+void ps_broker_pool_full(MYSQL *m, PsPoolKey *pk, const PsPoolSettings *settings, gint64 started);
+
+/* broker_fork.c: the pthread_atfork handlers, and the child's pool of its own (a no-op
+ * unless this process forked since the last call). */
+void ps_broker_before_fork(void);
+void ps_broker_after_fork_parent(void);
+void ps_broker_after_fork_child(void);
+void ps_broker_adopt_fork(void);
+
+/* broker_grain.c: POOLSHIM_GRAIN=transaction. */
+/* One connect's or re-borrow's place in the grain's waiting (ps_broker_grain_acquire). */
+typedef struct {
+  gboolean wanting;
+  gint64 next_us; /* when a takeable handle has been takeable long enough (0: none) */
+  gint64 arrived; /* the pool's clock at the first wait: its place in the queue */
+} PsGrainWait;
+/* Gives the just-lent p's handle m a handle record when the grain and its pool allow. */
+void ps_broker_grain_attach(PsPhys *p, MYSQL *m, PsPool *pool, PsPoolKey *pk);
+void ps_broker_grain_acquire(PsPool *pool, PsPoolKey *pk, PsGrainWait *g, gint64 now_us,
+                             gboolean may_grow, gint64 deadline, PsGrant *grant);
+/* TRUE when the caller acquires again. */
+gboolean ps_broker_grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *g);
+/* What the broker does for handle.c's records (ps_handle_setup). */
+extern const PsHandleOps ps_broker_grain_ops;

@@ -1,10 +1,12 @@
 /* broker.c: the pool policy. Owns the process-wide pool and decides each physical
- * connection's moves (phys.c carries them out: its states, handle table and close). Knows
- * nothing of MYSQL internals (conn*.c) and finds no symbols (interpose.c). No lock is held
- * across I/O.
+ * connection's moves (phys.c carries them out: its states, handle table and close). The
+ * transaction grain's side is in broker_grain.c, fork() and the child's own pool in
+ * broker_fork.c. Knows nothing of MYSQL internals (conn*.c) and finds no symbols
+ * (interpose.c). No lock is held across I/O.
  *
- * Lock order (a thread that holds one may take only those after it; before_fork takes them
- * all in this order; ThreadSanitizer's deadlock detector checks it in the tsan pass):
+ * Lock order (a thread that holds one may take only those after it; ps_broker_before_fork in
+ * broker_fork.c takes them all in this order; ThreadSanitizer's deadlock detector checks it
+ * in the tsan pass):
  *   1. B.house_lock      (house_busy only)
  *   2. B.stats_lock      (one statistics writer; held while the file is written)
  *   3. B.lock            (B.pool, B.forked, B.host_slots)
@@ -42,8 +44,8 @@ PsBrokerState ps_broker_state;
 
 
 /* Closes victims the pool handed back (expired, evicted, dead), outside every lock. */
-static void
-close_victims(GSList *victims, gboolean inherited)
+void
+ps_broker_close_victims(GSList *victims, gboolean inherited)
 {
   if (victims) /* rarely: not on every connect */
     ps_phys_close_items(victims, inherited);
@@ -58,8 +60,8 @@ phys_ready(PsItem *item)
   return p->state != PS_PHYS_RESET_SENT || ps_conn_replies_arrived(p->shell, p->pending);
 }
 
-static PsPool *
-new_pool(void)
+PsPool *
+ps_broker_new_pool(void)
 {
   PsPoolLimits limits = {
     .per_key = B.config.pool_size,
@@ -110,89 +112,6 @@ exit_drain(void)
     ps_house_write_stats();
 }
 
-/* fork() takes every lock in the lock order (top of this file), so that a child never
- * inherits one held by another thread. None is held across network I/O, so fork() waits
- * for memory work only, whatever the server does (the housekeeper's connects hold none). */
-static void
-before_fork(void)
-{
-  g_mutex_lock(&B.house_lock);
-  g_mutex_lock(&B.stats_lock);
-  g_mutex_lock(&B.lock);
-  ps_phys_lock_for_fork();
-  if (B.pool)
-    ps_pool_lock_for_fork(B.pool);
-  ps_host_slots_before_fork();
-  ps_handle_lock_for_fork();
-}
-
-static void
-after_fork_parent(void)
-{
-  ps_handle_unlock_after_fork(FALSE);
-  ps_host_slots_after_fork(FALSE);
-  if (B.pool)
-    ps_pool_unlock_after_fork(B.pool);
-  ps_phys_unlock_after_fork();
-  g_mutex_unlock(&B.lock);
-  g_mutex_unlock(&B.stats_lock);
-  g_mutex_unlock(&B.house_lock);
-}
-
-static void
-after_fork_child(void)
-{
-  ps_handle_unlock_after_fork(TRUE);
-  /* The parent's host-wide slots are the parent's: the child's copies of their descriptors
-   * are closed (never unlocked) so that they die with the parent. */
-  ps_host_slots_after_fork(TRUE);
-  if (B.pool)
-    ps_pool_unlock_after_fork(B.pool);
-  ps_phys_unlock_after_fork();
-  B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
-  g_mutex_unlock(&B.lock);
-  g_mutex_unlock(&B.stats_lock);
-  /* The parent's housekeeper may be inside a connect: no thread of the child is. The
-   * connection it is opening is the parent's, in no pool yet: the child never sees it
-   * (its memory and socket are left alone). The child's own housekeeper starts with its
-   * first call (adopt_fork). */
-  B.house_busy = FALSE;
-  g_mutex_unlock(&B.house_lock);
-}
-
-/* In a forked child: the inherited connections carry the parent's sessions. Close ours
- * without a word to the server and start an empty pool of the child's own. */
-static void
-adopt_fork(void)
-{
-  if (!B.forked)
-    return;
-  PsPool *old = NULL;
-  g_mutex_lock(&B.lock);
-  if (B.forked) {
-    old = B.pool;
-    B.inherited = g_slist_prepend(B.inherited, old);
-    B.pool = new_pool();
-    B.forked = FALSE;
-    B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
-    memset(B.plans, 0, sizeof B.plans);
-    /* The parent's lent connections: their slot descriptors were closed at fork. */
-    ps_phys_orphan_attached();
-  }
-  g_mutex_unlock(&B.lock);
-  if (old && !__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
-    /* Threads do not survive fork(). Started after B.lock is released: the stats writer
-     * takes stats_lock, which comes before B.lock in the lock order. Not when the child's
-     * first call is its drain (exit, mysql_library_end). */
-    ps_house_start();
-  }
-  if (old) {
-    ps_debug("fork detected: abandoning the parent's idle connections");
-    close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
-    /* `old` itself stays allocated: the parent's lent handles still point into it. */
-  }
-}
-
 /* Closing, as phys.c asks for it: the client library's ways (conn.c) and the real close. */
 static void
 close_handle(MYSQL *m)
@@ -209,8 +128,6 @@ static const PsPhysOps phys_ops = {
   .close_handle = close_handle,
   .watch_free = ps_watch_free,
 };
-
-static const PsHandleOps handle_ops;
 
 static void
 init_once(void)
@@ -236,8 +153,8 @@ init_once(void)
     ps_warn("%s; pooling is off, every call passes through", why);
   } else {
     ps_phys_setup(&phys_ops, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
-    B.pool = new_pool();
-    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    B.pool = ps_broker_new_pool();
+    pthread_atfork(ps_broker_before_fork, ps_broker_after_fork_parent, ps_broker_after_fork_child);
     /* Registered after the client library initialised itself (and its TLS library), so it
      * runs before their exit handlers tear them down. */
     atexit(exit_drain);
@@ -249,7 +166,7 @@ init_once(void)
       ps_info("POOLSHIM_HOST_MAX=%u: slot files under %s", B.config.host_max, B.host_root);
     }
     if (B.config.grain == PS_GRAIN_TRANSACTION)
-      ps_handle_setup(&handle_ops);
+      ps_handle_setup(&ps_broker_grain_ops);
     B.active = TRUE;
     ps_house_start();
   }
@@ -274,12 +191,12 @@ maybe_sweep(void)
       !__atomic_compare_exchange_n(&B.last_sweep_us, &last, now, FALSE, __ATOMIC_RELAXED,
                                    __ATOMIC_RELAXED))
     return;
-  close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
+  ps_broker_close_victims(ps_pool_take_idle(B.pool, FALSE, PS_CLOSE_IDLE_TIMEOUT), FALSE);
   ps_house_forget_pools(B.pool);
 }
 
-static unsigned int
-reset_timeout_s(void)
+unsigned int
+ps_broker_reset_timeout_s(void)
 {
   return (unsigned int)MAX(1, (B.config.reset_timeout_us + 999999) / 1000000);
 }
@@ -311,19 +228,6 @@ lend(PsPhys *p, MYSQL *m)
   ps_phys_attach(p, m);
 }
 
-/* POOLSHIM_GRAIN=transaction: m's commands go through a handle record (handle.c), in a
- * pool whose reset is auto. */
-static void
-grain_attach(PsPhys *p, MYSQL *m, PsPool *pool, PsPoolKey *pk)
-{
-  if (B.config.grain != PS_GRAIN_TRANSACTION || B.config.host_max || !ps_watch_auto(p->watch) ||
-      ps_pool_key_settings(pk)->reset != PS_RESET_AUTO || p->state != PS_PHYS_LENT)
-    return;
-  ps_pool_key_hold(pool, pk); /* the record's own */
-  if (!ps_handle_attach(m, p, pool, pk))
-    ps_pool_key_release(pool, pk, FALSE);
-}
-
 /* ---- revalidation (POOLSHIM_REVALIDATE) ----
  * A pool compares a connect's password with the one its connections authenticated with,
  * and COM_RESET_CONNECTION does not authenticate: without a new proof, credentials the
@@ -350,7 +254,7 @@ revoke_key(PsPool *pool, PsPoolKey *pk, unsigned int errnum)
   ps_info("pool %s: the server refused its credentials (error %u): its %u idle connections "
           "are closed, lent ones close at return, connects go to the server until one "
           "succeeds", ps_pool_key_label(pk), errnum, g_slist_length(idle));
-  close_victims(idle, FALSE);
+  ps_broker_close_victims(idle, FALSE);
 }
 
 /* The connection p, just moved into (and adopted by) the application's handle m, is proved
@@ -465,7 +369,7 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   if (!profile || !profile->opener)
     return FALSE;
   char err[MYSQL_ERRMSG_SIZE];
-  /* No host slot: never under POOLSHIM_HOST_MAX (new_pool). */
+  /* No host slot: never under POOLSHIM_HOST_MAX (ps_broker_new_pool). */
   PsPhys *p = ps_phys_new(pool, profile, -1, NULL);
   MYSQL *h = ps_conn_template_open(profile->opener, timeout_s, err, sizeof err);
   if (!h) {
@@ -482,70 +386,16 @@ lend_new(PsPool *pool, PsPoolKey *pk, MYSQL *m, unsigned int timeout_s, guint bu
   ps_conn_move(m, p->shell);
   ps_conn_adopt(m);
   lend(p, m);
-  grain_attach(p, m, pool, pk);
+  ps_broker_grain_attach(p, m, pool, pk);
   return TRUE;
-}
-
-/* The transaction grain's waiting: a connect or re-borrow first only tries the pool; when
- * that finds nothing it counts itself as wanting, takes the connection of the handle that
- * has been takeable longest (at least handle.c's delay: one between two statements of a
- * task comes back at once), and waits in the pool's queue. Only one waiter of the key,
- * the poller, looks again: when that delay ends for the handle takeable longest, or when
- * a handle becomes takeable while it sleeps without one (settle pokes it); the others
- * sleep until a connection comes to them (a take gives it to the oldest waiter). */
-typedef struct {
-  gboolean wanting;
-  gint64 next_us; /* when a takeable handle has been takeable long enough (0: none) */
-  gint64 arrived; /* the pool's clock at the first wait: its place in the queue */
-} PsGrainWait;
-
-static void
-grain_acquire(PsPool *pool, PsPoolKey *pk, PsGrainWait *g, gint64 now_us, gboolean may_grow,
-              gint64 deadline, PsGrant *grant)
-{
-  if (g->wanting)
-    ps_pool_acquire_grain(pool, pk, now_us, may_grow, g, g->next_us, deadline, &g->arrived,
-                          grant);
-  else if (may_grow)
-    ps_pool_acquire_at(pool, pk, now_us, 0, grant); /* a try */
-  else
-    ps_pool_acquire_no_grow(pool, pk, 0, grant);
-}
-
-static void
-grain_stop(PsPool *pool, PsPoolKey *pk, PsGrainWait *g)
-{
-  if (!g->wanting)
-    return;
-  ps_pool_grain_done(pool, pk, g);
-  ps_pool_key_want(pk, FALSE);
-  g->wanting = FALSE;
-}
-
-/* After grain_acquire: TRUE when the caller acquires again (its try failed, or the
- * poller's turn: it looked for a takeable handle). */
-static gboolean
-grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *g)
-{
-  if (grant->kind == PS_GRANT_TIMEOUT && (!g->wanting || grant->turn)) {
-    close_victims(grant->victims, FALSE);
-    if (!g->wanting) {
-      ps_pool_key_want(pk, TRUE);
-      g->wanting = TRUE;
-    }
-    ps_handle_take(pk, &g->next_us, g);
-    return TRUE;
-  }
-  grain_stop(pool, pk, g);
-  return FALSE;
 }
 
 /* An idle connection the pool granted: claimed, the reply of its pending reset read, and
  * checked alive (a reply the server sent ahead makes the socket readable: then only a
  * closed one counts as dead). FALSE when it was closed instead: its reset failed
  * (*reset_failed) or the server closed it while idle. */
-static gboolean
-claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed)
+gboolean
+ps_broker_claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed)
 {
   const char *why = NULL;
   *reset_failed = FALSE;
@@ -566,8 +416,8 @@ claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed)
 
 /* POOLSHIM_TIMEOUT passed while waiting for a connection of pk: m gets error 1040, the
  * server's own "Too many connections" code, with the pool's words. */
-static void
-pool_full(MYSQL *m, PsPoolKey *pk, const PsPoolSettings *settings, gint64 started)
+void
+ps_broker_pool_full(MYSQL *m, PsPoolKey *pk, const PsPoolSettings *settings, gint64 started)
 {
   char msg[MYSQL_ERRMSG_SIZE];
   g_snprintf(msg, sizeof msg,
@@ -589,7 +439,7 @@ ps_broker_connect(MYSQL *m, const char *host, const char *user, const char *pass
                   const char *db, unsigned int port, const char *unix_socket,
                   unsigned long client_flag)
 {
-  adopt_fork();
+  ps_broker_adopt_fork();
   if (m->net.pvio) {
     /* Already connected: the real library refuses (CR_ALREADY_CONNECTED); a lease stays. */
     __atomic_fetch_add(&B.unpooled, 1, __ATOMIC_RELAXED);
@@ -643,7 +493,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
   gint64 deadline = started + settings->timeout_us;
   /* The client's own connect timeout bounds everything a connect does on the network,
    * also reading the replies of resets that idle connections still owe. */
-  unsigned int reset_s = reset_timeout_s();
+  unsigned int reset_s = ps_broker_reset_timeout_s();
   gint64 net_deadline = m->options.connect_timeout
                           ? started + (gint64)m->options.connect_timeout * G_USEC_PER_SEC
                           : G_MAXINT64;
@@ -654,27 +504,27 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
   for (;;) {
     PsGrant grant;
     if (grain)
-      grain_acquire(pool, pk, &gw, read_at, may_grow, deadline, &grant);
+      ps_broker_grain_acquire(pool, pk, &gw, read_at, may_grow, deadline, &grant);
     else if (may_grow)
       ps_pool_acquire_at(pool, pk, read_at, deadline, &grant);
     else
       ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
     read_at = 0;
-    if (grain && grain_waits(pool, pk, &grant, &gw))
+    if (grain && ps_broker_grain_waits(pool, pk, &grant, &gw))
       continue;
-    close_victims(grant.victims, FALSE);
+    ps_broker_close_victims(grant.victims, FALSE);
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
               "wait: %" G_GINT64_FORMAT " ms)",
               ps_pool_key_label(pk), settings->pool_size, grant.waited_us / 1000);
     if (grant.kind == PS_GRANT_TIMEOUT) {
-      pool_full(m, pk, settings, started);
+      ps_broker_pool_full(m, pk, settings, started);
       return NULL;
     }
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
       gboolean reset_failed;
-      if (!claim_idle(p, MIN(reset_s, seconds_left(net_deadline)), &reset_failed)) {
+      if (!ps_broker_claim_idle(p, MIN(reset_s, seconds_left(net_deadline)), &reset_failed)) {
         if (reset_failed && g_get_monotonic_time() >= net_deadline) {
           /* What the real connect reports when the server does not answer in time. */
           ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
@@ -701,7 +551,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       if (proof == PS_PROOF_REFUSED)
         return connect_revoked(m, pk, host, user, passwd, db, port, unix_socket, client_flag);
       lend(p, m);
-      grain_attach(p, m, pool, pk);
+      ps_broker_grain_attach(p, m, pool, pk);
       return m;
     }
     if (grant.busy_idle) {
@@ -778,142 +628,10 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     if (!profile)
       ps_phys_doom(m, "the connection failed while the pool learnt its session");
     else
-      grain_attach(p, m, pool, pk);
+      ps_broker_grain_attach(p, m, pool, pk);
     return r;
   }
 }
-
-/* ---- the transaction grain's pool side (handle.c calls these) ---- */
-
-/* A connection of pk for a detached handle's command: waits like a connect (its first try
- * and, as the key's poller, its turns take from takeable handles: handle.c's `direct`),
- * the same error 1040 after POOLSHIM_TIMEOUT. */
-static PsPhys *
-grain_reborrow(PsPoolKey *pk, MYSQL *m,
-               PsPhys *(*direct)(gpointer data, gint64 *next_us, gpointer waiter),
-               gpointer data)
-{
-  PsPool *pool = B.pool;
-  const PsPoolSettings *settings = ps_pool_key_settings(pk);
-  gint64 started = g_get_monotonic_time();
-  gint64 deadline = started + settings->timeout_us;
-  unsigned int reset_s = reset_timeout_s();
-  PsGrainWait gw = {0};
-  for (;;) {
-    PsGrant grant;
-    grain_acquire(pool, pk, &gw, 0, TRUE, deadline, &grant);
-    if (grant.kind == PS_GRANT_TIMEOUT && (!gw.wanting || grant.turn)) {
-      /* Nothing in the pool: one straight from an idle handle of the key. */
-      close_victims(grant.victims, FALSE);
-      if (!gw.wanting) {
-        ps_pool_key_want(pk, TRUE);
-        gw.wanting = TRUE;
-      }
-      PsPhys *p = direct(data, &gw.next_us, &gw);
-      if (!p)
-        continue;
-      grain_stop(pool, pk, &gw);
-      return p;
-    }
-    grain_stop(pool, pk, &gw);
-    close_victims(grant.victims, FALSE);
-    if (grant.kind == PS_GRANT_TIMEOUT) {
-      pool_full(m, pk, settings, started);
-      return NULL;
-    }
-    if (grant.kind == PS_GRANT_IDLE) {
-      PsPhys *p = grant.item->conn;
-      gboolean reset_failed;
-      if (!claim_idle(p, reset_s, &reset_failed))
-        continue;
-      return p;
-    }
-    /* A slot (or every idle one busy with its reset): one more from the key's template. */
-    PsConnProfile *profile = ps_pool_key_data(pk);
-    char err[MYSQL_ERRMSG_SIZE] = "no template to open a connection with";
-    PsPhys *p = ps_phys_new(pool, profile, -1, NULL);
-    MYSQL *h = profile && profile->opener
-                 ? ps_conn_template_open(profile->opener, reset_s, err, sizeof err)
-                 : NULL;
-    if (!h) {
-      ps_phys_close(p, NULL, PS_CLOSE_DEAD, "opening failed");
-      ps_pool_open_failed(pool, pk);
-      char msg[MYSQL_ERRMSG_SIZE];
-      g_snprintf(msg, sizeof msg, "Lost connection to server (poolshim: %s)", err);
-      ps_conn_set_error(m, CR_SERVER_LOST, "HY000", msg);
-      return NULL;
-    }
-    ps_pool_key_proved(pk, g_get_monotonic_time());
-    ps_broker_on_pool_handle(p, h);
-    ps_phys_opened(p, pk);
-    return p;
-  }
-}
-
-/* A connection taken from an idle handle (RETURNING, in its shell): reset, then idle. */
-static void
-grain_give_back(PsPhys *p)
-{
-  const char *why = NULL;
-  if (!p->cloexec_done) {
-    ps_conn_set_cloexec(p->shell);
-    p->cloexec_done = TRUE;
-  }
-  if (ps_pool_key_revoked(p->item->owner)) {
-    ps_phys_close(p, NULL, PS_CLOSE_REVOKED, "the server refused the pool's credentials");
-    return;
-  }
-  p->pending = ps_conn_reset_begin(p->shell, ps_pool_key_settings(p->item->owner)->reset,
-                                   p->profile, p->watch, reset_timeout_s(), &p->plan, &why);
-  if (p->pending < 0) {
-    ps_phys_close(p, NULL, PS_CLOSE_RESET_FAILED, why);
-    return;
-  }
-  __atomic_fetch_add(&B.resets, 1, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&B.plans[p->plan], 1, __ATOMIC_RELAXED);
-  ps_phys_release(p, TRUE, "taken from an idle handle");
-}
-
-static void
-grain_discard(PsPhys *p, const char *why)
-{
-  ps_phys_close(p, NULL, PS_CLOSE_DEAD, why);
-}
-
-/* A handle taken before fork(), in the child: the child's key of the same digest (made with
- * the parent's settings and connection profile, which the parent's pool keeps allocated in
- * the child: see adopt_fork). */
-static PsPoolKey *
-grain_adopt(PsPoolKey *inherited, PsPool **pool)
-{
-  adopt_fork();
-  *pool = B.pool;
-  PsPoolKey *pk = ps_pool_key_find(B.pool, ps_pool_key_digest(inherited));
-  if (!pk)
-    pk = ps_pool_key(B.pool, ps_pool_key_digest(inherited), ps_pool_key_label(inherited),
-                     ps_pool_key_settings(inherited));
-  PsConnProfile *profile = ps_pool_key_data(inherited);
-  if (profile && !ps_pool_key_data(pk))
-    ps_pool_key_set_data(pk, profile, NULL); /* the inherited key owns it */
-  return pk;
-}
-
-/* A take may read from the taken connection (its LAST_INSERT_ID(), user variables): the
- * key's poller, if it is the taker, lets another waiter poll meanwhile, so that takes
- * that read run side by side. */
-static void
-grain_claimed(PsPoolKey *pk, gpointer waiter)
-{
-  ps_pool_grain_done(B.pool, pk, waiter);
-}
-
-static const PsHandleOps handle_ops = {
-  .reborrow = grain_reborrow,
-  .claimed = grain_claimed,
-  .give_back = grain_give_back,
-  .discard = grain_discard,
-  .adopt = grain_adopt,
-};
 
 void
 ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
@@ -930,7 +648,7 @@ ps_broker_close_from_library(MYSQL *m)
    * makes of a lent handle (mysql_close_start/_cont) ends it. */
   PsPhys *p = NULL;
   if (B.active && m && m->options.extension) {
-    adopt_fork();
+    ps_broker_adopt_fork();
     p = ps_phys_detach(m);
   }
   if (p && p->state != PS_PHYS_ORPHANED) {
@@ -945,7 +663,7 @@ ps_broker_close_from_library(MYSQL *m)
 void
 ps_broker_close(MYSQL *m)
 {
-  adopt_fork();
+  ps_broker_adopt_fork();
   if (B.config.grain == PS_GRAIN_TRANSACTION)
     ps_handle_closing(m);
   PsPhys *p = ps_phys_attached() ? ps_phys_detach(m) : NULL;
@@ -979,7 +697,7 @@ ps_broker_close(MYSQL *m)
     return;
   }
   /* RETURNING: the reset runs on the application's handle, whose options are the key's. */
-  unsigned int timeout_s = reset_timeout_s();
+  unsigned int timeout_s = ps_broker_reset_timeout_s();
   p->pending = ps_conn_reset_begin(m, ps_pool_key_settings(p->item->owner)->reset, p->profile,
                                    p->watch, timeout_s, &p->plan, &why);
   if (p->pending < 0) {
@@ -1021,7 +739,7 @@ ps_broker_drain(void)
   if (!B.active)
     return;
   ps_house_stop();
-  adopt_fork();
+  ps_broker_adopt_fork();
   close_all_idle();
 }
 

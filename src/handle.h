@@ -36,7 +36,7 @@ typedef enum {
 
 const char *ps_handle_pin_name(PsPinReason reason);
 
-/* What the broker does for the handles (broker.c). */
+/* What the broker does for the handles (broker_grain.c). */
 typedef struct {
   /* A connection of pk for a detached handle's command, waiting like a connect: in
    * p->shell, CLAIMED or OPENING. When the pool has none, direct(data) is asked for one

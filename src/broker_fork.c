@@ -1,0 +1,96 @@
+/* broker_fork.c: fork() and the broker: the pthread_atfork handlers (every lock taken in the
+ * lock order at the top of broker.c, released on both sides) and the child's first call,
+ * which gives it a pool of its own. No I/O inside fork(); no other pool policy (broker.c). */
+#include "broker-state.h"
+
+#include <string.h>
+
+#include "handle.h"
+#include "hostslots.h"
+#include "house.h"
+#include "log.h"
+#include "phys.h"
+#include "pool.h"
+
+/* fork() takes every lock in the lock order (top of broker.c), so that a child never
+ * inherits one held by another thread. None is held across network I/O, so fork() waits
+ * for memory work only, whatever the server does (the housekeeper's connects hold none). */
+void
+ps_broker_before_fork(void)
+{
+  g_mutex_lock(&B.house_lock);
+  g_mutex_lock(&B.stats_lock);
+  g_mutex_lock(&B.lock);
+  ps_phys_lock_for_fork();
+  if (B.pool)
+    ps_pool_lock_for_fork(B.pool);
+  ps_host_slots_before_fork();
+  ps_handle_lock_for_fork();
+}
+
+void
+ps_broker_after_fork_parent(void)
+{
+  ps_handle_unlock_after_fork(FALSE);
+  ps_host_slots_after_fork(FALSE);
+  if (B.pool)
+    ps_pool_unlock_after_fork(B.pool);
+  ps_phys_unlock_after_fork();
+  g_mutex_unlock(&B.lock);
+  g_mutex_unlock(&B.stats_lock);
+  g_mutex_unlock(&B.house_lock);
+}
+
+void
+ps_broker_after_fork_child(void)
+{
+  ps_handle_unlock_after_fork(TRUE);
+  /* The parent's host-wide slots are the parent's: the child's copies of their descriptors
+   * are closed (never unlocked) so that they die with the parent. */
+  ps_host_slots_after_fork(TRUE);
+  if (B.pool)
+    ps_pool_unlock_after_fork(B.pool);
+  ps_phys_unlock_after_fork();
+  B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
+  g_mutex_unlock(&B.lock);
+  g_mutex_unlock(&B.stats_lock);
+  /* The parent's housekeeper may be inside a connect: no thread of the child is. The
+   * connection it is opening is the parent's, in no pool yet: the child never sees it
+   * (its memory and socket are left alone). The child's own housekeeper starts with its
+   * first call (ps_broker_adopt_fork). */
+  B.house_busy = FALSE;
+  g_mutex_unlock(&B.house_lock);
+}
+
+/* In a forked child: the inherited connections carry the parent's sessions. Close ours
+ * without a word to the server and start an empty pool of the child's own. */
+void
+ps_broker_adopt_fork(void)
+{
+  if (!B.forked)
+    return;
+  PsPool *old = NULL;
+  g_mutex_lock(&B.lock);
+  if (B.forked) {
+    old = B.pool;
+    B.inherited = g_slist_prepend(B.inherited, old);
+    B.pool = ps_broker_new_pool();
+    B.forked = FALSE;
+    B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
+    memset(B.plans, 0, sizeof B.plans);
+    /* The parent's lent connections: their slot descriptors were closed at fork. */
+    ps_phys_orphan_attached();
+  }
+  g_mutex_unlock(&B.lock);
+  if (old && !__atomic_load_n(&B.stopping, __ATOMIC_ACQUIRE)) {
+    /* Threads do not survive fork(). Started after B.lock is released: the stats writer
+     * takes stats_lock, which comes before B.lock in the lock order. Not when the child's
+     * first call is its drain (exit, mysql_library_end). */
+    ps_house_start();
+  }
+  if (old) {
+    ps_debug("fork detected: abandoning the parent's idle connections");
+    ps_broker_close_victims(ps_pool_take_idle(old, TRUE, PS_CLOSE_SHUTDOWN), TRUE);
+    /* `old` itself stays allocated: the parent's lent handles still point into it. */
+  }
+}
