@@ -22,8 +22,8 @@ PsStmtKind ps_session_classify_sql(const char *sql, size_t len);
   "SET session_track_state_change=ON, session_track_schema=ON, "                                  \
   "session_track_system_variables='*'"
 
-/* The keyword tests of the statement scans (here and watch.c) run on every statement a
- * pooled connection sends: byte tests inline, no library call. */
+/* The keyword tests of the statement scans (here, watch.c and watch_scan.c) run on every
+ * statement a pooled connection sends: byte tests inline, no library call. */
 static inline __attribute__((always_inline)) unsigned char
 ps_session_lower(unsigned char c)
 {
@@ -31,7 +31,7 @@ ps_session_lower(unsigned char c)
 }
 
 /* Bytes of words: PS_BYTE_WORD an ASCII letter, digit, _ or $; PS_BYTE_HIGH >= 0x80 (a word
- * byte for session.c's scan, a separator for watch.c's). One load per byte. */
+ * byte for session.c's scan, a separator for watch_scan.c's). One load per byte. */
 enum { PS_BYTE_WORD = 1, PS_BYTE_HIGH = 2 };
 static const guint8 ps_session_bytes[256] = {
   ['0' ... '9'] = PS_BYTE_WORD, ['A' ... 'Z'] = PS_BYTE_WORD, ['a' ... 'z'] = PS_BYTE_WORD,

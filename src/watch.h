@@ -113,6 +113,11 @@ gboolean ps_watch_settle(MYSQL *m, PsWatch *w);
 
 /* The bits one statement text sets (for unit tests). */
 guint ps_watch_classify_sql(const char *sql, size_t len);
+/* For the transaction grain (ps_watch_db_command): a statement the auto scan calls FULL
+ * only for the user variables it reads or sets, or (INSERT or REPLACE ... RETURNING) only
+ * for its RETURNING word. */
+gboolean ps_watch_uservar_only(const char *sql, size_t len);
+gboolean ps_watch_returning_only(const char *sql, size_t len);
 
 /* POOLSHIM_GRAIN=transaction (handle.c): the application's handle has its own command table
  * that calls these with the watch of the connection it holds now. *returning: the command

@@ -86,7 +86,7 @@ Test(auto_reset, a_borrower_that_changed_nothing_costs_the_server_no_command)
   cr_assert_eq(after.connections - before.connections, 0);
 }
 
-/* The word scan of watch.c (USE, CALL, PREPARE, EXECUTE, DROP ... DATABASE) found these
+/* The word scan of watch_scan.c (USE, CALL, PREPARE, EXECUTE, DROP ... DATABASE) found these
  * words in names and in quoted text too, and every such borrower paid a full reset. In a
  * statement session.c calls CLEAN they cannot be what they name. */
 Test(auto_reset, a_plain_select_naming_use_call_or_drop_database_costs_no_reset)
