@@ -1,144 +1,13 @@
-/* test_pool.c: the pool as a plain data structure, without a server: grants, limits, FIFO
- * waiters, expiry and counts. Connections are fake (distinct pointers), time is a fake
- * clock wherever expiry matters, and real time is only asserted with coarse bounds. */
+/* test_pool.c: the pool as a plain data structure, without a server: grants and reuse, idle
+ * connections still reading their reset, the limits, lifetimes, idle timeouts and close
+ * reasons (keys: test_pool_keys.c; waiters: test_pool_wait.c; the fakes: pool_fakes.c). */
 #include <criterion/criterion.h>
 #include <glib.h>
 #include <string.h>
 
-#include "pool.h"
+#include "pool_fakes.h"
 
 TestSuite(pool, .timeout = 30);
-
-#define SEC ((gint64)G_USEC_PER_SEC)
-#define MS 1000
-
-/* ---- helpers ---------------------------------------------------------------------- */
-
-static PsPool *
-new_pool(guint per_key, guint total, gint64 max_lifetime_us, gint64 idle_timeout_us)
-{
-  PsPoolLimits limits = {
-    .per_key = per_key,
-    .total = total,
-    .max_lifetime_us = max_lifetime_us,
-    .idle_timeout_us = idle_timeout_us,
-  };
-  PsPool *pool = ps_pool_new(&limits);
-  cr_assert_not_null(pool);
-  return pool;
-}
-
-static PsPoolKey *
-key_n(PsPool *pool, guint8 n)
-{
-  guint8 digest[PS_KEY_DIGEST_LEN];
-  for (guint i = 0; i < PS_KEY_DIGEST_LEN; i++)
-    digest[i] = (guint8)(n * 31 + i);
-  char label[32];
-  g_snprintf(label, sizeof label, "user%u@host:3306/db", n);
-  return ps_pool_key(pool, digest, label, NULL);
-}
-
-static gint64
-in_ms(gint64 ms)
-{
-  return g_get_monotonic_time() + ms * MS;
-}
-
-static void
-free_victims(GSList *victims)
-{
-  g_slist_free_full(victims, (GDestroyNotify)ps_pool_item_free);
-}
-
-/* A grant of a fresh slot, opened at once with `conn`. */
-static PsItem *
-open_one(PsPool *pool, PsPoolKey *key, gpointer conn)
-{
-  PsGrant g;
-  ps_pool_acquire(pool, key, in_ms(5000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_OPEN, "expected an OPEN grant, got kind %d", g.kind);
-  cr_assert_null(g.item);
-  cr_assert_null(g.victims);
-  PsItem *item = ps_pool_opened(pool, key, conn);
-  cr_assert_not_null(item);
-  cr_assert_eq(item->conn, conn);
-  cr_assert_eq(item->owner, key);
-  return item;
-}
-
-#define ASSERT_GAUGES(pool, o, i, l, w)                                                     \
-  do {                                                                                      \
-    PsPoolCounts c_;                                                                        \
-    ps_pool_counts((pool), &c_);                                                            \
-    cr_assert_eq(c_.open, (guint)(o), "open is %u, expected %u", c_.open, (guint)(o));      \
-    cr_assert_eq(c_.idle, (guint)(i), "idle is %u, expected %u", c_.idle, (guint)(i));      \
-    cr_assert_eq(c_.lent, (guint)(l), "lent is %u, expected %u", c_.lent, (guint)(l));      \
-    cr_assert_eq(c_.waiting, (guint)(w), "waiting is %u, expected %u", c_.waiting,          \
-                 (guint)(w));                                                               \
-  } while (0)
-
-/* Polls until `n` callers are blocked in ps_pool_acquire. The count is raised under the
- * pool lock that the waiter keeps until it sleeps on its condition, so once it is seen
- * the waiter really is waiting. */
-static void
-wait_until_waiting(PsPool *pool, guint n)
-{
-  gint64 give_up = g_get_monotonic_time() + 10 * SEC;
-  PsPoolCounts c;
-  for (;;) {
-    ps_pool_counts(pool, &c);
-    if (c.waiting >= n || g_get_monotonic_time() > give_up)
-      break;
-    g_usleep(1000);
-  }
-  cr_assert_eq(c.waiting, n, "expected %u waiters, saw %u", n, c.waiting);
-}
-
-/* The fake clock: only one test runs per process, so a plain static is enough. */
-static gint64 fake_now_us = 1000 * SEC;
-
-static gint64
-fake_clock(void)
-{
-  return __atomic_load_n(&fake_now_us, __ATOMIC_RELAXED);
-}
-
-/* For tests whose waiters read the clock while the test moves it (a waiter that polls). */
-static void
-clock_set(gint64 us)
-{
-  __atomic_store_n(&fake_now_us, us, __ATOMIC_RELAXED);
-}
-
-static void
-clock_add(gint64 us)
-{
-  __atomic_add_fetch(&fake_now_us, us, __ATOMIC_RELAXED);
-}
-
-/* A caller blocked in ps_pool_acquire in another thread. */
-typedef struct {
-  PsPool *pool;
-  PsPoolKey *key;
-  gint64 deadline_us;
-  PsGrant grant;
-} Waiter;
-
-static gpointer
-waiter_main(gpointer p)
-{
-  Waiter *w = p;
-  ps_pool_acquire(w->pool, w->key, w->deadline_us, &w->grant);
-  return NULL;
-}
-
-static GThread *
-start_waiter(Waiter *w, PsPool *pool, PsPoolKey *key)
-{
-  *w = (Waiter){.pool = pool, .key = key, .deadline_us = in_ms(20000)};
-  return g_thread_new("waiter", waiter_main, w);
-}
 
 /* ---- grants and reuse ------------------------------------------------------------- */
 
@@ -248,10 +117,29 @@ open_and_return(PsPool *pool, PsPoolKey *key, PsItem **items, guint n)
     cr_assert(ps_pool_release(pool, items[i], TRUE));
 }
 
+/* open_and_return, all n of them still reading their reset. */
+static void
+open_and_return_busy(PsPool *pool, PsPoolKey *key, PsItem **items, guint n)
+{
+  cr_assert_leq(n, G_N_ELEMENTS(busy_tags));
+  open_and_return(pool, key, items, n);
+  for (guint i = 0; i < n; i++)
+    busy_tags[i] = items[i]->conn;
+}
+
+/* A pool whose idle connections are ready unless busy_tags lists them; `grow`: a key with
+ * room opens a new connection rather than lend a busy one. */
+static PsPool *
+new_ready_pool(guint per_key, gboolean grow)
+{
+  PsPool *pool = new_pool(per_key, 0, 0, 0);
+  ps_pool_set_ready_check(pool, tag_ready, grow);
+  return pool;
+}
+
 Test(pool, a_ready_connection_is_lent_before_a_more_recent_busy_one)
 {
-  PsPool *pool = new_pool(3, 0, 0, 0);
-  ps_pool_set_ready_check(pool, tag_ready, TRUE);
+  PsPool *pool = new_ready_pool(3, TRUE);
   PsPoolKey *key = key_n(pool, 1);
   PsItem *it[2];
   open_and_return(pool, key, it, 2);
@@ -274,12 +162,10 @@ Test(pool, a_ready_connection_is_lent_before_a_more_recent_busy_one)
 
 Test(pool, a_key_with_room_opens_rather_than_wait_for_a_busy_connection)
 {
-  PsPool *pool = new_pool(2, 0, 0, 0);
-  ps_pool_set_ready_check(pool, tag_ready, TRUE);
+  PsPool *pool = new_ready_pool(2, TRUE);
   PsPoolKey *key = key_n(pool, 1);
   PsItem *a;
-  open_and_return(pool, key, &a, 1);
-  busy_tags[0] = GINT_TO_POINTER(0xa);
+  open_and_return_busy(pool, key, &a, 1);
 
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
@@ -298,47 +184,36 @@ Test(pool, a_key_with_room_opens_rather_than_wait_for_a_busy_connection)
   ps_pool_free(pool, NULL);
 }
 
-Test(pool, without_room_the_longest_returned_busy_connection_is_lent)
+/* A key of `per_key` connections with n idle ones, all busy, that may not open another
+ * (`grow` off, or no room): a request is lent the busy one returned longest ago. */
+static void
+lends_the_longest_returned_busy_one(guint per_key, gboolean grow, guint n, const char *why)
 {
-  PsPool *pool = new_pool(3, 0, 0, 0);
-  ps_pool_set_ready_check(pool, tag_ready, TRUE);
+  PsPool *pool = new_ready_pool(per_key, grow);
   PsPoolKey *key = key_n(pool, 1);
-  PsItem *it[3];
-  open_and_return(pool, key, it, 3);
-  PsItem *a = it[0];
-  busy_tags[0] = GINT_TO_POINTER(0xa);
-  busy_tags[1] = GINT_TO_POINTER(0xb);
-  busy_tags[2] = GINT_TO_POINTER(0xc);
+  PsItem *it[G_N_ELEMENTS(busy_tags)];
+  open_and_return_busy(pool, key, it, n);
 
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_IDLE, "a full key lends a busy connection, it never waits");
-  cr_assert_eq(g.item, a, "the one returned longest ago has had the most time");
-  ASSERT_GAUGES(pool, 3, 2, 1, 0);
+  cr_assert_eq(g.kind, PS_GRANT_IDLE, "%s", why);
+  cr_assert_eq(g.item, it[0], "the one returned longest ago has had the most time");
+  ASSERT_GAUGES(pool, n, n - 1, 1, 0);
   memset(busy_tags, 0, sizeof busy_tags);
   cr_assert(ps_pool_release(pool, g.item, TRUE));
   ps_pool_free(pool, NULL);
 }
 
+Test(pool, without_room_the_longest_returned_busy_connection_is_lent)
+{
+  lends_the_longest_returned_busy_one(3, TRUE, 3,
+                                      "a full key lends a busy connection, it never waits");
+}
+
 Test(pool, without_growing_a_busy_connection_is_lent_not_a_new_one_opened)
 {
-  PsPool *pool = new_pool(4, 0, 0, 0);
-  ps_pool_set_ready_check(pool, tag_ready, FALSE);
-  PsPoolKey *key = key_n(pool, 1);
-  PsItem *it[2];
-  open_and_return(pool, key, it, 2);
-  PsItem *a = it[0];
-  busy_tags[0] = GINT_TO_POINTER(0xa);
-  busy_tags[1] = GINT_TO_POINTER(0xb);
-
-  PsGrant g;
-  ps_pool_acquire(pool, key, in_ms(1000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_IDLE, "growing is off (POOLSHIM_HOST_MAX): no new connection");
-  cr_assert_eq(g.item, a);
-  ASSERT_GAUGES(pool, 2, 1, 1, 0);
-  memset(busy_tags, 0, sizeof busy_tags);
-  cr_assert(ps_pool_release(pool, g.item, TRUE));
-  ps_pool_free(pool, NULL);
+  lends_the_longest_returned_busy_one(4, FALSE, 2,
+                                      "growing is off (POOLSHIM_HOST_MAX): no new connection");
 }
 
 static gboolean
@@ -374,38 +249,6 @@ Test(pool, a_request_asks_about_a_bounded_number_of_idle_connections)
 }
 
 /* ---- per-key limit ---------------------------------------------------------------- */
-
-Test(pool, a_full_key_times_out_at_the_deadline)
-{
-  PsPool *pool = new_pool(2, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  PsItem *a = open_one(pool, key, GINT_TO_POINTER(1));
-  PsItem *b = open_one(pool, key, GINT_TO_POINTER(2));
-  ASSERT_GAUGES(pool, 2, 0, 2, 0);
-
-  PsGrant g;
-  gint64 start = g_get_monotonic_time();
-  ps_pool_acquire(pool, key, start + 200 * MS, &g);
-  gint64 elapsed = g_get_monotonic_time() - start;
-
-  cr_assert_eq(g.kind, PS_GRANT_TIMEOUT);
-  cr_assert_null(g.item);
-  cr_assert_null(g.victims);
-  cr_assert_geq(elapsed, 150 * MS, "returned after %" G_GINT64_FORMAT " us", elapsed);
-  cr_assert_lt(elapsed, 5 * SEC, "returned after %" G_GINT64_FORMAT " us", elapsed);
-  cr_assert_geq(g.waited_us, 150 * MS, "waited_us %" G_GINT64_FORMAT, g.waited_us);
-  cr_assert_lt(g.waited_us, 5 * SEC, "waited_us %" G_GINT64_FORMAT, g.waited_us);
-
-  PsPoolCounts c;
-  ps_pool_counts(pool, &c);
-  cr_assert_eq(c.waits, 1);
-  cr_assert_eq(c.wait_timeouts, 1);
-  ASSERT_GAUGES(pool, 2, 0, 2, 0); /* the timed-out waiter left nothing behind */
-
-  cr_assert(ps_pool_release(pool, a, FALSE));
-  cr_assert(ps_pool_release(pool, b, FALSE));
-  ps_pool_free(pool, NULL);
-}
 
 Test(pool, a_full_key_does_not_block_another_key)
 {
@@ -445,376 +288,26 @@ Test(pool, per_key_zero_is_treated_as_one)
   ps_pool_free(pool, NULL);
 }
 
-/* ---- waiters ---------------------------------------------------------------------- */
-
-Test(pool, a_waiter_is_served_the_released_connection)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
-
-  Waiter w;
-  GThread *t = start_waiter(&w, pool, key);
-  wait_until_waiting(pool, 1);
-  ASSERT_GAUGES(pool, 1, 0, 1, 1);
-
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  g_thread_join(t);
-
-  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
-  cr_assert_eq(w.grant.item, item, "the waiter gets exactly the released connection");
-  cr_assert_null(w.grant.victims);
-  cr_assert_gt(w.grant.waited_us, 0);
-  ASSERT_GAUGES(pool, 1, 0, 1, 0);
-  PsPoolCounts c;
-  ps_pool_counts(pool, &c);
-  cr_assert_eq(c.waits, 1);
-  cr_assert_eq(c.wait_timeouts, 0);
-  cr_assert_eq(c.served_idle, 1);
-  cr_assert_eq(c.borrowed, 2);
-
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_waiter_is_granted_a_slot_when_a_holder_discards)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
-
-  Waiter w;
-  GThread *t = start_waiter(&w, pool, key);
-  wait_until_waiting(pool, 1);
-
-  ps_pool_discard(pool, item, PS_CLOSE_DEAD);
-  cr_assert_eq(item->close_reason, PS_CLOSE_DEAD);
-  ps_pool_item_free(item);
-  g_thread_join(t);
-
-  cr_assert_eq(w.grant.kind, PS_GRANT_OPEN);
-  cr_assert_null(w.grant.item);
-  cr_assert_null(w.grant.victims);
-  /* The slot is reserved for the waiter: counted open, nothing lent, nothing idle. */
-  ASSERT_GAUGES(pool, 1, 0, 0, 0);
-  PsPoolCounts c;
-  ps_pool_counts(pool, &c);
-  cr_assert_eq(c.closed, 1);
-  cr_assert_eq(c.closed_by[PS_CLOSE_DEAD], 1);
-
-  PsItem *fresh = ps_pool_opened(pool, key, GINT_TO_POINTER(8));
-  ASSERT_GAUGES(pool, 1, 0, 1, 0);
-  cr_assert(ps_pool_release(pool, fresh, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_failed_open_frees_the_slot_for_a_waiter)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  PsGrant g;
-  ps_pool_acquire(pool, key, in_ms(1000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_OPEN);
-
-  Waiter w;
-  GThread *t = start_waiter(&w, pool, key);
-  wait_until_waiting(pool, 1);
-  ASSERT_GAUGES(pool, 1, 0, 0, 1);
-
-  ps_pool_open_failed(pool, key);
-  g_thread_join(t);
-
-  cr_assert_eq(w.grant.kind, PS_GRANT_OPEN, "the freed slot goes to the waiter");
-  cr_assert_null(w.grant.victims);
-  ASSERT_GAUGES(pool, 1, 0, 0, 0);
-  PsPoolCounts c;
-  ps_pool_counts(pool, &c);
-  cr_assert_eq(c.opened, 0);
-  cr_assert_eq(c.closed, 0, "a connection that never opened is not counted as closed");
-
-  ps_pool_open_failed(pool, key);
-  ASSERT_GAUGES(pool, 0, 0, 0, 0);
-  ps_pool_free(pool, NULL);
-}
-
-typedef struct {
-  PsPool *pool;
-  PsPoolKey *key;
-  gint next;      /* atomic: next free slot of `order` */
-  int order[16];  /* arrival indexes, in the order the waiters were served */
-} FifoShared;
-
-typedef struct {
-  FifoShared *shared;
-  int index;
-  PsGrant grant;
-  gboolean released_ok;
-} FifoWaiter;
-
-static gpointer
-fifo_waiter_main(gpointer p)
-{
-  FifoWaiter *w = p;
-  FifoShared *s = w->shared;
-  ps_pool_acquire(s->pool, s->key, in_ms(20000), &w->grant);
-  if (w->grant.kind == PS_GRANT_IDLE) {
-    int pos = g_atomic_int_add(&s->next, 1);
-    if (pos >= 0 && pos < (int)G_N_ELEMENTS(s->order))
-      s->order[pos] = w->index;
-    w->released_ok = ps_pool_release(s->pool, w->grant.item, FALSE);
-  }
-  return NULL;
-}
-
-Test(pool, waiters_are_served_in_arrival_order)
-{
-  enum { N = 5 };
-  FifoShared shared = {.pool = new_pool(1, 0, 0, 0)};
-  shared.key = key_n(shared.pool, 1);
-  for (guint i = 0; i < G_N_ELEMENTS(shared.order); i++)
-    shared.order[i] = -1;
-  PsItem *item = open_one(shared.pool, shared.key, GINT_TO_POINTER(42));
-
-  FifoWaiter w[N];
-  GThread *t[N];
-  for (int i = 0; i < N; i++) {
-    w[i] = (FifoWaiter){.shared = &shared, .index = i};
-    t[i] = g_thread_new("fifo", fifo_waiter_main, &w[i]);
-    wait_until_waiting(shared.pool, (guint)i + 1);
-  }
-
-  /* One release starts the chain: each served waiter releases the connection again, and
-   * every release hands it to the next waiter in line. */
-  cr_assert(ps_pool_release(shared.pool, item, FALSE));
-  for (int i = 0; i < N; i++)
-    g_thread_join(t[i]);
-
-  cr_assert_eq(g_atomic_int_get(&shared.next), N, "every waiter was served");
-  for (int i = 0; i < N; i++) {
-    cr_assert_eq(w[i].grant.kind, PS_GRANT_IDLE, "waiter %d got kind %d", i, w[i].grant.kind);
-    cr_assert_eq(w[i].grant.item, item, "waiter %d got another item", i);
-    cr_assert(w[i].released_ok);
-    cr_assert_eq(shared.order[i], i, "service #%d went to waiter %d, not %d", i,
-                 shared.order[i], i);
-  }
-  ASSERT_GAUGES(shared.pool, 1, 1, 0, 0);
-  PsPoolCounts c;
-  ps_pool_counts(shared.pool, &c);
-  cr_assert_eq(c.waits, N);
-  cr_assert_eq(c.wait_timeouts, 0);
-  cr_assert_eq(c.served_idle, N);
-  cr_assert_eq(c.opened, 1);
-  ps_pool_free(shared.pool, NULL);
-}
-
-/* ---- bounded barging -------------------------------------------------------------- */
-
-/* Polls until `waiting_after` callers are left waiting (or 10 s have passed). */
-static gboolean
-wait_until_served(PsPool *pool, guint waiting_after)
-{
-  gint64 give_up = g_get_monotonic_time() + 10 * SEC;
-  PsPoolCounts c;
-  do {
-    ps_pool_counts(pool, &c);
-    if (c.waiting == waiting_after)
-      return TRUE;
-    g_usleep(1000);
-  } while (g_get_monotonic_time() < give_up);
-  return FALSE;
-}
-
-/* The calling thread takes the key's only connection, returns it and takes it again at
- * once: from then on it is looping. Then a waiter arrives (at the fake clock's now). */
-static PsItem *
-loop_once_then_start_waiter(PsPool *pool, PsPoolKey *key, Waiter *w, GThread **t)
-{
-  ps_pool_set_clock(pool, fake_clock);
-  PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  PsGrant g;
-  ps_pool_acquire(pool, key, in_ms(1000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_IDLE);
-  cr_assert_eq(g.item, item);
-  *t = start_waiter(w, pool, key);
-  wait_until_waiting(pool, 1);
-  return item;
-}
-
-Test(pool, a_looping_releaser_retakes_its_connection_while_the_oldest_waiter_is_young)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  Waiter w;
-  GThread *t;
-  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
-  gint64 arrived = fake_clock();
-
-  /* Twenty cycles within the bound: each return is held back, each connect re-takes it
-   * without waiting, and the waiter (no grace passes on the fake clock) keeps waiting. */
-  for (int i = 0; i < 20; i++) {
-    clock_add(10); /* well inside the grace and the bound */
-    cr_assert(ps_pool_release(pool, item, FALSE));
-    ASSERT_GAUGES(pool, 1, 1, 0, 1); /* held: idle, and the waiter still waits */
-    clock_add(10);
-    PsGrant g;
-    ps_pool_acquire(pool, key, in_ms(300), &g);
-    cr_assert_eq(g.kind, PS_GRANT_IDLE, "cycle %d: the looping thread got kind %d, not its "
-                                        "own connection back", i, g.kind);
-    cr_assert_eq(g.item, item);
-    cr_assert_eq(g.waited_us, 0);
-  }
-  cr_assert_lt(fake_clock() - arrived, PS_POOL_QUANTUM_US);
-  ASSERT_GAUGES(pool, 1, 0, 1, 1);
-
-  /* A thread that does not come back: the waiter gets the connection after the grace. */
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  clock_add(PS_POOL_BARGE_GRACE_US);
-  g_thread_join(t);
-  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
-  cr_assert_eq(w.grant.item, item);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_looping_thread_hands_over_once_its_quantum_is_spent)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  Waiter w;
-  GThread *t;
-  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
-  gint64 arrived = fake_clock();
-
-  /* The looping thread cycles, 30 us a loan, until its quantum (begun by its acquire just
-   * before the waiter arrived) is nearly spent. */
-  int cycles = 0;
-  while (fake_clock() + 60 - arrived < PS_POOL_QUANTUM_US) {
-    clock_add(30);
-    cr_assert(ps_pool_release(pool, item, FALSE));
-    clock_add(30);
-    PsGrant g;
-    ps_pool_acquire(pool, key, in_ms(300), &g);
-    cr_assert_eq(g.kind, PS_GRANT_IDLE, "cycle %d: kind %d", cycles, g.kind);
-    cycles++;
-  }
-  cr_assert_gt(cycles, 20, "the looping thread cycled %d times without a handoff", cycles);
-  ASSERT_GAUGES(pool, 1, 0, 1, 1);
-
-  /* The quantum is spent: the next return is the waiter's, at once (no grace). */
-  clock_set(arrived + PS_POOL_QUANTUM_US);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  g_thread_join(t);
-  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
-  cr_assert_eq(w.grant.item, item);
-  cr_assert_eq(w.grant.waited_us, PS_POOL_QUANTUM_US, "served %" G_GINT64_FORMAT " us after "
-               "arrival, the quantum is %" G_GINT64_FORMAT, w.grant.waited_us,
-               PS_POOL_QUANTUM_US);
-
-  /* And the looping thread, coming straight back, waits its turn now. */
-  PsGrant g;
-  ps_pool_acquire(pool, key, in_ms(50), &g);
-  cr_assert_eq(g.kind, PS_GRANT_TIMEOUT);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
-/* Long loans do not stretch a run: it ends at the first return after its quantum, and the
- * waiter, served then, begins a run of its own. */
-Test(pool, a_run_of_long_loans_also_ends_with_its_quantum)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  Waiter w;
-  GThread *t;
-  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
-  gint64 arrived = fake_clock();
-
-  /* 1 ms per loan, 10 us between a return and the next connect. */
-  int cycles = 0;
-  while (fake_clock() + 1010 - arrived < PS_POOL_QUANTUM_US) {
-    clock_add(1000);
-    cr_assert(ps_pool_release(pool, item, FALSE));
-    clock_add(10);
-    PsGrant g;
-    ps_pool_acquire(pool, key, in_ms(300), &g);
-    cr_assert_eq(g.kind, PS_GRANT_IDLE, "after %" G_GINT64_FORMAT " us (cycle %d) the "
-                 "looping thread had to wait", fake_clock() - arrived, cycles);
-    cycles++;
-  }
-  cr_assert_geq(cycles, 3);
-  ASSERT_GAUGES(pool, 1, 0, 1, 1);
-
-  /* A loan that ends past the quantum: its return is the waiter's. */
-  clock_set(arrived + PS_POOL_QUANTUM_US + 500);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  g_thread_join(t);
-  cr_assert_eq(w.grant.item, item);
-  cr_assert_eq(w.grant.waited_us, PS_POOL_QUANTUM_US + 500);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_held_return_goes_to_the_waiter_after_the_grace_with_nothing_else_happening)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  Waiter w;
-  GThread *t;
-  PsItem *item = loop_once_then_start_waiter(pool, key, &w, &t);
-
-  /* The looping thread returns the connection and goes away: it is held for the grace. */
-  clock_add(10);
-  gint64 returned = fake_clock();
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  g_usleep(20 * MS); /* several poll periods of real time, none of fake time */
-  ASSERT_GAUGES(pool, 1, 1, 0, 1);
-
-  /* The grace passes: no pool operation follows, the waiter's own poll hands it over. */
-  clock_set(returned + PS_POOL_BARGE_GRACE_US);
-  cr_assert(wait_until_served(pool, 0), "the held connection was stranded");
-  g_thread_join(t);
-  cr_assert_eq(w.grant.kind, PS_GRANT_IDLE);
-  cr_assert_eq(w.grant.item, item);
-  ASSERT_GAUGES(pool, 1, 0, 1, 0);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_thread_that_comes_back_after_the_grace_hands_its_return_to_the_waiter)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  ps_pool_set_clock(pool, fake_clock);
-  PsPoolKey *key = key_n(pool, 1);
-  PsItem *item = open_one(pool, key, GINT_TO_POINTER(7));
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  /* Work between the close and the next connect (a request, Django's ORM): not looping. */
-  clock_add(PS_POOL_BARGE_GRACE_US + 1);
-  PsGrant g;
-  ps_pool_acquire(pool, key, in_ms(1000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_IDLE);
-  Waiter w;
-  GThread *t = start_waiter(&w, pool, key);
-  wait_until_waiting(pool, 1);
-
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ASSERT_GAUGES(pool, 1, 0, 1, 0); /* handed over at once, not held */
-  g_thread_join(t);
-  cr_assert_eq(w.grant.item, item);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  ps_pool_free(pool, NULL);
-}
-
 /* ---- global limit ----------------------------------------------------------------- */
+
+/* A pool of two connections in all (two a key), both opened by key A (connections 0xa1 and
+ * 0xa2, lent), and a key B that has none. */
+static PsPool *
+key_a_holds_the_global_limit(PsPoolKey **ka, PsPoolKey **kb, PsItem **a1, PsItem **a2)
+{
+  PsPool *pool = new_pool(2, 2, 0, 0);
+  *ka = key_n(pool, 1);
+  *kb = key_n(pool, 2);
+  *a1 = open_one(pool, *ka, GINT_TO_POINTER(0xa1));
+  *a2 = open_one(pool, *ka, GINT_TO_POINTER(0xa2));
+  return pool;
+}
 
 Test(pool, the_global_limit_evicts_one_idle_connection_of_another_key)
 {
-  PsPool *pool = new_pool(2, 2, 0, 0);
-  PsPoolKey *ka = key_n(pool, 1);
-  PsPoolKey *kb = key_n(pool, 2);
-  gpointer ca = GINT_TO_POINTER(0xa1), cb = GINT_TO_POINTER(0xa2);
-  PsItem *a1 = open_one(pool, ka, ca);
-  PsItem *a2 = open_one(pool, ka, cb);
+  PsPoolKey *ka, *kb;
+  PsItem *a1, *a2;
+  PsPool *pool = key_a_holds_the_global_limit(&ka, &kb, &a1, &a2);
   cr_assert(ps_pool_release(pool, a1, FALSE));
   cr_assert(ps_pool_release(pool, a2, FALSE));
   ASSERT_GAUGES(pool, 2, 2, 0, 0);
@@ -826,7 +319,7 @@ Test(pool, the_global_limit_evicts_one_idle_connection_of_another_key)
   PsItem *victim = g.victims->data;
   cr_assert(victim == a1 || victim == a2);
   cr_assert_eq(victim->owner, ka);
-  cr_assert(victim->conn == ca || victim->conn == cb);
+  cr_assert(victim->conn == GINT_TO_POINTER(0xa1) || victim->conn == GINT_TO_POINTER(0xa2));
   cr_assert_eq(victim->close_reason, PS_CLOSE_OVER_LIMIT);
 
   PsPoolCounts c;
@@ -855,11 +348,9 @@ Test(pool, the_global_limit_evicts_one_idle_connection_of_another_key)
 
 Test(pool, the_global_limit_makes_a_new_key_wait_when_nothing_is_idle)
 {
-  PsPool *pool = new_pool(2, 2, 0, 0);
-  PsPoolKey *ka = key_n(pool, 1);
-  PsPoolKey *kb = key_n(pool, 2);
-  PsItem *a1 = open_one(pool, ka, GINT_TO_POINTER(1));
-  PsItem *a2 = open_one(pool, ka, GINT_TO_POINTER(2));
+  PsPoolKey *ka, *kb;
+  PsItem *a1, *a2;
+  PsPool *pool = key_a_holds_the_global_limit(&ka, &kb, &a1, &a2);
 
   PsGrant g;
   ps_pool_acquire(pool, kb, in_ms(100), &g);
@@ -886,26 +377,34 @@ Test(pool, the_global_limit_makes_a_new_key_wait_when_nothing_is_idle)
 
 /* ---- lifetime and idle timeout ---------------------------------------------------- */
 
+/* A connection with a 1000 s lifetime, opened (and lent) at the fake clock's *t0. */
+static PsItem *
+open_with_a_lifetime(PsPool **pool, gint64 *t0)
+{
+  *pool = new_pool_on_fake_clock(2, 0, 1000 * SEC, 0);
+  *t0 = fake_clock();
+  return open_one(*pool, key_n(*pool, 1), GINT_TO_POINTER(1));
+}
+
 Test(pool, release_after_the_lifetime_closes_the_connection)
 {
-  PsPool *pool = new_pool(2, 0, 1000 * SEC, 0);
-  ps_pool_set_clock(pool, fake_clock);
-  PsPoolKey *key = key_n(pool, 1);
-  gint64 t0 = fake_now_us;
-  PsItem *item = open_one(pool, key, GINT_TO_POINTER(1));
+  PsPool *pool;
+  gint64 t0;
+  PsItem *item = open_with_a_lifetime(&pool, &t0);
+  PsPoolKey *key = item->owner;
   cr_assert_eq(item->created_us, t0);
   /* Up to 2.5% jitter, never later than the limit. */
   cr_assert_leq(item->expires_us, t0 + 1000 * SEC);
   cr_assert_geq(item->expires_us, t0 + 975 * SEC);
 
-  fake_now_us = t0 + 500 * SEC;
+  clock_set(t0 + 500 * SEC);
   cr_assert(ps_pool_release(pool, item, FALSE), "half-way through its life it is kept");
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
   cr_assert_eq(g.kind, PS_GRANT_IDLE);
   cr_assert_eq(g.item, item);
 
-  fake_now_us = t0 + 1001 * SEC;
+  clock_set(t0 + 1001 * SEC);
   cr_assert_not(ps_pool_release(pool, item, FALSE), "past its lifetime it is handed back");
   cr_assert_eq(item->close_reason, PS_CLOSE_LIFETIME);
   ASSERT_GAUGES(pool, 0, 0, 0, 0);
@@ -919,15 +418,14 @@ Test(pool, release_after_the_lifetime_closes_the_connection)
 
 Test(pool, an_idle_connection_past_its_lifetime_is_a_victim_not_a_loan)
 {
-  PsPool *pool = new_pool(2, 0, 1000 * SEC, 0);
-  ps_pool_set_clock(pool, fake_clock);
-  PsPoolKey *key = key_n(pool, 1);
-  gint64 t0 = fake_now_us;
-  PsItem *item = open_one(pool, key, GINT_TO_POINTER(1));
-  fake_now_us = t0 + 10 * SEC;
+  PsPool *pool;
+  gint64 t0;
+  PsItem *item = open_with_a_lifetime(&pool, &t0);
+  PsPoolKey *key = item->owner;
+  clock_set(t0 + 10 * SEC);
   cr_assert(ps_pool_release(pool, item, FALSE));
 
-  fake_now_us = t0 + 1001 * SEC;
+  clock_set(t0 + 1001 * SEC);
   PsGrant g;
   ps_pool_acquire(pool, key, in_ms(1000), &g);
   cr_assert_eq(g.kind, PS_GRANT_OPEN, "an expired connection is not lent");
@@ -948,16 +446,15 @@ Test(pool, an_idle_connection_past_its_lifetime_is_a_victim_not_a_loan)
 
 Test(pool, take_idle_returns_only_connections_past_the_idle_timeout)
 {
-  PsPool *pool = new_pool(2, 0, 0, 10 * SEC);
-  ps_pool_set_clock(pool, fake_clock);
+  PsPool *pool = new_pool_on_fake_clock(2, 0, 0, 10 * SEC);
   PsPoolKey *key = key_n(pool, 1);
-  gint64 t0 = fake_now_us;
+  gint64 t0 = fake_clock();
   PsItem *old = open_one(pool, key, GINT_TO_POINTER(1));
   PsItem *young = open_one(pool, key, GINT_TO_POINTER(2));
   cr_assert(ps_pool_release(pool, old, FALSE));
-  fake_now_us = t0 + 8 * SEC;
+  clock_set(t0 + 8 * SEC);
   cr_assert(ps_pool_release(pool, young, FALSE));
-  fake_now_us = t0 + 12 * SEC; /* old: idle 12 s; young: idle 4 s */
+  clock_set(t0 + 12 * SEC); /* old: idle 12 s; young: idle 4 s */
 
   GSList *taken = ps_pool_take_idle(pool, FALSE, PS_CLOSE_IDLE_TIMEOUT);
   cr_assert_eq(g_slist_length(taken), 1);
@@ -986,8 +483,7 @@ Test(pool, take_idle_returns_only_connections_past_the_idle_timeout)
 
 Test(pool, take_idle_all_takes_every_idle_connection_of_every_key)
 {
-  PsPool *pool = new_pool(3, 0, 0, 10 * SEC);
-  ps_pool_set_clock(pool, fake_clock);
+  PsPool *pool = new_pool_on_fake_clock(3, 0, 0, 10 * SEC);
   PsPoolKey *k1 = key_n(pool, 1);
   PsPoolKey *k2 = key_n(pool, 2);
   PsItem *items[5] = {
@@ -1012,65 +508,6 @@ Test(pool, take_idle_all_takes_every_idle_connection_of_every_key)
 
   cr_assert(ps_pool_release(pool, lent, FALSE));
   ps_pool_free(pool, NULL);
-}
-
-/* ---- keys ------------------------------------------------------------------------- */
-
-Test(pool, the_same_digest_gives_the_same_key)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *a = key_n(pool, 1);
-  PsPoolKey *again = key_n(pool, 1);
-  PsPoolKey *other = key_n(pool, 2);
-  cr_assert_not_null(a);
-  cr_assert_eq(a, again);
-  cr_assert_neq(a, other);
-  cr_assert_str_eq(ps_pool_key_label(a), "user1@host:3306/db");
-  cr_assert_str_eq(ps_pool_key_label(other), "user2@host:3306/db");
-
-  /* Digests differing only in their last byte are different keys. */
-  guint8 d1[PS_KEY_DIGEST_LEN] = {0}, d2[PS_KEY_DIGEST_LEN] = {0};
-  d2[PS_KEY_DIGEST_LEN - 1] = 1;
-  PsPoolKey *z1 = ps_pool_key(pool, d1, "z1", NULL);
-  PsPoolKey *z2 = ps_pool_key(pool, d2, "z2", NULL);
-  cr_assert_neq(z1, z2);
-  cr_assert_eq(ps_pool_key(pool, d1, "ignored", NULL), z1);
-  cr_assert_str_eq(ps_pool_key_label(z1), "z1", "the first label names the key");
-
-  PsPoolCounts c;
-  ps_pool_counts(pool, &c);
-  cr_assert_eq(c.keys, 4);
-  ps_pool_free(pool, NULL);
-}
-
-static int destroyed[4];
-
-static void
-record_destroy(gpointer p)
-{
-  destroyed[GPOINTER_TO_INT(p)]++;
-}
-
-Test(pool, key_data_keeps_the_first_value_and_destroys_later_ones)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *key = key_n(pool, 1);
-  cr_assert_null(ps_pool_key_data(key));
-
-  gpointer first = GINT_TO_POINTER(1), second = GINT_TO_POINTER(2);
-  cr_assert_eq(ps_pool_key_set_data(key, first, record_destroy), first);
-  cr_assert_eq(ps_pool_key_data(key), first);
-  cr_assert_eq(destroyed[1], 0);
-
-  cr_assert_eq(ps_pool_key_set_data(key, second, record_destroy), first,
-               "the first caller wins");
-  cr_assert_eq(ps_pool_key_data(key), first);
-  cr_assert_eq(destroyed[2], 1, "the losing value is destroyed");
-  cr_assert_eq(destroyed[1], 0, "the winning value is not");
-
-  ps_pool_free(pool, NULL);
-  cr_assert_eq(destroyed[1], 1, "the pool destroys the kept value when it is freed");
-  cr_assert_eq(destroyed[2], 1);
 }
 
 /* ---- names ------------------------------------------------------------------------ */
@@ -1224,201 +661,4 @@ Test(pool, many_threads_never_exceed_the_limits)
   cr_assert_eq(g_atomic_int_get(&s.errors), 0);
   ASSERT_GAUGES(s.pool, 0, 0, 0, 0);
   ps_pool_free(s.pool, NULL);
-}
-
-/* ---- per-key settings and counters -------------------------------------------------- */
-
-Test(pool, a_key_with_its_own_settings_uses_its_own_size_and_lifetime)
-{
-  PsPool *pool = new_pool(4, 0, 0, 0);
-  guint8 d[PS_KEY_DIGEST_LEN] = {7};
-  PsPoolSettings small = {.pool_size = 1, .max_lifetime_us = 10 * MS};
-  PsPoolKey *k = ps_pool_key(pool, d, "small@h:1/db", &small);
-  cr_assert_eq(ps_pool_key_settings(k)->pool_size, 1);
-  PsItem *a = open_one(pool, k, GINT_TO_POINTER(1));
-  PsGrant g;
-  ps_pool_acquire(pool, k, in_ms(30), &g);
-  cr_assert_eq(g.kind, PS_GRANT_TIMEOUT, "the key's size of 1 applies, not the pool's 4");
-  cr_assert(g.first_wait, "the key's first wait is flagged");
-  ps_pool_acquire(pool, k, in_ms(1), &g);
-  cr_assert_not(g.first_wait, "only the first");
-  g_usleep(20 * MS);
-  cr_assert_not(ps_pool_release(pool, a, TRUE), "the key's lifetime applies");
-  ps_pool_item_free(a);
-  PsPoolKey *other = key_n(pool, 1);
-  cr_assert_eq(ps_pool_key_settings(other)->pool_size, 4, "NULL settings: the pool's limits");
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, two_keys_with_one_label_get_distinct_names)
-{
-  PsPool *pool = new_pool(2, 0, 0, 0);
-  guint8 d1[PS_KEY_DIGEST_LEN] = {1}, d2[PS_KEY_DIGEST_LEN] = {2}, d3[PS_KEY_DIGEST_LEN] = {3};
-  PsPoolKey *a = ps_pool_key(pool, d1, "u@h:1/db", NULL);
-  PsPoolKey *b = ps_pool_key(pool, d2, "u@h:1/db", NULL);
-  PsPoolKey *c = ps_pool_key(pool, d3, "u@h:1/db", NULL);
-  cr_assert_str_eq(ps_pool_key_label(a), "u@h:1/db");
-  cr_assert_str_eq(ps_pool_key_label(b), "u@h:1/db#2");
-  cr_assert_str_eq(ps_pool_key_label(c), "u@h:1/db#3");
-  cr_assert_eq(ps_pool_key(pool, d2, "u@h:1/db", NULL), b, "finding a key does not rename it");
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, each_key_counts_its_own_borrows_closes_resets_and_waits)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *k1 = key_n(pool, 1), *k2 = key_n(pool, 2);
-  PsItem *a = open_one(pool, k1, GINT_TO_POINTER(1));
-  cr_assert(ps_pool_release(pool, a, TRUE));
-  PsGrant g;
-  ps_pool_acquire(pool, k1, in_ms(1000), &g);
-  cr_assert_eq(g.kind, PS_GRANT_IDLE);
-  PsGrant late;
-  ps_pool_acquire(pool, k1, in_ms(20), &late); /* waits ~20 ms, then times out */
-  cr_assert_eq(late.kind, PS_GRANT_TIMEOUT);
-  ps_pool_discard(pool, g.item, PS_CLOSE_RESET_FAILED);
-  ps_pool_item_free(g.item);
-  PsItem *b = open_one(pool, k2, GINT_TO_POINTER(2));
-  cr_assert(ps_pool_release(pool, b, FALSE));
-
-  g_autoptr(GArray) snap = ps_pool_snapshot(pool);
-  cr_assert_eq(snap->len, 2);
-  PsKeySnapshot *s1 = &g_array_index(snap, PsKeySnapshot, 0);
-  PsKeySnapshot *s2 = &g_array_index(snap, PsKeySnapshot, 1);
-  cr_assert_str_eq(s1->label, "user1@host:3306/db", "creation order");
-  cr_assert_eq(s1->counts.borrowed, 2);
-  cr_assert_eq(s1->counts.served_idle, 1);
-  cr_assert_eq(s1->counts.opened, 1);
-  cr_assert_eq(s1->counts.resets, 1);
-  cr_assert_eq(s1->counts.closed, 1);
-  cr_assert_eq(s1->counts.closed_by[PS_CLOSE_RESET_FAILED], 1);
-  cr_assert_eq(s1->counts.waits, 1);
-  cr_assert_eq(s1->counts.wait_timeouts, 1);
-  cr_assert_eq(s1->counts.wait_count, 3, "every acquire is observed");
-  cr_assert_eq(s1->counts.wait_buckets[0], 2, "two did not wait");
-  cr_assert_eq(s1->counts.wait_buckets[3], 1, "the timed-out wait is in the 10-100 ms bucket");
-  cr_assert_geq(s1->counts.wait_sum_us, 20 * MS);
-  cr_assert_eq(s1->open, 0);
-  cr_assert_eq(s2->counts.borrowed, 1);
-  cr_assert_eq(s2->counts.resets, 0);
-  cr_assert_eq(s2->idle, 1);
-  cr_assert_eq(ps_close_reason_name(PS_CLOSE_UNCLEAN)[0], 'e', "named \"error\" in statistics");
-  ps_pool_free(pool, NULL);
-}
-
-/* ---- freeing unused keys (bounded memory) ------------------------------------------- */
-
-static guint keys_destroyed;
-
-static void
-count_destroy(gpointer data)
-{
-  keys_destroyed++;
-}
-
-static guint
-pools_now(PsPool *pool)
-{
-  PsPoolCounts c;
-  ps_pool_counts(pool, &c);
-  return c.keys;
-}
-
-Test(pool, a_key_nothing_refers_to_is_freed_with_its_data_and_its_label)
-{
-  PsPool *pool = new_pool(2, 0, 0, 0);
-  ps_pool_set_clock(pool, fake_clock);
-  keys_destroyed = 0;
-  PsPoolKey *k = key_n(pool, 1);
-  ps_pool_key_set_data(k, GINT_TO_POINTER(1), count_destroy);
-  PsPoolKey *k2 = key_n(pool, 1);
-  cr_assert_eq(k2, k);
-  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0, "held twice: kept");
-  ps_pool_key_release(pool, k, FALSE);
-  ps_pool_key_release(pool, k, FALSE);
-  fake_now_us += 59 * SEC;
-  cr_assert_eq(ps_pool_forget_unused(pool, 60 * SEC), 0, "used 59 s ago: kept");
-  fake_now_us += 1 * SEC;
-  cr_assert_eq(ps_pool_forget_unused(pool, 60 * SEC), 1, "unused for 60 s: freed");
-  cr_assert_eq(keys_destroyed, 1, "its data is destroyed (the profile wipes the password)");
-  cr_assert_eq(pools_now(pool), 0);
-  /* A key with the same label later is named as if the old one never existed. */
-  guint8 d[PS_KEY_DIGEST_LEN] = {9};
-  PsPoolKey *again = ps_pool_key(pool, d, "user1@host:3306/db", NULL);
-  cr_assert_str_eq(ps_pool_key_label(again), "user1@host:3306/db");
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_key_is_kept_while_a_connection_a_waiter_or_a_victim_refers_to_it)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *k = key_n(pool, 1);
-  PsItem *item = open_one(pool, k, GINT_TO_POINTER(1));
-  ps_pool_key_release(pool, k, TRUE);
-  cr_assert_eq(pools_now(pool), 1, "a lent connection keeps its key");
-  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0);
-  cr_assert(ps_pool_release(pool, item, FALSE));
-  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0, "an idle connection keeps its key");
-  GSList *victims = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
-  cr_assert_eq(g_slist_length(victims), 1);
-  cr_assert_eq(ps_pool_forget_unused(pool, 0), 0, "a victim being closed keeps its key");
-  cr_assert_str_eq(ps_pool_key_label(item->owner), "user1@host:3306/db");
-  free_victims(victims);
-  cr_assert_eq(ps_pool_forget_unused(pool, 0), 1, "nothing refers to it any more");
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, a_key_that_failed_its_first_open_is_freed_at_once)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  for (int i = 0; i < 1000; i++) {
-    guint8 d[PS_KEY_DIGEST_LEN] = {0};
-    memcpy(d, &i, sizeof i);
-    PsPoolKey *k = ps_pool_key(pool, d, "u@h:1/db", NULL);
-    PsGrant g;
-    ps_pool_acquire(pool, k, in_ms(1000), &g);
-    cr_assert_eq(g.kind, PS_GRANT_OPEN);
-    ps_pool_open_failed(pool, k);
-    ps_pool_key_release(pool, k, TRUE);
-  }
-  cr_assert_eq(pools_now(pool), 0, "no pool left behind by failed opens");
-  /* A key that is still wanted is not freed by forget_now. */
-  PsPoolKey *k = key_n(pool, 2);
-  PsPoolKey *held = key_n(pool, 2);
-  ps_pool_key_release(pool, k, TRUE);
-  cr_assert_eq(pools_now(pool), 1, "another caller still holds it");
-  ps_pool_key_release(pool, held, TRUE);
-  cr_assert_eq(pools_now(pool), 0);
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, statistics_keep_creation_order_when_keys_are_freed)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *a = key_n(pool, 1), *b = key_n(pool, 2), *c = key_n(pool, 3);
-  ps_pool_key_release(pool, b, TRUE);
-  PsPoolKey *d = key_n(pool, 4);
-  g_autoptr(GArray) snap = ps_pool_snapshot(pool);
-  cr_assert_eq(snap->len, 3);
-  cr_assert_str_eq(g_array_index(snap, PsKeySnapshot, 0).label, ps_pool_key_label(a));
-  cr_assert_str_eq(g_array_index(snap, PsKeySnapshot, 1).label, ps_pool_key_label(c));
-  cr_assert_str_eq(g_array_index(snap, PsKeySnapshot, 2).label, ps_pool_key_label(d));
-  ps_pool_free(pool, NULL);
-}
-
-Test(pool, one_caller_proves_a_key_per_interval_and_a_refusal_revokes_it)
-{
-  PsPool *pool = new_pool(1, 0, 0, 0);
-  PsPoolKey *k = key_n(pool, 1);
-  ps_pool_key_proved(k, 100 * SEC);
-  cr_assert_not(ps_pool_key_claim_proof(k, 159 * SEC, 60 * SEC), "proved 59 s ago");
-  cr_assert(ps_pool_key_claim_proof(k, 160 * SEC, 60 * SEC), "60 s: due");
-  cr_assert_not(ps_pool_key_claim_proof(k, 160 * SEC, 60 * SEC), "claimed: only one caller");
-  cr_assert_not(ps_pool_key_claim_proof(k, 999 * SEC, 0), "interval 0: never");
-  ps_pool_key_set_revoked(k);
-  cr_assert(ps_pool_key_revoked(k));
-  cr_assert(ps_pool_key_claim_proof(k, 161 * SEC, 60 * SEC), "revoked: due at once");
-  ps_pool_key_proved(k, 162 * SEC);
-  cr_assert_not(ps_pool_key_revoked(k), "a new proof ends the revocation");
-  ps_pool_free(pool, NULL);
 }
