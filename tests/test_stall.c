@@ -115,6 +115,18 @@ stats(void)
   return s;
 }
 
+/* Until `n` connects wait for a free connection (fails after 10 s): a fixed sleep
+ * would race with thread start-up on a loaded machine. */
+static void
+wait_for_waiters(unsigned n)
+{
+  gint64 deadline = now_ms() + 10000;
+  while (stats().waiting < n) {
+    cr_assert_lt(now_ms(), deadline, "%u connects were expected to wait", n);
+    g_usleep(5 * 1000);
+  }
+}
+
 /* Once every handle is closed or has failed: nothing lent, nobody waiting, every open
  * connection idle in its pool. */
 static void
@@ -134,10 +146,17 @@ Test(stall, connects_respect_the_connect_timeout_and_the_pool_timeout)
 {
   PstProxy *p = pst_proxy_start();
   pst_proxy_freeze(p);
+  unsigned base = stats().open;
   Attempt a[3] = {0};
   attempt_start(&a[0], p);
   attempt_start(&a[1], p);
-  g_usleep(300 * 1000); /* both slots are being opened: the third connect must wait */
+  /* Both slots must be taken (being opened) before the third connect starts, or on a
+   * loaded machine it may take a slot first and one of the two would wait instead. */
+  gint64 deadline = now_ms() + 10000;
+  while (stats().open < base + 2) {
+    cr_assert_lt(now_ms(), deadline, "the two opening connects did not take their slots");
+    g_usleep(5 * 1000);
+  }
   attempt_start(&a[2], p);
   join_all(a, 3, 20000);
   for (int i = 0; i < 2; i++) {
@@ -282,7 +301,7 @@ Test(stall, a_close_during_the_stall_serves_a_waiter)
   pst_proxy_freeze(p);
   Attempt w = {0};
   attempt_start(&w, p);
-  g_usleep(200 * 1000);
+  wait_for_waiters(1);
   gint64 t0 = now_ms();
   mysql_close(a);
   cr_assert_lt(now_ms() - t0, 1000);
@@ -310,7 +329,7 @@ Test(stall, a_waiter_served_during_a_stall_that_goes_on_fails_cleanly)
   pst_proxy_freeze(p);
   Attempt w = {0};
   attempt_start(&w, p);
-  g_usleep(200 * 1000);
+  wait_for_waiters(1);
   mysql_close(a);
   join_all(&w, 1, 20000);
   cr_assert_eq(w.err, CR_SERVER_LOST, "the waiter: %u %s", w.err, w.msg);
