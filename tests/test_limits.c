@@ -42,11 +42,19 @@ Test(limits, third_connect_on_a_full_pool_fails_with_1040_after_the_timeout,
 }
 
 static MYSQL *holder;
+static gint saw_waiter;
 
+/* Closes the holder once a connect waits for a connection (at most 10 s): a fixed sleep
+ * raced with the connect's start on a loaded machine, which then found the connection
+ * returned and never waited. */
 static gpointer
 release_later(gpointer data)
 {
-  g_usleep(200 * 1000);
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  poolshim_stats_t s;
+  for (pst_stats(&s); s.waiting < 1 && g_get_monotonic_time() < deadline; pst_stats(&s))
+    g_usleep(5 * 1000);
+  g_atomic_int_set(&saw_waiter, s.waiting >= 1);
   mysql_close(holder);
   return NULL;
 }
@@ -63,10 +71,13 @@ Test(limits, a_waiting_connect_gets_the_connection_a_holder_returns, .init = two
   MYSQL *a = pst_connect_app();
   holder = pst_connect_app();
   long long held = pst_scalar(holder, "SELECT CONNECTION_ID()");
+  poolshim_stats_t s;
+  pst_stats(&s); /* the shim is there: the releaser's reads of it cannot fail */
   GThread *t = g_thread_new("releaser", release_later, NULL);
   MYSQL *m = pst_connect_app();
   cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), held);
   g_thread_join(t);
+  cr_assert(g_atomic_int_get(&saw_waiter), "the connect was not seen waiting within 10 s");
   mysql_close(m);
   mysql_close(a);
 }
