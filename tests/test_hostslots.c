@@ -218,13 +218,27 @@ wait_for_slot(gpointer data)
   return NULL;
 }
 
+/* Starts w waiting for a slot in a thread, and returns once the slots show it waiting. */
+static GThread *
+start_waiter_seen(Waiter *w)
+{
+  GThread *thread = g_thread_new("waiter", wait_for_slot, w);
+  gint64 until = in_ms(5000);
+  while (!ps_host_slots_contended(w->slots) && g_get_monotonic_time() < until)
+    g_usleep(5 * MS);
+  cr_assert(ps_host_slots_contended(w->slots), "a waiter never showed");
+  return thread;
+}
+
 Test(hostslots, releasing_a_slot_lets_a_waiting_thread_acquire_before_its_deadline)
 {
   PsHostSlots *slots = new_slots("db1:3306", 2);
   int a = take(slots), b = take(slots);
   Waiter w = {.slots = slots, .deadline = in_ms(20000), .fd = -1};
-  GThread *thread = g_thread_new("waiter", wait_for_slot, &w);
-  g_usleep(200 * MS);
+  /* Seen waiting first: a fixed sleep raced with the thread's start on a loaded machine,
+   * which then found the slot released and never waited. */
+  GThread *thread = start_waiter_seen(&w);
+  g_usleep(200 * MS); /* time for a waiter that would not wait to return */
   cr_assert_eq(g_atomic_int_get(&w.done), 0, "the waiter returned while both slots were held");
 
   gint64 released_at = g_get_monotonic_time();
@@ -237,18 +251,6 @@ Test(hostslots, releasing_a_slot_lets_a_waiting_thread_acquire_before_its_deadli
   ps_host_slot_release(w.fd);
   ps_host_slot_release(b);
   ps_host_slots_free(slots);
-}
-
-/* Starts w waiting for a slot in a thread, and returns once the slots show it waiting. */
-static GThread *
-start_waiter_seen(Waiter *w)
-{
-  GThread *thread = g_thread_new("waiter", wait_for_slot, w);
-  gint64 until = in_ms(5000);
-  while (!ps_host_slots_contended(w->slots) && g_get_monotonic_time() < until)
-    g_usleep(5 * MS);
-  cr_assert(ps_host_slots_contended(w->slots), "a waiter never showed");
-  return thread;
 }
 
 Test(hostslots, a_waiting_acquire_shows_as_contention_until_it_is_served)
