@@ -167,7 +167,8 @@ init_once(void)
     }
     if (B.config.grain == PS_GRAIN_TRANSACTION)
       ps_handle_setup(&ps_broker_grain_ops);
-    B.active = TRUE;
+    /* Released: poolshim_stats and the library's own closes read it without init_once. */
+    __atomic_store_n(&B.active, TRUE, __ATOMIC_RELEASE);
     ps_house_start();
   }
   g_once_init_leave(&done, 1);
@@ -177,7 +178,7 @@ gboolean
 ps_broker_active(void)
 {
   init_once();
-  return B.active;
+  return __atomic_load_n(&B.active, __ATOMIC_ACQUIRE);
 }
 
 static void
@@ -636,7 +637,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 void
 ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
 {
-  if (B.active)
+  if (__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
     ps_phys_doom(m, reason);
 }
 
@@ -647,7 +648,7 @@ ps_broker_close_from_library(MYSQL *m)
    * handle lives on with a new connection and keeps its lease. Any other close the library
    * makes of a lent handle (mysql_close_start/_cont) ends it. */
   PsPhys *p = NULL;
-  if (B.active && m && m->options.extension) {
+  if (__atomic_load_n(&B.active, __ATOMIC_ACQUIRE) && m && m->options.extension) {
     ps_broker_adopt_fork();
     p = ps_phys_detach(m);
   }
@@ -736,7 +737,7 @@ close_all_idle(void)
 void
 ps_broker_drain(void)
 {
-  if (!B.active)
+  if (!__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
     return;
   ps_house_stop();
   ps_broker_adopt_fork();

@@ -155,3 +155,51 @@ Test(reuse, public_stats_match_the_server_counters, .init = two_per_key)
   cr_assert_eq(s.resets, 50);
   mysql_close(held);
 }
+
+/* Reading the counters must be safe while another thread's first connect is starting the
+ * pool: poolshim_stats reads the broker's active flag without initialising anything. The
+ * flag was written plainly, so the tsan pass reported this as a data race (found by the
+ * stall test polling the counters during its first connects). Here a reader thread polls
+ * from before the first connect until it has seen the connection lent. */
+typedef struct {
+  int (*stats)(poolshim_stats_t *, size_t);
+  gint stop;
+  gint saw_lent;   /* a snapshot showed the connect's connection lent */
+  gint bad;        /* a snapshot had lent or idle above open */
+} StatsReader;
+
+static gpointer
+stats_reader(gpointer data)
+{
+  StatsReader *r = data;
+  while (!g_atomic_int_get(&r->stop)) {
+    poolshim_stats_t s;
+    if (r->stats(&s, sizeof s) != 0 || s.lent + s.idle > s.open)
+      g_atomic_int_set(&r->bad, 1);
+    if (s.lent >= 1)
+      g_atomic_int_set(&r->saw_lent, 1);
+  }
+  return NULL;
+}
+
+Test(reuse, the_counters_can_be_read_while_the_first_connect_starts_the_pool)
+{
+  StatsReader r = {
+    .stats = (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats")};
+  cr_assert(r.stats, "the preloaded library does not export poolshim_stats");
+  GThread *t = g_thread_new("stats-reader", stats_reader, &r);
+  g_usleep(2 * 1000); /* the reader is polling an uninitialised library */
+  MYSQL *m = pst_connect_app();
+  long long id = pst_scalar(m, "SELECT CONNECTION_ID()");
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (!g_atomic_int_get(&r.saw_lent) && g_get_monotonic_time() < deadline)
+    g_usleep(1000);
+  g_atomic_int_set(&r.stop, 1);
+  g_thread_join(t);
+  cr_assert(g_atomic_int_get(&r.saw_lent), "the reader never saw the connection lent");
+  cr_assert_not(g_atomic_int_get(&r.bad), "a snapshot counted more lent + idle than open");
+  mysql_close(m);
+  MYSQL *again = pst_connect_app();
+  cr_assert_eq(pst_scalar(again, "SELECT CONNECTION_ID()"), id, "the connection was not pooled");
+  mysql_close(again);
+}
