@@ -6,8 +6,8 @@ import platform
 import statistics
 
 from variants import (DELAY_US, FAIR_POOL, FIFO_RATIO, GRAIN_LIMITS, GRAIN_POOL,
-                      GRAIN_TIMEOUT, GRAIN_WORKLOADS, GROUP_TITLES, LABELS, POOL, PY_THREADS,
-                      TURN_SLACK_US, quantum_us)
+                      GRAIN_TIMEOUT, GRAIN_WORKLOADS, GROUP_TITLES, LABELS, MIN_REPS, POOL,
+                      PY_THREADS, TURN_SLACK_US, quantum_us)
 
 
 def median(xs):
@@ -21,6 +21,12 @@ def fmt_ratio(x):
 
 def fmt_num(x, spec=",.0f"):
     return "-" if x is None else format(x, spec)
+
+
+def more_reps(groups, reps):
+    """The groups that ran more repetitions than --reps (variants.MIN_REPS), for the header."""
+    more = [f"{g}: {MIN_REPS[g]}" for g in groups if MIN_REPS.get(g, 0) > reps]
+    return f" ({', '.join(more)})" if more else ""
 
 
 def spread(xs):
@@ -47,7 +53,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     L.append(f"- client library: MariaDB Connector/C {vers['client']} (libmariadb3 "
              f"{vers['client_pkg']}); server: MariaDB {vers['server']} (private, scripts/server)")
     L.append(f"- poolshim {vers['shim']}, git {vers['git']}; groups: {', '.join(groups)}; "
-             f"{args.reps} repetitions, interleaved; run time {wall:.0f} s")
+             f"{args.reps} repetitions{more_reps(groups, args.reps)}, interleaved; "
+             f"run time {wall:.0f} s")
     L.append(f"- poolshim variants: `POOLSHIM_POOL_SIZE={POOL}` (fairness group: "
              f"{FAIR_POOL}), other settings default. Physical connections: the server's "
              "`Connections` counter before/after each run (max over repetitions; a C "

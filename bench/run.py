@@ -39,7 +39,8 @@ import time
 import MySQLdb
 
 from report import chart, fmt_num, median, report
-from variants import BUILD, CYCLE, DELAY_US, GROUPS, HERE, LIB, PROXY, ROOT, variants
+from variants import (BUILD, CYCLE, DELAY_US, GROUPS, HERE, LIB, MIN_REPS, PROXY, ROOT,
+                      variants)
 
 
 # --- the server and the proxy ------------------------------------------------------------
@@ -338,10 +339,13 @@ def main():
     cpu = {"reps": []}
     total_meter = CpuMeter(proxy.proc.pid if proxy else None)
     try:
-        for rep in range(args.reps):  # interleaved: drift hits every variant alike
-            print(f"== repetition {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+        reps = max([args.reps] + [MIN_REPS.get(g, 0) for g in groups])
+        for rep in range(reps):  # interleaved: drift hits every variant alike
+            print(f"== repetition {rep + 1}/{reps}", file=sys.stderr, flush=True)
             meter = CpuMeter(proxy.proc.pid if proxy else None)
             for v in todo:
+                if rep >= max(args.reps, MIN_REPS.get(v.group, 0)):
+                    continue
                 r = run_once(conn, v, proxy)
                 v.runs.append(r)
                 thr = throughput(r, v)
