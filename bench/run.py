@@ -3,10 +3,12 @@ scripts/bench started, and writes a markdown report (bench/results/<UTC time>.md
 chart (.png) with medians, ratios against baselines measured in the same run, physical
 connection counts and errors.
 
-Every figure is a ratio against a baseline of the same run: in each repetition every
-selected variant runs once, in a fixed order, so slow drift (thermal, other load, the
-server's caches) hits every variant alike; a ratio is the median over repetitions of the
-ratio between a variant and its baseline in the same repetition.
+Every figure is a ratio against a baseline of the same run: in each of the first --reps
+repetitions every selected variant runs once, in a fixed order, so slow drift (thermal,
+other load, the server's caches) hits every variant alike, and the groups of
+variants.MIN_REPS go on alone up to their own count. The results table's *vs baseline* is
+the median over repetitions of the ratio between a variant and its baseline in the same
+repetition; the target rows divide the two variants' medians.
 
 Physical connections come from the server (SHOW GLOBAL STATUS LIKE 'Connections' before
 and after each run, over a separate admin connection), never from the shim.
@@ -315,7 +317,10 @@ def versions(conn):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3,
+                    help="repetitions of every variant; the groups "
+                    + ", ".join(f"{g} ({n})" for g, n in MIN_REPS.items())
+                    + " run at least as many as given there")
     ap.add_argument("--only", default="", help="comma-separated groups: " + " ".join(GROUPS))
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every cycle count")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
@@ -400,7 +405,7 @@ def main():
     written = [md] + ([png] if has_png else [])
     raw = os.path.join(args.results, f"{stamp}{suffix}.json")
     with open(raw, "w") as f:  # every run's numbers, for re-plotting or a closer look
-        json.dump({"versions": vers, "reps": args.reps, "groups": groups, "cpu": cpu,
+        json.dump({"versions": vers, "reps": args.reps, "min_reps": MIN_REPS, "groups": groups, "cpu": cpu,
                    "shimcost": shimcost,
                    "variants": [{"group": v.group, "tag": v.tag, "label": v.label,
                                  "threads": v.threads, "cycles": v.cycles, "pool": v.pool,

@@ -16,9 +16,10 @@ PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django l
 GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "revalidate",
           "shimcost", "grain"]
 # Groups whose runs last about a second run at least this many repetitions (still
-# interleaved with the rest while the others run): with three, the median of the paired
-# ratios was whichever repetition the kept connection happened to be lucky in (its 8-thread
-# TCP runs spread from 34.5k to 51.8k cycles/s in the run of 2026-12-06 02:33).
+# interleaved with the rest while the others run; keys are the variants' groups, which for
+# these three are the names --only takes): with three, their medians moved with whichever
+# repetition the kept connection happened to be lucky in (its 8-thread TCP runs spread from
+# 34.5k to 51.8k cycles/s in the run of 2026-12-06 02:33).
 MIN_REPS = {"tcp": 7, "socket": 7, "fairness": 7}
 POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
 FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
