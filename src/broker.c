@@ -750,8 +750,17 @@ ps_broker_stats(poolshim_stats_t *out)
   memset(out, 0, sizeof *out);
   if (!__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
     return;
+  /* A forked child before its first call still has the parent's pool in B.pool, and its
+   * first call replaces it under B.lock (ps_broker_adopt_fork): its own counters are all
+   * zero until then. The pool read stays valid after the unlock (none is ever freed while
+   * the process runs). */
+  g_mutex_lock(&B.lock);
+  PsPool *pool = B.forked ? NULL : B.pool;
+  g_mutex_unlock(&B.lock);
+  if (!pool)
+    return;
   PsPoolCounts c;
-  ps_pool_counts(B.pool, &c);
+  ps_pool_counts(pool, &c);
   out->borrowed = c.borrowed;
   out->served_idle = c.served_idle;
   out->opened = c.opened;

@@ -67,7 +67,9 @@ ps_broker_after_fork_child(void)
 void
 ps_broker_adopt_fork(void)
 {
-  if (!B.forked)
+  /* Acquire, paired with the release below: a thread that sees FALSE without the lock
+   * also sees the child's B.pool (the first call may come from two threads at once). */
+  if (!__atomic_load_n(&B.forked, __ATOMIC_ACQUIRE))
     return;
   PsPool *old = NULL;
   g_mutex_lock(&B.lock);
@@ -75,8 +77,10 @@ ps_broker_adopt_fork(void)
     old = B.pool;
     B.inherited = g_slist_prepend(B.inherited, old);
     B.pool = ps_broker_new_pool();
-    B.forked = FALSE;
-    B.resets = B.unpooled = 0; /* the child's counters are its own, like its new pool's */
+    __atomic_store_n(&B.forked, FALSE, __ATOMIC_RELEASE);
+    /* The child's counters are its own, like its new pool's (read atomically, unlocked). */
+    __atomic_store_n(&B.resets, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&B.unpooled, 0, __ATOMIC_RELAXED);
     memset(B.plans, 0, sizeof B.plans);
     /* The parent's lent connections: their slot descriptors were closed at fork. */
     ps_phys_orphan_attached();

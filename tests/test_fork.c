@@ -1,5 +1,6 @@
 /* Fork: a prefork parent warms the pool, children use pools of their own concurrently,
  * and nothing a child does disturbs the parent's sessions. */
+#include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -136,4 +137,51 @@ Test(fork, parent_and_children_use_the_pool_concurrently_without_interference)
                             "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %lld",
                             ids[i]),
                  1, "the parent's pooled session %lld is gone", ids[i]);
+}
+
+/* A child's counters are its own: before its first call they are all zero (not the
+ * parent's, which its memory still holds), after one connect and close they count that
+ * alone. Criterion's assertions do not work in the child: it exits with the number of the
+ * first check that failed (no helper that asserts runs there). */
+Test(fork, a_child_counts_only_its_own_connections)
+{
+  int (*stats)(poolshim_stats_t *, size_t) =
+    (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats");
+  cr_assert(stats, "the preloaded library does not export poolshim_stats");
+  for (int i = 0; i < 3; i++)
+    mysql_close(pst_connect_app());
+  MYSQL *held = pst_connect_app();
+  poolshim_stats_t before;
+  cr_assert_eq(stats(&before, sizeof before), 0);
+  cr_assert_geq(before.borrowed, 4, "the parent's own counters: %llu borrowed", before.borrowed);
+  pid_t pid = fork();
+  cr_assert_neq(pid, -1);
+  if (pid == 0) {
+    poolshim_stats_t s;
+    if (stats(&s, sizeof s) != 0)
+      _exit(10);
+    if (s.borrowed || s.opened || s.open || s.lent || s.idle || s.resets || s.pools)
+      _exit(11); /* the parent's counters showed through */
+    MYSQL *m = mysql_init(NULL);
+    if (!mysql_real_connect(m, getenv("PS_TEST_HOST"), getenv("PS_TEST_USER"),
+                            getenv("PS_TEST_PASSWORD"), getenv("PS_TEST_DB"), pst_port(), NULL,
+                            0) ||
+        mysql_query(m, "SELECT 1"))
+      _exit(12);
+    mysql_free_result(mysql_store_result(m));
+    mysql_close(m);
+    if (stats(&s, sizeof s) != 0)
+      _exit(13);
+    if (s.borrowed != 1 || s.opened != 1 || s.open != 1 || s.idle != 1 || s.lent != 0)
+      _exit(14);
+    _exit(0);
+  }
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status), "the child died (status %d)", status);
+  cr_assert_eq(WEXITSTATUS(status), 0,
+               "the child's check %d failed (11: the parent's counters showed before its "
+               "first call; 14: after one connect and close it did not count exactly that)",
+               WEXITSTATUS(status));
+  mysql_close(held);
 }
