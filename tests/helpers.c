@@ -225,6 +225,23 @@ pst_wait_thread_gone(unsigned long id)
   cr_assert_fail("server thread %lu still exists after 10 s", id);
 }
 
+void
+pst_wait_answered(const char *counter, long long since, long long n, const char *what)
+{
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  long long grew;
+  while ((grew = pst_status(counter) - since) < n ||
+         pst_scalar(pst_admin(),
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '%s' "
+                    "AND COMMAND <> 'Sleep'",
+                    pst_env("PS_TEST_USER")) > 0) {
+    cr_assert_lt(g_get_monotonic_time(), deadline,
+                 "%s (%lld %s, %lld begun) were not answered within 10 s", what, n, counter,
+                 grew);
+    g_usleep(20 * 1000);
+  }
+}
+
 MYSQL *
 pst_connect_and_force_reconnect(long long *old, long long *now)
 {
@@ -257,13 +274,18 @@ pst_connect_and_force_reconnect(long long *old, long long *now)
 #include <sys/wait.h>
 #include <unistd.h>
 
+PstStatsFn
+pst_stats_fn(void)
+{
+  PstStatsFn stats = (PstStatsFn)dlsym(RTLD_DEFAULT, "poolshim_stats");
+  cr_assert_not_null(stats, "poolshim_stats not found: is the shim preloaded?");
+  return stats;
+}
+
 void
 pst_stats(poolshim_stats_t *out)
 {
-  int (*stats)(poolshim_stats_t *, size_t) =
-    (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats");
-  cr_assert_not_null(stats, "poolshim_stats not found: is the shim preloaded?");
-  cr_assert_eq(stats(out, sizeof *out), 0);
+  cr_assert_eq(pst_stats_fn()(out, sizeof *out), 0);
 }
 
 MYSQL *

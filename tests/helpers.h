@@ -45,6 +45,10 @@ void pst_server_ctl(const char *verb);
 void pst_admin_drop(void);
 /* Waits (max 10 s) until the server no longer lists thread `id`. */
 void pst_wait_thread_gone(unsigned long id);
+/* Waits (max 10 s, then fails naming `what`) until the status counter `counter` has grown by
+ * `n` since `since` and no session of the application user runs a command: the replies to
+ * what the pool sent (a reset, a setup run ahead) are written. */
+void pst_wait_answered(const char *counter, long long since, long long n, const char *what);
 /* An application connection with MYSQL_OPT_RECONNECT whose server thread (*old) is KILLed and
  * that the client library then reconnected by itself (*now). */
 MYSQL *pst_connect_and_force_reconnect(long long *old, long long *now);
@@ -54,6 +58,10 @@ MYSQL *pst_connect_and_force_reconnect(long long *old, long long *now);
 
 /* The shim's counters through dlsym (the test process must have it preloaded). */
 void pst_stats(poolshim_stats_t *out);
+/* poolshim_stats itself, looked up (and asserted) on the test's thread, for a thread of the
+ * test or a forked child, where Criterion's assertions do not work. */
+typedef int (*PstStatsFn)(poolshim_stats_t *out, size_t size);
+PstStatsFn pst_stats_fn(void);
 
 /* Connects as the application user to host:port with the client's own timeouts (seconds,
  * 0 = the library's default). NULL on error, with *err and msg set; never fails the test. */

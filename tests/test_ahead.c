@@ -159,28 +159,6 @@ connect_via(PstProxy *p)
   return pst_connect_via(p, 5, 2);
 }
 
-/* Waits (at most 10 s) until the server has begun `n` SET statements (Com_set_option) since
- * `since` and then no session of the application user runs a command: the replies of a
- * return's reset and of the setup it ran ahead (the SET last) are written, and the proxy
- * forwards data before it obeys a freeze. A fixed sleep raced with a loaded machine. */
-static void
-wait_sets_answered(long long since, long long n)
-{
-  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-  long long sets;
-  while ((sets = pst_status("Com_set_option") - since) < n ||
-         pst_scalar(pst_admin(),
-                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '%s' "
-                    "AND COMMAND <> 'Sleep'",
-                    pst_env("PS_TEST_USER")) > 0) {
-    cr_assert_lt(g_get_monotonic_time(), deadline,
-                 "the return's reset and setup (%lld SET statements, %lld begun) were not "
-                 "answered within 10 s",
-                 n, sets);
-    g_usleep(20 * 1000);
-  }
-}
-
 /* The proof that the setup costs no round trip: with the server frozen behind a proxy,
  * the next borrower's whole setup still succeeds (its replies were on the wire before the
  * freeze), while its first real query does not get through. */
@@ -198,7 +176,7 @@ Test(ahead, a_whole_session_setup_is_answered_without_reaching_the_server)
   }
   /* The reset's and the setup's replies arrive. The second return sent what the first did,
    * whose statements the server had all run by the second borrower's queries. */
-  wait_sets_answered(sets[1], sets[1] - sets[0]);
+  pst_wait_answered("Com_set_option", sets[1], sets[1] - sets[0], "the return's reset and setup");
   pst_proxy_freeze(p);
   MYSQL *m = connect_via(p);
   cr_assert(setup_session(m), "the setup needed the frozen server: %s", mysql_error(m));

@@ -1,6 +1,5 @@
 /* Fork: a prefork parent warms the pool, children use pools of their own concurrently,
  * and nothing a child does disturbs the parent's sessions. */
-#include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -145,9 +144,7 @@ Test(fork, parent_and_children_use_the_pool_concurrently_without_interference)
  * first check that failed (no helper that asserts runs there). */
 Test(fork, a_child_counts_only_its_own_connections)
 {
-  int (*stats)(poolshim_stats_t *, size_t) =
-    (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats");
-  cr_assert(stats, "the preloaded library does not export poolshim_stats");
+  PstStatsFn stats = pst_stats_fn();
   for (int i = 0; i < 3; i++)
     mysql_close(pst_connect_app());
   MYSQL *held = pst_connect_app();

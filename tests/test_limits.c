@@ -1,5 +1,4 @@
 /* Limits: a full pool makes connects wait in order, then fail with 1040 naming the pool. */
-#include <dlfcn.h>
 #include <mysqld_error.h>
 
 #include "helpers.h"
@@ -44,7 +43,7 @@ Test(limits, third_connect_on_a_full_pool_fails_with_1040_after_the_timeout,
 
 static MYSQL *holder;
 static gint saw_waiter;
-static int (*stats_fn)(poolshim_stats_t *, size_t); /* looked up on the test's thread */
+static PstStatsFn stats_fn; /* looked up on the test's thread */
 
 /* Closes the holder once a connect waits for a connection (at most 5 s, well inside the
  * connect's POOLSHIM_TIMEOUT of 10 s): a fixed sleep raced with the connect's start on a
@@ -74,8 +73,7 @@ Test(limits, a_waiting_connect_gets_the_connection_a_holder_returns, .init = two
   MYSQL *a = pst_connect_app();
   holder = pst_connect_app();
   long long held = pst_scalar(holder, "SELECT CONNECTION_ID()");
-  stats_fn = (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats");
-  cr_assert(stats_fn, "the preloaded library does not export poolshim_stats");
+  stats_fn = pst_stats_fn();
   GThread *t = g_thread_new("releaser", release_later, NULL);
   MYSQL *m = pst_connect_app();
   cr_assert_eq(pst_scalar(m, "SELECT CONNECTION_ID()"), held);

@@ -162,7 +162,7 @@ Test(reuse, public_stats_match_the_server_counters, .init = two_per_key)
  * stall test polling the counters during its first connects). Here a reader thread polls
  * from before the first connect until it has seen the connection lent. */
 typedef struct {
-  int (*stats)(poolshim_stats_t *, size_t);
+  PstStatsFn stats;
   gint stop;
   gint saw_lent;   /* a snapshot showed the connect's connection lent */
   gint bad;        /* a snapshot had lent or idle above open */
@@ -188,9 +188,7 @@ stats_reader(gpointer data)
 
 Test(reuse, the_counters_can_be_read_while_the_first_connect_starts_the_pool)
 {
-  StatsReader r = {
-    .stats = (int (*)(poolshim_stats_t *, size_t))dlsym(RTLD_DEFAULT, "poolshim_stats")};
-  cr_assert(r.stats, "the preloaded library does not export poolshim_stats");
+  StatsReader r = {.stats = pst_stats_fn()};
   GThread *t = g_thread_new("stats-reader", stats_reader, &r);
   g_usleep(2 * 1000); /* the reader is polling an uninitialised library */
   MYSQL *m = pst_connect_app();

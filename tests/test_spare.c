@@ -47,25 +47,6 @@ connect_slow_reset(void)
   return connect_slow_reset_tls(FALSE);
 }
 
-/* Waits (at most 10 s) until the server has begun `n` DO statements since `dos0` (the
- * slow init command, at every connect and every reset) and then no session of the test
- * user runs a command: every reset sent so far is answered. A fixed sleep raced with a
- * loaded machine, where a reset's second can stretch. */
-static void
-wait_resets_answered(long long dos0, long long n)
-{
-  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-  while (pst_status("Com_do") - dos0 < n ||
-         pst_scalar(pst_admin(),
-                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '%s' "
-                    "AND COMMAND <> 'Sleep'",
-                    pst_env("PS_TEST_USER")) > 0) {
-    cr_assert_lt(g_get_monotonic_time(), deadline,
-                 "the resets (%lld DO statements) were not answered within 10 s", n);
-    g_usleep(20 * 1000);
-  }
-}
-
 /* Connects, leaves a trace in the session, reads its id, closes. */
 static long long
 borrow_and_return(void)
@@ -92,7 +73,7 @@ Test(spare, a_connect_right_after_a_close_opens_another_rather_than_wait, .init 
 
   /* Both resets are answered after a second (each connect and each reset ran the slow init
    * command: four); then the most recently returned is lent. */
-  wait_resets_answered(dos0, 4);
+  pst_wait_answered("Com_do", dos0, 4, "the resets and their slow init command");
   before = pst_status("Connections");
   cr_assert_eq(borrow_and_return(), b, "the warm end of the pool was not used");
   cr_assert_eq(pst_status("Connections") - before, 0, "a ready connection was passed over");
