@@ -129,6 +129,14 @@ static const PsPhysOps phys_ops = {
   .watch_free = ps_watch_free,
 };
 
+/* B.active without init_once: poolshim_stats and the library's own closes read it
+ * unlocked, so it is published with release (init_once) and read with acquire. */
+static inline gboolean
+is_active(void)
+{
+  return __atomic_load_n(&B.active, __ATOMIC_ACQUIRE);
+}
+
 static void
 init_once(void)
 {
@@ -167,8 +175,7 @@ init_once(void)
     }
     if (B.config.grain == PS_GRAIN_TRANSACTION)
       ps_handle_setup(&ps_broker_grain_ops);
-    /* Released: poolshim_stats and the library's own closes read it without init_once. */
-    __atomic_store_n(&B.active, TRUE, __ATOMIC_RELEASE);
+    __atomic_store_n(&B.active, TRUE, __ATOMIC_RELEASE); /* read by is_active() */
     ps_house_start();
   }
   g_once_init_leave(&done, 1);
@@ -178,7 +185,7 @@ gboolean
 ps_broker_active(void)
 {
   init_once();
-  return __atomic_load_n(&B.active, __ATOMIC_ACQUIRE);
+  return is_active();
 }
 
 static void
@@ -637,7 +644,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
 void
 ps_broker_mark_unpoolable(MYSQL *m, const char *reason)
 {
-  if (__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
+  if (is_active())
     ps_phys_doom(m, reason);
 }
 
@@ -648,7 +655,7 @@ ps_broker_close_from_library(MYSQL *m)
    * handle lives on with a new connection and keeps its lease. Any other close the library
    * makes of a lent handle (mysql_close_start/_cont) ends it. */
   PsPhys *p = NULL;
-  if (__atomic_load_n(&B.active, __ATOMIC_ACQUIRE) && m && m->options.extension) {
+  if (is_active() && m && m->options.extension) {
     ps_broker_adopt_fork();
     p = ps_phys_detach(m);
   }
@@ -737,7 +744,7 @@ close_all_idle(void)
 void
 ps_broker_drain(void)
 {
-  if (!__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
+  if (!is_active())
     return;
   ps_house_stop();
   ps_broker_adopt_fork();
@@ -748,7 +755,7 @@ void
 ps_broker_stats(poolshim_stats_t *out)
 {
   memset(out, 0, sizeof *out);
-  if (!__atomic_load_n(&B.active, __ATOMIC_ACQUIRE))
+  if (!is_active())
     return;
   /* A forked child before its first call still has the parent's pool in B.pool, and its
    * first call replaces it under B.lock (ps_broker_adopt_fork): its own counters are all
