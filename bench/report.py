@@ -6,8 +6,8 @@ import platform
 import statistics
 
 from variants import (DELAY_US, FAIR_POOL, FIFO_RATIO, GRAIN_LIMITS, GRAIN_POOL,
-                      GRAIN_TIMEOUT, GRAIN_WORKLOADS, GROUP_TITLES, LABELS, MIN_REPS, POOL,
-                      PY_THREADS, TURN_SLACK_US, quantum_us)
+                      GRAIN_TIMEOUT, GRAIN_WORKLOADS, GROUP_TITLES, LABELS, POOL, PY_THREADS,
+                      TURN_SLACK_US, quantum_us, reps_of)
 
 
 def median(xs):
@@ -25,7 +25,7 @@ def fmt_num(x, spec=",.0f"):
 
 def more_reps(groups, reps):
     """The groups that ran more repetitions than --reps (variants.MIN_REPS), for the header."""
-    more = [f"{g}: {MIN_REPS[g]}" for g in groups if MIN_REPS.get(g, 0) > reps]
+    more = [f"{g}: {reps_of(g, reps)}" for g in groups if reps_of(g, reps) > reps]
     return f" ({', '.join(more)})" if more else ""
 
 

@@ -42,7 +42,7 @@ import MySQLdb
 
 from report import chart, fmt_num, median, report
 from variants import (BUILD, CYCLE, DELAY_US, GROUPS, HERE, LIB, MIN_REPS, PROXY, ROOT,
-                      variants)
+                      reps_of, variants)
 
 
 # --- the server and the proxy ------------------------------------------------------------
@@ -344,12 +344,12 @@ def main():
     cpu = {"reps": []}
     total_meter = CpuMeter(proxy.proc.pid if proxy else None)
     try:
-        reps = max([args.reps] + [MIN_REPS.get(g, 0) for g in groups])
+        reps = max(reps_of(g, args.reps) for g in groups)
         for rep in range(reps):  # interleaved: drift hits every variant alike
             print(f"== repetition {rep + 1}/{reps}", file=sys.stderr, flush=True)
             meter = CpuMeter(proxy.proc.pid if proxy else None)
             for v in todo:
-                if rep >= max(args.reps, MIN_REPS.get(v.group, 0)):
+                if rep >= reps_of(v.group, args.reps):
                     continue
                 r = run_once(conn, v, proxy)
                 v.runs.append(r)
@@ -405,8 +405,8 @@ def main():
     written = [md] + ([png] if has_png else [])
     raw = os.path.join(args.results, f"{stamp}{suffix}.json")
     with open(raw, "w") as f:  # every run's numbers, for re-plotting or a closer look
-        json.dump({"versions": vers, "reps": args.reps, "min_reps": MIN_REPS, "groups": groups, "cpu": cpu,
-                   "shimcost": shimcost,
+        json.dump({"versions": vers, "reps": args.reps, "min_reps": MIN_REPS, "groups": groups,
+                   "cpu": cpu, "shimcost": shimcost,
                    "variants": [{"group": v.group, "tag": v.tag, "label": v.label,
                                  "threads": v.threads, "cycles": v.cycles, "pool": v.pool,
                                  "cmd": v.cmd, "env": v.env, "ratio": v.ratio,

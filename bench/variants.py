@@ -21,6 +21,12 @@ GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness"
 # repetition the kept connection happened to be lucky in (its 8-thread TCP runs spread from
 # 34.5k to 51.8k cycles/s in the run of 2026-12-06 02:33).
 MIN_REPS = {"tcp": 7, "socket": 7, "fairness": 7}
+
+
+def reps_of(group, reps):
+    """Repetitions a group runs when --reps asked for `reps`."""
+    return max(reps, MIN_REPS.get(group, 0))
+
 POOL = 16            # POOLSHIM_POOL_SIZE of the poolshim variants (= SQLAlchemy's pool_size)
 FAIR_POOL = 8        # the fairness group: 256 (and 8) threads on a pool of 8
 DELAY_US = 250       # delayproxy: per chunk and direction, so +0.5 ms per round trip
