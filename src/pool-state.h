@@ -1,5 +1,6 @@
-/* pool-state.h: the pool's structures, shared by pool.c (connections, limits, waiters) and
- * pool_key.c (keys and read-only views) and by nothing else. Every field is under
+/* pool-state.h: the pool's structures, shared by pool.c (connections, limits, waiters),
+ * pool_key.c (keys and read-only views) and pool_idle.c (taking idle connections out,
+ * filling to the minimum) and by nothing else. Every field is under
  * PsPool.lock unless its comment says atomic. */
 #pragma once
 #include <glib.h>
@@ -80,3 +81,15 @@ struct PsPool {
  * thread's cached key is stale from then on). */
 void ps_pool_keys_init(PsPool *pool);
 void ps_pool_keys_clear(PsPool *pool);
+
+/* pool.c's helpers that pool_idle.c uses too; all under PsPool.lock. */
+/* Removes an idle item from its queue and from every count: it becomes a victim. */
+PsItem *ps_pool_unlink_idle(PsPool *pool, PsItem *item, PsCloseReason reason);
+/* Drops expired items from the cold end of a key's idle queue into *victims. */
+void ps_pool_sweep_key(PsPool *pool, PsPoolKey *key, gint64 now, GSList **victims);
+/* Serves the waiters that the pool's state now allows, oldest first. */
+void ps_pool_dispatch(PsPool *pool, gint64 now);
+/* Room for one more connection of `key` without closing another key's idle one. */
+gboolean ps_pool_room_to_grow(const PsPool *pool, const PsPoolKey *key);
+/* Records a new physical connection of `key` and counts it as opened. */
+void ps_pool_new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now);

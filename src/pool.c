@@ -1,6 +1,6 @@
 /* pool.c: idle queues, counts, limits and waiters under one mutex (the keys and the read-only
- * views are pool_key.c's). No MySQL call, no I/O and no blocking other than a waiter's
- * condition variable.
+ * views are pool_key.c's; taking idle connections out and filling, pool_idle.c's). No MySQL
+ * call, no I/O and no blocking other than a waiter's condition variable.
  *
  * Waiting is FIFO with bounded barging. Waiters of a key are served in arrival order, and
  * a newcomer never overtakes them, with one exception: a thread that returns a connection
@@ -135,8 +135,8 @@ ps_pool_size_of(const PsPool *pool)
 }
 
 /* Removes an idle item from its queue and from every count: it becomes a victim. */
-static PsItem *
-unlink_idle(PsPool *pool, PsItem *item, PsCloseReason reason)
+PsItem *
+ps_pool_unlink_idle(PsPool *pool, PsItem *item, PsCloseReason reason)
 {
   PsPoolKey *key = item->owner;
   g_queue_unlink(&key->idle, &item->link);
@@ -170,8 +170,8 @@ expired(const PsPool *pool, const PsItem *item, gint64 now, PsCloseReason *why)
 }
 
 /* Drops expired items from the cold end of a key's idle queue. */
-static void
-sweep_key(PsPool *pool, PsPoolKey *key, gint64 now, GSList **victims)
+void
+ps_pool_sweep_key(PsPool *pool, PsPoolKey *key, gint64 now, GSList **victims)
 {
   GList *l = key->idle.tail;
   while (l) {
@@ -179,7 +179,7 @@ sweep_key(PsPool *pool, PsPoolKey *key, gint64 now, GSList **victims)
     PsItem *item = l->data;
     PsCloseReason why;
     if (expired(pool, item, now, &why))
-      *victims = g_slist_prepend(*victims, unlink_idle(pool, item, why));
+      *victims = g_slist_prepend(*victims, ps_pool_unlink_idle(pool, item, why));
     l = prev;
   }
 }
@@ -221,8 +221,8 @@ serve_idle(PsPool *pool, PsPoolKey *key, PsItem *item, gint64 now, PsGrant *gran
 }
 
 /* Room for one more connection of `key` without closing another key's idle one. */
-static gboolean
-room_to_grow(const PsPool *pool, const PsPoolKey *key)
+gboolean
+ps_pool_room_to_grow(const PsPool *pool, const PsPoolKey *key)
 {
   return key->open < key->settings.pool_size &&
          (!pool->limits.total || pool->total_open < pool->limits.total);
@@ -235,7 +235,7 @@ lendable(PsPool *pool, PsItem *item, gint64 now, gboolean skip_held, PsGrant *gr
 {
   PsCloseReason why;
   if (expired(pool, item, now, &why)) {
-    grant->victims = g_slist_prepend(grant->victims, unlink_idle(pool, item, why));
+    grant->victims = g_slist_prepend(grant->victims, ps_pool_unlink_idle(pool, item, why));
     return FALSE;
   }
   return !(skip_held && item->held_until_us > now);
@@ -267,7 +267,7 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, gboolean 
     if (++asked == PS_READY_SCAN)
       break;
   }
-  if (key->idle.head && (!may_grow || !pool->grow_past_busy || !room_to_grow(pool, key))) {
+  if (key->idle.head && (!may_grow || !pool->grow_past_busy || !ps_pool_room_to_grow(pool, key))) {
     /* Every idle one is busy with its reset and the key is full: the oldest return. */
     for (GList *t = key->idle.tail; t;) {
       PsItem *item = t->data;
@@ -285,7 +285,7 @@ try_serve(PsPool *pool, PsPoolKey *key, gint64 now, gboolean may_grow, gboolean 
     if (!victim)
       return FALSE;
     grant->victims =
-      g_slist_prepend(grant->victims, unlink_idle(pool, victim, PS_CLOSE_OVER_LIMIT));
+      g_slist_prepend(grant->victims, ps_pool_unlink_idle(pool, victim, PS_CLOSE_OVER_LIMIT));
   }
   grant->busy_idle = key->idle.length;
   key->open++;
@@ -350,8 +350,8 @@ unlink_waiter(PsPool *pool, PsWaiter *w)
  * adds capacity, and a later waiter is younger, so no more entitled to a held connection),
  * so they are skipped, and the pass ends once every waiter is accounted for: a release
  * with hundreds of waiters of one key costs one attempt, not hundreds. */
-static void
-dispatch(PsPool *pool, gint64 now)
+void
+ps_pool_dispatch(PsPool *pool, gint64 now)
 {
   guint pass = ++pool->dispatch_pass;
   guint undecided = pool->waiters.length;
@@ -486,7 +486,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   gint64 now = now_us ? now_us : pool->now();
   __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
   grant->now_us = now;
-  sweep_key(pool, key, now, &grant->victims);
+  ps_pool_sweep_key(pool, key, now, &grant->victims);
   /* Nobody overtakes a waiter of the same key, except a looping thread re-taking what was
    * held back for it, within its quantum (see the top). */
   gboolean quick = history.pool == pool && history.key == key &&
@@ -583,7 +583,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     if (key->poller == &w) {
       /* Hands over what is held past its grace (to the oldest waiter, maybe this one). */
       gint64 t = pool->now();
-      dispatch(pool, t);
+      ps_pool_dispatch(pool, t);
       if (!w.served && !has_held(key) && t - key->last_hold_us >= PS_POOL_POLL_US)
         key->poller = NULL; /* no more holds: the next one elects a poller again */
     }
@@ -618,8 +618,8 @@ ps_pool_acquire_no_grow(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGran
 
 /* Records a new physical connection of `key` (item allocated by the caller, outside the
  * lock) and counts it as opened; under the pool's lock. */
-static void
-new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
+void
+ps_pool_new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint64 now)
 {
   item->conn = conn;
   item->owner = key;
@@ -644,7 +644,7 @@ ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
 {
   PsItem *item = g_new0(PsItem, 1);
   g_mutex_lock(&pool->lock);
-  new_item(pool, item, key, conn, pool->now());
+  ps_pool_new_item(pool, item, key, conn, pool->now());
   key->lent++;
   pool->counts.borrowed++;
   key->counts.borrowed++;
@@ -658,7 +658,7 @@ ps_pool_open_failed(PsPool *pool, PsPoolKey *key)
   g_mutex_lock(&pool->lock);
   key->open--;
   pool->total_open--;
-  dispatch(pool, pool->now());
+  ps_pool_dispatch(pool, pool->now());
   g_mutex_unlock(&pool->lock);
 }
 
@@ -694,7 +694,7 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
     item->close_reason = PS_CLOSE_LIFETIME;
     count_closed(pool, key, PS_CLOSE_LIFETIME);
   }
-  dispatch(pool, now);
+  ps_pool_dispatch(pool, now);
   g_mutex_unlock(&pool->lock);
   return kept;
 }
@@ -709,122 +709,8 @@ ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason)
   pool->total_open--;
   item->close_reason = reason;
   count_closed(pool, key, reason);
-  dispatch(pool, pool->now());
+  ps_pool_dispatch(pool, pool->now());
   g_mutex_unlock(&pool->lock);
-}
-
-GSList *
-ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
-{
-  GSList *victims = NULL;
-  g_mutex_lock(&pool->lock);
-  gint64 now = pool->now();
-  GHashTableIter it;
-  gpointer value;
-  g_hash_table_iter_init(&it, pool->keys);
-  while (g_hash_table_iter_next(&it, NULL, &value)) {
-    PsPoolKey *key = value;
-    if (!all) {
-      sweep_key(pool, key, now, &victims);
-      continue;
-    }
-    while (key->idle.head)
-      victims = g_slist_prepend(victims, unlink_idle(pool, key->idle.head->data, reason));
-  }
-  if (victims)
-    dispatch(pool, now);
-  g_mutex_unlock(&pool->lock);
-  return victims;
-}
-
-gboolean
-ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
-{
-  g_mutex_lock(&pool->lock);
-  gboolean ok = key->idle.length + key->filling < MIN(key->settings.min_idle,
-                                                      key->settings.pool_size) &&
-                room_to_grow(pool, key);
-  if (ok) {
-    key->open++;
-    key->filling++;
-    pool->total_open++;
-  }
-  g_mutex_unlock(&pool->lock);
-  return ok;
-}
-
-void
-ps_pool_fill_failed(PsPool *pool, PsPoolKey *key)
-{
-  g_mutex_lock(&pool->lock);
-  key->filling--;
-  g_mutex_unlock(&pool->lock);
-  ps_pool_open_failed(pool, key);
-}
-
-PsItem *
-ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out)
-{
-  PsItem *item = g_new0(PsItem, 1);
-  g_mutex_lock(&pool->lock);
-  gint64 now = pool->now();
-  new_item(pool, item, key, conn, now);
-  key->filling--;
-  *item_out = item;
-  g_queue_push_head_link(&key->idle, &item->link);
-  dispatch(pool, now);
-  g_mutex_unlock(&pool->lock);
-  return item;
-}
-
-GSList *
-ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointer data),
-                           gpointer data, PsCloseReason reason)
-{
-  GSList *victims = NULL;
-  g_mutex_lock(&pool->lock);
-  GHashTableIter it;
-  gpointer value;
-  g_hash_table_iter_init(&it, pool->keys);
-  while (g_hash_table_iter_next(&it, NULL, &value)) {
-    PsPoolKey *key = value;
-    for (GList *l = key->idle.head; l;) {
-      GList *next = l->next;
-      if (match(l->data, data))
-        victims = g_slist_prepend(victims, unlink_idle(pool, l->data, reason));
-      l = next;
-    }
-  }
-  if (victims)
-    dispatch(pool, pool->now());
-  g_mutex_unlock(&pool->lock);
-  return victims;
-}
-
-GSList *
-ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),
-                         gpointer data, PsCloseReason reason)
-{
-  g_mutex_lock(&pool->lock);
-  PsItem *oldest = NULL;
-  GHashTableIter it;
-  gpointer value;
-  g_hash_table_iter_init(&it, pool->keys);
-  while (g_hash_table_iter_next(&it, NULL, &value)) {
-    PsPoolKey *key = value;
-    if (!key->idle.tail || !match(key->label, data))
-      continue;
-    PsItem *cand = key->idle.tail->data;
-    if (!oldest || cand->idle_since_us < oldest->idle_since_us)
-      oldest = cand;
-  }
-  GSList *victims = NULL;
-  if (oldest) {
-    victims = g_slist_prepend(NULL, unlink_idle(pool, oldest, reason));
-    dispatch(pool, pool->now());
-  }
-  g_mutex_unlock(&pool->lock);
-  return victims;
 }
 
 void

@@ -1,0 +1,119 @@
+/* pool_idle.c: taking idle connections out of the pool (the housekeeper's sweeps of expired
+ * and dead ones, shutdown, a fork's abandoned pool, a revoked key's, the oldest one over
+ * POOLSHIM_HOST_MAX) and filling a key up to POOLSHIM_MIN_IDLE in the background. Under the pool's one lock, with
+ * the helpers pool.c shares through pool-state.h. */
+#include "pool-state.h"
+
+GSList *
+ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
+{
+  GSList *victims = NULL;
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    if (!all) {
+      ps_pool_sweep_key(pool, key, now, &victims);
+      continue;
+    }
+    while (key->idle.head)
+      victims = g_slist_prepend(victims, ps_pool_unlink_idle(pool, key->idle.head->data, reason));
+  }
+  if (victims)
+    ps_pool_dispatch(pool, now);
+  g_mutex_unlock(&pool->lock);
+  return victims;
+}
+
+gboolean
+ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  gboolean ok = key->idle.length + key->filling < MIN(key->settings.min_idle,
+                                                      key->settings.pool_size) &&
+                ps_pool_room_to_grow(pool, key);
+  if (ok) {
+    key->open++;
+    key->filling++;
+    pool->total_open++;
+  }
+  g_mutex_unlock(&pool->lock);
+  return ok;
+}
+
+void
+ps_pool_fill_failed(PsPool *pool, PsPoolKey *key)
+{
+  g_mutex_lock(&pool->lock);
+  key->filling--;
+  g_mutex_unlock(&pool->lock);
+  ps_pool_open_failed(pool, key);
+}
+
+PsItem *
+ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out)
+{
+  PsItem *item = g_new0(PsItem, 1);
+  g_mutex_lock(&pool->lock);
+  gint64 now = pool->now();
+  ps_pool_new_item(pool, item, key, conn, now);
+  key->filling--;
+  *item_out = item;
+  g_queue_push_head_link(&key->idle, &item->link);
+  ps_pool_dispatch(pool, now);
+  g_mutex_unlock(&pool->lock);
+  return item;
+}
+
+GSList *
+ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointer data),
+                           gpointer data, PsCloseReason reason)
+{
+  GSList *victims = NULL;
+  g_mutex_lock(&pool->lock);
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    for (GList *l = key->idle.head; l;) {
+      GList *next = l->next;
+      if (match(l->data, data))
+        victims = g_slist_prepend(victims, ps_pool_unlink_idle(pool, l->data, reason));
+      l = next;
+    }
+  }
+  if (victims)
+    ps_pool_dispatch(pool, pool->now());
+  g_mutex_unlock(&pool->lock);
+  return victims;
+}
+
+GSList *
+ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),
+                         gpointer data, PsCloseReason reason)
+{
+  g_mutex_lock(&pool->lock);
+  PsItem *oldest = NULL;
+  GHashTableIter it;
+  gpointer value;
+  g_hash_table_iter_init(&it, pool->keys);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    PsPoolKey *key = value;
+    if (!key->idle.tail || !match(key->label, data))
+      continue;
+    PsItem *cand = key->idle.tail->data;
+    if (!oldest || cand->idle_since_us < oldest->idle_since_us)
+      oldest = cand;
+  }
+  GSList *victims = NULL;
+  if (oldest) {
+    victims = g_slist_prepend(NULL, ps_pool_unlink_idle(pool, oldest, reason));
+    ps_pool_dispatch(pool, pool->now());
+  }
+  g_mutex_unlock(&pool->lock);
+  return victims;
+}
