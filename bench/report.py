@@ -40,7 +40,8 @@ def spread(xs):
     return f"{k(min(xs))}-{k(max(xs))}"
 
 
-def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall, cpu=None):
+def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall, cpu=None,
+           cpugap=None):
     L = []
     # The fairness group's reference: 256 over 8 threads on the program's own pool.
     o8, o256 = (by_key.get(("fairness", t, "ownshared")) for t in (FAIR_POOL, 256))
@@ -361,6 +362,9 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
                      + (f"; calls from libmariadb back into the shim: {s['callbacks']:,.0f}"
                         if s["callbacks"] else "") + ".")
             L.append("")
+    if cpugap:
+        import cpugap as cg
+        L.extend(cg.report(cpugap))
     return "\n".join(L) + "\n"
 
 

@@ -23,7 +23,7 @@ server's Max_used_connections after a FLUSH STATUS taken just before the run, mi
 connections open at that moment (this script's own).
 
 Usage: run.py [--reps N] [--only GROUP[,GROUP...]] [--scale F] [--results DIR]
-Groups: tcp socket tls rtt python django pyrtt fairness revalidate shimcost grain.
+Groups: tcp socket tls rtt python django pyrtt fairness revalidate shimcost cpugap grain.
 
 The groups, their settings and variants are in bench/variants.py; the report (markdown
 and chart) is made by bench/report.py. This script runs the variants and writes the
@@ -341,6 +341,7 @@ def main():
     proxy = Proxy(workdir) if any(v.proxy for v in todo) else None
     proxy_info = None
     shimcost = None
+    cpugap = None
     cpu = {"reps": []}
     total_meter = CpuMeter(proxy.proc.pid if proxy else None)
     try:
@@ -376,6 +377,16 @@ def main():
                 shimcost = sc.measure(CYCLE, LIB, workdir, modes=modes)
             except Exception as exc:  # reported in the table, does not lose the rest
                 shimcost = {"error": str(exc).strip().splitlines()[0][:300]}
+        if "cpugap" in groups:
+            print("== client CPU per cycle: kept, pooled, pinned to one core", file=sys.stderr,
+                  flush=True)
+            sys.path.insert(0, HERE)
+            import cpugap as cg
+            try:
+                cpugap = cg.measure(CYCLE, LIB, workdir, scale=args.scale,
+                                    log=lambda s: print(s, file=sys.stderr, flush=True))
+            except Exception as exc:  # reported in the table, does not lose the rest
+                cpugap = {"error": str(exc).strip().splitlines()[0][:300]}
     finally:
         if proxy:
             late = []
@@ -391,7 +402,7 @@ def main():
     by_key = summarise(todo)
     wall = time.monotonic() - t_start
     text = report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall,
-                  cpu if cpu.get("total") else None)
+                  cpu if cpu.get("total") else None, cpugap)
     print(text)
     os.makedirs(args.results, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -406,7 +417,7 @@ def main():
     raw = os.path.join(args.results, f"{stamp}{suffix}.json")
     with open(raw, "w") as f:  # every run's numbers, for re-plotting or a closer look
         json.dump({"versions": vers, "reps": args.reps, "min_reps": MIN_REPS, "groups": groups,
-                   "cpu": cpu, "shimcost": shimcost,
+                   "cpu": cpu, "shimcost": shimcost, "cpugap": cpugap,
                    "variants": [{"group": v.group, "tag": v.tag, "label": v.label,
                                  "threads": v.threads, "cycles": v.cycles, "pool": v.pool,
                                  "cmd": v.cmd, "env": v.env, "ratio": v.ratio,

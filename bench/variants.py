@@ -14,7 +14,7 @@ HOLDERS = os.path.join(BUILD, "bench", "holders")
 PY = "/usr/bin/python3"  # Debian's, where python3-mysqldb/-sqlalchemy/-django live
 
 GROUPS = ["tcp", "socket", "tls", "rtt", "python", "django", "pyrtt", "fairness", "revalidate",
-          "shimcost", "grain"]
+          "shimcost", "cpugap", "grain"]
 # Groups whose runs last about a second run at least this many repetitions (still
 # interleaved with the rest while the others run; keys are the variants' groups, which for
 # these three are the names --only takes): with three, their medians moved with whichever
