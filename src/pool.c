@@ -450,17 +450,21 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
 }
 
 /* Queues w by its arrival (since_us): a grain waiter that looked for takeable handles
- * between its waits keeps its place. */
+ * between its waits keeps its place, after every waiter that arrived at or before it.
+ * The queue is in arrival order and the one waiter queued this way (the key's grain
+ * poller) has waited longest or nearly so: the walk starts at the head. From the tail it
+ * crossed every later waiter, each a cache miss on another thread's stack, under the
+ * pool's lock (64 handles on a pool of 8: 3% of the program's CPU time in this loop). */
 static void
 insert_by_arrival(GQueue *q, GList *link, gint64 since_us)
 {
-  GList *l = q->tail;
-  while (l && ((PsWaiter *)l->data)->since_us > since_us)
-    l = l->prev;
+  GList *l = q->head;
+  while (l && ((PsWaiter *)l->data)->since_us <= since_us)
+    l = l->next;
   if (l)
-    g_queue_insert_after_link(q, l, link);
+    g_queue_insert_before_link(q, l, link);
   else
-    g_queue_push_head_link(q, link);
+    g_queue_push_tail_link(q, link);
 }
 
 static void
