@@ -22,7 +22,8 @@ and added(2 cores) - added(1 core) at 8 threads, beyond the same difference at 1
 pool's shared state (its lock, key and counters, the handle registry) moving between the
 cores' caches: a client pinned to one core runs the same code without that traffic.
 
-System calls per cycle come from `strace -f -c` of a short 1-thread run of each loop at
+System calls per cycle come from `strace -f -c` of a short 1-thread run (so what lock
+contention adds at 8 threads, futex calls, is not in them) of each loop at
 two cycle counts (the difference, so start-up and exit drop out): the pooled loop's extra
 call is the liveness check of a lent connection (one poll() that does not wait).
 
@@ -41,8 +42,10 @@ POOL_SIZE = 16
 
 
 def _env(loop, lib):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
+    """The caller's environment without LD_PRELOAD or any POOLSHIM_* setting (the pooled
+    loop runs the defaults but for the pool's size)."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "LD_PRELOAD" and not k.startswith("POOLSHIM_")}
     if loop == "pooled":
         env.update(LD_PRELOAD=lib, POOLSHIM_POOL_SIZE=str(POOL_SIZE))
     return env
@@ -109,33 +112,42 @@ def measure(cycle, lib, workdir, scale=1.0, reps=7, log=None):
     rows = []
     for threads in (1, 8):
         for cores in (2, 1):
-            def med(loop, i):
-                return statistics.median(r[i] for r in runs[(loop, threads, cores)])
-
-            def tot(loop):
-                return [r[0] + r[1] for r in runs[(loop, threads, cores)]]
-
+            rs = {loop: runs[(loop, threads, cores)] for loop in LOOPS}
             row = dict(threads=threads, cores=cores, cycles=cycles[threads])
             for loop in LOOPS:
-                t = tot(loop)
-                row[loop] = dict(user=med(loop, 0), sys=med(loop, 1), total=statistics.median(t),
-                                 min=min(t), max=max(t), vcsw=med(loop, 2), ivcsw=med(loop, 3))
-            row["added"] = row["pooled"]["total"] - row["kept"]["total"] - row["unconnected"]["total"]
-            row["added_user"] = (row["pooled"]["user"] - row["kept"]["user"]
-                                 - row["unconnected"]["user"])
-            row["added_sys"] = (row["pooled"]["sys"] - row["kept"]["sys"]
-                                - row["unconnected"]["sys"])
-            row["ratio"] = row["pooled"]["total"] / max(row["kept"]["total"], 1e-9)
+                t = [r[0] + r[1] for r in rs[loop]]
+                row[loop] = dict(user=statistics.median(r[0] for r in rs[loop]),
+                                 sys=statistics.median(r[1] for r in rs[loop]),
+                                 total=statistics.median(t), min=min(t), max=max(t),
+                                 vcsw=statistics.median(r[2] for r in rs[loop]),
+                                 ivcsw=statistics.median(r[3] for r in rs[loop]))
+            # Per repetition (its three loops ran one after another), then the median:
+            # drift between repetitions drops out of the difference.
+            def per_rep(i):
+                return [(p[i] if i >= 0 else p[0] + p[1]) - (k[i] if i >= 0 else k[0] + k[1])
+                        - (u[i] if i >= 0 else u[0] + u[1])
+                        for p, k, u in zip(rs["pooled"], rs["kept"], rs["unconnected"])]
+
+            added = per_rep(-1)
+            row["added"] = statistics.median(added)
+            row["added_min"], row["added_max"] = min(added), max(added)
+            row["added_user"] = statistics.median(per_rep(0))
+            row["added_sys"] = statistics.median(per_rep(1))
+            row["ratio"] = statistics.median(
+                (p[0] + p[1]) / max(k[0] + k[1], 1e-9) for p, k in zip(rs["pooled"], rs["kept"]))
             rows.append(row)
     res = dict(reps=reps, pool_size=POOL_SIZE, rows=rows)
     if shutil.which("strace"):
         n1, n2 = 1000, 3000
-        sc = {}
-        for loop in LOOPS:
-            a, b = (_syscalls(cycle, lib, workdir, loop, n) for n in (n1, n2))
-            sc[loop] = {k: (b.get(k, 0) - a.get(k, 0)) / (n2 - n1) for k in set(a) | set(b)}
-            sc[loop] = {k: v for k, v in sc[loop].items() if abs(v) >= 0.005}
-        res["syscalls"] = sc
+        try:
+            sc = {}
+            for loop in LOOPS:
+                a, b = (_syscalls(cycle, lib, workdir, loop, n) for n in (n1, n2))
+                sc[loop] = {k: (b.get(k, 0) - a.get(k, 0)) / (n2 - n1) for k in set(a) | set(b)}
+                sc[loop] = {k: v for k, v in sc[loop].items() if abs(v) >= 0.005}
+            res["syscalls"] = sc
+        except (subprocess.SubprocessError, OSError) as exc:  # ptrace refused, say
+            res["syscalls_error"] = f"strace failed: {str(exc).strip()[:200]}"
     else:
         res["syscalls_error"] = "strace is not installed"
     return res
@@ -151,11 +163,14 @@ def report(res):
              f"{res['reps']} interleaved repetitions, min-max in brackets) over TCP: *kept* = "
              "`--kept` (no shim), *init+close* = `--unconnected` (the application's own "
              "handle, no shim), *pooled* = the shim preloaded (pool of "
-             f"{res['pool_size']}, default reset). *added* = pooled - kept - init+close. "
+             f"{res['pool_size']}, default reset). *added* = pooled - kept - init+close within each repetition (its three loops ran "
+             "one after another), the median of those and their range; its user and system "
+             "parts are medians of their own, so they need not add up to it exactly; "
+             "*pooled / kept* likewise per repetition. "
              "*1 core*: the client pinned to one core (the server is not): the same code "
              "without its shared state moving between the cores. See bench/cpugap.py.")
     L.append("")
-    L.append("| threads | client on | kept | init+close | pooled | added (user + sys) | "
+    L.append("| threads | client on | kept | init+close | pooled | added [range] (user + sys) | "
              "pooled / kept | ctx switches per cycle (kept / pooled) |")
     L.append("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
@@ -163,7 +178,8 @@ def report(res):
         L.append(f"| {r['threads']} | {r['cores']} core{'s' if r['cores'] > 1 else ''} | "
                  f"{k['total']:.1f} [{k['min']:.1f}-{k['max']:.1f}] | {u['total']:.2f} | "
                  f"{p['total']:.1f} [{p['min']:.1f}-{p['max']:.1f}] | "
-                 f"{r['added']:.1f} ({r['added_user']:.1f} + {r['added_sys']:.1f}) | "
+                 f"{r['added']:.1f} [{r['added_min']:.1f}-{r['added_max']:.1f}] "
+                 f"({r['added_user']:.1f} + {r['added_sys']:.1f}) | "
                  f"{r['ratio']:.2f}x | {k['vcsw'] + k['ivcsw']:.2f} / "
                  f"{p['vcsw'] + p['ivcsw']:.2f} |")
     rows = {(r["threads"], r["cores"]): r for r in res["rows"]}

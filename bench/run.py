@@ -384,6 +384,7 @@ def main():
             import cpugap as cg
             try:
                 cpugap = cg.measure(CYCLE, LIB, workdir, scale=args.scale,
+                                    reps=max(7, args.reps),
                                     log=lambda s: print(s, file=sys.stderr, flush=True))
             except Exception as exc:  # reported in the table, does not lose the rest
                 cpugap = {"error": str(exc).strip().splitlines()[0][:300]}
