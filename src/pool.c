@@ -451,8 +451,11 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
 
 /* Queues w by its arrival (since_us): a grain waiter that looked for takeable handles
  * between its waits keeps its place, after every waiter that arrived at or before it.
- * The queue is in arrival order and the one waiter queued this way (the key's grain
- * poller) has waited longest or nearly so: the walk starts at the head. From the tail it
+ * The queue is in arrival order (only the transaction grain queues this way, and its
+ * waits read the clock under the pool's lock; a connect grain's ps_pool_acquire_at reads
+ * it before, so its tail may be out of order by a few microseconds, but it never comes
+ * here) and the one waiter queued this way (the key's grain poller) has waited longest or
+ * nearly so: the walk starts at the head. From the tail it
  * crossed every later waiter, each a cache miss on another thread's stack, under the
  * pool's lock (64 handles on a pool of 8: 3% of the program's CPU time in this loop). */
 static void
