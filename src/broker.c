@@ -532,8 +532,15 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     if (grant.kind == PS_GRANT_IDLE) {
       PsPhys *p = grant.item->conn;
       gboolean reset_failed;
-      if (!ps_broker_claim_idle(p, MIN(reset_s, seconds_left(net_deadline)), &reset_failed)) {
-        if (reset_failed && g_get_monotonic_time() >= net_deadline) {
+      gint64 claim_at = g_get_monotonic_time();
+      unsigned int claim_s = MIN(reset_s, seconds_left(net_deadline));
+      if (!ps_broker_claim_idle(p, claim_s, &reset_failed)) {
+        gint64 now = g_get_monotonic_time();
+        /* Out of time only when the reset's replies did not come in what was left: a
+         * connection the server closed while idle (KILL) fails at once, also after a long
+         * wait for a free connection, and the next one is tried like any other. */
+        if (reset_failed && now >= net_deadline &&
+            now - claim_at >= (gint64)claim_s * G_USEC_PER_SEC * 9 / 10) {
           /* What the real connect reports when the server does not answer in time. */
           ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
                             "Lost connection to server at 'handshake': the server did not "
