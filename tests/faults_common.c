@@ -28,6 +28,9 @@ fail(Req *r, Stage stage, MYSQL *m)
   r->err = (guint16)MIN(e, ERRNO_SLOTS - 1);
   if (r->err == 0)
     r->err = ERRNO_SLOTS - 1; /* a failure without an error number is counted as such */
+  if (stage == STAGE_CONNECT && g_atomic_int_compare_and_exchange(&S.connect_err_taken, 0, 1))
+    g_snprintf(S.connect_err_msg, sizeof S.connect_err_msg, "%u %s (after %" G_GINT64_FORMAT
+               " ms)", e, mysql_error(m), (now_us() - r->start_us) / 1000);
   g_atomic_int_inc(&S.errs[r->err]);
   if (e == ER_CON_COUNT_ERROR) {
     /* The server's own "Too many connections", never the pool's timeout message. */

@@ -77,6 +77,8 @@ typedef struct {
   gint bad_1040;           /* a 1040 whose message is not the server's */
   gint bad_1040_taken;
   char bad_1040_msg[512];
+  gint connect_err_taken;  /* the first failed connect's error, for the failure message */
+  char connect_err_msg[600];
   char insert_sql[128];
   char abandon_sql[128];
 } FaultsState;
