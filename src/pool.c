@@ -308,6 +308,13 @@ in_quantum(gint64 now)
   return now - history.run_since_us < PS_POOL_QUANTUM_US;
 }
 
+/* When the key's oldest waiter arrived (G_MAXINT64: none waits). */
+static gint64
+oldest_since(const PsPoolKey *key)
+{
+  return key->waitq.head ? ((const PsWaiter *)key->waitq.head->data)->since_us : G_MAXINT64;
+}
+
 /* Whether an idle connection of the key is held back for a looping thread. */
 static gboolean
 has_held(const PsPoolKey *key)
@@ -450,12 +457,11 @@ acquire(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us, gboolea
 }
 
 /* Queues w by its arrival (since_us): a grain waiter that looked for takeable handles
- * between its waits keeps its place, after every waiter that arrived at or before it.
- * The queue is in arrival order (only the transaction grain queues this way, and its
- * waits read the clock under the pool's lock; a connect grain's ps_pool_acquire_at reads
- * it before, so its tail may be out of order by a few microseconds, but it never comes
- * here) and the one waiter queued this way (the key's grain poller) has waited longest or
- * nearly so: the walk starts at the head. From the tail it
+ * between its waits, or a connect that lost what it was served (ps_pool_acquire_again),
+ * keeps its place, after every waiter that arrived at or before it. The queue is in
+ * arrival order, give or take microseconds (a connect's first acquire may read the clock
+ * just before the lock), and a waiter queued this way has waited longest or nearly so:
+ * the walk starts at the head. From the tail it
  * crossed every later waiter, each a cache miss on another thread's stack, under the
  * pool's lock (64 handles on a pool of 8: 3% of the program's CPU time in this loop). */
 static void
@@ -503,7 +509,11 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   history.acq_pool = pool;
   history.acq_key = key;
   history.looping = quick;
-  if ((!has_waiter_for(pool, key) || barge) && try_serve(pool, key, now, may_grow, FALSE, grant)) {
+  /* A waiter that comes back (arrived: its first wait) and arrived before every queued one
+   * is served first, as if it had stayed in the queue. */
+  gboolean eldest = arrived && *arrived && *arrived < oldest_since(key);
+  if ((!has_waiter_for(pool, key) || barge || eldest) &&
+      try_serve(pool, key, now, may_grow, FALSE, grant)) {
     if (!barge)
       history.run_since_us = now; /* re-took nothing: a run begins */
     count_wait(key, 0);
@@ -621,6 +631,14 @@ void
 ps_pool_acquire_no_grow(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant)
 {
   acquire(pool, key, 0, deadline_us, FALSE, grant);
+}
+
+void
+ps_pool_acquire_again(PsPool *pool, PsPoolKey *key, gboolean may_grow, gint64 arrived_us,
+                      gint64 deadline_us, PsGrant *grant)
+{
+  gint64 arrived = arrived_us;
+  acquire_grain(pool, key, 0, deadline_us, may_grow, NULL, 0, &arrived, grant);
 }
 
 /* Records a new physical connection of `key` (item allocated by the caller, outside the

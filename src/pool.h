@@ -168,6 +168,12 @@ void ps_pool_acquire_at(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 dead
 /* The same, but an idle connection still busy with its reset is lent rather than a new one
  * opened (after opening one failed: an idle connection is never passed over for an error). */
 void ps_pool_acquire_no_grow(PsPool *pool, PsPoolKey *key, gint64 deadline_us, PsGrant *grant);
+/* The same for a request that was served and lost what it got (an idle connection the
+ * server had closed, a failed open): it keeps its place, queued after only those that
+ * arrived before arrived_us (its first acquire, in the pool's clock), and is served at once
+ * when nobody did. */
+void ps_pool_acquire_again(PsPool *pool, PsPoolKey *key, gboolean may_grow, gint64 arrived_us,
+                           gint64 deadline_us, PsGrant *grant);
 
 /* After PS_GRANT_OPEN: the connection is open and lent. */
 PsItem *ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn);

@@ -401,3 +401,89 @@ Test(pool, a_thread_that_comes_back_after_the_grace_hands_its_return_to_the_wait
   cr_assert(ps_pool_release(s.pool, s.item, FALSE));
   ps_pool_free(s.pool, NULL);
 }
+
+/* ---- a request that lost what it was served keeps its place ----------------------- */
+
+typedef struct {
+  PsPool *pool;
+  PsPoolKey *key;
+  gint64 arrived_us;
+  PsGrant grant;
+} Again;
+
+static gpointer
+again_main(gpointer p)
+{
+  Again *a = p;
+  ps_pool_acquire_again(a->pool, a->key, TRUE, a->arrived_us, in_ms(20000), &a->grant);
+  return NULL;
+}
+
+/* A connect is served an idle connection that turns out dead (the server KILLed it while
+ * idle): its slot goes to the oldest waiter, and the connect asks again. It arrived before
+ * every waiter, so it is next, not last (32 threads on 8 connections under KILLs: a connect
+ * sent to the tail at each dead connection it drew waited out POOLSHIM_TIMEOUT). */
+Test(pool, a_request_that_lost_its_connection_keeps_its_place_in_the_queue)
+{
+  PsPool *pool = new_pool_on_fake_clock(1, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  gint64 t0 = fake_clock();
+  PsItem *dead = open_one(pool, key, GINT_TO_POINTER(1));
+  Waiter w1, w2;
+  clock_add(10);
+  GThread *t1 = start_waiter(&w1, pool, key);
+  wait_until_waiting(pool, 1);
+  clock_add(10);
+  GThread *t2 = start_waiter(&w2, pool, key);
+  wait_until_waiting(pool, 2);
+
+  /* The connection is found dead: its slot is the oldest waiter's, to open a new one. */
+  ps_pool_discard(pool, dead, PS_CLOSE_DEAD);
+  ps_pool_item_free(dead);
+  g_thread_join(t1);
+  cr_assert_eq(w1.grant.kind, PS_GRANT_OPEN, "the first waiter got kind %d", w1.grant.kind);
+  PsItem *fresh = ps_pool_opened(pool, key, GINT_TO_POINTER(2));
+
+  /* The connect asks again, with the time it first arrived. */
+  clock_add(10);
+  Again a = {.pool = pool, .key = key, .arrived_us = t0};
+  GThread *ta = g_thread_new("again", again_main, &a);
+  wait_until_waiting(pool, 2);
+
+  /* The next return is the connect's, though the second waiter queued before it asked
+   * again. */
+  cr_assert(ps_pool_release(pool, fresh, FALSE));
+  g_thread_join(ta);
+  cr_assert_eq(a.grant.kind, PS_GRANT_IDLE, "the connect asking again got kind %d",
+               a.grant.kind);
+  cr_assert_eq(a.grant.item, fresh);
+  ASSERT_GAUGES(pool, 1, 0, 1, 1); /* the second waiter still waits */
+
+  cr_assert(ps_pool_release(pool, fresh, FALSE));
+  g_thread_join(t2);
+  cr_assert_eq(w2.grant.kind, PS_GRANT_IDLE);
+  cr_assert_eq(w2.grant.item, fresh);
+  PsPoolCounts c;
+  ps_pool_counts(pool, &c);
+  cr_assert_eq(c.waits, 2, "asking again is the same wait, not a new one: %" G_GUINT64_FORMAT,
+               (guint64)c.waits);
+  cr_assert(ps_pool_release(pool, fresh, FALSE));
+  ps_pool_free(pool, NULL);
+}
+
+/* Asking again when nobody waits, or only later arrivals wait while a connection is free:
+ * served at once. */
+Test(pool, a_request_asking_again_is_served_at_once_when_nobody_older_waits)
+{
+  PsPool *pool = new_pool_on_fake_clock(2, 0, 0, 0);
+  PsPoolKey *key = key_n(pool, 1);
+  gint64 t0 = fake_clock();
+  clock_add(10);
+  PsGrant g;
+  ps_pool_acquire_again(pool, key, TRUE, t0, in_ms(1000), &g);
+  cr_assert_eq(g.kind, PS_GRANT_OPEN, "got kind %d", g.kind);
+  cr_assert_eq(g.waited_us, 0);
+  PsItem *item = ps_pool_opened(pool, key, GINT_TO_POINTER(1));
+  cr_assert(ps_pool_release(pool, item, FALSE));
+  ps_pool_free(pool, NULL);
+}
