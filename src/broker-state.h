@@ -54,6 +54,16 @@ unsigned int ps_broker_reset_timeout_s(void);
 gboolean ps_broker_claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed);
 /* m gets error 1040: POOLSHIM_TIMEOUT passed while waiting for a connection of pk. */
 void ps_broker_pool_full(MYSQL *m, PsPoolKey *pk, const PsPoolSettings *settings, gint64 started);
+/* Where one connect's time went (broker_wait.c). */
+typedef struct {
+  gint64 waited_us; /* in the pool's queue, all acquires */
+  gint64 lost_us;   /* reading the reset replies of idle connections that then failed */
+  guint lost;       /* idle connections found dead or failing their reset */
+} PsConnectTrace;
+/* The info line of a connect that took a second or more or found idle connections dead,
+ * ending in `outcome`; nothing otherwise. */
+void ps_broker_trace_note(PsPoolKey *pk, gint64 started, const PsConnectTrace *t,
+                          const char *outcome);
 
 /* broker_fork.c: the pthread_atfork handlers, and the child's pool of its own (a no-op
  * unless this process forked since the last call). */

@@ -422,21 +422,6 @@ ps_broker_claim_idle(PsPhys *p, unsigned int reset_s, gboolean *reset_failed)
   return TRUE;
 }
 
-/* POOLSHIM_TIMEOUT passed while waiting for a connection of pk: m gets error 1040, the
- * server's own "Too many connections" code, with the pool's words. */
-void
-ps_broker_pool_full(MYSQL *m, PsPoolKey *pk, const PsPoolSettings *settings, gint64 started)
-{
-  char msg[MYSQL_ERRMSG_SIZE];
-  g_snprintf(msg, sizeof msg,
-             "poolshim: pool %s is full (size %u): waited %" G_GINT64_FORMAT
-             " ms for a free connection (POOLSHIM_TIMEOUT)",
-             ps_pool_key_label(pk), settings->pool_size,
-             (g_get_monotonic_time() - started) / 1000);
-  ps_conn_set_error(m, ER_CON_COUNT_ERROR, "08004", msg);
-  ps_info("%s", msg);
-}
-
 static MYSQL *connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp,
                              const char *host, const char *user, const char *passwd,
                              const char *db, unsigned int port, const char *unix_socket,
@@ -509,24 +494,27 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
   gint64 read_at = started; /* the first acquire reads no clock of its own */
   gboolean grain = B.config.grain == PS_GRAIN_TRANSACTION;
   PsGrainWait gw = {0};
+  PsConnectTrace trace = {0};
   for (;;) {
     PsGrant grant;
     if (grain)
       ps_broker_grain_acquire(pool, pk, &gw, read_at, may_grow, deadline, &grant);
-    else if (may_grow)
+    else if (read_at)
       ps_pool_acquire_at(pool, pk, read_at, deadline, &grant);
-    else
-      ps_pool_acquire_no_grow(pool, pk, deadline, &grant);
+    else /* what it was served failed: it keeps its place among the waiters */
+      ps_pool_acquire_again(pool, pk, may_grow, started, deadline, &grant);
     read_at = 0;
     if (grain && ps_broker_grain_waits(pool, pk, &grant, &gw))
       continue;
     ps_broker_close_victims(grant.victims, FALSE);
+    trace.waited_us = MAX(trace.waited_us, grant.waited_us); /* each from the first wait */
     if (grant.first_wait)
       ps_info("pool %s is full (size %u): connects now wait for a free connection (first "
               "wait: %" G_GINT64_FORMAT " ms)",
               ps_pool_key_label(pk), settings->pool_size, grant.waited_us / 1000);
     if (grant.kind == PS_GRANT_TIMEOUT) {
       ps_broker_pool_full(m, pk, settings, started);
+      ps_broker_trace_note(pk, started, &trace, "error 1040");
       return NULL;
     }
     if (grant.kind == PS_GRANT_IDLE) {
@@ -536,6 +524,8 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
       unsigned int claim_s = MIN(reset_s, seconds_left(net_deadline));
       if (!ps_broker_claim_idle(p, claim_s, &reset_failed)) {
         gint64 now = g_get_monotonic_time();
+        trace.lost++;
+        trace.lost_us += now - claim_at;
         /* Out of time only when the reset's replies did not come in what was left: a
          * connection the server closed while idle (KILL) fails at once, also after a long
          * wait for a free connection, and the next one is tried like any other. */
@@ -545,6 +535,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
           ps_conn_set_error(m, CR_SERVER_LOST, "HY000",
                             "Lost connection to server at 'handshake': the server did not "
                             "answer within the connect timeout (poolshim)");
+          ps_broker_trace_note(pk, started, &trace, "error 2013");
           return NULL;
         }
         continue; /* killed, timed out or restarted while idle: the caller sees nothing */
@@ -567,6 +558,7 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
         return connect_revoked(m, pk, host, user, passwd, db, port, unix_socket, client_flag);
       lend(p, m);
       ps_broker_grain_attach(p, m, pool, pk);
+      ps_broker_trace_note(pk, started, &trace, "an idle connection");
       return m;
     }
     if (grant.busy_idle) {
@@ -598,8 +590,10 @@ connect_on_key(MYSQL *m, PsPool *pool, PsPoolKey *pk, const PsConnKey *keyp, con
     if (!r) {
       ps_phys_close(p, NULL, PS_CLOSE_DEAD, "opening failed"); /* gives the slot back */
       ps_pool_open_failed(pool, pk);
+      ps_broker_trace_note(pk, started, &trace, "opening failed");
       return NULL;
     }
+    ps_broker_trace_note(pk, started, &trace, "a new connection");
     ps_pool_key_proved(pk, g_get_monotonic_time());
     PsConnProfile *profile = ps_pool_key_data(pk);
     gboolean tracking = FALSE; /* the profile's first query turned session tracking on */

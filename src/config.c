@@ -100,8 +100,9 @@ static const PsVar vars[] = {
    "leak detection); 0 turns it off."},
   {"POOLSHIM_LOG", PS_T_ENUM, "warn", 0, 0, log_choices, G_STRUCT_OFFSET(PsConfig, log_level), FILE_ONLY,
    "Messages at or above this level, prefixed poolshim: (no level ever prints a password): "
-   "error, warn, info (also one line per new pool and per pool's first wait) or debug (also "
-   "one line per closed connection with its reason)."},
+   "error, warn, info (also one line per new pool, per pool's first wait and per connect "
+   "that took a second or more or found idle connections dead) or debug (also one line per "
+   "closed connection with its reason)."},
   {"POOLSHIM_LOG_FILE", PS_T_STRING, "", 0, 0, NULL, G_STRUCT_OFFSET(PsConfig, log_file),
    FILE_ONLY,
    "Append messages to this file instead of stderr (some daemons close stderr); empty means "
