@@ -30,6 +30,7 @@ typedef enum { STAGE_OK, STAGE_CONNECT, STAGE_QUERY, STAGE_COMMIT } Stage;
 
 typedef struct {
   gint64 start_us, end_us;
+  gint64 connected_us; /* when mysql_real_connect returned */
   guint32 conn_id; /* the server thread the handle was lent (0: the connect failed) */
   guint16 err;     /* mysql_errno, 0 on success */
   guint8 stage;    /* where it failed */
