@@ -418,7 +418,7 @@ gint64
 ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
 {
   g_mutex_lock(&pool->lock);
-  gint64 age = key->waitq.head ? pool->now() - ((PsWaiter *)key->waitq.head->data)->since_us : 0;
+  gint64 age = key->waitq.head ? pool->now() - oldest_since(key) : 0;
   g_mutex_unlock(&pool->lock);
   return age;
 }
