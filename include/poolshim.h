@@ -24,13 +24,18 @@ typedef struct {
   unsigned int lent;                /* ... of which lent to the application */
   unsigned int waiting;             /* connects now waiting */
   unsigned int pools;               /* distinct keys seen */
+  /* Since 0.2 (a caller built against the older header passes the smaller size): Python
+   * MySQLdb calls that kept the interpreter's lock throughout (POOLSHIM_PYTHON_LOCK=keep),
+   * and those that let it go where they had to wait. */
+  unsigned long long python_lock_kept;
+  unsigned long long python_lock_released;
 } poolshim_stats_t;
 
 /* The library version, "MAJOR.MINOR.PATCH". */
 const char *poolshim_version(void);
 
-/* Fills *out (size = sizeof *out, for forward compatibility). Returns 0, or -1 when size
- * is too small. */
+/* Fills *out (size = sizeof *out, for forward compatibility; the size of the 0.1 struct,
+ * which ends at `pools`, gets the fields it has). Returns 0, or -1 when size is too small. */
 int poolshim_stats(poolshim_stats_t *out, size_t size);
 
 #ifdef __cplusplus

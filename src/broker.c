@@ -16,6 +16,7 @@
  *   7. handle.c's registry lock (a leaf otherwise)
  * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
+#include "gil.h"
 
 #include <errno.h>
 #include <execinfo.h>
@@ -175,6 +176,7 @@ init_once(void)
     }
     if (B.config.grain == PS_GRAIN_TRANSACTION)
       ps_handle_setup(&ps_broker_grain_ops);
+    ps_gil_configure(B.config.python_lock == PS_PYTHON_LOCK_KEEP);
     __atomic_store_n(&B.active, TRUE, __ATOMIC_RELEASE); /* read by is_active() */
     ps_house_start();
   }
@@ -782,4 +784,8 @@ ps_broker_stats(poolshim_stats_t *out)
   out->lent = c.lent;
   out->waiting = c.waiting;
   out->pools = c.keys;
+  guint64 kept, released;
+  ps_gil_counts(&kept, &released);
+  out->python_lock_kept = kept;
+  out->python_lock_released = released;
 }

@@ -35,6 +35,7 @@ static const char *const reset_choices[] = {"always", "change_user", "rollback",
 #define PS_RESET_OLD_NAME 5
 /* Index = PsGrain. */
 static const char *const grain_choices[] = {"connect", "transaction", NULL};
+static const char *const python_lock_choices[] = {"keep", "release", NULL};
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define US(s) ((guint64)(s) * G_USEC_PER_SEC)
@@ -82,6 +83,14 @@ static const PsVar vars[] = {
    "be taken by a connect or another handle's command that finds none free, and its next "
    "command borrows one again and restores its session; only with POOLSHIM_RESET=auto, else "
    "one warning and connect; see \"Transaction grain\" in the README)."},
+  {"POOLSHIM_PYTHON_LOCK", PS_T_ENUM, "keep", 0, 0, python_lock_choices,
+   G_STRUCT_OFFSET(PsConfig, python_lock), FILE_ONLY,
+   "What a call of Python's MySQLdb does with the interpreter's lock, which the driver lets "
+   "go around every call into the client library: keep (the lock is let go only where the "
+   "call may wait: a round trip to the server, a new connection, a wait for a free one; a "
+   "pooled connect, a close or a setup statement answered ahead keeps it, and no other "
+   "thread has to hand it back) or release (around every call, as the driver asks). Other "
+   "programs are not affected."},
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "

@@ -23,6 +23,13 @@ typedef enum {
                             only with PS_RESET_AUTO */
 } PsGrain;
 
+/* POOLSHIM_PYTHON_LOCK: what a Python MySQLdb call the pool answers does with the
+ * interpreter's lock (gil.c). */
+typedef enum {
+  PS_PYTHON_LOCK_KEEP = 0, /* let go only where the call may wait */
+  PS_PYTHON_LOCK_RELEASE,  /* around every call, as the driver asks */
+} PsPythonLock;
+
 /* What a [pool PATTERN] group of the key file may change for the pools it matches. */
 typedef struct {
   guint pool_size;
@@ -44,6 +51,7 @@ typedef struct {
   PsResetMode reset;
   gint64 reset_timeout_us;   /* bound on each round trip of a reset */
   PsGrain grain;             /* PS_GRAIN_TRANSACTION only with PS_RESET_AUTO */
+  PsPythonLock python_lock;
   gint64 leak_warn_us;       /* warn about connections lent longer than this; 0 = off */
   gint64 revalidate_us;      /* re-authenticate a pool's credentials this often; 0 = off */
   PsLogLevel log_level;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "mirror.h"
+#include "gil.h"
 #include "watch.h"
 
 PsClientApi ps_real;
@@ -530,6 +531,8 @@ ps_conn_wait_sockets_closed(const int *fds, guint n, gint64 deadline_us)
     if (fds[i] >= 0)
       p[open++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
   /* One deadline for all: closing many costs one wait, not one per connection. */
+  if (open > 0)
+    ps_gil_release();
   while (open > 0) {
     gint64 left = deadline_us - g_get_monotonic_time();
     if (left <= 0)

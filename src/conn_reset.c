@@ -13,6 +13,7 @@
 
 #include "mirror.h"
 #include "session.h"
+#include "gil.h"
 #include "watch.h"
 
 static gboolean run_and_drain(MYSQL *m, const char *sql);
@@ -328,8 +329,10 @@ send_pipeline(MYSQL *m, const PsCmd *cmds, int n, unsigned int timeout_s)
     if (w < 0 && errno == EINTR)
       continue;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
-        poll(&p, 1, timeout_s ? (int)MIN(timeout_s, 3600) * 1000 : -1) == 1)
+    gboolean full = w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    if (full)
+      ps_gil_release(); /* the socket buffer is full: this waits for the server */
+    if (full && poll(&p, 1, timeout_s ? (int)MIN(timeout_s, 3600) * 1000 : -1) == 1)
       continue;
     errno = saved;
     ps_conn_set_error(m, CR_SERVER_GONE_ERROR, "HY000", "MySQL server has gone away");

@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "gil.h"
 #include "log.h"
 
 PsHandleRegistry ps_handles;
@@ -279,6 +280,7 @@ enter(PsHandle *h, gboolean reborrow)
       continue;
     }
     if (s == H_TAKING) {
+      ps_gil_release();
       g_usleep(50);
       continue;
     }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gil.h"
 #include "log.h"
 
 /* Spelled out instead of G_DEFINE_QUARK, whose dashed argument clang-format would split. */
@@ -508,6 +509,7 @@ ps_host_slot_acquire(PsHostSlots *slots, gint64 deadline_us, GError **error)
                   "all %u host slots in %s stayed held", slots->max - skipped, slots->dir);
       return -1;
     }
+    ps_gil_release();
     g_usleep((gulong)MIN(backoff_us, deadline_us - now));
     backoff_us = MIN(backoff_us * 2, PS_BACKOFF_MAX_US);
   }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "broker.h"
+#include "gil.h"
 #include "conn.h"
 #include "log.h"
 #include "ps-version.h"
@@ -167,6 +168,7 @@ mysql_real_connect(MYSQL *m, const char *host, const char *user, const char *pas
     return NULL; /* no client library in this process: nothing could have worked */
   if (!m || !pooling(__builtin_return_address(0)))
     return ps_real.real_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
+  ps_gil_adopt(__builtin_return_address(0), (const void *)ps_real.real_connect);
   return ps_broker_connect(m, host, user, passwd, db, port, unix_socket, client_flag);
 }
 
@@ -230,9 +232,11 @@ poolshim_version(void)
 PS_EXPORT int
 poolshim_stats(poolshim_stats_t *out, size_t size)
 {
-  if (!out || size < sizeof *out)
+  if (!out || size < offsetof(poolshim_stats_t, python_lock_kept))
     return -1;
   /* Reading counters must not initialise anything: the pool may not exist yet. */
-  ps_broker_stats(out);
+  poolshim_stats_t all;
+  ps_broker_stats(&all);
+  memcpy(out, &all, MIN(size, sizeof all));
   return 0;
 }

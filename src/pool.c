@@ -31,6 +31,8 @@
 
 #include <string.h>
 
+#include "gil.h"
+
 static inline __attribute__((always_inline)) void
 acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
               gboolean may_grow, gconstpointer token, gint64 poll_us, gint64 *arrived,
@@ -570,6 +572,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       key->grain_waiter = &w;
       __atomic_store_n(&key->grain_need_poke, !poll_us, __ATOMIC_SEQ_CST);
     }
+    ps_gil_release();
     g_cond_wait_until(&w.cond, &pool->lock, wake);
     if (polling || key->grain_waiter == &w) {
       key->grain_waiter = NULL;

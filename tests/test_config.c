@@ -32,6 +32,8 @@ assert_defaults_except(const PsConfig *cfg, const char *except)
     cr_assert_eq(cfg->reset, PS_RESET_AUTO);
   if (g_strcmp0(except, "POOLSHIM_GRAIN") != 0)
     cr_assert_eq(cfg->grain, PS_GRAIN_CONNECT);
+  if (g_strcmp0(except, "POOLSHIM_PYTHON_LOCK") != 0)
+    cr_assert_eq(cfg->python_lock, PS_PYTHON_LOCK_KEEP);
   if (g_strcmp0(except, "POOLSHIM_RESET_TIMEOUT") != 0)
     cr_assert_eq(cfg->reset_timeout_us, 5 * SEC);
   if (g_strcmp0(except, "POOLSHIM_LEAK_WARN") != 0)
@@ -146,6 +148,19 @@ Test(config, the_grain_is_connect_unless_transaction_is_asked_for_with_the_auto_
   ps_config_clear(&cfg);
 }
 
+Test(config, the_python_lock_is_kept_unless_release_is_asked_for)
+{
+  static const char *const none[] = {NULL};
+  static const char *const rel[] = {"POOLSHIM_PYTHON_LOCK", "Release", NULL};
+  PsConfig cfg;
+  parse_env(&cfg, none, NULL);
+  cr_assert_eq(cfg.python_lock, PS_PYTHON_LOCK_KEEP);
+  ps_config_clear(&cfg);
+  parse_env(&cfg, rel, NULL);
+  cr_assert_eq(cfg.python_lock, PS_PYTHON_LOCK_RELEASE);
+  ps_config_clear(&cfg);
+}
+
 Test(config, the_transaction_grain_with_another_reset_gets_one_warning_and_connect)
 {
   static const char *const modes[] = {"always", "change_user", "rollback", "none"};
@@ -216,6 +231,7 @@ ParameterizedTestParameters(config, a_bad_value_keeps_the_default_with_one_warni
     {"POOLSHIM_TIMEOUT", "86401"},
     {"POOLSHIM_RESET", "sometimes"},
     {"POOLSHIM_GRAIN", "statement"},
+    {"POOLSHIM_PYTHON_LOCK", "drop"},
     {"POOLSHIM_LOG", "verbose"},
     {"POOLSHIM_DISABLE", "2"},
     {"POOLSHIM_MAX_CONNECTIONS", "-5"},
@@ -390,7 +406,7 @@ Test(config, describe_enumerates_every_variable)
   static const char *const expected[] = {
     "POOLSHIM_DISABLE", "POOLSHIM_POOL_SIZE", "POOLSHIM_MIN_IDLE", "POOLSHIM_MAX_CONNECTIONS",
     "POOLSHIM_TIMEOUT",
-    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_GRAIN", "POOLSHIM_RESET_TIMEOUT",
+    "POOLSHIM_MAX_LIFETIME", "POOLSHIM_IDLE_TIMEOUT", "POOLSHIM_RESET", "POOLSHIM_GRAIN", "POOLSHIM_PYTHON_LOCK", "POOLSHIM_RESET_TIMEOUT",
     "POOLSHIM_REVALIDATE", "POOLSHIM_LEAK_WARN", "POOLSHIM_LOG", "POOLSHIM_LOG_FILE", "POOLSHIM_STATS_FILE",
     "POOLSHIM_STATS_INTERVAL", "POOLSHIM_HOST_MAX", "POOLSHIM_HOST_DIR", "POOLSHIM_CONFIG",
   };
