@@ -223,24 +223,22 @@ redirect(const struct link_map *lm, PsRedirect *r, guint n)
 {
   PsRelro relro = {.base = lm->l_addr};
   dl_iterate_phdr(find_relro, &relro);
-  long page = sysconf(_SC_PAGESIZE);
-  guintptr lo = relro.relro_lo & ~(guintptr)(page - 1);
+  /* The pages the loader made read-only (_dl_protect_relro): both ends rounded down, so a
+   * last partial page stays writable and must stay so. */
+  guintptr page = (guintptr)sysconf(_SC_PAGESIZE);
+  guintptr lo = relro.relro_lo & ~(page - 1), hi = relro.relro_hi & ~(page - 1);
   gboolean opened = FALSE;
-  if (relro.relro_hi > relro.relro_lo) {
-    for (guint k = 0; k < n; k++)
-      for (guint s = 0; s < r[k].nslots; s++)
-        if ((ElfW(Addr))r[k].slots[s] >= relro.relro_lo &&
-            (ElfW(Addr))r[k].slots[s] < relro.relro_hi)
-          opened = TRUE;
-    if (opened && mprotect((void *)lo, relro.relro_hi - lo, PROT_READ | PROT_WRITE) != 0)
-      return FALSE;
-  }
+  for (guint k = 0; k < n && hi > lo; k++)
+    for (guint s = 0; s < r[k].nslots; s++)
+      opened = opened || ((guintptr)r[k].slots[s] >= lo && (guintptr)r[k].slots[s] < hi);
+  if (opened && mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE) != 0)
+    return FALSE;
   /* Aligned pointer stores: a thread calling through a slot meanwhile sees old or new. */
   for (guint k = 0; k < n; k++)
     for (guint s = 0; s < r[k].nslots; s++)
       __atomic_store_n(r[k].slots[s], r[k].fn, __ATOMIC_RELEASE);
   if (opened)
-    mprotect((void *)lo, relro.relro_hi - lo, PROT_READ);
+    mprotect((void *)lo, hi - lo, PROT_READ);
   return TRUE;
 }
 
