@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "gil.h"
 #include "handle.h"
 #include "hostslots.h"
 #include "house.h"
@@ -81,6 +82,7 @@ ps_broker_adopt_fork(void)
     /* The child's counters are its own, like its new pool's (read atomically, unlocked). */
     __atomic_store_n(&B.resets, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&B.unpooled, 0, __ATOMIC_RELAXED);
+    ps_gil_counts_clear();
     memset(B.plans, 0, sizeof B.plans);
     /* The parent's lent connections: their slot descriptors were closed at fork. */
     ps_phys_orphan_attached();

@@ -57,6 +57,13 @@ ps_gil_counts(guint64 *kept, guint64 *released)
 }
 
 void
+ps_gil_counts_clear(void)
+{
+  __atomic_store_n(&G.kept, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&G.released, 0, __ATOMIC_RELAXED);
+}
+
+void
 ps_gil_release_slow(void)
 {
   ps_gil_defer.released = TRUE;

@@ -35,3 +35,5 @@ void ps_gil_adopt(const void *caller, const void *client_lib);
 
 /* Driver calls that kept the lock to the end, and those that let it go on the way. */
 void ps_gil_counts(guint64 *kept, guint64 *released);
+/* A forked child's counters are its own (ps_broker_adopt_fork). */
+void ps_gil_counts_clear(void);
