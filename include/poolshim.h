@@ -35,7 +35,8 @@ typedef struct {
 const char *poolshim_version(void);
 
 /* Fills *out (size = sizeof *out, for forward compatibility; the size of the 0.1 struct,
- * which ends at `pools`, gets the fields it has). Returns 0, or -1 when size is too small. */
+ * which ended at `pools`, gets the fields it has). Returns 0, or -1 for any other size
+ * smaller than sizeof *out. */
 int poolshim_stats(poolshim_stats_t *out, size_t size);
 
 #ifdef __cplusplus

@@ -232,7 +232,9 @@ poolshim_version(void)
 PS_EXPORT int
 poolshim_stats(poolshim_stats_t *out, size_t size)
 {
-  if (!out || size < offsetof(poolshim_stats_t, python_lock_kept))
+  /* The 0.1 struct ended at `pools`: a program built against it passes that size. */
+  const size_t v01 = offsetof(poolshim_stats_t, python_lock_kept);
+  if (!out || (size != v01 && size < sizeof *out))
     return -1;
   /* Reading counters must not initialise anything: the pool may not exist yet. */
   poolshim_stats_t all;

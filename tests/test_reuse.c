@@ -2,6 +2,8 @@
  * server's own counters. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <string.h>
 
 #include "poolshim.h"
 #include "ps-version.h"
@@ -144,6 +146,12 @@ Test(reuse, public_stats_match_the_server_counters, .init = two_per_key)
   poolshim_stats_t s;
   cr_assert_eq(stats(&s, sizeof s), 0);
   cr_assert_eq(stats(&s, sizeof s - 1), -1);
+  /* A program built against 0.1's header (the struct ended at `pools`) gets its fields. */
+  poolshim_stats_t old;
+  memset(&old, 0xa5, sizeof old);
+  cr_assert_eq(stats(&old, offsetof(poolshim_stats_t, python_lock_kept)), 0);
+  cr_assert_eq(old.borrowed, s.borrowed);
+  cr_assert_eq(old.python_lock_kept, 0xa5a5a5a5a5a5a5a5ULL, "written past the 0.1 struct");
   long long opened_by_server = pst_status("Connections") - before;
   /* The admin connection was opened before `before`, through the pool as well. */
   cr_assert_eq((long long)s.opened - 1, opened_by_server);
