@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "broker-state.h"
+#include "gil.h"
 #include "log.h"
 #include "ps-version.h"
 #include "stats.h"
@@ -208,6 +209,7 @@ ps_house_write_stats(void)
                 __atomic_load_n(&B.plans[PS_PLAN_MODE], __ATOMIC_RELAXED)},
     .grain = B.config.grain == PS_GRAIN_TRANSACTION,
   };
+  ps_gil_counts(&r.python_lock_kept, &r.python_lock_released);
   g_mutex_lock(&B.stats_lock);
   r.keys = ps_pool_snapshot(B.pool);
   g_autofree char *text = ps_stats_format(&r);

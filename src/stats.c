@@ -243,6 +243,14 @@ ps_stats_format(const PsStatsReport *report)
   for (guint i = 0; i < PS_STATS_PLANS; i++)
     g_string_append_printf(out, "poolshim_returns_total{pid=\"%d\",plan=\"%s\"} %" G_GUINT64_FORMAT
                            "\n", r->pid, ps_stats_plan_names[i], r->returns[i]);
+  header(out, "poolshim_python_lock_calls_total", "counter",
+         "Python MySQLdb calls (POOLSHIM_PYTHON_LOCK=keep), by what they did with the "
+         "interpreter's lock: kept (the call never waited) or released (it let the lock go "
+         "where it waited). Zero in other programs.");
+  for (guint i = 0; i < 2; i++)
+    g_string_append_printf(out, "poolshim_python_lock_calls_total{pid=\"%d\",lock=\"%s\"} %" G_GUINT64_FORMAT "\n",
+                           r->pid, i ? "released" : "kept",
+                           i ? r->python_lock_released : r->python_lock_kept);
 
   guint n = r->keys ? r->keys->len : 0;
   header(out, "poolshim_connections", "gauge",

@@ -22,6 +22,7 @@ typedef struct {
   gint64 written_time_us;
   guint64 unpooled;
   guint64 returns[PS_STATS_PLANS]; /* returns by what they cost (ps_stats_plan_names) */
+  guint64 python_lock_kept, python_lock_released; /* POOLSHIM_PYTHON_LOCK (gil.c) */
   gboolean grain;         /* POOLSHIM_GRAIN=transaction: the keys' grain counts are written */
   GArray *keys;           /* of PsKeySnapshot, may be NULL */
 } PsStatsReport;

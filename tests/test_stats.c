@@ -48,7 +48,8 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
   g_autoptr(GArray) keys = two_pools();
   PsStatsReport r = {.version = "1.2.3", .pid = 42, .program = "gunicorn",
                      .start_time_us = 1700000000500000, .written_time_us = 1700000100000000,
-                     .unpooled = 3, .returns = {70, 10, 8, 4, 2, 0}, .keys = keys};
+                     .unpooled = 3, .returns = {70, 10, 8, 4, 2, 0},
+                     .python_lock_kept = 1400, .python_lock_released = 100, .keys = keys};
   g_autofree char *text = ps_stats_format(&r);
   static const char *const lines[] = {
     "poolshim_info{version=\"1.2.3\",pid=\"42\",program=\"gunicorn\"} 1",
@@ -61,6 +62,8 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
     "poolshim_returns_total{pid=\"42\",plan=\"restore\"} 4",
     "poolshim_returns_total{pid=\"42\",plan=\"full\"} 2",
     "poolshim_returns_total{pid=\"42\",plan=\"mode\"} 0",
+    "poolshim_python_lock_calls_total{pid=\"42\",lock=\"kept\"} 1400",
+    "poolshim_python_lock_calls_total{pid=\"42\",lock=\"released\"} 100",
     "poolshim_pool_size{pid=\"42\",pool=\"app@db1:3306/shop\"} 8",
     "poolshim_connections{pid=\"42\",pool=\"app@db1:3306/shop\",state=\"idle\"} 2",
     "poolshim_connections{pid=\"42\",pool=\"app@db1:3306/shop\",state=\"lent\"} 2",
@@ -95,9 +98,9 @@ Test(stats, a_snapshot_is_formatted_as_prometheus_text)
     cr_assert(g_regex_match_simple("^[a-z_]+(\\{.*\\})? [0-9.]+$", all[i], 0, 0), "line: %s",
               all[i]);
   }
-  /* 4 + 6 returns process lines; per pool 3 + 8 single + 8 closed + 7 buckets + sum + count
-   * = 28. */
-  cr_assert_eq(samples, 10 + 2 * 28, "%u samples", samples);
+  /* 4 + 6 returns + 2 Python lock process lines; per pool 3 + 8 single + 8 closed + 7
+   * buckets + sum + count = 28. */
+  cr_assert_eq(samples, 12 + 2 * 28, "%u samples", samples);
 }
 
 Test(stats, the_transaction_grain_counts_are_written_per_pool_only_under_that_grain)
