@@ -22,6 +22,11 @@ enum { H_BUSY, H_TAKEABLE, H_TAKING, H_TAKEN };
  * Python ORM's within hundreds. */
 #define H_TAKE_DELAY_MIN_US 50
 #define H_COMEBACK_FACTOR 4
+/* No delay after a command that the H_SLOW_STREAK last times it made the handle takeable
+ * (with someone waiting) was not followed by another within H_TAKE_DELAY_US: a task's last
+ * statement, after which the program thinks. Up to H_SIGS such commands per handle. */
+#define H_SLOW_STREAK 3
+#define H_SIGS 8
 /* A re-borrow gets an idle handle's connection directly (a hand-over, past the pool's
  * queue) only while no waiter in the queue has waited longer than this. */
 #define H_HAND_OVER_BOUND_US 100000
@@ -42,6 +47,14 @@ typedef struct {
                          H_TAKE_DELAY_US) from takeable to its next command; 0: none seen */
   gint64 settled_us;  /* the owner's: when settle made it takeable with the clock read (0:
                          not read; a waiter's later stamp of takeable_us is no sample) */
+  /* The commands that ended its stretches (the owner's): a signature of each (its text
+   * without digits) and how many times in a row nothing followed it within
+   * H_TAKE_DELAY_US. cmd_sig: the command in flight (0: nobody waited, not computed);
+   * settle_sig: the one that made it takeable. */
+  guint32 cmd_sig, settle_sig;
+  guint32 sigs[H_SIGS];
+  guint8 streak[H_SIGS];
+  gboolean at_once;   /* atomic: takeable without a delay (its last command ends stretches) */
   /* The handle's session as it differs from the pool's fresh one, known without asking the
    * server: the session setup statements that succeeded (ps_watch_prelude_var), in order,
    * the last one per variable; its LAST_INSERT_ID(); and, while detached, its database.
@@ -76,5 +89,5 @@ extern PsHandleRegistry ps_handles; /* handle.c's; the library's own (poolshim.m
 
 /* handle_take.c, for the owner's side. */
 void ps_handle_take_out(PsHandle *h);
-void ps_handle_note_comeback(PsHandle *h);
+gint64 ps_handle_note_comeback(PsHandle *h);
 PsPhys *ps_handle_direct(gpointer data, gint64 *next_us, gpointer waiter);

@@ -132,6 +132,51 @@ record_set(PsHandle *h)
   g_ptr_array_add(h->sets, sql);
 }
 
+/* A command's signature: its kind and text with the digits left out (a task's statements
+ * differ from run to run by their numbers), at most 128 bytes of it. Never 0. */
+static guint32
+command_sig(enum enum_server_command command, const char *arg, size_t n)
+{
+  guint32 hash = 2166136261u ^ (guint32)command;
+  for (size_t i = 0; i < MIN(n, (size_t)128); i++)
+    if (!g_ascii_isdigit(arg[i]))
+      hash = (hash ^ (guchar)arg[i]) * 16777619u;
+  return hash | 1;
+}
+
+static guint
+streak_of(const PsHandle *h, guint32 sig)
+{
+  for (guint i = 0; i < H_SIGS; i++)
+    if (h->sigs[i] == sig)
+      return h->streak[i];
+  return 0;
+}
+
+/* What followed the command that made the handle takeable: another command within
+ * H_TAKE_DELAY_US (quick), or not. Only commands that ended a stretch are kept (the one
+ * with the shortest streak makes room): a quick one is forgotten. */
+static void
+note_follow(PsHandle *h, gboolean quick)
+{
+  guint32 sig = h->settle_sig;
+  if (!sig)
+    return;
+  guint room = 0;
+  for (guint i = 0; i < H_SIGS; i++) {
+    if (h->sigs[i] == sig) {
+      h->streak[i] = quick ? 0 : (guint8)MIN(h->streak[i] + 1, 255);
+      return;
+    }
+    if (h->streak[i] < h->streak[room])
+      room = i;
+  }
+  if (!quick) {
+    h->sigs[room] = sig;
+    h->streak[room] = 1;
+  }
+}
+
 /* The final reply of a command is in: takeable, or pinned with a reason. */
 static void
 settle(PsHandle *h)
@@ -158,6 +203,10 @@ settle(PsHandle *h)
    * sees the handle takeable starts its delay. */
   gboolean wanted = ps_pool_key_wanted(h->pk) != 0;
   h->settled_us = wanted ? g_get_monotonic_time() : 0;
+  h->settle_sig = wanted ? h->cmd_sig : 0;
+  /* A task's last statement (the program thinks after it, as the last times): no delay. */
+  __atomic_store_n(&h->at_once, h->settle_sig && streak_of(h, h->settle_sig) >= H_SLOW_STREAK,
+                   __ATOMIC_RELAXED);
   __atomic_store_n(&h->takeable_us, h->settled_us, __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEABLE, __ATOMIC_SEQ_CST);
   /* The key's poller sleeps without a delay timer: it looks now (ps_pool_key_poke). */
@@ -274,7 +323,9 @@ enter(PsHandle *h, gboolean reborrow)
                                       __ATOMIC_RELAXED)) {
         if (h->p->state == PS_PHYS_TAKEABLE)
           ps_phys_enter(h->p, PS_PHYS_LENT, NULL);
-        ps_handle_note_comeback(h);
+        gint64 gap = ps_handle_note_comeback(h);
+        if (gap >= 0)
+          note_follow(h, gap < H_TAKE_DELAY_US);
         return TRUE;
       }
       continue;
@@ -285,6 +336,9 @@ enter(PsHandle *h, gboolean reborrow)
       continue;
     }
     /* TAKEN: the owner's alone again. */
+    if (h->settled_us)
+      note_follow(h, g_get_monotonic_time() - h->settled_us < H_TAKE_DELAY_US);
+    h->settled_us = 0;
     if (!reborrow) {
       ps_conn_forget(h->m);
       return FALSE;
@@ -379,6 +433,8 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
     return 1;
   MARIADB_PVIO *sent_on = m->net.pvio;
   size_t n = command == COM_QUERY && arg ? (length ? length : strlen(arg)) : 0;
+  /* What follows a command matters only while someone waits for a connection. */
+  h->cmd_sig = ps_pool_key_wanted(h->pk) ? command_sig(command, arg, n) : 0;
   /* Most statements start with neither SHOW nor SET: one byte decides. */
   gboolean s_word = n >= 4 && (arg[0] | 0x20) == 's';
   h->asked = s_word && (arg[1] | 0x20) == 'h' && asks_warnings(arg, n);

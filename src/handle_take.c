@@ -143,19 +143,23 @@ ps_handle_take_out(PsHandle *h)
 }
 
 
-/* The owner came back before anyone took its connection: how soon, when the clock was
- * read for it (settle reads it only while someone wants a connection of the key). */
-void
+/* The owner came back before anyone took its connection: how soon (-1: not known), when
+ * the clock was read for it (settle reads it only while someone wants a connection of the
+ * key). */
+gint64
 ps_handle_note_comeback(PsHandle *h)
 {
   gint64 since = h->settled_us;
   if (!since)
-    return;
+    return -1;
   gint64 gap = g_get_monotonic_time() - since;
-  if (gap < 0 || gap >= H_TAKE_DELAY_US)
-    return;
+  if (gap < 0)
+    return -1;
+  if (gap >= H_TAKE_DELAY_US)
+    return gap;
   gint64 avg = __atomic_load_n(&h->comeback_us, __ATOMIC_RELAXED);
   __atomic_store_n(&h->comeback_us, avg ? (7 * avg + gap) / 8 + 1 : gap + 1, __ATOMIC_RELAXED);
+  return gap;
 }
 
 /* How long h stays takeable before a waiter takes it. */
@@ -191,7 +195,8 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
       since = __atomic_compare_exchange_n(&h->takeable_us, &zero, now, FALSE,
                                           __ATOMIC_RELAXED, __ATOMIC_RELAXED) ? now : zero;
     }
-    gint64 at = since + take_delay_us(h); /* the one whose delay ends first */
+    /* the one whose delay ends first; none for a task's last statement (settle) */
+    gint64 at = since + (__atomic_load_n(&h->at_once, __ATOMIC_RELAXED) ? 0 : take_delay_us(h));
     if (at < ready) {
       ready = at;
       found = h;
