@@ -44,12 +44,21 @@ ps_broker_grain_acquire(PsPool *pool, PsPoolKey *pk, PsGrainWait *g, gint64 now_
     ps_pool_acquire_no_grow(pool, pk, 0, grant);
 }
 
+/* The poller `token` stops: the next one sleeps on, poked now if a handle is takeable
+ * already (ps_pool_grain_done). */
+static void
+grain_hand_off(PsPool *pool, PsPoolKey *pk, gconstpointer token)
+{
+  if (ps_pool_grain_done(pool, pk, token) && ps_handle_any_takeable(pk))
+    ps_pool_key_poke(pool, pk);
+}
+
 static void
 grain_stop(PsPool *pool, PsPoolKey *pk, PsGrainWait *g)
 {
   if (!g->wanting)
     return;
-  ps_pool_grain_done(pool, pk, g);
+  grain_hand_off(pool, pk, g);
   ps_pool_key_want(pk, FALSE);
   g->wanting = FALSE;
 }
@@ -194,7 +203,7 @@ grain_adopt(PsPoolKey *inherited, PsPool **pool)
 static void
 grain_claimed(PsPoolKey *pk, gpointer waiter)
 {
-  ps_pool_grain_done(B.pool, pk, waiter);
+  grain_hand_off(B.pool, pk, waiter);
 }
 
 const PsHandleOps ps_broker_grain_ops = {

@@ -80,4 +80,7 @@ void ps_handle_unlock_after_fork(gboolean child);
  * one was given back. (A handle that becomes takeable while ps_pool_key_wanted wakes the
  * key's poller: ps_pool_key_poke.) waiter: the caller's, for PsHandleOps.claimed. */
 gboolean ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter);
+/* Whether a handle of pk is takeable now (delay or not). Read after the pool asked for a
+ * poke (ps_pool_grain_done): its seq_cst loads pair with settle's store. */
+gboolean ps_handle_any_takeable(PsPoolKey *pk);
 

@@ -215,6 +215,19 @@ claim(PsPoolKey *pk, const PsHandle *self, gint64 *next_us)
 }
 
 gboolean
+ps_handle_any_takeable(PsPoolKey *pk)
+{
+  gboolean any = FALSE;
+  g_mutex_lock(&ps_handles.lock);
+  for (guint i = 0; !any && ps_handles.all && i < ps_handles.all->len; i++) {
+    PsHandle *h = ps_handles.all->pdata[i];
+    any = h->pk == pk && __atomic_load_n(&h->state, __ATOMIC_SEQ_CST) == H_TAKEABLE;
+  }
+  g_mutex_unlock(&ps_handles.lock);
+  return any;
+}
+
+gboolean
 ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
 {
   PsHandle *found = claim(pk, NULL, next_us);

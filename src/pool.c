@@ -392,28 +392,36 @@ ps_pool_acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gboolean may_
   acquire_grain(pool, key, now_us, deadline_us, may_grow, token, poll_us, arrived, grant);
 }
 
-void
+gboolean
 ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
 {
+  gboolean named = FALSE;
   g_mutex_lock(&pool->lock);
   if (key->grain_token == token) {
     key->grain_token = NULL;
     key->grain_poked = FALSE;
+    if (key->grain_waiter && key->grain_waiter->grain == token)
+      key->grain_waiter = NULL;
     /* The oldest grain waiter of the key polls from now on: what it takes is its own, so
      * takes serve the key's waiters in their order of arrival, like connections given
      * back to the pool. (The newest polled before: with every connection held in a
-     * handle, the oldest then waited for the hand-over bound, 100 ms, and a full reset.) */
+     * handle, the oldest then waited for the hand-over bound, 100 ms, and a full reset.)
+     * It sleeps on until a handle becomes takeable (the caller's poke or a settle's):
+     * waking it now to look, as before, cost a wake-up and a sleep per take when none
+     * was. */
     for (GList *l = key->waitq.head; l; l = l->next) {
       PsWaiter *w = l->data;
       if (w->grain) {
         key->grain_token = w->grain;
-        w->turn = TRUE;
-        g_cond_signal(&w->cond);
+        key->grain_waiter = w;
+        __atomic_store_n(&key->grain_need_poke, 1, __ATOMIC_SEQ_CST);
+        named = TRUE;
         break;
       }
     }
   }
   g_mutex_unlock(&pool->lock);
+  return named;
 }
 
 gint64
@@ -574,7 +582,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     }
     ps_gil_release();
     g_cond_wait_until(&w.cond, &pool->lock, wake);
-    if (polling || key->grain_waiter == &w) {
+    if (key->grain_waiter == &w) {
       key->grain_waiter = NULL;
       __atomic_store_n(&key->grain_need_poke, 0, __ATOMIC_RELAXED);
     }

@@ -237,9 +237,13 @@ guint ps_pool_key_wanted(PsPoolKey *key);
 void ps_pool_acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gboolean may_grow,
                            gconstpointer token, gint64 poll_us, gint64 deadline_us,
                            gint64 *arrived, PsGrant *grant);
-/* The waiter with `token` stopped waiting: when it was the poller, the newest grain
- * waiter of the key becomes it (woken). */
-void ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token);
+/* The waiter with `token` stopped waiting: when it was the poller, the oldest grain
+ * waiter of the key becomes it, asleep until poked (TRUE). The caller then pokes the key
+ * if a handle is takeable already: a settle either saw the new poller wanting a poke or
+ * made its handle takeable before the caller looked (both sides order their write before
+ * their read), so no takeable handle is left unseen, and a poller that would find none
+ * is not woken for nothing. */
+gboolean ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token);
 /* A handle of key became takeable while someone wants a connection: wakes the poller when
  * it sleeps without a delay timer (else nothing: one atomic exchange). */
 void ps_pool_key_poke(PsPool *pool, PsPoolKey *key);
