@@ -55,7 +55,6 @@ struct PsWaiter {
   gboolean may_grow;
   gint64 since_us; /* pool clock at arrival: the key's oldest waiter bounds barging */
   gconstpointer grain; /* the transaction grain's waiter: its token (else NULL) */
-  gboolean turn;       /* ... became the key's grain poller while waiting */
   PsGrant *grant;
   GList link;     /* in pool->waiters */
   GList key_link; /* in key->waitq */

@@ -400,8 +400,6 @@ ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
   if (key->grain_token == token) {
     key->grain_token = NULL;
     key->grain_poked = FALSE;
-    if (key->grain_waiter && key->grain_waiter->grain == token)
-      key->grain_waiter = NULL;
     /* The oldest grain waiter of the key polls from now on: what it takes is its own, so
      * takes serve the key's waiters in their order of arrival, like connections given
      * back to the pool. (The newest polled before: with every connection held in a
@@ -597,7 +595,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       break;
     }
     if (token && key->grain_token == token &&
-        (key->grain_poked || w.turn || (grain_wake && mono >= grain_wake))) {
+        (key->grain_poked || (grain_wake && mono >= grain_wake))) {
       /* The poller's turn to look (not a timeout: the caller acquires again, its wait
        * goes on). */
       key->grain_poked = FALSE;
