@@ -16,7 +16,6 @@
  *   7. handle.c's registry lock (a leaf otherwise)
  * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
-#include "gil.h"
 
 #include <errno.h>
 #include <execinfo.h>
@@ -30,6 +29,7 @@
 #include "broker-state.h"
 #include "config.h"
 #include "conn.h"
+#include "gil.h"
 #include "handle.h"
 #include "hostslots.h"
 #include "house.h"

@@ -19,8 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mirror.h"
 #include "gil.h"
+#include "mirror.h"
 #include "watch.h"
 
 PsClientApi ps_real;

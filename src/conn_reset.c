@@ -11,9 +11,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "gil.h"
 #include "mirror.h"
 #include "session.h"
-#include "gil.h"
 #include "watch.h"
 
 static gboolean run_and_drain(MYSQL *m, const char *sql);

@@ -7,7 +7,6 @@
 
 #include <dlfcn.h>
 #include <elf.h>
-#include <errno.h>
 #include <link.h>
 #include <netdb.h>
 #include <poll.h>
@@ -277,7 +276,7 @@ redirect_library(const void *client_lib)
   find_slots(lm, r, G_N_ELEMENTS(r));
   /* Every call of the library that may wait must come here first, or none may be kept. */
   for (guint k = 0; k < G_N_ELEMENTS(r); k++)
-    if (!r[k].nslots && (k < 2 || strcmp(r[k].name, "usleep") != 0))
+    if (!r[k].nslots && strcmp(r[k].name, "usleep") != 0)
       return FALSE;
   return redirect(lm, r, G_N_ELEMENTS(r));
 }

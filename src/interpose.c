@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "broker.h"
-#include "gil.h"
 #include "conn.h"
+#include "gil.h"
 #include "log.h"
 #include "ps-version.h"
 
