@@ -528,7 +528,10 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     g_mutex_unlock(&pool->lock);
     return;
   }
-  if (deadline_us <= now) {
+  /* The deadline is on the monotonic clock, as the wait below (pool->now is a test's own
+   * clock in some tests: against it, a deadline on a machine up for less than its start
+   * was already past). */
+  if (deadline_us <= g_get_monotonic_time()) {
     /* Only a try (the transaction grain takes from an idle handle before it waits). */
     grant->kind = PS_GRANT_TIMEOUT;
     g_mutex_unlock(&pool->lock);
