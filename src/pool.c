@@ -29,7 +29,11 @@
  * Waiters of other keys are unaffected, and POOLSHIM_TIMEOUT bounds every wait as before. */
 #include "pool-state.h"
 
+#include <linux/futex.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "gil.h"
 
@@ -57,6 +61,50 @@ typedef struct {
  * general-dynamic access (__tls_get_addr) on every acquire and release costs ~40
  * instructions per connect+close. */
 static _Thread_local PsThreadHistory history __attribute__((tls_model("initial-exec")));
+
+_Thread_local PsPoolWakes ps_pool_wakes __attribute__((tls_model("initial-exec")));
+
+static void
+futex_wake(gint *word)
+{
+  syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void
+ps_pool_flush_wakes(void)
+{
+  guint n = ps_pool_wakes.n;
+  ps_pool_wakes.n = 0;
+  for (guint i = 0; i < n; i++)
+    futex_wake(ps_pool_wakes.word[i]);
+}
+
+/* Under the lock: wakes `w` once the lock is let go (at once when this thread already owes
+ * PS_POOL_WAKES wake-ups, which only a dispatch of as many waiters does). */
+static void
+wake_waiter(PsWaiter *w)
+{
+  __atomic_add_fetch(&w->wake, 1, __ATOMIC_RELAXED);
+  if (ps_pool_wakes.n < PS_POOL_WAKES)
+    ps_pool_wakes.word[ps_pool_wakes.n++] = &w->wake;
+  else
+    futex_wake(&w->wake);
+}
+
+/* Sleeps while *word is `seen`, at most until `until_us` on the monotonic clock
+ * (g_get_monotonic_time's), G_MAXINT64 for no bound. Wakes early on a signal or for no
+ * reason: callers look again. */
+static void
+futex_wait_until(gint *word, gint seen, gint64 until_us)
+{
+  struct timespec at, *tp = NULL;
+  if (until_us < G_MAXINT64) {
+    at.tv_sec = until_us / G_USEC_PER_SEC;
+    at.tv_nsec = (until_us % G_USEC_PER_SEC) * 1000;
+    tp = &at;
+  }
+  syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, seen, tp, NULL, FUTEX_BITSET_MATCH_ANY);
+}
 
 static const char *const reason_names[PS_CLOSE_REASONS] = {
   [PS_CLOSE_LIFETIME] = "lifetime",         [PS_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
@@ -115,7 +163,7 @@ ps_pool_set_ready_check(PsPool *pool, gboolean (*ready)(PsItem *item), gboolean 
   g_mutex_lock(&pool->lock);
   pool->ready = ready;
   pool->grow_past_busy = grow;
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 gint64
@@ -338,7 +386,7 @@ ensure_poller(PsPoolKey *key)
   if (key->poller || !key->waitq.tail || !has_held(key))
     return;
   key->poller = key->waitq.tail->data;
-  g_cond_signal(&key->poller->cond);
+  wake_waiter(key->poller);
 }
 
 static void
@@ -348,6 +396,10 @@ unlink_waiter(PsPool *pool, PsWaiter *w)
   g_queue_unlink(&pool->waiters, &w->link);
   g_queue_unlink(&key->waitq, &w->key_link);
   key->waiting--;
+  if (key->grain_waiter == w) {
+    key->grain_waiter = NULL;
+    __atomic_store_n(&key->grain_need_poke, 0, __ATOMIC_RELAXED);
+  }
   if (key->poller == w) {
     key->poller = NULL;
     ensure_poller(key);
@@ -370,11 +422,18 @@ ps_pool_dispatch(PsPool *pool, gint64 now)
     PsWaiter *w = l->data;
     PsPoolKey *key = w->key;
     if (key->full_in_pass != pass) {
-      if (try_serve(pool, key, now, w->may_grow, TRUE, w->grant)) {
+      PsGrant *grant = w->grant;
+      if (try_serve(pool, key, now, w->may_grow, TRUE, grant)) {
         unlink_waiter(pool, w);
         undecided--;
-        w->served = TRUE;
-        g_cond_signal(&w->cond);
+        /* What the waiter did under the lock once awake, done here: it does not take the
+         * lock again. */
+        grant->now_us = now;
+        grant->waited_us = now - w->since_us;
+        count_wait(key, grant->waited_us);
+        __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
+        wake_waiter(w);
+        __atomic_store_n(&w->served, TRUE, __ATOMIC_RELEASE); /* w is the waiter's now */
       } else {
         key->full_in_pass = pass;
         undecided -= MIN(undecided, key->waiting);
@@ -418,7 +477,7 @@ ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
       }
     }
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return named;
 }
 
@@ -427,7 +486,7 @@ ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
 {
   g_mutex_lock(&pool->lock);
   gint64 age = key->waitq.head ? pool->now() - oldest_since(key) : 0;
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return age;
 }
 
@@ -440,9 +499,9 @@ ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
   if (key->grain_token) {
     key->grain_poked = TRUE;
     if (key->grain_waiter)
-      g_cond_signal(&key->grain_waiter->cond);
+      wake_waiter(key->grain_waiter);
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 void
@@ -454,7 +513,7 @@ ps_pool_lock_for_fork(PsPool *pool)
 void
 ps_pool_unlock_after_fork(PsPool *pool)
 {
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 static void
@@ -525,7 +584,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     if (!barge)
       history.run_since_us = now; /* re-took nothing: a run begins */
     count_wait(key, 0);
-    g_mutex_unlock(&pool->lock);
+    ps_pool_unlock(pool);
     return;
   }
   /* The deadline is on the monotonic clock, as the wait below (pool->now is a test's own
@@ -534,7 +593,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   if (deadline_us <= g_get_monotonic_time()) {
     /* Only a try (the transaction grain takes from an idle handle before it waits). */
     grant->kind = PS_GRANT_TIMEOUT;
-    g_mutex_unlock(&pool->lock);
+    ps_pool_unlock(pool);
     return;
   }
   if (token && !key->grain_token)
@@ -543,7 +602,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     key->grain_poked = FALSE; /* a handle became takeable while it looked: look again */
     grant->kind = PS_GRANT_TIMEOUT;
     grant->turn = TRUE;
-    g_mutex_unlock(&pool->lock);
+    ps_pool_unlock(pool);
     return;
   }
   gint64 since = arrived && *arrived ? MIN(*arrived, now) : now;
@@ -553,7 +612,6 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
                 .grain = token};
   w.link.data = &w;
   w.key_link.data = &w;
-  g_cond_init(&w.cond);
   if (since < now) {
     queue_waiter(pool, key, &w);
   } else {
@@ -567,9 +625,8 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     pool->counts.waits++;
     key->counts.waits++;
   }
-  gint64 started = since;
   gint64 grain_wake = 0; /* as the grain poller: when it looks for takeable handles */
-  while (!w.served) {
+  for (;;) {
     gint64 wake = deadline_us;
     if (key->poller == &w)
       wake = MIN(wake, g_get_monotonic_time() + PS_POOL_POLL_US);
@@ -581,20 +638,32 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       key->grain_waiter = &w;
       __atomic_store_n(&key->grain_need_poke, !poll_us, __ATOMIC_SEQ_CST);
     }
+    gint seen = w.wake;
     ps_gil_release();
-    g_cond_wait_until(&w.cond, &pool->lock, wake);
+    ps_pool_unlock(pool);
+    futex_wait_until(&w.wake, seen, wake);
+    if (__atomic_load_n(&w.served, __ATOMIC_ACQUIRE))
+      break; /* the dispatcher wrote the grant and unlinked w */
+    g_mutex_lock(&pool->lock);
     if (key->grain_waiter == &w) {
       key->grain_waiter = NULL;
       __atomic_store_n(&key->grain_need_poke, 0, __ATOMIC_RELAXED);
     }
-    if (w.served)
+    if (__atomic_load_n(&w.served, __ATOMIC_ACQUIRE)) {
+      ps_pool_unlock(pool);
       break;
+    }
     gint64 mono = g_get_monotonic_time();
     if (mono >= deadline_us) {
       unlink_waiter(pool, &w);
       grant->kind = PS_GRANT_TIMEOUT;
       pool->counts.wait_timeouts++;
       key->counts.wait_timeouts++;
+      grant->now_us = pool->now();
+      __atomic_store_n(&pool->seen_us, grant->now_us, __ATOMIC_RELAXED);
+      grant->waited_us = grant->now_us - since;
+      count_wait(key, grant->waited_us);
+      ps_pool_unlock(pool);
       break;
     }
     if (token && key->grain_token == token &&
@@ -605,25 +674,22 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       unlink_waiter(pool, &w);
       grant->kind = PS_GRANT_TIMEOUT;
       grant->turn = TRUE;
-      g_mutex_unlock(&pool->lock);
-      g_cond_clear(&w.cond);
+      ps_pool_unlock(pool);
       return;
     }
     if (key->poller == &w) {
       /* Hands over what is held past its grace (to the oldest waiter, maybe this one). */
       gint64 t = pool->now();
       ps_pool_dispatch(pool, t);
-      if (!w.served && !has_held(key) && t - key->last_hold_us >= PS_POOL_POLL_US)
+      if (w.served) {
+        ps_pool_unlock(pool);
+        break;
+      }
+      if (!has_held(key) && t - key->last_hold_us >= PS_POOL_POLL_US)
         key->poller = NULL; /* no more holds: the next one elects a poller again */
     }
   }
-  grant->now_us = pool->now();
-  __atomic_store_n(&pool->seen_us, grant->now_us, __ATOMIC_RELAXED);
-  grant->waited_us = grant->now_us - started;
   history.run_since_us = grant->now_us; /* served after waiting: a run begins */
-  count_wait(key, grant->waited_us);
-  g_mutex_unlock(&pool->lock);
-  g_cond_clear(&w.cond);
 }
 
 void
@@ -685,7 +751,7 @@ ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
   key->lent++;
   pool->counts.borrowed++;
   key->counts.borrowed++;
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return item;
 }
 
@@ -696,7 +762,7 @@ ps_pool_open_failed(PsPool *pool, PsPoolKey *key)
   key->open--;
   pool->total_open--;
   ps_pool_dispatch(pool, pool->now());
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 gboolean
@@ -732,7 +798,7 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
     count_closed(pool, key, PS_CLOSE_LIFETIME);
   }
   ps_pool_dispatch(pool, now);
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return kept;
 }
 
@@ -747,7 +813,7 @@ ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason)
   item->close_reason = reason;
   count_closed(pool, key, reason);
   ps_pool_dispatch(pool, pool->now());
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 void
@@ -759,7 +825,7 @@ ps_pool_item_free(PsItem *item)
     g_mutex_lock(&pool->lock);
     key->items--;
     key->last_used_us = pool->now();
-    g_mutex_unlock(&pool->lock);
+    ps_pool_unlock(pool);
   }
   g_free(item);
 }

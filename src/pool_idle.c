@@ -24,7 +24,7 @@ ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
   }
   if (victims)
     ps_pool_dispatch(pool, now);
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return victims;
 }
 
@@ -40,7 +40,7 @@ ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
     key->filling++;
     pool->total_open++;
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return ok;
 }
 
@@ -49,7 +49,7 @@ ps_pool_fill_failed(PsPool *pool, PsPoolKey *key)
 {
   g_mutex_lock(&pool->lock);
   key->filling--;
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   ps_pool_open_failed(pool, key);
 }
 
@@ -64,7 +64,7 @@ ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out)
   *item_out = item;
   g_queue_push_head_link(&key->idle, &item->link);
   ps_pool_dispatch(pool, now);
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return item;
 }
 
@@ -88,7 +88,7 @@ ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointe
   }
   if (victims)
     ps_pool_dispatch(pool, pool->now());
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return victims;
 }
 
@@ -114,6 +114,6 @@ ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpoi
     victims = g_slist_prepend(NULL, ps_pool_unlink_idle(pool, oldest, reason));
     ps_pool_dispatch(pool, pool->now());
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return victims;
 }

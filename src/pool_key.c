@@ -74,7 +74,7 @@ ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *la
   }
   key->holds++;
   key->last_used_us = pool->now();
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return key;
 }
 
@@ -109,7 +109,7 @@ ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
   }
   if (key)
     key->holds++;
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return key;
 }
 
@@ -118,7 +118,7 @@ ps_pool_key_hold(PsPool *pool, PsPoolKey *key)
 {
   g_mutex_lock(&pool->lock);
   key->holds++;
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 /* Nothing refers to the key: no caller holds it, no connection of it exists or is being
@@ -157,7 +157,7 @@ ps_pool_key_release(PsPool *pool, PsPoolKey *key, gboolean forget_now)
   gboolean forget = forget_now && key_unused(key);
   if (forget)
     unlink_key(pool, key);
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   if (forget)
     key_free(key);
 }
@@ -178,7 +178,7 @@ ps_pool_forget_unused(PsPool *pool, gint64 unused_us)
   }
   for (GSList *l = gone; l; l = l->next)
     unlink_key(pool, l->data);
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   guint n = g_slist_length(gone);
   g_slist_free_full(gone, key_free);
   return n;
@@ -267,14 +267,14 @@ ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
   PsPool *pool = key->pool;
   g_mutex_lock(&pool->lock);
   if (key->data) {
-    g_mutex_unlock(&pool->lock);
+    ps_pool_unlock(pool);
     if (destroy)
       destroy(data);
     return key->data;
   }
   key->data_destroy = destroy;
   g_atomic_pointer_set(&key->data, data);
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return data;
 }
 
@@ -310,7 +310,7 @@ ps_pool_key_list(PsPool *pool)
     ((PsPoolKey *)value)->holds++;
     g_ptr_array_add(keys, value);
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   return keys;
 }
 
@@ -338,7 +338,7 @@ ps_pool_counts(PsPool *pool, PsPoolCounts *out)
     out->lent += key->lent;
     out->waiting += key->waiting;
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
 }
 
 static gint
@@ -382,7 +382,7 @@ ps_pool_snapshot(PsPool *pool)
     s->lent = key->lent;
     s->waiting = key->waiting;
   }
-  g_mutex_unlock(&pool->lock);
+  ps_pool_unlock(pool);
   g_array_sort(out, by_serial); /* creation order: keys come and go */
   return out;
 }
