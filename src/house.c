@@ -283,7 +283,7 @@ typedef struct {
   GSList *leaks;
 } PsLeakScan;
 
-/* Under the handle table's lock: no I/O, no other lock. */
+/* Under the handle table's locks (all its shards'): no I/O, no other lock. */
 static void
 note_leak(PsPhys *p, gpointer data)
 {
@@ -301,7 +301,7 @@ note_leak(PsPhys *p, gpointer data)
 }
 
 /* Warns once per borrow about connections held longer than POOLSHIM_LEAK_WARN (HikariCP's
- * leakDetectionThreshold). The scan holds the handle table's lock briefly; the writing
+ * leakDetectionThreshold). The scan holds the handle table's locks briefly; the writing
  * happens after it. */
 static gpointer
 watchdog(gpointer data)
