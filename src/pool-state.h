@@ -69,6 +69,7 @@ struct PsWaiter {
 };
 
 struct PsPool {
+  /* Taken with ps_pool_lock, which spins a little before it sleeps. */
   GMutex lock;
   PsPoolLimits limits;
   GHashTable *keys; /* digest -> PsPoolKey* */
@@ -94,13 +95,36 @@ extern _Thread_local PsPoolWakes ps_pool_wakes __attribute__((tls_model("initial
 void ps_pool_flush_wakes(void);
 
 /* Every unlock of PsPool.lock in pool.c, pool_idle.c and pool_key.c: a waiter woken by
- * what happened under the lock finds the lock free. */
+ * what happened under the lock finds the lock free. ps_pool_unlock_quiet: only on the
+ * connect's own path, where nothing under the lock can wake a waiter (no dispatch, no
+ * poller chosen, no waiter unlinked): its first wake-up owed would be made at this
+ * thread's next ps_pool_unlock, so a misplaced one stalls a waiter; it saves the check. */
+/* Every lock of PsPool.lock. It is held for a few hundred nanoseconds at a time, and on
+ * two cores the other core's thread often holds it just then: g_mutex_lock sleeps at once
+ * (a futex wait, a context switch and a wake-up from the holder's unlock), 1,875 times in
+ * 40,000 cycles of 8 threads on 8 connections. A few tries first, as glibc's adaptive
+ * mutexes do; an uncontended lock costs what g_mutex_lock does (glibc's adaptive mutex
+ * added about 230 instructions per connect+close pair). */
+void ps_pool_lock_contended(PsPool *pool);
+static inline void
+ps_pool_lock(PsPool *pool)
+{
+  if (G_UNLIKELY(!g_mutex_trylock(&pool->lock)))
+    ps_pool_lock_contended(pool);
+}
+
 static inline void
 ps_pool_unlock(PsPool *pool)
 {
   g_mutex_unlock(&pool->lock);
   if (G_UNLIKELY(ps_pool_wakes.n))
     ps_pool_flush_wakes();
+}
+
+static inline void
+ps_pool_unlock_quiet(PsPool *pool)
+{
+  g_mutex_unlock(&pool->lock);
 }
 
 /* pool_key.c: the key table and the label counts of a new pool, and their end (every

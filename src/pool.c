@@ -79,6 +79,25 @@ ps_pool_flush_wakes(void)
     futex_wake(ps_pool_wakes.word[i]);
 }
 
+/* How many more tries ps_pool_lock makes before it sleeps, a spin-wait hint apart: about
+ * what glibc's adaptive mutexes spin (100), a few microseconds. */
+#define LOCK_SPINS 100
+
+void
+ps_pool_lock_contended(PsPool *pool)
+{
+  for (guint i = 0; i < LOCK_SPINS; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+    if (g_mutex_trylock(&pool->lock))
+      return;
+  }
+  g_mutex_lock(&pool->lock);
+}
+
 /* Under the lock: wakes `w` once the lock is let go (at once when this thread already owes
  * PS_POOL_WAKES wake-ups, which only a dispatch of as many waiters does). */
 static void
@@ -160,7 +179,7 @@ ps_pool_new(const PsPoolLimits *limits)
 void
 ps_pool_set_ready_check(PsPool *pool, gboolean (*ready)(PsItem *item), gboolean grow)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   pool->ready = ready;
   pool->grow_past_busy = grow;
   ps_pool_unlock(pool);
@@ -455,7 +474,7 @@ gboolean
 ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
 {
   gboolean named = FALSE;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   if (key->grain_token == token) {
     key->grain_token = NULL;
     key->grain_poked = FALSE;
@@ -484,7 +503,7 @@ ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
 gint64
 ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gint64 age = key->waitq.head ? pool->now() - oldest_since(key) : 0;
   ps_pool_unlock(pool);
   return age;
@@ -495,7 +514,7 @@ ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
 {
   if (!__atomic_exchange_n(&key->grain_need_poke, 0, __ATOMIC_SEQ_CST))
     return;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   if (key->grain_token) {
     key->grain_poked = TRUE;
     if (key->grain_waiter)
@@ -507,7 +526,7 @@ ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
 void
 ps_pool_lock_for_fork(PsPool *pool)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
 }
 
 void
@@ -562,7 +581,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
               PsGrant *grant)
 {
   memset(grant, 0, sizeof *grant);
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gint64 now = now_us ? now_us : pool->now();
   __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
   grant->now_us = now;
@@ -584,7 +603,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     if (!barge)
       history.run_since_us = now; /* re-took nothing: a run begins */
     count_wait(key, 0);
-    ps_pool_unlock(pool);
+    ps_pool_unlock_quiet(pool);
     return;
   }
   /* The deadline is on the monotonic clock, as the wait below (pool->now is a test's own
@@ -644,7 +663,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     futex_wait_until(&w.wake, seen, wake);
     if (__atomic_load_n(&w.served, __ATOMIC_ACQUIRE))
       break; /* the dispatcher wrote the grant and unlinked w */
-    g_mutex_lock(&pool->lock);
+    ps_pool_lock(pool);
     if (key->grain_waiter == &w) {
       key->grain_waiter = NULL;
       __atomic_store_n(&key->grain_need_poke, 0, __ATOMIC_RELAXED);
@@ -746,7 +765,7 @@ PsItem *
 ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
 {
   PsItem *item = g_new0(PsItem, 1);
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   ps_pool_new_item(pool, item, key, conn, pool->now());
   key->lent++;
   pool->counts.borrowed++;
@@ -758,7 +777,7 @@ ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
 void
 ps_pool_open_failed(PsPool *pool, PsPoolKey *key)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   key->open--;
   pool->total_open--;
   ps_pool_dispatch(pool, pool->now());
@@ -769,7 +788,7 @@ gboolean
 ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
 {
   PsPoolKey *key = item->owner;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gint64 now = pool->now();
   __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
   key->lent--;
@@ -797,7 +816,8 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
     item->close_reason = PS_CLOSE_LIFETIME;
     count_closed(pool, key, PS_CLOSE_LIFETIME);
   }
-  ps_pool_dispatch(pool, now);
+  if (pool->waiters.head) /* nobody waits: most returns (and no call for it) */
+    ps_pool_dispatch(pool, now);
   ps_pool_unlock(pool);
   return kept;
 }
@@ -806,7 +826,7 @@ void
 ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason)
 {
   PsPoolKey *key = item->owner;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   key->lent--;
   key->open--;
   pool->total_open--;
@@ -822,7 +842,7 @@ ps_pool_item_free(PsItem *item)
   PsPoolKey *key = item ? item->owner : NULL;
   if (key) {
     PsPool *pool = key->pool;
-    g_mutex_lock(&pool->lock);
+    ps_pool_lock(pool);
     key->items--;
     key->last_used_us = pool->now();
     ps_pool_unlock(pool);

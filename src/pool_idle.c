@@ -8,7 +8,7 @@ GSList *
 ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
 {
   GSList *victims = NULL;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gint64 now = pool->now();
   GHashTableIter it;
   gpointer value;
@@ -31,7 +31,7 @@ ps_pool_take_idle(PsPool *pool, gboolean all, PsCloseReason reason)
 gboolean
 ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gboolean ok = key->idle.length + key->filling < MIN(key->settings.min_idle,
                                                       key->settings.pool_size) &&
                 ps_pool_room_to_grow(pool, key);
@@ -47,7 +47,7 @@ ps_pool_reserve_fill(PsPool *pool, PsPoolKey *key)
 void
 ps_pool_fill_failed(PsPool *pool, PsPoolKey *key)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   key->filling--;
   ps_pool_unlock(pool);
   ps_pool_open_failed(pool, key);
@@ -57,7 +57,7 @@ PsItem *
 ps_pool_filled(PsPool *pool, PsPoolKey *key, gpointer conn, PsItem **item_out)
 {
   PsItem *item = g_new0(PsItem, 1);
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gint64 now = pool->now();
   ps_pool_new_item(pool, item, key, conn, now);
   key->filling--;
@@ -73,7 +73,7 @@ ps_pool_take_idle_matching(PsPool *pool, gboolean (*match)(PsItem *item, gpointe
                            gpointer data, PsCloseReason reason)
 {
   GSList *victims = NULL;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   GHashTableIter it;
   gpointer value;
   g_hash_table_iter_init(&it, pool->keys);
@@ -96,7 +96,7 @@ GSList *
 ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpointer data),
                          gpointer data, PsCloseReason reason)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   PsItem *oldest = NULL;
   GHashTableIter it;
   gpointer value;

@@ -42,7 +42,7 @@ PsPoolKey *
 ps_pool_key(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN], const char *label,
             const PsPoolSettings *settings)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   PsPoolKey *key = g_hash_table_lookup(pool->keys, digest);
   if (!key) {
     key = g_new0(PsPoolKey, 1);
@@ -94,7 +94,7 @@ PsPoolKey *
 ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
 {
   PsFoundKey *f = &found_key;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   PsPoolKey *key = NULL;
   if (f->pool == pool && f->gen == __atomic_load_n(&key_gen, __ATOMIC_RELAXED) &&
       memcmp(f->key->digest, digest, PS_KEY_DIGEST_LEN) == 0) {
@@ -109,14 +109,14 @@ ps_pool_key_find(PsPool *pool, const guint8 digest[PS_KEY_DIGEST_LEN])
   }
   if (key)
     key->holds++;
-  ps_pool_unlock(pool);
+  ps_pool_unlock_quiet(pool);
   return key;
 }
 
 void
 ps_pool_key_hold(PsPool *pool, PsPoolKey *key)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   key->holds++;
   ps_pool_unlock(pool);
 }
@@ -147,7 +147,7 @@ ps_pool_key_release(PsPool *pool, PsPoolKey *key, gboolean forget_now)
 {
   if (!key)
     return;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   if (key->holds > 0)
     key->holds--;
   /* The time the pool read a moment ago (the acquire of the same connect) is recent enough
@@ -157,7 +157,7 @@ ps_pool_key_release(PsPool *pool, PsPoolKey *key, gboolean forget_now)
   gboolean forget = forget_now && key_unused(key);
   if (forget)
     unlink_key(pool, key);
-  ps_pool_unlock(pool);
+  ps_pool_unlock_quiet(pool);
   if (forget)
     key_free(key);
 }
@@ -166,7 +166,7 @@ guint
 ps_pool_forget_unused(PsPool *pool, gint64 unused_us)
 {
   GSList *gone = NULL;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   gint64 now = pool->now();
   GHashTableIter it;
   gpointer value;
@@ -265,7 +265,7 @@ gpointer
 ps_pool_key_set_data(PsPoolKey *key, gpointer data, GDestroyNotify destroy)
 {
   PsPool *pool = key->pool;
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   if (key->data) {
     ps_pool_unlock(pool);
     if (destroy)
@@ -293,15 +293,15 @@ ps_pool_key_wanted(PsPoolKey *key)
 void
 ps_pool_key_cap_idle(PsPoolKey *key, gint64 cap_us)
 {
-  g_mutex_lock(&key->pool->lock);
+  ps_pool_lock(key->pool);
   key->idle_cap_us = cap_us;
-  g_mutex_unlock(&key->pool->lock);
+  ps_pool_unlock(key->pool);
 }
 
 GPtrArray *
 ps_pool_key_list(PsPool *pool)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   GPtrArray *keys = g_ptr_array_sized_new(g_hash_table_size(pool->keys));
   GHashTableIter it;
   gpointer value;
@@ -325,7 +325,7 @@ ps_pool_key_list_free(PsPool *pool, GPtrArray *keys)
 void
 ps_pool_counts(PsPool *pool, PsPoolCounts *out)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   *out = pool->counts;
   out->open = pool->total_open;
   out->keys = g_hash_table_size(pool->keys);
@@ -357,7 +357,7 @@ snapshot_clear(gpointer data)
 GArray *
 ps_pool_snapshot(PsPool *pool)
 {
-  g_mutex_lock(&pool->lock);
+  ps_pool_lock(pool);
   guint n = g_hash_table_size(pool->keys);
   GArray *out = g_array_sized_new(FALSE, TRUE, sizeof(PsKeySnapshot), n);
   g_array_set_clear_func(out, snapshot_clear);
