@@ -10,7 +10,7 @@
  *   1. B.house_lock      (house_busy only)
  *   2. B.stats_lock      (one statistics writer; held while the file is written)
  *   3. B.lock            (B.pool, B.forked, B.host_slots)
- *   4. phys.c's lock     (the table of attached handles)
+ *   4. phys.c's shard locks (the table of attached handles; all of them in index order)
  *   5. PsPool.lock       (pool.c; its ready/match callbacks take no lock)
  *   6. hostslots.c's registry_lock
  *   7. handle.c's registry lock (a leaf otherwise)
