@@ -53,11 +53,12 @@ struct PsPoolKey {
  * (ps_pool_unlock), and a waiter that was served reads its grant without taking the lock
  * again. A condition variable signalled under the lock woke the waiter into a lock still
  * held: a second sleep and a second wake-up per hand-over, the most frequent sleep of 256
- * threads on a pool of 8. The call may reach the word after its waiter has left (served,
- * it woke on its own and returned): a wake-up of an address nobody waits on, or a
- * spurious wake-up of whatever waits there next, which every futex waiter tolerates. */
+ * threads on a pool of 8. The waiter is on the heap, with a reference for each wake-up
+ * owed: the call may come after the waiter left (served, it woke on its own and returned),
+ * and must not reach memory that is gone or reused. */
 struct PsWaiter {
   PsPoolKey *key;
+  gint refs;       /* atomic: the waiter's own, and one per wake-up owed (pool.c) */
   gint wake;       /* futex word: bumped at every wake-up */
   gboolean served; /* atomic: set (release) after the grant is written */
   gboolean may_grow;
@@ -89,7 +90,7 @@ struct PsPool {
 #define PS_POOL_WAKES 16
 typedef struct {
   guint n;
-  gint *word[PS_POOL_WAKES];
+  PsWaiter *waiter[PS_POOL_WAKES]; /* each with a reference held for the wake-up */
 } PsPoolWakes;
 extern _Thread_local PsPoolWakes ps_pool_wakes __attribute__((tls_model("initial-exec")));
 void ps_pool_flush_wakes(void);

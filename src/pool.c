@@ -70,13 +70,23 @@ futex_wake(gint *word)
   syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
+/* Drops one reference to `w`: the waiter's own, or one a wake-up owed held. */
+static void
+waiter_unref(PsWaiter *w)
+{
+  if (__atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    g_free(w);
+}
+
 void
 ps_pool_flush_wakes(void)
 {
   guint n = ps_pool_wakes.n;
   ps_pool_wakes.n = 0;
-  for (guint i = 0; i < n; i++)
-    futex_wake(ps_pool_wakes.word[i]);
+  for (guint i = 0; i < n; i++) {
+    futex_wake(&ps_pool_wakes.waiter[i]->wake);
+    waiter_unref(ps_pool_wakes.waiter[i]);
+  }
 }
 
 /* How many more tries ps_pool_lock makes before it sleeps, a spin-wait hint apart: about
@@ -98,16 +108,21 @@ ps_pool_lock_contended(PsPool *pool)
   g_mutex_lock(&pool->lock);
 }
 
-/* Under the lock: wakes `w` once the lock is let go (at once when this thread already owes
- * PS_POOL_WAKES wake-ups, which only a dispatch of as many waiters does). */
+/* Under the lock, before a served waiter's `served` is set: wakes `w` once the lock is let
+ * go, holding a reference to it until then (the waiter may have left by that time, woken
+ * for another reason). When this thread already owes PS_POOL_WAKES wake-ups (only a
+ * dispatch of as many waiters does), at once: under the lock and before `served`, the
+ * waiter cannot leave. */
 static void
 wake_waiter(PsWaiter *w)
 {
   __atomic_add_fetch(&w->wake, 1, __ATOMIC_RELAXED);
-  if (ps_pool_wakes.n < PS_POOL_WAKES)
-    ps_pool_wakes.word[ps_pool_wakes.n++] = &w->wake;
-  else
+  if (ps_pool_wakes.n < PS_POOL_WAKES) {
+    __atomic_add_fetch(&w->refs, 1, __ATOMIC_RELAXED);
+    ps_pool_wakes.waiter[ps_pool_wakes.n++] = w;
+  } else {
     futex_wake(&w->wake);
+  }
 }
 
 /* Sleeps while *word is `seen`, at most until `until_us` on the monotonic clock
@@ -627,15 +642,17 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   gint64 since = arrived && *arrived ? MIN(*arrived, now) : now;
   if (arrived)
     *arrived = since;
-  PsWaiter w = {.key = key, .grant = grant, .may_grow = may_grow, .since_us = since,
-                .grain = token};
-  w.link.data = &w;
-  w.key_link.data = &w;
+  /* On the heap, not the stack: a wake-up owed may reach it after the wait ended (refs). */
+  PsWaiter *w = g_new(PsWaiter, 1);
+  *w = (PsWaiter){.key = key, .grant = grant, .may_grow = may_grow, .since_us = since,
+                  .grain = token, .refs = 1};
+  w->link.data = w;
+  w->key_link.data = w;
   if (since < now) {
-    queue_waiter(pool, key, &w);
+    queue_waiter(pool, key, w);
   } else {
-    g_queue_push_tail_link(&pool->waiters, &w.link);
-    g_queue_push_tail_link(&key->waitq, &w.key_link);
+    g_queue_push_tail_link(&pool->waiters, &w->link);
+    g_queue_push_tail_link(&key->waitq, &w->key_link);
   }
   key->waiting++;
   ensure_poller(key);
@@ -647,34 +664,34 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   gint64 grain_wake = 0; /* as the grain poller: when it looks for takeable handles */
   for (;;) {
     gint64 wake = deadline_us;
-    if (key->poller == &w)
+    if (key->poller == w)
       wake = MIN(wake, g_get_monotonic_time() + PS_POOL_POLL_US);
     gboolean polling = token && key->grain_token == token;
     if (polling) {
       if (!grain_wake)
         grain_wake = poll_us ? poll_us : g_get_monotonic_time() + GRAIN_SLICE_US;
       wake = MIN(wake, grain_wake);
-      key->grain_waiter = &w;
+      key->grain_waiter = w;
       __atomic_store_n(&key->grain_need_poke, !poll_us, __ATOMIC_SEQ_CST);
     }
-    gint seen = w.wake;
+    gint seen = w->wake;
     ps_gil_release();
     ps_pool_unlock(pool);
-    futex_wait_until(&w.wake, seen, wake);
-    if (__atomic_load_n(&w.served, __ATOMIC_ACQUIRE))
+    futex_wait_until(&w->wake, seen, wake);
+    if (__atomic_load_n(&w->served, __ATOMIC_ACQUIRE))
       break; /* the dispatcher wrote the grant and unlinked w */
     ps_pool_lock(pool);
-    if (key->grain_waiter == &w) {
+    if (key->grain_waiter == w) {
       key->grain_waiter = NULL;
       __atomic_store_n(&key->grain_need_poke, 0, __ATOMIC_RELAXED);
     }
-    if (__atomic_load_n(&w.served, __ATOMIC_ACQUIRE)) {
+    if (__atomic_load_n(&w->served, __ATOMIC_ACQUIRE)) {
       ps_pool_unlock(pool);
       break;
     }
     gint64 mono = g_get_monotonic_time();
     if (mono >= deadline_us) {
-      unlink_waiter(pool, &w);
+      unlink_waiter(pool, w);
       grant->kind = PS_GRANT_TIMEOUT;
       pool->counts.wait_timeouts++;
       key->counts.wait_timeouts++;
@@ -690,17 +707,18 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       /* The poller's turn to look (not a timeout: the caller acquires again, its wait
        * goes on). */
       key->grain_poked = FALSE;
-      unlink_waiter(pool, &w);
+      unlink_waiter(pool, w);
       grant->kind = PS_GRANT_TIMEOUT;
       grant->turn = TRUE;
       ps_pool_unlock(pool);
+      waiter_unref(w);
       return;
     }
-    if (key->poller == &w) {
+    if (key->poller == w) {
       /* Hands over what is held past its grace (to the oldest waiter, maybe this one). */
       gint64 t = pool->now();
       ps_pool_dispatch(pool, t);
-      if (w.served) {
+      if (w->served) {
         ps_pool_unlock(pool);
         break;
       }
@@ -708,6 +726,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
         key->poller = NULL; /* no more holds: the next one elects a poller again */
     }
   }
+  waiter_unref(w);
   history.run_since_us = grant->now_us; /* served after waiting: a run begins */
 }
 
