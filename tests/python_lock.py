@@ -3,9 +3,11 @@
 
 Usage: python_lock.py SCENARIO. Server from PS_TEST_*. Prints key=value lines.
 
-  loop      16 threads, 40 connect / SELECT CONNECTION_ID() / close each, on the pool the
-            environment sets: the connects beyond the pool's size wait for a free connection
-            while the interpreter's lock must be free for the others to close theirs.
+  loop      16 threads, 40 connect / SELECT CONNECTION_ID(), SLEEP(0.002) / close each, on
+            the pool the environment sets: the connects beyond the pool's size wait for a
+            free connection while the interpreter's lock must be free for the others to
+            close theirs. The 2 ms on the server make the waits certain: without them a
+            loaded machine once ran all 640 connects without one finding the pool full.
   sleep     one thread runs SELECT SLEEP(1) on a pooled connection while another counts
             10 ms ticks: the lock must be let go while the query waits for the server.
   handover  pool of 1: thread A holds the connection; thread B connects and waits; A sees
@@ -61,7 +63,7 @@ def loop():
         for _ in range(40):
             try:
                 c = connect()
-                i = scalar(c, "SELECT CONNECTION_ID()")
+                i = scalar(c, "SELECT CONNECTION_ID(), SLEEP(0.002)")
                 c.close()
                 with lock:
                     ids.add(i)
