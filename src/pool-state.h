@@ -1,6 +1,7 @@
 /* pool-state.h: the pool's structures, shared by pool.c (connections, limits, waiters),
- * pool_key.c (keys and read-only views) and pool_idle.c (taking idle connections out,
- * filling to the minimum) and by nothing else. Every field is under
+ * pool_key.c (keys and read-only views), pool_idle.c (taking idle connections out,
+ * filling to the minimum) and pool_wait.c (a waiter's sleep and wake-up, the lock's spin)
+ * and by nothing else. Every field is under
  * PsPool.lock unless its comment says atomic. */
 #pragma once
 #include <glib.h>
@@ -94,6 +95,13 @@ typedef struct {
 } PsPoolWakes;
 extern _Thread_local PsPoolWakes ps_pool_wakes __attribute__((tls_model("initial-exec")));
 void ps_pool_flush_wakes(void);
+/* pool_wait.c, under the lock: wakes w once the lock is let go (see there). */
+void ps_pool_wake_waiter(PsWaiter *w);
+/* Drops one reference to w: the waiter's own, or one a wake-up owed held. */
+void ps_pool_waiter_unref(PsWaiter *w);
+/* Sleeps while *word is `seen`, at most until `until_us` (monotonic; G_MAXINT64: no
+ * bound). May wake early: callers look again. */
+void ps_pool_futex_wait_until(gint *word, gint seen, gint64 until_us);
 
 /* Every unlock of PsPool.lock in pool.c, pool_idle.c and pool_key.c: a waiter woken by
  * what happened under the lock finds the lock free. ps_pool_unlock_quiet: only on the
@@ -126,6 +134,13 @@ static inline void
 ps_pool_unlock_quiet(PsPool *pool)
 {
   g_mutex_unlock(&pool->lock);
+}
+
+/* When the key's oldest waiter arrived (G_MAXINT64: none waits). */
+static inline gint64
+ps_pool_oldest_since(const PsPoolKey *key)
+{
+  return key->waitq.head ? ((const PsWaiter *)key->waitq.head->data)->since_us : G_MAXINT64;
 }
 
 /* pool_key.c: the key table and the label counts of a new pool, and their end (every

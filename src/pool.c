@@ -1,6 +1,7 @@
 /* pool.c: idle queues, counts, limits and waiters under one mutex (the keys and the read-only
- * views are pool_key.c's; taking idle connections out and filling, pool_idle.c's). No MySQL
- * call, no I/O and no blocking other than a waiter's condition variable.
+ * views are pool_key.c's; taking idle connections out and filling, pool_idle.c's; how a
+ * waiter sleeps and is woken, pool_wait.c's). No MySQL call, no I/O and no blocking other
+ * than a waiter's sleep on its futex word.
  *
  * Waiting is FIFO with bounded barging. Waiters of a key are served in arrival order, and
  * a newcomer never overtakes them, with one exception: a thread that returns a connection
@@ -29,11 +30,7 @@
  * Waiters of other keys are unaffected, and POOLSHIM_TIMEOUT bounds every wait as before. */
 #include "pool-state.h"
 
-#include <linux/futex.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "gil.h"
 
@@ -61,84 +58,6 @@ typedef struct {
  * general-dynamic access (__tls_get_addr) on every acquire and release costs ~40
  * instructions per connect+close. */
 static _Thread_local PsThreadHistory history __attribute__((tls_model("initial-exec")));
-
-_Thread_local PsPoolWakes ps_pool_wakes __attribute__((tls_model("initial-exec")));
-
-static void
-futex_wake(gint *word)
-{
-  syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-}
-
-/* Drops one reference to `w`: the waiter's own, or one a wake-up owed held. */
-static void
-waiter_unref(PsWaiter *w)
-{
-  if (__atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) == 0)
-    g_free(w);
-}
-
-void
-ps_pool_flush_wakes(void)
-{
-  guint n = ps_pool_wakes.n;
-  ps_pool_wakes.n = 0;
-  for (guint i = 0; i < n; i++) {
-    futex_wake(&ps_pool_wakes.waiter[i]->wake);
-    waiter_unref(ps_pool_wakes.waiter[i]);
-  }
-}
-
-/* How many more tries ps_pool_lock makes before it sleeps, a spin-wait hint apart: about
- * what glibc's adaptive mutexes spin (100), a few microseconds. */
-#define LOCK_SPINS 100
-
-void
-ps_pool_lock_contended(PsPool *pool)
-{
-  for (guint i = 0; i < LOCK_SPINS; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-    if (g_mutex_trylock(&pool->lock))
-      return;
-  }
-  g_mutex_lock(&pool->lock);
-}
-
-/* Under the lock, before a served waiter's `served` is set: wakes `w` once the lock is let
- * go, holding a reference to it until then (the waiter may have left by that time, woken
- * for another reason). When this thread already owes PS_POOL_WAKES wake-ups (only a
- * dispatch of as many waiters does), at once: under the lock and before `served`, the
- * waiter cannot leave. */
-static void
-wake_waiter(PsWaiter *w)
-{
-  __atomic_add_fetch(&w->wake, 1, __ATOMIC_RELAXED);
-  if (ps_pool_wakes.n < PS_POOL_WAKES) {
-    __atomic_add_fetch(&w->refs, 1, __ATOMIC_RELAXED);
-    ps_pool_wakes.waiter[ps_pool_wakes.n++] = w;
-  } else {
-    futex_wake(&w->wake);
-  }
-}
-
-/* Sleeps while *word is `seen`, at most until `until_us` on the monotonic clock
- * (g_get_monotonic_time's), G_MAXINT64 for no bound. Wakes early on a signal or for no
- * reason: callers look again. */
-static void
-futex_wait_until(gint *word, gint seen, gint64 until_us)
-{
-  struct timespec at, *tp = NULL;
-  if (until_us < G_MAXINT64) {
-    at.tv_sec = until_us / G_USEC_PER_SEC;
-    at.tv_nsec = (until_us % G_USEC_PER_SEC) * 1000;
-    tp = &at;
-  }
-  syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, seen, tp, NULL, FUTEX_BITSET_MATCH_ANY);
-}
 
 static const char *const reason_names[PS_CLOSE_REASONS] = {
   [PS_CLOSE_LIFETIME] = "lifetime",         [PS_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
@@ -392,13 +311,6 @@ in_quantum(gint64 now)
   return now - history.run_since_us < PS_POOL_QUANTUM_US;
 }
 
-/* When the key's oldest waiter arrived (G_MAXINT64: none waits). */
-static gint64
-oldest_since(const PsPoolKey *key)
-{
-  return key->waitq.head ? ((const PsWaiter *)key->waitq.head->data)->since_us : G_MAXINT64;
-}
-
 /* Whether an idle connection of the key is held back for a looping thread. */
 static gboolean
 has_held(const PsPoolKey *key)
@@ -420,7 +332,17 @@ ensure_poller(PsPoolKey *key)
   if (key->poller || !key->waitq.tail || !has_held(key))
     return;
   key->poller = key->waitq.tail->data;
-  wake_waiter(key->poller);
+  ps_pool_wake_waiter(key->poller);
+}
+
+/* Under the lock: the end of w's wait (served or timed out) in its grant and the counts. */
+static void
+end_wait(PsPool *pool, PsWaiter *w, gint64 now)
+{
+  w->grant->now_us = now;
+  w->grant->waited_us = now - w->since_us;
+  count_wait(w->key, w->grant->waited_us);
+  __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
 }
 
 static void
@@ -462,11 +384,8 @@ ps_pool_dispatch(PsPool *pool, gint64 now)
         undecided--;
         /* What the waiter did under the lock once awake, done here: it does not take the
          * lock again. */
-        grant->now_us = now;
-        grant->waited_us = now - w->since_us;
-        count_wait(key, grant->waited_us);
-        __atomic_store_n(&pool->seen_us, now, __ATOMIC_RELAXED);
-        wake_waiter(w);
+        end_wait(pool, w, now);
+        ps_pool_wake_waiter(w);
         __atomic_store_n(&w->served, TRUE, __ATOMIC_RELEASE); /* w is the waiter's now */
       } else {
         key->full_in_pass = pass;
@@ -515,15 +434,6 @@ ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token)
   return named;
 }
 
-gint64
-ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
-{
-  ps_pool_lock(pool);
-  gint64 age = key->waitq.head ? pool->now() - oldest_since(key) : 0;
-  ps_pool_unlock(pool);
-  return age;
-}
-
 void
 ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
 {
@@ -533,7 +443,7 @@ ps_pool_key_poke(PsPool *pool, PsPoolKey *key)
   if (key->grain_token) {
     key->grain_poked = TRUE;
     if (key->grain_waiter)
-      wake_waiter(key->grain_waiter);
+      ps_pool_wake_waiter(key->grain_waiter);
   }
   ps_pool_unlock(pool);
 }
@@ -612,7 +522,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   history.looping = quick;
   /* A waiter that comes back (arrived: its first wait) and arrived before every queued one
    * is served first, as if it had stayed in the queue. */
-  gboolean eldest = arrived && *arrived && *arrived < oldest_since(key);
+  gboolean eldest = arrived && *arrived && *arrived < ps_pool_oldest_since(key);
   if ((!has_waiter_for(pool, key) || barge || eldest) &&
       try_serve(pool, key, now, may_grow, FALSE, grant)) {
     if (!barge)
@@ -677,7 +587,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
     gint seen = w->wake;
     ps_gil_release();
     ps_pool_unlock(pool);
-    futex_wait_until(&w->wake, seen, wake);
+    ps_pool_futex_wait_until(&w->wake, seen, wake);
     if (__atomic_load_n(&w->served, __ATOMIC_ACQUIRE))
       break; /* the dispatcher wrote the grant and unlinked w */
     ps_pool_lock(pool);
@@ -695,10 +605,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       grant->kind = PS_GRANT_TIMEOUT;
       pool->counts.wait_timeouts++;
       key->counts.wait_timeouts++;
-      grant->now_us = pool->now();
-      __atomic_store_n(&pool->seen_us, grant->now_us, __ATOMIC_RELAXED);
-      grant->waited_us = grant->now_us - since;
-      count_wait(key, grant->waited_us);
+      end_wait(pool, w, pool->now());
       ps_pool_unlock(pool);
       break;
     }
@@ -711,7 +618,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
       grant->kind = PS_GRANT_TIMEOUT;
       grant->turn = TRUE;
       ps_pool_unlock(pool);
-      waiter_unref(w);
+      ps_pool_waiter_unref(w);
       return;
     }
     if (key->poller == w) {
@@ -726,7 +633,7 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
         key->poller = NULL; /* no more holds: the next one elects a poller again */
     }
   }
-  waiter_unref(w);
+  ps_pool_waiter_unref(w);
   history.run_since_us = grant->now_us; /* served after waiting: a run begins */
 }
 

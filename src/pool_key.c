@@ -386,3 +386,12 @@ ps_pool_snapshot(PsPool *pool)
   g_array_sort(out, by_serial); /* creation order: keys come and go */
   return out;
 }
+
+gint64
+ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
+{
+  ps_pool_lock(pool);
+  gint64 age = key->waitq.head ? pool->now() - ps_pool_oldest_since(key) : 0;
+  ps_pool_unlock(pool);
+  return age;
+}
