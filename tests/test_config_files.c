@@ -289,10 +289,17 @@ Test(config, in_a_privileged_process_no_path_is_taken_from_the_environment)
 /* ---- large key files ---------------------------------------------------------------- */
 
 /* Liveness, not speed: parsing used to search the whole text for every message (quadratic:
- * 4,000 keys took over a second, 100,000 would take minutes); a 100,000-key file takes well
- * under a second in a plain build. The bound leaves room for the ASan pass, where every
- * allocation unwinds its whole stack (about 20 s for these files), on a loaded machine. */
-#define LARGE_FILE_BOUND_US (90 * SEC)
+ * 4,000 keys took over a second, 100,000 would take minutes). Now a 100,000-key file takes
+ * well under a second in a plain build and about 30 s in the ASan pass (every allocation
+ * unwinds its whole stack), and a loaded CI machine ran that pass three times slower. No
+ * wall-clock bound here (a timing assertion on a shared machine fails on load, not on the
+ * code): the suite's timeout is the liveness bound, which the quadratic parser would blow
+ * in every build (about ten minutes plain). The time is printed for a reader. */
+static void
+report_parse_time(const char *what, gint64 took_us)
+{
+  fprintf(stderr, "config_large: %s parsed in %" G_GINT64_FORMAT " ms\n", what, took_us / 1000);
+}
 
 /* Their own suite for the longer timeout (a per-test .timeout leaks inside Criterion). */
 TestSuite(config_large, .timeout = 300);
@@ -308,8 +315,7 @@ Test(config_large, a_key_file_of_100000_unknown_keys_is_parsed_with_bounded_mess
   PsConfig cfg;
   gint64 start = g_get_monotonic_time();
   g_autofree char *out = parse_with_file(&cfg, path, NULL);
-  gint64 took = g_get_monotonic_time() - start;
-  cr_assert_lt(took, LARGE_FILE_BOUND_US, "parsing took %" G_GINT64_FORMAT " ms", took / 1000);
+  report_parse_time("100,000 unknown keys", g_get_monotonic_time() - start);
   cr_assert_eq(cfg.pool_size, 7, "the one valid key was not applied");
   /* 50 messages with their lines, then one that counts the rest. */
   cr_assert_eq(count_lines(out), 51, "%s", out);
@@ -337,8 +343,7 @@ Test(config_large, a_key_file_of_100000_pool_keys_is_parsed_and_applied)
   PsConfig cfg;
   gint64 start = g_get_monotonic_time();
   g_autofree char *out = parse_with_file(&cfg, path, NULL);
-  gint64 took = g_get_monotonic_time() - start;
-  cr_assert_lt(took, LARGE_FILE_BOUND_US, "parsing took %" G_GINT64_FORMAT " ms", took / 1000);
+  report_parse_time("50,000 [pool] groups", g_get_monotonic_time() - start);
   cr_assert_str_empty(out, "%s", out);
   cr_assert_eq(cfg.pool_size, 3);
   cr_assert_not_null(cfg.pool_rules);
