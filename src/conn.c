@@ -416,6 +416,23 @@ ps_conn_replies_arrived(MYSQL *m, int pending)
          (revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
+gboolean
+ps_conn_set_rcvlowat(MYSQL *m, int bytes)
+{
+  MARIADB_PVIO *pvio = m->net.pvio;
+  /* TCP alone: a Unix socket's poll ignores the mark (unix_poll), so it would only cost
+   * the two calls. */
+  if (!pvio || pvio->type != PVIO_TYPE_SOCKET || pvio->ctls || m->net.compress || !m->net.buff)
+    return FALSE;
+  my_socket fd = ps_real.get_socket(m);
+  if (fd == INVALID_SOCKET)
+    return FALSE;
+  int saved = errno;
+  gboolean ok = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes) == 0;
+  errno = saved;
+  return ok;
+}
+
 void
 ps_conn_set_cloexec(MYSQL *m)
 {

@@ -153,6 +153,13 @@ void ps_conn_copy_in(MYSQL *to, MYSQL *from);
  * it, in order, before the reply of any command sent after it. FALSE with m's error set. */
 gboolean ps_conn_send_query(MYSQL *m, const char *query);
 
+/* The receive low-water mark of m's socket (SO_RCVLOWAT): a wait for its replies ends only
+ * once `bytes` have arrived (or the server closed it). Only plain TCP, where bytes are the
+ * replies' own (not TLS records, not compressed packets); TRUE when it was set. Set above
+ * 1 only while replies of at least that many bytes are owed, and back to 1 before a wait
+ * for fewer: a mark above what is owed makes the wait last until the read timeout. */
+gboolean ps_conn_set_rcvlowat(MYSQL *m, int bytes);
+
 /* Whether the connection in m may go back to a pool; *why names what prevents it. */
 gboolean ps_conn_returnable(MYSQL *m, const char **why);
 

@@ -465,12 +465,25 @@ grain_db_command(MYSQL *m, enum enum_server_command command, const char *arg, si
   return rc;
 }
 
+/* The re-borrow's DO LAST_INSERT_ID() is answered by an OK packet of 11 bytes, which the
+ * server sends as soon as it has run it, and the command's reply follows: a thread that
+ * waits for the first wakes up for the OK alone and goes back to sleep for the rest. With
+ * both sent, at least one byte of the command's reply arrives after the OK, so a wait for
+ * PREFIX_LOWAT bytes wakes once for both (a longer reply, an ERR or the server closing
+ * the connection ends it too). */
+#define PREFIX_LOWAT 12
+
 static int
 grain_read_query_result(MYSQL *m)
 {
   PsHandle *h = handle_of(m);
-  int rc = G_UNLIKELY(h->prefix_unread) && !ps_watch_bypassed(h->p->watch) ? read_prefix(h, m)
-                                                                            : 0;
+  int rc = 0;
+  if (G_UNLIKELY(h->prefix_unread) && !ps_watch_bypassed(h->p->watch)) {
+    gboolean low = ps_conn_set_rcvlowat(m, PREFIX_LOWAT);
+    rc = read_prefix(h, m);
+    if (low)
+      ps_conn_set_rcvlowat(m, 1);
+  }
   if (!rc)
     rc = ps_watch_read_query_result(h->p->watch, m);
   /* The watch's own restore inside this command (catch_up) reads its replies through this

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
@@ -293,6 +294,41 @@ Test(grain, a_reborrowed_handles_last_insert_id_goes_ahead_of_whatever_command_c
   cr_assert_eq(pst_scalar(c, "SELECT 7"), 7);
   cr_assert_eq(pst_scalar(c, "SELECT LAST_INSERT_ID()"), 0, "another handle's id leaked");
   mysql_close(c);
+}
+
+/* A re-borrow's restore is read with the command's reply in one wait (handle.c raises the
+ * socket's low-water mark above the restore's 11-byte OK while it reads it): the mark is
+ * back at 1 afterwards, so the next command's reply, an OK as short as DO 1's, is read at
+ * once, not after the read timeout. Two handles on one connection, each re-borrowing it
+ * from the other with its own LAST_INSERT_ID() (1 and 0) to restore. */
+Test(grain, after_a_reborrows_restore_the_next_short_reply_is_read_at_once)
+{
+  grain_env("1", "0", "10s");
+  fresh_table("grain_low", NULL);
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "INSERT INTO grain_low (v) VALUES (1)"); /* a's LAST_INSERT_ID() is 1 */
+  MYSQL *b = pst_connect_app(); /* takes a's connection: a re-borrows at its next command */
+  cr_assert_eq(pst_scalar(b, "SELECT 1"), 1); /* b's first command: b takeable from here */
+  long long dos = pst_status("Com_do");
+  MYSQL *each[] = {a, b};
+  for (int round = 0; round < 3; round++) {
+    for (int k = 0; k < 2; k++) {
+      MYSQL *m = each[k];
+      /* The re-borrow: DO LAST_INSERT_ID(n) ahead of this DO 1, both replies read. */
+      cr_assert_eq(mysql_query(m, "DO 1"), 0, "%s: %s", k ? "b" : "a", mysql_error(m));
+      int fd = (int)mysql_get_socket(m), mark = 0;
+      socklen_t len = sizeof mark;
+      cr_assert_eq(getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &mark, &len), 0);
+      cr_assert_eq(mark, 1, "the low-water mark stayed at %d", mark);
+      /* The same connection, nobody waiting: the 11-byte OK alone. */
+      cr_assert_eq(mysql_query(m, "DO 1"), 0, "%s: %s", k ? "b" : "a", mysql_error(m));
+      cr_assert_eq(pst_scalar(m, "SELECT LAST_INSERT_ID()"), k ? 0 : 1);
+    }
+  }
+  /* Twelve DO 1 and a restore at each of the six re-borrows (other tests may add DOs). */
+  cr_assert_geq(pst_status("Com_do") - dos, 18, "%lld DOs", pst_status("Com_do") - dos);
+  mysql_close(b);
+  mysql_close(a);
 }
 
 /* Django's handles run the same setup statements, but set autocommit again at different
