@@ -88,7 +88,8 @@ ps_broker_grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *
  * the same error 1040 after POOLSHIM_TIMEOUT. */
 static PsPhys *
 grain_reborrow(PsPoolKey *pk, MYSQL *m,
-               PsPhys *(*direct)(gpointer data, gint64 *next_us, gpointer waiter),
+               PsPhys *(*direct)(gpointer data, gint64 arrived_us, gint64 *next_us,
+                                 gpointer waiter),
                gpointer data)
 {
   PsPool *pool = B.pool;
@@ -107,7 +108,7 @@ grain_reborrow(PsPoolKey *pk, MYSQL *m,
         ps_pool_key_want(pk, TRUE);
         gw.wanting = TRUE;
       }
-      PsPhys *p = direct(data, &gw.next_us, &gw);
+      PsPhys *p = direct(data, gw.arrived, &gw.next_us, &gw);
       if (!p)
         continue;
       grain_stop(pool, pk, &gw);

@@ -90,4 +90,4 @@ extern PsHandleRegistry ps_handles; /* handle.c's; the library's own (poolshim.m
 /* handle_take.c, for the owner's side. */
 void ps_handle_take_out(PsHandle *h);
 gint64 ps_handle_note_comeback(PsHandle *h);
-PsPhys *ps_handle_direct(gpointer data, gint64 *next_us, gpointer waiter);
+PsPhys *ps_handle_direct(gpointer data, gint64 arrived_us, gint64 *next_us, gpointer waiter);

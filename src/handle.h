@@ -40,10 +40,12 @@ const char *ps_handle_pin_name(PsPinReason reason);
 typedef struct {
   /* A connection of pk for a detached handle's command, waiting like a connect: in
    * p->shell, CLAIMED or OPENING. When the pool has none, direct(data) is asked for one
-   * taken from an idle handle (NULL: none yet; *next_us: when to ask again, 0: a slice). NULL with m's error set
-   * (the connect's error 1040 after POOLSHIM_TIMEOUT). */
+   * taken from an idle handle (NULL: none yet; *next_us: when to ask again, 0: a slice;
+   * arrived_us: when the re-borrow first waited, on the pool's clock, 0: not yet). NULL
+   * with m's error set (the connect's error 1040 after POOLSHIM_TIMEOUT). */
   PsPhys *(*reborrow)(PsPoolKey *pk, MYSQL *m,
-                      PsPhys *(*direct)(gpointer data, gint64 *next_us, gpointer waiter),
+                      PsPhys *(*direct)(gpointer data, gint64 arrived_us, gint64 *next_us,
+                                        gpointer waiter),
                       gpointer data);
   /* A take by `waiter` (ps_handle_take's, direct's) claimed a handle and may read from its
    * connection now: when it is the key's poller, another waiter polls meanwhile. */

@@ -327,13 +327,17 @@ take_for(PsHandle *h, PsHandle *t)
  * takeable longest (t->handed: its session is t's already) while no one else waits, or
  * NULL (maybe one was given back to the pool instead). */
 PsPhys *
-ps_handle_direct(gpointer data, gint64 *next_us, gpointer waiter)
+ps_handle_direct(gpointer data, gint64 arrived_us, gint64 *next_us, gpointer waiter)
 {
   PsHandle *t = data;
   t->handed = FALSE;
-  if (ps_pool_key_oldest_wait_us(t->pool, t->pk) > H_HAND_OVER_BOUND_US) {
-    /* Someone waits in the pool's queue for long: a take goes to the oldest waiter, as
-     * any take (hand-overs pass the queue, and a connect is served only from it). */
+  if (ps_pool_key_oldest_wait_us(t->pool, t->pk, arrived_us) > H_HAND_OVER_BOUND_US) {
+    /* Someone who arrived before t waits in the pool's queue for long: a take goes to
+     * the oldest waiter, as any take (hand-overs pass the queue, and a connect is served
+     * only from it). When t arrived first (the key's poller is its oldest re-borrow), t
+     * is that waiter: handed the connection as it is, not reset in the pool and restored
+     * (a take given back to the pool goes to the oldest waiter still queued, younger
+     * than t). */
     ps_handle_take(t->pk, next_us, waiter);
     return NULL;
   }

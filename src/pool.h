@@ -247,8 +247,9 @@ gboolean ps_pool_grain_done(PsPool *pool, PsPoolKey *key, gconstpointer token);
 /* A handle of key became takeable while someone wants a connection: wakes the poller when
  * it sleeps without a delay timer (else nothing: one atomic exchange). */
 void ps_pool_key_poke(PsPool *pool, PsPoolKey *key);
-/* How long the key's oldest waiter has waited (0: none), in the pool's clock. */
-gint64 ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key);
+/* How long the key's oldest waiter that arrived before `arrived_us` (0: any) has waited
+ * (0: none), in the pool's clock. */
+gint64 ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key, gint64 arrived_us);
 
 /* Held across fork() so that the child never inherits a lock taken by another thread. */
 void ps_pool_lock_for_fork(PsPool *pool);

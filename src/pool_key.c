@@ -388,10 +388,11 @@ ps_pool_snapshot(PsPool *pool)
 }
 
 gint64
-ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key)
+ps_pool_key_oldest_wait_us(PsPool *pool, PsPoolKey *key, gint64 arrived_us)
 {
   ps_pool_lock(pool);
-  gint64 age = key->waitq.head ? pool->now() - ps_pool_oldest_since(key) : 0;
+  gint64 since = ps_pool_oldest_since(key); /* the queue is in order of arrival */
+  gint64 age = key->waitq.head && (!arrived_us || since < arrived_us) ? pool->now() - since : 0;
   ps_pool_unlock(pool);
   return age;
 }

@@ -331,6 +331,90 @@ Test(grain, after_a_reborrows_restore_the_next_short_reply_is_read_at_once)
   mysql_close(a);
 }
 
+/* One handle's statement in a thread of its own. */
+typedef struct {
+  MYSQL *m;
+  const char *sql;
+  unsigned int err;
+} Stmt;
+
+static void *
+run_stmt(void *arg)
+{
+  Stmt *st = arg;
+  st->err = mysql_query(st->m, st->sql) ? mysql_errno(st->m) : 0;
+  if (!st->err && mysql_field_count(st->m))
+    mysql_free_result(mysql_store_result(st->m));
+  return NULL;
+}
+
+static unsigned
+waiting_now(void)
+{
+  poolshim_stats_t s;
+  pst_stats(&s);
+  return s.waiting;
+}
+
+/* Until `n` connects or re-borrows wait in the pool (fails after 10 s). */
+static void
+wait_for_waiting(unsigned n)
+{
+  for (int i = 0; waiting_now() < n; i++) {
+    cr_assert_lt(i, 2000, "%u waiters expected within 10 s, %u seen", n, waiting_now());
+    g_usleep(5 * 1000);
+  }
+}
+
+/* The 100 ms hand-over bound sends a take through the pool's queue (a reset, then its
+ * oldest waiter) only for a waiter that arrived before the re-borrow: one that arrived
+ * first is the waiter the queue would serve first, and gets the idle handle's connection
+ * as it is. b waits first, c after it, both well over 100 ms while a's SLEEP holds the one
+ * connection: b's INSERT runs first, then c's, and no session is reset (before, b's turn
+ * found c waiting for over 100 ms: a reset, then c's INSERT first). */
+Test(grain, a_reborrow_that_waited_first_gets_the_connection_as_it_is_past_the_hand_over_bound)
+{
+  grain_env("1", "0", "20s");
+  fresh_table("grain_order", NULL);
+  MYSQL *h[3];
+  for (int i = 0; i < 3; i++) {
+    h[i] = pst_connect_app(); /* each takes the one connection from the one before */
+    cr_assert_eq(pst_scalar(h[i], "SELECT 1"), 1); /* takeable from here */
+  }
+  poolshim_stats_t before;
+  pst_stats(&before);
+  Stmt st[3] = {{h[0], "SELECT SLEEP(0.6)", 0},
+                {h[1], "INSERT INTO grain_order (v) VALUES (1)", 0},
+                {h[2], "INSERT INTO grain_order (v) VALUES (2)", 0}};
+  pthread_t t[3];
+  pthread_create(&t[0], NULL, run_stmt, &st[0]);
+  /* a holds the connection once its SLEEP runs on the server. */
+  MYSQL *root = pst_connect_app_via(FALSE, TRUE);
+  for (int i = 0; pst_scalar(root, "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                   "WHERE INFO = 'SELECT SLEEP(0.6)'") == 0; i++) {
+    cr_assert_lt(i, 2000, "a's SLEEP did not start within 10 s");
+    g_usleep(5 * 1000);
+  }
+  pthread_create(&t[1], NULL, run_stmt, &st[1]);
+  wait_for_waiting(1);
+  pthread_create(&t[2], NULL, run_stmt, &st[2]);
+  wait_for_waiting(2);
+  for (int i = 0; i < 3; i++) {
+    pthread_join(t[i], NULL);
+    cr_assert_eq(st[i].err, 0, "%s: error %u", st[i].sql, st[i].err);
+  }
+  /* Server-side: the order of the two rows. */
+  cr_assert_eq(pst_scalar(root, "SELECT v FROM grain_order ORDER BY id LIMIT 1"), 1,
+               "c's INSERT ran before b's, which waited first");
+  poolshim_stats_t after;
+  pst_stats(&after);
+  cr_assert_eq(after.resets - before.resets, 0, "%llu sessions reset",
+               after.resets - before.resets);
+  mysql_close(root);
+  for (int i = 0; i < 3; i++)
+    mysql_close(h[i]);
+}
+
 /* Django's handles run the same setup statements, but set autocommit again at different
  * moments: the same session, in another order. A re-borrow gets such a handle's connection
  * as it is, without the restore that follows a return to the pool (its COM_INIT_DB). */
