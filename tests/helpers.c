@@ -288,6 +288,18 @@ pst_stats(poolshim_stats_t *out)
   cr_assert_eq(pst_stats_fn()(out, sizeof *out), 0);
 }
 
+void
+pst_wait_stats_count(glong offset, unsigned n, const char *what)
+{
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  poolshim_stats_t s;
+  for (pst_stats(&s); G_STRUCT_MEMBER(unsigned, &s, offset) < n; pst_stats(&s)) {
+    cr_assert_lt(g_get_monotonic_time(), deadline, "%s: %u expected within 10 s, %u seen", what,
+                 n, G_STRUCT_MEMBER(unsigned, &s, offset));
+    g_usleep(5 * 1000);
+  }
+}
+
 MYSQL *
 pst_try_connect_to(const char *host, unsigned int port, unsigned int connect_timeout,
                    unsigned int rw_timeout, unsigned int *err, char *msg, size_t msglen)

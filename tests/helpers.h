@@ -62,6 +62,10 @@ void pst_stats(poolshim_stats_t *out);
  * test or a forked child, where Criterion's assertions do not work. */
 typedef int (*PstStatsFn)(poolshim_stats_t *out, size_t size);
 PstStatsFn pst_stats_fn(void);
+/* Until the counter at `offset` in poolshim_stats_t (an unsigned int: open, waiting) is at
+ * least `n` (fails after 10 s, naming `what`): a fixed sleep would race with thread start-up
+ * on a loaded machine. */
+void pst_wait_stats_count(glong offset, unsigned n, const char *what);
 
 /* Connects as the application user to host:port with the client's own timeouts (seconds,
  * 0 = the library's default). NULL on error, with *err and msg set; never fails the test. */

@@ -348,24 +348,6 @@ run_stmt(void *arg)
   return NULL;
 }
 
-static unsigned
-waiting_now(void)
-{
-  poolshim_stats_t s;
-  pst_stats(&s);
-  return s.waiting;
-}
-
-/* Until `n` connects or re-borrows wait in the pool (fails after 10 s). */
-static void
-wait_for_waiting(unsigned n)
-{
-  for (int i = 0; waiting_now() < n; i++) {
-    cr_assert_lt(i, 2000, "%u waiters expected within 10 s, %u seen", n, waiting_now());
-    g_usleep(5 * 1000);
-  }
-}
-
 /* The 100 ms hand-over bound sends a take through the pool's queue (a reset, then its
  * oldest waiter) only for a waiter that arrived before the re-borrow: one that arrived
  * first is the waiter the queue would serve first, and gets the idle handle's connection
@@ -389,28 +371,28 @@ Test(grain, a_reborrow_that_waited_first_gets_the_connection_as_it_is_past_the_h
   pthread_t t[3];
   pthread_create(&t[0], NULL, run_stmt, &st[0]);
   /* a holds the connection once its SLEEP runs on the server. */
-  MYSQL *root = pst_connect_app_via(FALSE, TRUE);
-  for (int i = 0; pst_scalar(root, "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+  for (int i = 0; pst_scalar(pst_admin(), "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
                                    "WHERE INFO = 'SELECT SLEEP(0.6)'") == 0; i++) {
     cr_assert_lt(i, 2000, "a's SLEEP did not start within 10 s");
     g_usleep(5 * 1000);
   }
   pthread_create(&t[1], NULL, run_stmt, &st[1]);
-  wait_for_waiting(1);
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "b waiting");
   pthread_create(&t[2], NULL, run_stmt, &st[2]);
-  wait_for_waiting(2);
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 2, "b and c waiting");
   for (int i = 0; i < 3; i++) {
     pthread_join(t[i], NULL);
     cr_assert_eq(st[i].err, 0, "%s: error %u", st[i].sql, st[i].err);
   }
   /* Server-side: the order of the two rows. */
-  cr_assert_eq(pst_scalar(root, "SELECT v FROM grain_order ORDER BY id LIMIT 1"), 1,
+  cr_assert_eq(pst_scalar(pst_admin(), "SELECT v FROM %s.grain_order ORDER BY id LIMIT 1",
+                          pst_env("PS_TEST_DB")),
+               1,
                "c's INSERT ran before b's, which waited first");
   poolshim_stats_t after;
   pst_stats(&after);
   cr_assert_eq(after.resets - before.resets, 0, "%llu sessions reset",
                after.resets - before.resets);
-  mysql_close(root);
   for (int i = 0; i < 3; i++)
     mysql_close(h[i]);
 }

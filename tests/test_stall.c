@@ -115,19 +115,6 @@ stats(void)
   return s;
 }
 
-/* Until the counter at `offset` in poolshim_stats_t (an unsigned int: open, waiting) is at
- * least `n` (fails after 10 s, naming `what`): a fixed sleep would race with thread start-up
- * on a loaded machine. */
-static void
-wait_for_count(glong offset, unsigned n, const char *what)
-{
-  gint64 deadline = now_ms() + 10000;
-  for (poolshim_stats_t s = stats(); G_STRUCT_MEMBER(unsigned, &s, offset) < n; s = stats()) {
-    cr_assert_lt(now_ms(), deadline, "%s: %u expected within 10 s, %u seen", what, n,
-                 G_STRUCT_MEMBER(unsigned, &s, offset));
-    g_usleep(5 * 1000);
-  }
-}
 
 /* Once every handle is closed or has failed: nothing lent, nobody waiting, every open
  * connection idle in its pool. */
@@ -154,7 +141,7 @@ Test(stall, connects_respect_the_connect_timeout_and_the_pool_timeout)
   attempt_start(&a[1], p);
   /* Both slots must be taken (being opened) before the third connect starts, or on a
    * loaded machine it may take a slot first and one of the two would wait instead. */
-  wait_for_count(G_STRUCT_OFFSET(poolshim_stats_t, open), base + 2,
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, open), base + 2,
                  "slots taken by the two opening connects");
   attempt_start(&a[2], p);
   join_all(a, 3, 20000);
@@ -300,7 +287,7 @@ Test(stall, a_close_during_the_stall_serves_a_waiter)
   pst_proxy_freeze(p);
   Attempt w = {0};
   attempt_start(&w, p);
-  wait_for_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "connects waiting");
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "connects waiting");
   gint64 t0 = now_ms();
   mysql_close(a);
   cr_assert_lt(now_ms() - t0, 1000);
@@ -328,7 +315,7 @@ Test(stall, a_waiter_served_during_a_stall_that_goes_on_fails_cleanly)
   pst_proxy_freeze(p);
   Attempt w = {0};
   attempt_start(&w, p);
-  wait_for_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "connects waiting");
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "connects waiting");
   mysql_close(a);
   join_all(&w, 1, 20000);
   cr_assert_eq(w.err, CR_SERVER_LOST, "the waiter: %u %s", w.err, w.msg);
