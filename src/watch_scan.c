@@ -259,15 +259,20 @@ ps_watch_uservar_only(const char *sql, size_t len)
   if (uservar_set(sql, len))
     return TRUE;
   char *copy = g_strndup(sql, len);
+  gboolean blanked = FALSE;
   for (size_t i = 0; i < len; i++) {
     if (copy[i] != '@')
       continue;
-    if (i + 1 < len && copy[i + 1] == '@')
+    if (i + 1 < len && copy[i + 1] == '@') {
       i++;
-    else
+    } else {
       copy[i] = ' ';
+      blanked = TRUE;
+    }
   }
-  gboolean clean = ps_session_classify_sql(copy, len) != PS_STMT_FULL;
+  /* Only system variables (@@sql_mode: Django's and SQLAlchemy's first queries): no user
+   * variable used. */
+  gboolean clean = blanked && ps_session_classify_sql(copy, len) != PS_STMT_FULL;
   g_free(copy);
   return clean;
 }

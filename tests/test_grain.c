@@ -423,6 +423,27 @@ Test(grain, handles_whose_setups_ran_in_another_order_hand_over_without_a_reset)
   mysql_close(a);
 }
 
+/* A query of system variables only (Django's and SQLAlchemy's first queries read
+ * @@sql_mode, @@sql_auto_is_null) uses no user variable: the handle's connection is
+ * handed over as it is, not read for user variables, reset and restored. */
+Test(grain, a_handle_that_read_system_variables_hands_over_without_a_reset)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *a = pst_connect_app();
+  long long only = conn_id(a);
+  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
+  g_autofree char *mode = pst_scalar_str(b, "SELECT @@SQL_AUTO_IS_NULL, @@session.sql_mode");
+  cr_assert_not_null(mode);
+  cr_assert_eq(conn_id(b), only);
+  g_usleep(5000); /* b has been takeable a while */
+  long long dbs = pst_scalar(a, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
+                                "WHERE VARIABLE_NAME = 'COM_CHANGE_DB'");
+  cr_assert_eq(dbs, 0, "a's session was restored (%lld COM_INIT_DB in it)", dbs);
+  cr_assert_eq(conn_id(a), only);
+  mysql_close(b);
+  mysql_close(a);
+}
+
 /* LOAD DATA LOCAL INFILE as the first command after a re-borrow whose LAST_INSERT_ID() goes
  * ahead of it: the library accepts the server's file request only while the reply it reads
  * is the statement's own (auto_local_infile), so the prefix's reply is read before it. */
