@@ -272,8 +272,9 @@ same_sets(const GPtrArray *a, const GPtrArray *b)
 /* Holding TAKING on h: hands its connection to t's re-borrow as it is, without a reset,
  * when the two sessions differ at most by the database and LAST_INSERT_ID() (the same
  * setup statements, no user variables, no warnings left, no setup statement run ahead
- * for h that h did not send): those are set in one write
- * (with h's LAST_INSERT_ID() read first when unknown). CLAIMED, in its shell; NULL when
+ * for h that h did not send): those are set in one write (h's LAST_INSERT_ID(), when
+ * unknown, read and t's set in one statement; else t's goes ahead of t's command, with
+ * it). CLAIMED, in its shell; NULL when
  * the sessions differ by more (then given back to the pool like any take) or it failed. */
 static PsPhys *
 take_for(PsHandle *h, PsHandle *t)
@@ -294,13 +295,18 @@ take_for(PsHandle *h, PsHandle *t)
   s->methods = ps_watch_methods(p->watch);
   ps_phys_detach(m); /* RETURNING */
   char *value = NULL;
+  /* h's LAST_INSERT_ID(), when unknown, is read and t's set in one statement: the server
+   * evaluates a select list from left to right (tested: the read sees h's value). */
+  gboolean swap = h->lid_unknown;
+  char lid[80];
+  g_snprintf(lid, sizeof lid, "SELECT LAST_INSERT_ID(), LAST_INSERT_ID(%" G_GUINT64_FORMAT ")",
+             t->lid);
   ps_watch_set_bypass(p->watch, TRUE);
   /* Closed by the server while idle in h (KILL, restart, wait_timeout): not t's to fail
    * on; one poll, since t's command may be the first thing written to it. */
   gboolean ok = !ps_conn_idle_closed(s, FALSE) &&
-                ps_conn_run_pipeline(s, h->lid_unknown ? "SELECT LAST_INSERT_ID()" : NULL,
-                                     &value, g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
-                                     NULL, 0);
+                ps_conn_run_pipeline(s, swap ? lid : NULL, &value,
+                                     g_strcmp0(h->db, t->db) != 0 ? t->db : NULL, NULL, 0);
   ps_watch_set_bypass(p->watch, FALSE);
   ps_watch_mark_full(p->watch); /* its return resets what both handles did */
   if (value) {
@@ -309,8 +315,9 @@ take_for(PsHandle *h, PsHandle *t)
     g_free(value);
   }
   h->lost = h->lid_unknown;
-  /* The session holds h's LAST_INSERT_ID() now: t's goes ahead of t's command. */
-  t->lid_prefix = h->lid_unknown || h->lid != t->lid;
+  /* The session holds t's LAST_INSERT_ID() when it was swapped in, else h's: then t's
+   * goes ahead of t's command. */
+  t->lid_prefix = !swap && h->lid != t->lid;
   h->p = NULL;
   __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);

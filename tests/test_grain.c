@@ -232,12 +232,15 @@ Test(grain, a_reborrow_gets_an_idle_handles_connection_without_a_reset_and_keeps
   pst_exec(b, "INSERT INTO grain_h (v) VALUES (2), (3)"); /* b's is 2 */
   cr_assert_eq(conn_id(b), only);
   g_usleep(5000); /* b has been takeable a while */
-  long long dbs = pst_status("Com_change_db");
+  long long dbs = pst_status("Com_change_db"), dos = pst_status("Com_do");
   /* a's command: the pool has nothing; b's connection comes to a as it is, with a's
    * LAST_INSERT_ID() set: no reset, no COM_INIT_DB (the same database). */
   cr_assert_eq(pst_scalar(a, "SELECT LAST_INSERT_ID()"), 1);
   /* (The restore after a reset selects the database.) */
   cr_assert_eq(pst_status("Com_change_db") - dbs, 0, "a's session was restored from a reset");
+  /* b's LAST_INSERT_ID() (unknown after its INSERT) was read and a's set by one SELECT:
+   * no DO LAST_INSERT_ID() ahead of a's command. */
+  cr_assert_eq(pst_status("Com_do") - dos, 0, "a's LAST_INSERT_ID() was set apart from the read");
   cr_assert_eq(conn_id(a), only);
   cr_assert_eq(pst_scalar(b, "SELECT LAST_INSERT_ID()"), 2);
   mysql_close(b);
