@@ -149,6 +149,9 @@ void ps_conn_forget(MYSQL *m);
 gboolean ps_conn_run_pipeline(MYSQL *m, const char *query, char **value, const char *db,
                               const char *const *stmts, guint n);
 void ps_conn_copy_in(MYSQL *to, MYSQL *from);
+/* "name=DEFAULT" for one PsVar bit (what gives a session variable back its fresh value
+ * where that is the global one), or NULL. */
+const char *ps_conn_var_default(guint var);
 /* Sends one query without reading its reply (as mysql_send_query does): the caller reads
  * it, in order, before the reply of any command sent after it. FALSE with m's error set. */
 gboolean ps_conn_send_query(MYSQL *m, const char *query);

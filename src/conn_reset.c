@@ -492,6 +492,19 @@ present_returned(MYSQL *m, const PsConnProfile *profile)
   m->info = NULL;
 }
 
+const char *
+ps_conn_var_default(guint var)
+{
+  static const char *const var_sets[PS_VAR_COUNT] = {
+    "autocommit=DEFAULT",   "sql_mode=DEFAULT",         "time_zone=DEFAULT",
+    "tx_isolation=DEFAULT", "tx_read_only=DEFAULT",     "sql_auto_is_null=DEFAULT",
+    "last_insert_id=0"};
+  for (guint i = 0; i < PS_VAR_COUNT; i++)
+    if (var == 1u << i)
+      return var_sets[i];
+  return NULL;
+}
+
 /* POOLSHIM_RESET=auto: the session is the fresh one, plus the borrow's leading session setup
  * (kept for the next borrower), plus at most an open transaction. Nothing is sent, or
  * ROLLBACK alone, its reply read at the next lend like a reset's. -1 when it cannot be sent. */
@@ -502,10 +515,6 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
   /* Session variables set after the leading setup go back to their fresh values, the global
    * ones (`= DEFAULT`), in one statement. autocommit back on would commit an open
    * transaction: ROLLBACK first whenever it is restored. */
-  static const char *const var_sets[PS_VAR_COUNT] = {
-    "autocommit=DEFAULT",   "sql_mode=DEFAULT",         "time_zone=DEFAULT",
-    "tx_isolation=DEFAULT", "tx_read_only=DEFAULT",     "sql_auto_is_null=DEFAULT",
-    "last_insert_id=0"};
   guint vars = ps_watch_restore_vars(watch);
   gboolean in_trans = (m->server_status & SERVER_STATUS_IN_TRANS) != 0 ||
                       ps_watch_maybe_in_trans(watch) || (vars & PS_VAR_AUTOCOMMIT);
@@ -516,7 +525,7 @@ reset_light(MYSQL *m, PsConnProfile *profile, PsWatch *watch, unsigned int timeo
     if (vars & (1u << i)) {
       if (set[strlen(set) - 1] != ' ')
         g_strlcat(set, ", ", sizeof set);
-      g_strlcat(set, var_sets[i], sizeof set);
+      g_strlcat(set, ps_conn_var_default(1u << i), sizeof set);
     }
   }
   PsCmd cmds[2];

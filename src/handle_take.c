@@ -238,56 +238,110 @@ ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
   return found != NULL;
 }
 
+/* The character set statements of a setup list (no PsVar), in their order: each may
+ * override another, so two lists agree only on the same ones in the same order. */
 static gboolean
-same_sets(const GPtrArray *a, const GPtrArray *b)
+same_charsets(const GPtrArray *a, const GPtrArray *b)
 {
-  guint n = a ? a->len : 0;
-  if (n != (b ? b->len : 0))
-    return FALSE;
-  guint i = 0;
-  while (i < n && strcmp(a->pdata[i], b->pdata[i]) == 0)
-    i++;
-  if (i == n)
-    return TRUE;
-  /* The same statements in another order (Django's handles set autocommit again after
-   * their setup, at different moments): one session, provided each sets a variable of
-   * its own. Each list holds one statement per variable (record_set), and those that
-   * set a character set (no PsVar) may overlap each other: at most one of them. */
-  guint charsets = 0;
-  for (guint k = 0; k < n; k++) {
-    const char *sa = a->pdata[k];
-    guint var = 0;
-    ps_watch_prelude_var(sa, strlen(sa), &var);
-    if (!var && ++charsets > 1)
-      return FALSE;
-    gboolean found = FALSE;
-    for (guint j = 0; j < n && !found; j++)
-      found = strcmp(sa, b->pdata[j]) == 0;
-    if (!found)
+  guint i = 0, j = 0, na = a ? a->len : 0, nb = b ? b->len : 0;
+  for (;;) {
+    guint var = 1;
+    while (i < na && (ps_watch_prelude_var(a->pdata[i], strlen(a->pdata[i]), &var), var))
+      i++;
+    var = 1;
+    while (j < nb && (ps_watch_prelude_var(b->pdata[j], strlen(b->pdata[j]), &var), var))
+      j++;
+    if (i == na || j == nb)
+      return i == na && j == nb;
+    if (strcmp(a->pdata[i++], b->pdata[j++]) != 0)
       return FALSE;
   }
+}
+
+static const char *
+set_of_var(const GPtrArray *sets, guint var)
+{
+  for (guint i = 0; sets && i < sets->len; i++) {
+    guint v = 0;
+    ps_watch_prelude_var(sets->pdata[i], strlen(sets->pdata[i]), &v);
+    if (v == var)
+      return sets->pdata[i];
+  }
+  return NULL;
+}
+
+/* What turns h's session into t's, both a fresh session plus their setup statements (one
+ * per variable, record_set), when h's connection is handed to t as it is: t's statements
+ * that h did not run, into send (pointers into t->sets), and each variable h set that t
+ * did not, back to its fresh value, the global one, in one SET into *defaults (NULL:
+ * none). FALSE when they differ by more: by a character set statement (those override
+ * each other: only the same ones in the same order), or by a variable whose fresh value
+ * may not be the global one (an init command or the server's init_connect set it). The
+ * order of Django's setup statements differs from handle to handle: not a difference. */
+static gboolean
+sets_delta(const GPtrArray *hs, const GPtrArray *ts, const PsConnProfile *profile,
+           GPtrArray *send, char **defaults)
+{
+  *defaults = NULL;
+  if (!same_charsets(hs, ts))
+    return FALSE;
+  for (guint i = 0; ts && i < ts->len; i++) {
+    guint var = 0;
+    ps_watch_prelude_var(ts->pdata[i], strlen(ts->pdata[i]), &var);
+    const char *mine = var ? set_of_var(hs, var) : NULL;
+    if (var && (!mine || strcmp(mine, ts->pdata[i]) != 0))
+      g_ptr_array_add(send, ts->pdata[i]);
+  }
+  guint unset = 0;
+  for (guint i = 0; hs && i < hs->len; i++) {
+    guint var = 0;
+    ps_watch_prelude_var(hs->pdata[i], strlen(hs->pdata[i]), &var);
+    if (var && !set_of_var(ts, var))
+      unset |= var;
+  }
+  if (!unset)
+    return TRUE;
+  if ((profile->init_commands && profile->init_commands[0]) || profile->init_connect)
+    return FALSE;
+  GString *sql = g_string_new("SET SESSION ");
+  for (guint v = 1; v && v < (1u << PS_VAR_COUNT); v <<= 1) {
+    const char *d = (unset & v) ? ps_conn_var_default(v) : NULL;
+    if (!d)
+      continue;
+    if (sql->len > 12)
+      g_string_append(sql, ", ");
+    g_string_append(sql, d);
+  }
+  *defaults = g_string_free(sql, FALSE);
   return TRUE;
 }
 
 /* Holding TAKING on h: hands its connection to t's re-borrow as it is, without a reset,
- * when the two sessions differ at most by the database and LAST_INSERT_ID() (the same
- * setup statements, no user variables, no warnings left, no setup statement run ahead
- * for h that h did not send): those are set in one write (h's LAST_INSERT_ID(), when
- * unknown, read and t's set in one statement; else t's goes ahead of t's command, with
- * it). CLAIMED, in its shell; NULL when
- * the sessions differ by more (then given back to the pool like any take) or it failed. */
+ * when the two sessions differ at most by the database, LAST_INSERT_ID() and session
+ * variables of their setups (sets_delta; no user variables, no warnings left, no setup
+ * statement run ahead for h that h did not send): those are set in one write (h's
+ * LAST_INSERT_ID(), when unknown, read and t's set in one statement; else t's goes ahead
+ * of t's command, with it). CLAIMED, in its shell; NULL when the sessions differ by more
+ * (then given back to the pool like any take) or it failed. */
 static PsPhys *
 take_for(PsHandle *h, PsHandle *t)
 {
   PsPhys *p = h->p;
   MYSQL *m = h->m;
-  if (!same_sets(h->sets, t->sets) || h->uservars || t->uservars ||
-      ps_watch_uservars_used(p->watch) || ps_watch_unmatched(p->watch) || m->warning_count ||
-      (h->db && !t->db)) {
+  GPtrArray *send = g_ptr_array_sized_new(4);
+  char *defaults = NULL;
+  if (h->uservars || t->uservars || ps_watch_uservars_used(p->watch) ||
+      ps_watch_unmatched(p->watch) || m->warning_count || (h->db && !t->db) ||
+      !sets_delta(h->sets, t->sets, p->profile, send, &defaults)) {
+    g_ptr_array_free(send, TRUE);
     ps_handle_take_out(h);
     return NULL;
   }
+  if (defaults)
+    g_ptr_array_add(send, defaults);
   if ((!p->shell && !(p->shell = ps_conn_shell_new(5))) || !ps_conn_copy_out(p->shell, m)) {
+    g_ptr_array_free(send, TRUE);
+    g_free(defaults);
     __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
     return NULL;
   }
@@ -306,7 +360,10 @@ take_for(PsHandle *h, PsHandle *t)
    * on; one poll, since t's command may be the first thing written to it. */
   gboolean ok = !ps_conn_idle_closed(s, FALSE) &&
                 ps_conn_run_pipeline(s, swap ? lid : NULL, &value,
-                                     g_strcmp0(h->db, t->db) != 0 ? t->db : NULL, NULL, 0);
+                                     g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
+                                     (const char *const *)send->pdata, send->len);
+  g_ptr_array_free(send, TRUE);
+  g_free(defaults);
   ps_watch_set_bypass(p->watch, FALSE);
   ps_watch_mark_full(p->watch); /* its return resets what both handles did */
   if (value) {

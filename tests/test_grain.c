@@ -426,6 +426,65 @@ Test(grain, handles_whose_setups_ran_in_another_order_hand_over_without_a_reset)
   mysql_close(a);
 }
 
+static long long
+session_change_dbs(MYSQL *m)
+{
+  /* The session's own counter: no other test's statements in it. A re-borrow restored
+   * after a reset selects the database (COM_INIT_DB); a hand-over does not. */
+  return pst_scalar(m, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
+                       "WHERE VARIABLE_NAME = 'COM_CHANGE_DB'");
+}
+
+/* Handles whose setups set different session variables: a re-borrow gets the other's
+ * connection as it is, its own statements run and the other's variables set back to
+ * their fresh values (the global ones) in the same write, without a reset. A character
+ * set of its own is not such a difference (character set statements override each other):
+ * a reset and the restore. */
+Test(grain, handles_whose_setups_set_different_variables_hand_over_with_the_difference_set)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *a = pst_connect_app();
+  pst_exec(a, "SET time_zone = '+01:00'");
+  pst_exec(a, "SET sql_mode = 'ANSI_QUOTES'");
+  long long only = conn_id(a);
+  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
+  pst_exec(b, "SET time_zone = '+02:00'");
+  pst_exec(b, "SET sql_auto_is_null = 1");
+  cr_assert_eq(conn_id(b), only);
+  g_usleep(5000); /* b has been takeable a while */
+  g_autofree char *a_tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_eq(conn_id(a), only);
+  cr_assert_eq(session_change_dbs(a), 0, "a's session was restored from a reset");
+  cr_assert_str_eq(a_tz, "+01:00");
+  g_autofree char *a_mode = pst_scalar_str(a, "SELECT @@session.sql_mode");
+  cr_assert_str_eq(a_mode, "ANSI_QUOTES");
+  cr_assert_eq(pst_scalar(a, "SELECT @@session.sql_auto_is_null"), 0, "b's variable leaked");
+  g_usleep(5000); /* a has been takeable a while */
+  g_autofree char *b_tz = pst_scalar_str(b, "SELECT @@session.time_zone");
+  cr_assert_eq(conn_id(b), only);
+  cr_assert_str_eq(b_tz, "+02:00");
+  cr_assert_eq(pst_scalar(b, "SELECT @@session.sql_auto_is_null"), 1);
+  cr_assert_eq(pst_scalar(b, "SELECT @@session.sql_mode = @@global.sql_mode"), 1,
+               "a's sql_mode leaked");
+  cr_assert_eq(session_change_dbs(b), 0, "b's session was restored from a reset");
+  /* A character set of a's own: reset and restored. */
+  cr_assert_eq(mysql_set_character_set(a, "latin1"), 0, "%s", mysql_error(a));
+  pst_exec(b, "SET NAMES utf8mb4");
+  for (int i = 0; i < 5; i++)
+    pst_exec(b, "DO 1");
+  g_usleep(5000);
+  g_autofree char *cs = pst_scalar_str(a, "SELECT @@character_set_client");
+  cr_assert_str_eq(cs, "latin1");
+  /* A reset clears the session's counters: b's five DO are not in a's. */
+  long long dos = pst_scalar(a, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
+                                "WHERE VARIABLE_NAME = 'COM_DO'");
+  cr_assert_lt(dos, 5, "b's session was handed to a with another character set");
+  g_autofree char *a_tz2 = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(a_tz2, "+01:00");
+  mysql_close(b);
+  mysql_close(a);
+}
+
 /* A query of system variables only (Django's and SQLAlchemy's first queries read
  * @@sql_mode, @@sql_auto_is_null) uses no user variable: the handle's connection is
  * handed over as it is, not read for user variables, reset and restored. */
