@@ -74,7 +74,13 @@ ps_broker_grain_waits(PsPool *pool, PsPoolKey *pk, PsGrant *grant, PsGrainWait *
       ps_pool_key_want(pk, TRUE);
       g->wanting = TRUE;
     }
+    /* A connect that arrived before every queued waiter keeps what it takes (reset in the
+     * pool): given to the oldest queued one instead, a re-borrow that found nothing to
+     * take, it had to be restored from that reset, and the connect took again. */
+    gboolean eldest = ps_pool_key_oldest_wait_us(pool, pk, g->arrived) == 0;
+    ps_pool_hold_next_release(eldest);
     ps_handle_take(pk, &g->next_us, g);
+    ps_pool_hold_next_release(FALSE);
     return TRUE;
   }
   grain_stop(pool, pk, g);

@@ -52,6 +52,8 @@ typedef struct {
   PsPoolKey *acq_key;
   gboolean looping;   /* its last acquire (of acq_key) came within the grace of a return */
   gint64 run_since_us; /* the acquire that began its run: it re-takes for a quantum from it */
+  gboolean hold_next;  /* its next return is held back for it (ps_pool_hold_next_release) */
+  gboolean self_held;  /* its last return was so held: re-taken whatever the time */
 } PsThreadHistory;
 
 /* initial-exec: the library is preloaded, so its TLS is in the static block, and a
@@ -515,8 +517,9 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
    * held back for it, within its quantum (see the top). */
   gboolean quick = history.pool == pool && history.key == key &&
                    now - history.released_us <= PS_POOL_BARGE_GRACE_US;
-  gboolean barge = quick && history.held && in_quantum(now);
-  history.held = FALSE;
+  gboolean barge = (quick && history.held && in_quantum(now)) ||
+                   (history.self_held && history.pool == pool && history.key == key);
+  history.held = history.self_held = FALSE;
   history.acq_pool = pool;
   history.acq_key = key;
   history.looping = quick;
@@ -701,6 +704,12 @@ ps_pool_opened(PsPool *pool, PsPoolKey *key, gpointer conn)
 }
 
 void
+ps_pool_hold_next_release(gboolean on)
+{
+  history.hold_next = on;
+}
+
+void
 ps_pool_open_failed(PsPool *pool, PsPoolKey *key)
 {
   ps_pool_lock(pool);
@@ -722,15 +731,19 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
     key->counts.resets++;
   gboolean kept = now < item->expires_us;
   /* A looping thread's return stays here for it, within its quantum. */
-  gboolean hold = kept && history.looping && history.acq_pool == pool &&
-                  history.acq_key == key && has_waiter_for(pool, key) && in_quantum(now);
+  gboolean self = kept && history.hold_next;
+  gboolean hold = self || (kept && history.looping && history.acq_pool == pool &&
+                           history.acq_key == key && has_waiter_for(pool, key) &&
+                           in_quantum(now));
+  history.hold_next = FALSE;
   history.pool = pool;
   history.key = key;
   history.released_us = now;
   history.held = hold;
+  history.self_held = self;
   if (kept) {
     item->idle_since_us = now;
-    item->held_until_us = hold ? now + PS_POOL_BARGE_GRACE_US : 0;
+    item->held_until_us = hold ? now + (self ? PS_POOL_SELF_HOLD_US : PS_POOL_BARGE_GRACE_US) : 0;
     g_queue_push_head_link(&key->idle, &item->link);
     if (hold) {
       key->last_hold_us = now;

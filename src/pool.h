@@ -18,6 +18,9 @@
  * period later. */
 #define PS_POOL_BARGE_GRACE_US ((gint64)100)
 #define PS_POOL_QUANTUM_US ((gint64)5000)
+/* How long a return held back for its own thread's next acquire (ps_pool_hold_next_release)
+ * waits for it before the oldest waiter gets it. */
+#define PS_POOL_SELF_HOLD_US ((gint64)5000)
 #define PS_POOL_POLL_US ((gint64)1000)
 
 typedef struct PsPool PsPool;
@@ -237,6 +240,12 @@ guint ps_pool_key_wanted(PsPoolKey *key);
 void ps_pool_acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gboolean may_grow,
                            gconstpointer token, gint64 poll_us, gint64 deadline_us,
                            gint64 *arrived, PsGrant *grant);
+/* The calling thread's next ps_pool_release (on: TRUE) is held back for its next acquire
+ * of that key, which takes it past every waiter: for a waiter that gives back what it took
+ * for itself (a connect's take from an idle handle, which the pool resets) while it is
+ * the oldest. Not held when the connection expired; given to the oldest waiter after
+ * PS_POOL_SELF_HOLD_US. */
+void ps_pool_hold_next_release(gboolean on);
 /* The waiter with `token` stopped waiting: when it was the poller, the oldest grain
  * waiter of the key becomes it, asleep until poked (TRUE). The caller then pokes the key
  * if a handle is takeable already: a settle either saw the new poller wanting a poke or

@@ -400,6 +400,69 @@ Test(grain, a_reborrow_that_waited_first_gets_the_connection_as_it_is_past_the_h
     mysql_close(h[i]);
 }
 
+typedef struct {
+  MYSQL *m;
+  unsigned int err;
+} Connect;
+
+static void *
+run_connect(void *arg)
+{
+  Connect *c = arg;
+  char msg[512] = "";
+  c->m = pst_try_connect(pst_env("PS_TEST_USER"), pst_env("PS_TEST_PASSWORD"),
+                         pst_env("PS_TEST_DB"), &c->err, msg, sizeof msg);
+  if (c->m && mysql_query(c->m, "INSERT INTO grain_self (v) VALUES (2)"))
+    c->err = mysql_errno(c->m);
+  return NULL;
+}
+
+/* A connect that waited first keeps the connection it takes from an idle handle (reset in
+ * the pool for it): c's connect waits first, then a's re-borrow, while b's SLEEP holds
+ * the one connection. Before, the reset connection went to the oldest waiter still queued,
+ * a (which had to restore its session from the reset), and c took again: two resets. */
+Test(grain, a_connect_that_waited_first_keeps_the_connection_it_takes)
+{
+  grain_env("1", "0", "20s");
+  fresh_table("grain_self", NULL);
+  MYSQL *a = pst_connect_app();
+  cr_assert_eq(pst_scalar(a, "SELECT 1"), 1);
+  MYSQL *b = pst_connect_app(); /* takes a's */
+  cr_assert_eq(pst_scalar(b, "SELECT 1"), 1);
+  poolshim_stats_t before;
+  pst_stats(&before);
+  Stmt sleep = {b, "SELECT SLEEP(0.6)", 0}, insert = {a, "INSERT INTO grain_self (v) VALUES (1)", 0};
+  Connect c = {0};
+  pthread_t tb, tc, ta;
+  pthread_create(&tb, NULL, run_stmt, &sleep);
+  for (int i = 0; pst_scalar(pst_admin(), "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                   "WHERE INFO = 'SELECT SLEEP(0.6)'") == 0; i++) {
+    cr_assert_lt(i, 2000, "b's SLEEP did not start within 10 s");
+    g_usleep(5 * 1000);
+  }
+  pthread_create(&tc, NULL, run_connect, &c);
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "c's connect waiting");
+  pthread_create(&ta, NULL, run_stmt, &insert);
+  pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 2, "c and a waiting");
+  pthread_join(tb, NULL);
+  pthread_join(tc, NULL);
+  pthread_join(ta, NULL);
+  cr_assert_eq(sleep.err, 0, "b's SLEEP: error %u", sleep.err);
+  cr_assert_eq(c.err, 0, "c's connect or INSERT: error %u", c.err);
+  cr_assert_eq(insert.err, 0, "a's INSERT: error %u", insert.err);
+  cr_assert_eq(pst_scalar(pst_admin(), "SELECT COUNT(*) FROM %s.grain_self",
+                          pst_env("PS_TEST_DB")),
+               2);
+  poolshim_stats_t after;
+  pst_stats(&after);
+  /* c's connect gets a reset session; a gets c's (or b's) as it is. */
+  cr_assert_eq(after.resets - before.resets, 1, "%llu sessions reset",
+               after.resets - before.resets);
+  mysql_close(c.m);
+  mysql_close(b);
+  mysql_close(a);
+}
+
 /* Django's handles run the same setup statements, but set autocommit again at different
  * moments: the same session, in another order. A re-borrow gets such a handle's connection
  * as it is, without the restore that follows a return to the pool (its COM_INIT_DB). */
