@@ -351,6 +351,17 @@ run_stmt(void *arg)
   return NULL;
 }
 
+/* Waits until the server runs `sql` (at most 10 s). */
+static void
+wait_running(const char *sql)
+{
+  for (int i = 0; pst_scalar(pst_admin(), "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                          "WHERE INFO = '%s'", sql) == 0; i++) {
+    cr_assert_lt(i, 2000, "%s did not start within 10 s", sql);
+    g_usleep(5 * 1000);
+  }
+}
+
 /* The 100 ms hand-over bound sends a take through the pool's queue (a reset, then its
  * oldest waiter) only for a waiter that arrived before the re-borrow: one that arrived
  * first is the waiter the queue would serve first, and gets the idle handle's connection
@@ -373,12 +384,7 @@ Test(grain, a_reborrow_that_waited_first_gets_the_connection_as_it_is_past_the_h
                 {h[2], "INSERT INTO grain_order (v) VALUES (2)", 0}};
   pthread_t t[3];
   pthread_create(&t[0], NULL, run_stmt, &st[0]);
-  /* a holds the connection once its SLEEP runs on the server. */
-  for (int i = 0; pst_scalar(pst_admin(), "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                                   "WHERE INFO = 'SELECT SLEEP(0.6)'") == 0; i++) {
-    cr_assert_lt(i, 2000, "a's SLEEP did not start within 10 s");
-    g_usleep(5 * 1000);
-  }
+  wait_running(st[0].sql); /* a holds the connection once its SLEEP runs on the server */
   pthread_create(&t[1], NULL, run_stmt, &st[1]);
   pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "b waiting");
   pthread_create(&t[2], NULL, run_stmt, &st[2]);
@@ -435,11 +441,7 @@ Test(grain, a_connect_that_waited_first_keeps_the_connection_it_takes)
   Connect c = {0};
   pthread_t tb, tc, ta;
   pthread_create(&tb, NULL, run_stmt, &sleep);
-  for (int i = 0; pst_scalar(pst_admin(), "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                                   "WHERE INFO = 'SELECT SLEEP(0.6)'") == 0; i++) {
-    cr_assert_lt(i, 2000, "b's SLEEP did not start within 10 s");
-    g_usleep(5 * 1000);
-  }
+  wait_running(sleep.sql);
   pthread_create(&tc, NULL, run_connect, &c);
   pst_wait_stats_count(G_STRUCT_OFFSET(poolshim_stats_t, waiting), 1, "c's connect waiting");
   pthread_create(&ta, NULL, run_stmt, &insert);
