@@ -302,7 +302,9 @@ def versions(conn):
         pass
     git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain"],
+    # Results of earlier runs not yet committed do not make the code measured another.
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", ".",
+                            ":(exclude)bench/results"],
                            capture_output=True, text=True).stdout.strip()
     cpu = ""
     try:
