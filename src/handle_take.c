@@ -305,9 +305,13 @@ sets_delta(const GPtrArray *hs, const GPtrArray *ts, const PsConnProfile *profil
     return FALSE;
   GString *sql = g_string_new("SET SESSION ");
   for (guint v = 1; v && v < (1u << PS_VAR_COUNT); v <<= 1) {
-    const char *d = (unset & v) ? ps_conn_var_default(v) : NULL;
-    if (!d)
+    if (!(unset & v))
       continue;
+    const char *d = ps_conn_var_default(v);
+    if (!d) { /* no way back to its fresh value: the reset */
+      g_string_free(sql, TRUE);
+      return FALSE;
+    }
     if (sql->len > 12)
       g_string_append(sql, ", ");
     g_string_append(sql, d);

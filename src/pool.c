@@ -518,7 +518,8 @@ acquire_grain(PsPool *pool, PsPoolKey *key, gint64 now_us, gint64 deadline_us,
   gboolean quick = history.pool == pool && history.key == key &&
                    now - history.released_us <= PS_POOL_BARGE_GRACE_US;
   gboolean barge = (quick && history.held && in_quantum(now)) ||
-                   (history.self_held && history.pool == pool && history.key == key);
+                   (history.self_held && history.pool == pool && history.key == key &&
+                    now - history.released_us <= PS_POOL_SELF_HOLD_US);
   history.held = history.self_held = FALSE;
   history.acq_pool = pool;
   history.acq_key = key;
