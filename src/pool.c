@@ -744,7 +744,8 @@ ps_pool_release(PsPool *pool, PsItem *item, gboolean reset)
   history.self_held = self;
   if (kept) {
     item->idle_since_us = now;
-    item->held_until_us = hold ? now + (self ? PS_POOL_SELF_HOLD_US : PS_POOL_BARGE_GRACE_US) : 0;
+    gint64 grace = self ? PS_POOL_SELF_HOLD_US : PS_POOL_BARGE_GRACE_US;
+    item->held_until_us = hold ? now + grace : 0;
     g_queue_push_head_link(&key->idle, &item->link);
     if (hold) {
       key->last_hold_us = now;
@@ -774,34 +775,4 @@ ps_pool_discard(PsPool *pool, PsItem *item, PsCloseReason reason)
   count_closed(pool, key, reason);
   ps_pool_dispatch(pool, pool->now());
   ps_pool_unlock(pool);
-}
-
-void
-ps_pool_item_free(PsItem *item)
-{
-  PsPoolKey *key = item ? item->owner : NULL;
-  if (key) {
-    PsPool *pool = key->pool;
-    ps_pool_lock(pool);
-    key->items--;
-    key->last_used_us = pool->now();
-    ps_pool_unlock(pool);
-  }
-  g_free(item);
-}
-
-void
-ps_pool_free(PsPool *pool, GSList **victims)
-{
-  GSList *idle = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
-  /* Every item, the victims included, may outlive the pool: none refers to its key now. */
-  for (GSList *l = idle; l; l = l->next)
-    ((PsItem *)l->data)->owner = NULL;
-  if (victims)
-    *victims = g_slist_concat(*victims, idle);
-  else
-    g_slist_free_full(idle, (GDestroyNotify)ps_pool_item_free);
-  ps_pool_keys_clear(pool);
-  g_mutex_clear(&pool->lock);
-  g_free(pool);
 }

@@ -1,7 +1,8 @@
 /* pool_idle.c: taking idle connections out of the pool (the housekeeper's sweeps of expired
  * and dead ones, shutdown, a fork's abandoned pool, a revoked key's, the oldest one over
- * POOLSHIM_HOST_MAX) and filling a key up to POOLSHIM_MIN_IDLE in the background. Under the pool's one lock, with
- * the helpers pool.c shares through pool-state.h. */
+ * POOLSHIM_HOST_MAX), filling a key up to POOLSHIM_MIN_IDLE in the background, and freeing
+ * items and the pool. Under the pool's one lock, with the helpers pool.c shares through
+ * pool-state.h. */
 #include "pool-state.h"
 
 GSList *
@@ -116,4 +117,34 @@ ps_pool_take_oldest_idle(PsPool *pool, gboolean (*match)(const char *label, gpoi
   }
   ps_pool_unlock(pool);
   return victims;
+}
+
+void
+ps_pool_item_free(PsItem *item)
+{
+  PsPoolKey *key = item ? item->owner : NULL;
+  if (key) {
+    PsPool *pool = key->pool;
+    ps_pool_lock(pool);
+    key->items--;
+    key->last_used_us = pool->now();
+    ps_pool_unlock(pool);
+  }
+  g_free(item);
+}
+
+void
+ps_pool_free(PsPool *pool, GSList **victims)
+{
+  GSList *idle = ps_pool_take_idle(pool, TRUE, PS_CLOSE_SHUTDOWN);
+  /* Every item, the victims included, may outlive the pool: none refers to its key now. */
+  for (GSList *l = idle; l; l = l->next)
+    ((PsItem *)l->data)->owner = NULL;
+  if (victims)
+    *victims = g_slist_concat(*victims, idle);
+  else
+    g_slist_free_full(idle, (GDestroyNotify)ps_pool_item_free);
+  ps_pool_keys_clear(pool);
+  g_mutex_clear(&pool->lock);
+  g_free(pool);
 }
