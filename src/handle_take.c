@@ -238,18 +238,26 @@ ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
   return found != NULL;
 }
 
+/* Each setup statement's variable (its PsVar bit; 0 for a character set statement), read
+ * once per list: the comparisons below look each one up many times. */
+static guint *
+vars_of(const GPtrArray *sets, guint *vars)
+{
+  for (guint i = 0; sets && i < sets->len; i++)
+    ps_watch_prelude_var(sets->pdata[i], strlen(sets->pdata[i]), &vars[i]);
+  return vars;
+}
+
 /* The character set statements of a setup list (no PsVar), in their order: each may
  * override another, so two lists agree only on the same ones in the same order. */
 static gboolean
-same_charsets(const GPtrArray *a, const GPtrArray *b)
+same_charsets(const GPtrArray *a, const guint *av, const GPtrArray *b, const guint *bv)
 {
   guint i = 0, j = 0, na = a ? a->len : 0, nb = b ? b->len : 0;
   for (;;) {
-    guint var = 1;
-    while (i < na && (ps_watch_prelude_var(a->pdata[i], strlen(a->pdata[i]), &var), var))
+    while (i < na && av[i])
       i++;
-    var = 1;
-    while (j < nb && (ps_watch_prelude_var(b->pdata[j], strlen(b->pdata[j]), &var), var))
+    while (j < nb && bv[j])
       j++;
     if (i == na || j == nb)
       return i == na && j == nb;
@@ -259,14 +267,11 @@ same_charsets(const GPtrArray *a, const GPtrArray *b)
 }
 
 static const char *
-set_of_var(const GPtrArray *sets, guint var)
+set_of_var(const GPtrArray *sets, const guint *vars, guint var)
 {
-  for (guint i = 0; sets && i < sets->len; i++) {
-    guint v = 0;
-    ps_watch_prelude_var(sets->pdata[i], strlen(sets->pdata[i]), &v);
-    if (v == var)
+  for (guint i = 0; sets && i < sets->len; i++)
+    if (vars[i] == var)
       return sets->pdata[i];
-  }
   return NULL;
 }
 
@@ -283,22 +288,20 @@ sets_delta(const GPtrArray *hs, const GPtrArray *ts, const PsConnProfile *profil
            GPtrArray *send, char **defaults)
 {
   *defaults = NULL;
-  if (!same_charsets(hs, ts))
+  guint nh = hs ? hs->len : 0, nt = ts ? ts->len : 0;
+  g_autofree guint *hv = vars_of(hs, g_new(guint, nh + 1));
+  g_autofree guint *tv = vars_of(ts, g_new(guint, nt + 1));
+  if (!same_charsets(hs, hv, ts, tv))
     return FALSE;
-  for (guint i = 0; ts && i < ts->len; i++) {
-    guint var = 0;
-    ps_watch_prelude_var(ts->pdata[i], strlen(ts->pdata[i]), &var);
-    const char *mine = var ? set_of_var(hs, var) : NULL;
-    if (var && (!mine || strcmp(mine, ts->pdata[i]) != 0))
+  for (guint i = 0; i < nt; i++) {
+    const char *mine = tv[i] ? set_of_var(hs, hv, tv[i]) : NULL;
+    if (tv[i] && (!mine || strcmp(mine, ts->pdata[i]) != 0))
       g_ptr_array_add(send, ts->pdata[i]);
   }
   guint unset = 0;
-  for (guint i = 0; hs && i < hs->len; i++) {
-    guint var = 0;
-    ps_watch_prelude_var(hs->pdata[i], strlen(hs->pdata[i]), &var);
-    if (var && !set_of_var(ts, var))
-      unset |= var;
-  }
+  for (guint i = 0; i < nh; i++)
+    if (hv[i] && !set_of_var(ts, tv, hv[i]))
+      unset |= hv[i];
   if (!unset)
     return TRUE;
   if ((profile->init_commands && profile->init_commands[0]) || profile->init_connect)
