@@ -465,32 +465,6 @@ Test(grain, a_connect_that_waited_first_keeps_the_connection_it_takes)
   mysql_close(a);
 }
 
-/* Django's handles run the same setup statements, but set autocommit again at different
- * moments: the same session, in another order. A re-borrow gets such a handle's connection
- * as it is, without the restore that follows a return to the pool (its COM_INIT_DB). */
-Test(grain, handles_whose_setups_ran_in_another_order_hand_over_without_a_reset)
-{
-  grain_env("1", "0", "5s");
-  MYSQL *a = pst_connect_app();
-  pst_exec(a, "SET time_zone = '+01:00'");
-  pst_exec(a, "SET autocommit = 1");
-  long long only = conn_id(a);
-  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
-  pst_exec(b, "SET autocommit = 1");
-  pst_exec(b, "SET time_zone = '+01:00'");
-  cr_assert_eq(conn_id(b), only);
-  g_usleep(5000); /* b has been takeable a while */
-  /* The session's own counter: no other test's statements in it. */
-  long long dbs = pst_scalar(a, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
-                                "WHERE VARIABLE_NAME = 'COM_CHANGE_DB'");
-  cr_assert_eq(dbs, 0, "a's session was restored (%lld COM_INIT_DB in it)", dbs);
-  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
-  cr_assert_str_eq(tz, "+01:00");
-  cr_assert_eq(conn_id(a), only);
-  mysql_close(b);
-  mysql_close(a);
-}
-
 static long long
 session_change_dbs(MYSQL *m)
 {
@@ -498,6 +472,43 @@ session_change_dbs(MYSQL *m)
    * after a reset selects the database (COM_INIT_DB); a hand-over does not. */
   return pst_scalar(m, "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
                        "WHERE VARIABLE_NAME = 'COM_CHANGE_DB'");
+}
+
+/* On a pool of one connection (grain_env("1", ...)): a runs a_sets, then b connects (the
+ * connection taken from a) and runs b_sets; both on the one connection, whose id this
+ * returns, and b takeable a while when it returns. */
+static long long
+two_handles_on_one(MYSQL **a, const char *const *a_sets, MYSQL **b, const char *const *b_sets)
+{
+  *a = pst_connect_app();
+  for (guint i = 0; a_sets[i]; i++)
+    pst_exec(*a, "%s", a_sets[i]);
+  long long only = conn_id(*a);
+  *b = pst_connect_app();
+  for (guint i = 0; b_sets[i]; i++)
+    pst_exec(*b, "%s", b_sets[i]);
+  cr_assert_eq(conn_id(*b), only);
+  g_usleep(5000);
+  return only;
+}
+
+/* Django's handles run the same setup statements, but set autocommit again at different
+ * moments: the same session, in another order. A re-borrow gets such a handle's connection
+ * as it is, without the restore that follows a return to the pool (its COM_INIT_DB). */
+Test(grain, handles_whose_setups_ran_in_another_order_hand_over_without_a_reset)
+{
+  grain_env("1", "0", "5s");
+  MYSQL *a, *b;
+  long long only = two_handles_on_one(
+      &a, (const char *const[]){"SET time_zone = '+01:00'", "SET autocommit = 1", NULL}, &b,
+      (const char *const[]){"SET autocommit = 1", "SET time_zone = '+01:00'", NULL});
+  long long dbs = session_change_dbs(a);
+  cr_assert_eq(dbs, 0, "a's session was restored (%lld COM_INIT_DB in it)", dbs);
+  g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+  cr_assert_str_eq(tz, "+01:00");
+  cr_assert_eq(conn_id(a), only);
+  mysql_close(b);
+  mysql_close(a);
 }
 
 /* Handles whose setups set different session variables: a re-borrow gets the other's
@@ -508,15 +519,10 @@ session_change_dbs(MYSQL *m)
 Test(grain, handles_whose_setups_set_different_variables_hand_over_with_the_difference_set)
 {
   grain_env("1", "0", "5s");
-  MYSQL *a = pst_connect_app();
-  pst_exec(a, "SET time_zone = '+01:00'");
-  pst_exec(a, "SET sql_mode = 'ANSI_QUOTES'");
-  long long only = conn_id(a);
-  MYSQL *b = pst_connect_app(); /* the pool's one connection, taken from a */
-  pst_exec(b, "SET time_zone = '+02:00'");
-  pst_exec(b, "SET sql_auto_is_null = 1");
-  cr_assert_eq(conn_id(b), only);
-  g_usleep(5000); /* b has been takeable a while */
+  MYSQL *a, *b;
+  long long only = two_handles_on_one(
+      &a, (const char *const[]){"SET time_zone = '+01:00'", "SET sql_mode = 'ANSI_QUOTES'", NULL},
+      &b, (const char *const[]){"SET time_zone = '+02:00'", "SET sql_auto_is_null = 1", NULL});
   g_autofree char *a_tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   cr_assert_eq(conn_id(a), only);
   cr_assert_eq(session_change_dbs(a), 0, "a's session was restored from a reset");
