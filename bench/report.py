@@ -7,7 +7,7 @@ import statistics
 
 from variants import (DELAY_US, FAIR_POOL, FIFO_RATIO, GRAIN_LIMITS, GRAIN_POOL,
                       GRAIN_TIMEOUT, GRAIN_WORKLOADS, GROUP_TITLES, LABELS, POOL, PY_THREADS,
-                      TURN_SLACK_US, quantum_us, reps_of)
+                      TURN_SLACK_US, MIN_REPS, quantum_us, reps_of)
 
 
 def median(xs):
@@ -24,8 +24,10 @@ def fmt_num(x, spec=",.0f"):
 
 
 def more_reps(groups, reps):
-    """The groups that ran more repetitions than --reps (variants.MIN_REPS), for the header."""
-    more = [f"{g}: {reps_of(g, reps)}" for g in groups if reps_of(g, reps) > reps]
+    """The groups that ran more repetitions than --reps (variants.MIN_REPS), for the header:
+    the selected groups and their sub-groups (grain-django is grain's)."""
+    subs = [g for g in MIN_REPS if any(g == s or g.startswith(s + "-") for s in groups)]
+    more = [f"{g}: {reps_of(g, reps)}" for g in subs if reps_of(g, reps) > reps]
     return f" ({', '.join(more)})" if more else ""
 
 
@@ -54,7 +56,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     L.append(f"- client library: MariaDB Connector/C {vers['client']} (libmariadb3 "
              f"{vers['client_pkg']}); server: MariaDB {vers['server']} (private, scripts/server)")
     L.append(f"- poolshim {vers['shim']}, git {vers['git']}; groups: {', '.join(groups)}; "
-             f"{args.reps} repetitions{more_reps(groups, args.reps)}, interleaved; "
+             f"{args.reps} repetitions{more_reps(groups, args.reps)}, interleaved (each "
+             "group in reverse order every other repetition); "
              f"run time {wall:.0f} s")
     L.append(f"- poolshim variants: `POOLSHIM_POOL_SIZE={POOL}` (fairness group: "
              f"{FAIR_POOL}), other settings default. Physical connections: the server's "

@@ -6,7 +6,9 @@ connection counts and errors.
 Every figure is a ratio against a baseline of the same run: in each of the first --reps
 repetitions every selected variant runs once, in a fixed order, so slow drift (thermal,
 other load, the server's caches) hits every variant alike, and the groups of
-variants.MIN_REPS go on alone up to their own count. The results table's *vs baseline* is
+variants.MIN_REPS go on alone up to their own count. Every other repetition runs each
+group's variants in the reverse order (A B, then B A): a drift within a repetition then
+favours neither a variant nor its baseline in the median of their ratios. The results table's *vs baseline* is
 the median over repetitions of the ratio between a variant and its baseline in the same
 repetition; the target rows divide the two variants' medians.
 
@@ -253,6 +255,20 @@ def run_once(conn, v, proxy):
     return r
 
 
+def rep_order(todo, rep):
+    """The variants in the order repetition `rep` runs them: as listed, with each group's
+    (consecutive) variants reversed on every other repetition."""
+    if rep % 2 == 0:
+        return list(todo)
+    out, block = [], []
+    for v in todo:
+        if block and block[-1].group != v.group:
+            out += reversed(block)
+            block = []
+        block.append(v)
+    return out + list(reversed(block))
+
+
 def throughput(r, v):
     return v.cycles / r["seconds"] if r["seconds"] else None
 
@@ -347,11 +363,11 @@ def main():
     cpu = {"reps": []}
     total_meter = CpuMeter(proxy.proc.pid if proxy else None)
     try:
-        reps = max(reps_of(g, args.reps) for g in groups)
+        reps = max(reps_of(v.group, args.reps) for v in todo)
         for rep in range(reps):  # interleaved: drift hits every variant alike
             print(f"== repetition {rep + 1}/{reps}", file=sys.stderr, flush=True)
             meter = CpuMeter(proxy.proc.pid if proxy else None)
-            for v in todo:
+            for v in rep_order(todo, rep):
                 if rep >= reps_of(v.group, args.reps):
                     continue
                 r = run_once(conn, v, proxy)
