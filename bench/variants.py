@@ -119,6 +119,9 @@ LABELS = {"nopool": "no pool", "poolshim": "poolshim", "kept": "kept connection 
           "gtrans": "poolshim, POOLSHIM_GRAIN=transaction",
           "ownpool": f"the program's own pool of {GRAIN_POOL} (rewritten: a connection per "
                      "task from a shared stack, no reset, no restore; reference)",
+          "taskpool": f"poolshim, POOLSHIM_GRAIN=connect, pool of {GRAIN_POOL}, the program "
+                      "rewritten to close its connection after every task (CONN_MAX_AGE=0; "
+                      "reference)",
           "ownshared": "the program's own pool (rewritten: kept connections shared from a "
                        "stack, no connect, no close; reference)"}
 
@@ -237,19 +240,24 @@ def variants(groups, scale):
             # any pool of that size can do at best, at the task's grain, told by the
             # program itself (the server's group commit shares an fsync among fewer
             # commits with 8 connections than with 64).
+            # Django's counterpart: the program changed to give its connection back after
+            # every task (Django's default, CONN_MAX_AGE=0) on poolshim's connect grain:
+            # the same eight connections shared at the task's grain with the program's
+            # help, no take and no restore.
             tags = ("pertask", "gconnect", "gtrans") + (
-                ("ownpool",) if g == "grain-holders" else ()) + ("kept",)
+                ("ownpool",) if g == "grain-holders" else ()) + (
+                ("taskpool",) if g == "grain-django" else ()) + ("kept",)
             for tag in tags:
                 env, pool, known = {}, None, None
-                if tag in ("gconnect", "gtrans"):
+                if tag in ("gconnect", "gtrans", "taskpool"):
                     env = {"LD_PRELOAD": LIB, "POOLSHIM_POOL_SIZE": str(GRAIN_POOL),
                            "POOLSHIM_TIMEOUT": GRAIN_TIMEOUT,
-                           "POOLSHIM_GRAIN": "connect" if tag == "gconnect" else "transaction"}
+                           "POOLSHIM_GRAIN": "transaction" if tag == "gtrans" else "connect"}
                     pool = GRAIN_POOL
                 if tag == "gconnect" and threads > GRAIN_POOL:
                     known = (f"issue 13: each of the {threads} threads holds a handle, the "
                              "connect grain lends a connection per handle")
-                cmd = make(t, tag == "pertask")
+                cmd = make(t, tag in ("pertask", "taskpool"))
                 if tag == "ownpool":
                     cmd += ["--shared", str(GRAIN_POOL)]
                 out.append(Variant(g, tag, threads, t, cmd, env=env,
