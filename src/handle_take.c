@@ -289,8 +289,12 @@ sets_delta(const GPtrArray *hs, const GPtrArray *ts, const PsConnProfile *profil
 {
   *defaults = NULL;
   guint nh = hs ? hs->len : 0, nt = ts ? ts->len : 0;
-  g_autofree guint *hv = vars_of(hs, g_new(guint, nh + 1));
-  g_autofree guint *tv = vars_of(ts, g_new(guint, nt + 1));
+  /* A takeable handle has at most H_MAX_SETS (more pin it), and so had a re-borrowing one
+   * when it was taken: the reset otherwise. */
+  if (nh > H_MAX_SETS || nt > H_MAX_SETS)
+    return FALSE;
+  guint hbuf[H_MAX_SETS], tbuf[H_MAX_SETS];
+  const guint *hv = vars_of(hs, hbuf), *tv = vars_of(ts, tbuf);
   if (!same_charsets(hs, hv, ts, tv))
     return FALSE;
   for (guint i = 0; i < nt; i++) {
