@@ -371,6 +371,24 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     return "\n".join(L) + "\n"
 
 
+# The grain's reference rows (no target): what the report says the transaction grain's
+# time is over, in the words after "the time of".
+GRAIN_REFERENCES = {
+    "ownpool": lambda g: (
+        f"the program's own pool of {GRAIN_POOL} (median over repetitions of the ratio in "
+        "each). That pool is the bound of any pool of this size: it knows where each task "
+        "ends, and its connections carry no session to restore. What it pays against the "
+        "kept connections is the pool's size itself."),
+    "taskpool": lambda g: (
+        "the same program rewritten to close its connection after every task on poolshim's "
+        f"pool of {GRAIN_POOL} (median over repetitions of the ratio in each): the same eight "
+        "connections shared at the task's grain with the program's help, with no take and no "
+        "restore. What that pays against the kept connections is what "
+        f"{GRAIN_WORKLOADS[g][1]} threads on {GRAIN_POOL} connections cost this workload, "
+        "whoever shares them."),
+}
+
+
 def grain_report(L, todo, by_key):
     """The group `grain` (issue 13): its targets and its rows."""
     gs = [g for g in GRAIN_WORKLOADS if any(v.group == g for v in todo)]
@@ -391,11 +409,11 @@ def grain_report(L, todo, by_key):
     L.append("|---|---|---:|---:|---:|---:|:---:|")
     for g in gs:
         kept = by_key.get((g, GRAIN_WORKLOADS[g][1], "kept"))
-        for tag in ("gconnect", "gtrans", "ownpool", "taskpool"):
+        for tag in ("gconnect", "gtrans") + tuple(GRAIN_REFERENCES):
             v = by_key.get((g, GRAIN_WORKLOADS[g][1], tag))
             if v is None:
                 continue
-            ref = tag in ("ownpool", "taskpool")
+            ref = tag in GRAIN_REFERENCES
             limit = GRAIN_LIMITS.get(g) if not ref else None
             secs = [(r["seconds"], k["seconds"]) for r, k in zip(v.runs, kept.runs if kept else [])
                     if r["seconds"] and k["seconds"] and not r["errors"]]
@@ -413,29 +431,15 @@ def grain_report(L, todo, by_key):
     L.append("")
     for g in gs:
         tv = by_key.get((g, GRAIN_WORKLOADS[g][1], "gtrans"))
-        for tag in ("ownpool", "taskpool"):
+        for tag, what in GRAIN_REFERENCES.items():
             own = by_key.get((g, GRAIN_WORKLOADS[g][1], tag))
             if own is None or tv is None:
                 continue
             secs = [(r["seconds"], o["seconds"]) for r, o in zip(tv.runs, own.runs)
                     if r["seconds"] and o["seconds"] and not r["errors"] and not o["errors"]]
             tr = median(a / b for a, b in secs) if secs else None
-            if tag == "ownpool":
-                L.append(f"{GROUP_TITLES[g]}: the transaction grain takes {fmt_ratio(tr)} the "
-                         f"time of the program's own pool of {GRAIN_POOL} (median over "
-                         "repetitions of the ratio in each). That pool is the bound of any pool "
-                         "of this size: it knows where each task ends, and its connections "
-                         "carry no session to restore. What it pays against the kept "
-                         "connections is the pool's size itself.")
-            else:
-                L.append(f"{GROUP_TITLES[g]}: the transaction grain takes {fmt_ratio(tr)} the "
-                         "time of the same program rewritten to close its connection after "
-                         f"every task on poolshim's pool of {GRAIN_POOL} (median over "
-                         "repetitions of the ratio in each): the same eight connections shared "
-                         "at the task's grain with the program's help, with no take and no "
-                         "restore. What that pays against the kept connections is what "
-                         f"{GRAIN_WORKLOADS[g][1]} threads on {GRAIN_POOL} connections cost "
-                         "this workload, whoever shares them.")
+            L.append(f"{GROUP_TITLES[g]}: the transaction grain takes {fmt_ratio(tr)} the "
+                     f"time of {what(g)}")
             L.append("")
     fails = [v for v in todo if v.group in gs and v.errors]
     if fails:

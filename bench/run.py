@@ -8,9 +8,9 @@ repetitions every selected variant runs once, in a fixed order, so slow drift (t
 other load, the server's caches) hits every variant alike, and the groups of
 variants.MIN_REPS go on alone up to their own count. Every other repetition runs each
 group's variants in the reverse order (A B, then B A): a drift within a repetition then
-favours neither a variant nor its baseline in the median of their ratios. The results table's *vs baseline* is
-the median over repetitions of the ratio between a variant and its baseline in the same
-repetition; the target rows divide the two variants' medians.
+favours neither a variant nor its baseline in the median of their ratios. The results
+table's *vs baseline* is the median over repetitions of the ratio between a variant and
+its baseline in the same repetition; the target rows divide the two variants' medians.
 
 Physical connections come from the server (SHOW GLOBAL STATUS LIKE 'Connections' before
 and after each run, over a separate admin connection), never from the shim.
