@@ -10,7 +10,10 @@ variants.MIN_REPS go on alone up to their own count. Every other repetition runs
 group's variants in the reverse order (A B, then B A): a drift within a repetition then
 favours neither a variant nor its baseline in the median of their ratios. The results
 table's *vs baseline* is the median over repetitions of the ratio between a variant and
-its baseline in the same repetition; the target rows divide the two variants' medians.
+its baseline in the same repetition; a target row that sets two variants against each other
+is the median of their ratio within each repetition, and the two run back to back. Before
+each run the server is left to finish closing the connections of the run before (settle,
+quiet).
 
 Physical connections come from the server (SHOW GLOBAL STATUS LIKE 'Connections' before
 and after each run, over a separate admin connection), never from the shim.
@@ -149,6 +152,21 @@ def _pid_cpu(pid):
         return 0.0
 
 
+def quiet(pid, window=0.05, limit=3.0):
+    """Waits (at most `limit` seconds) until the server used at most one clock tick of CPU
+    in `window`: a guard, so that nothing of the run before (a run that opened thousands
+    of connections) still runs on the server and counts in the next run's server CPU."""
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit
+    last = _pid_cpu(pid)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = _pid_cpu(pid)
+        if now - last <= tick + 1e-9:
+            return
+        last = now
+
+
 def server_pid():
     try:
         with open(os.path.join(os.environ["PS_TEST_SERVER_DIR"], "mariadbd.pid")) as f:
@@ -196,11 +214,13 @@ def run_once(conn, v, proxy):
         env["PS_TEST_PORT"] = str(proxy.port)
         proxy.stats()  # reset its counters
         cpu0 = proxy.cpu_seconds()
+    idle = settle(conn)
     if v.peak:
-        idle = settle(conn)
         conn.cursor().execute("FLUSH STATUS")  # Max_used_connections := connected now
-    before = status(conn, "Connections")
     spid = server_pid()
+    if spid:
+        quiet(spid)
+    before = status(conn, "Connections")
     scpu0 = _pid_cpu(spid) if spid else None
     t0 = time.monotonic()
     try:
