@@ -77,7 +77,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
              "*vs baseline*: median over repetitions of the ratio to the baseline run of the "
              "same repetition (no pool at the same thread count; fairness: 8 threads); a "
              "target row that sets two variants against each other is likewise the median "
-             "of their ratio within each repetition (range: the repetitions' lowest-highest).")
+             "of their ratio within each repetition (range: the repetitions' lowest-highest; "
+             "beside it the ratio of the two medians, which the row gave until 2026-12-07).")
     if cpu:
         per = ", ".join(f"{c['other_pct']:.0f}%" for c in cpu["reps"])
         L.append(f"- other load: processes outside this benchmark used {cpu['total']['other']:.1f} "
@@ -126,7 +127,10 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
             return
         x = median(pairs)
         ok = x <= want if at_most else x >= want
-        L.append(f"| {desc} | {x:.2f}x (repetitions {min(pairs):.2f}-{max(pairs):.2f}) | "
+        # What the row said until 2026-12-07 (the two variants' medians divided), beside it.
+        ma, mb = (median(per_run(r, v) for r in v.runs) for v in (a, b))
+        old = f"; medians' ratio {ma / mb:.2f}x" if ma and mb else ""
+        L.append(f"| {desc} | {x:.2f}x (repetitions {min(pairs):.2f}-{max(pairs):.2f}{old}) | "
                  f"{'yes' if ok else '**no**'} |")
 
     # Issue 12 (reset only what changed): the default mode (auto), then the strict mode
