@@ -222,6 +222,7 @@ def run_once(conn, v, proxy):
         quiet(spid)
     before = status(conn, "Connections")
     scpu0 = _pid_cpu(spid) if spid else None
+    steal0 = _busy_seconds()[1]
     t0 = time.monotonic()
     try:
         res = subprocess.run(v.cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -229,13 +230,15 @@ def run_once(conn, v, proxy):
     except subprocess.TimeoutExpired as exc:
         rc, stdout, stderr = -1, "", f"timed out after {exc.timeout} s"
     wall = time.monotonic() - t0
+    steal = _busy_seconds()[1] - steal0
     after = status(conn, "Connections")
     scpu1 = _pid_cpu(spid) if spid else None
     if v.peak:
         peak = status(conn, "Max_used_connections") - idle
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     fields = dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
-    r = {"rc": rc, "conns": after - before, "wall": wall, "notes": []}
+    # steal: CPU seconds the hypervisor gave to other guests during the run (all CPUs)
+    r = {"rc": rc, "conns": after - before, "wall": wall, "steal": steal, "notes": []}
     if v.peak:
         r["peak"] = peak
     if scpu0 is not None and v.cycles:
