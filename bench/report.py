@@ -15,7 +15,7 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def throughput_of(r, v):
+def throughput(r, v):
     """Cycles (or tasks) per second of one run of variant v."""
     return v.cycles / r["seconds"] if r.get("seconds") else None
 
@@ -23,6 +23,21 @@ def throughput_of(r, v):
 def server_us_of(r, v):
     """Server CPU per cycle of one run (microseconds)."""
     return r.get("server_us")
+
+
+def seconds_of(r, v):
+    return r["seconds"]
+
+
+def paired(a, b, fig, ok=lambda ra, rb: True):
+    """a / b of one figure (fig(run, variant)) within each repetition: a's i-th run against
+    b's, where both have the figure and ok(a's run, b's run)."""
+    out = []
+    for ra, rb in zip(a.runs, b.runs):
+        x, y = fig(ra, a), fig(rb, b)
+        if x and y and ok(ra, rb):
+            out.append(x / y)
+    return out
 
 
 def fmt_ratio(x):
@@ -113,7 +128,7 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
     target("8 threads, TLS: poolshim >= 20x no pool", ("tls", 8, "poolshim"), 20)
     target("8 threads, 0.5 ms RTT: poolshim >= 3x no pool", ("rtt", 8, "poolshim"), 3)
 
-    def ratio_row(desc, a_key, b_key, want, at_most=False, per_run=throughput_of):
+    def ratio_row(desc, a_key, b_key, want, at_most=False, per_run=throughput):
         """a / b of one figure of a run (cycles/s or server CPU per cycle) against a limit:
         the median over repetitions of the ratio within one repetition, as the results
         table's *vs baseline* (the two run side by side in each), with the repetitions'
@@ -121,8 +136,7 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
         a, b = by_key.get(a_key), by_key.get(b_key)
         if not a or not b:
             return
-        pairs = [x / y for x, y in zip(map(per_run, a.runs, [a] * len(a.runs)),
-                                       map(per_run, b.runs, [b] * len(b.runs))) if x and y]
+        pairs = paired(a, b, per_run)
         if not pairs:
             return
         x = median(pairs)
@@ -436,9 +450,8 @@ def grain_report(L, todo, by_key):
                 continue
             ref = tag in GRAIN_REFERENCES
             limit = GRAIN_LIMITS.get(g) if not ref else None
-            secs = [(r["seconds"], k["seconds"]) for r, k in zip(v.runs, kept.runs if kept else [])
-                    if r["seconds"] and k["seconds"] and not r["errors"]]
-            tr = median(a / b for a, b in secs) if secs else None
+            tr = median(paired(v, kept, seconds_of, lambda r, k: not r["errors"])
+                        if kept else [])
             v.time_ratio = tr
             checks = [v.peak_max is not None and v.peak_max <= GRAIN_POOL,
                       v.errors - v.wrong == 0, v.wrong == 0]
@@ -456,9 +469,8 @@ def grain_report(L, todo, by_key):
             own = by_key.get((g, GRAIN_WORKLOADS[g][1], tag))
             if own is None or tv is None:
                 continue
-            secs = [(r["seconds"], o["seconds"]) for r, o in zip(tv.runs, own.runs)
-                    if r["seconds"] and o["seconds"] and not r["errors"] and not o["errors"]]
-            tr = median(a / b for a, b in secs) if secs else None
+            tr = median(paired(tv, own, seconds_of,
+                               lambda r, o: not r["errors"] and not o["errors"]))
             L.append(f"{GROUP_TITLES[g]}: the transaction grain takes {fmt_ratio(tr)} the "
                      f"time of {what(g)}")
             L.append("")

@@ -45,7 +45,7 @@ import time
 
 import MySQLdb
 
-from report import chart, fmt_num, median, report
+from report import chart, fmt_num, median, report, throughput
 from variants import (BUILD, CYCLE, DELAY_US, GROUPS, HERE, LIB, MIN_REPS, PROXY, ROOT,
                       reps_of, variants)
 
@@ -290,10 +290,6 @@ def rep_order(todo, rep):
             block = []
         block.append(v)
     return out + list(reversed(block))
-
-
-def throughput(r, v):
-    return v.cycles / r["seconds"] if r["seconds"] else None
 
 
 def summarise(todo):
