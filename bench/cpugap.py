@@ -200,7 +200,7 @@ def report(res):
         sc = res["syscalls"]
         timing = ("recvfrom EAGAIN", "poll (waiting for a reply)")
         names = sorted((n for n in set().union(*sc.values()) if n not in timing),
-                       key=lambda n: -max(s.get(n, 0) for s in sc.values()))
+                       key=lambda n: (-max(s.get(n, 0) for s in sc.values()), n))
         L.append("System calls per cycle (1 thread, `strace -f -c` at 1,000 and 3,000 cycles, "
                  "the difference / 2,000). Left out: a read that finds no reply yet and the "
                  "poll() that then waits for it, whose number depends on timing (under strace "
