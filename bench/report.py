@@ -25,6 +25,14 @@ def server_us_of(r, v):
     return r.get("server_us")
 
 
+def commands_note(v, unit):
+    """The server's commands per cycle (or task) of variant v, median over its runs (the
+    `Questions` counter: exact, unlike the times), or None for runs that did not count them
+    (before 2026-12-07 evening)."""
+    cs = [r["commands"] for r in v.runs if r.get("commands") is not None]
+    return f"{median(cs):.2f} server commands/{unit}" if cs else None
+
+
 def seconds_of(r, v):
     return r["seconds"]
 
@@ -241,6 +249,8 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
         srv = [r["server_us"] for r in v.runs if r.get("server_us") is not None]
         if srv:
             notes.append(f"server CPU {median(srv):.0f} us/cycle")
+        if commands_note(v, "cycle"):
+            notes.append(commands_note(v, "cycle"))
         tls = [r.get("cipher") for r in v.runs if r.get("cipher")]
         if v.tls and tls and all(c == tls[0] for c in tls) and tls[0] not in ("none", "error"):
             notes.insert(0, tls[0])
@@ -497,10 +507,11 @@ def grain_report(L, todo, by_key):
         for v in todo:
             if v.group != g:
                 continue
+            notes = ([commands_note(v, "task")] if commands_note(v, "task") else []) + v.notes
             L.append(f"| {GROUP_TITLES[g]} | {v.label} | {v.threads} | {v.cycles} | "
                      f"{fmt_num(v.med_sec, '.3f')} | {fmt_num(v.med_thr)} | "
                      f"{fmt_num(v.peak_max)} | {v.conns} | {v.errors - v.wrong} | {v.wrong} | "
-                     f"{'; '.join(v.notes)} |")
+                     f"{'; '.join(notes)} |")
     L.append("")
 
 

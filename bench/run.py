@@ -223,6 +223,7 @@ def run_once(conn, v, proxy):
     before = status(conn, "Connections")
     scpu0 = _pid_cpu(spid) if spid else None
     steal0 = _busy_seconds()[1]
+    q0 = status(conn, "Questions")
     t0 = time.monotonic()
     try:
         res = subprocess.run(v.cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -231,6 +232,9 @@ def run_once(conn, v, proxy):
         rc, stdout, stderr = -1, "", f"timed out after {exc.timeout} s"
     wall = time.monotonic() - t0
     steal = _busy_seconds()[1] - steal0
+    # The server's commands (every statement and command but COM_PING) the program sent,
+    # the pool's included: this read counts itself, nothing else ran (settle).
+    commands = status(conn, "Questions") - q0 - 1
     after = status(conn, "Connections")
     scpu1 = _pid_cpu(spid) if spid else None
     if v.peak:
@@ -243,6 +247,8 @@ def run_once(conn, v, proxy):
         r["peak"] = peak
     if scpu0 is not None and v.cycles:
         r["server_us"] = (scpu1 - scpu0) * 1e6 / v.cycles  # server CPU per cycle
+    if v.cycles:
+        r["commands"] = commands / v.cycles  # server commands per cycle
     if "seconds" in fields:
         r["seconds"] = float(fields["seconds"])
         r["errors"] = int(fields["errors"])
