@@ -249,8 +249,9 @@ def report(todo, by_key, groups, args, vers, shimcost, proxy_info, started, wall
         srv = [r["server_us"] for r in v.runs if r.get("server_us") is not None]
         if srv:
             notes.append(f"server CPU {median(srv):.0f} us/cycle")
-        if commands_note(v, "cycle"):
-            notes.append(commands_note(v, "cycle"))
+        commands = commands_note(v, "cycle")
+        if commands:
+            notes.append(commands)
         tls = [r.get("cipher") for r in v.runs if r.get("cipher")]
         if v.tls and tls and all(c == tls[0] for c in tls) and tls[0] not in ("none", "error"):
             notes.insert(0, tls[0])
@@ -507,7 +508,7 @@ def grain_report(L, todo, by_key):
         for v in todo:
             if v.group != g:
                 continue
-            notes = ([commands_note(v, "task")] if commands_note(v, "task") else []) + v.notes
+            notes = [n for n in (commands_note(v, "task"),) if n] + v.notes
             L.append(f"| {GROUP_TITLES[g]} | {v.label} | {v.threads} | {v.cycles} | "
                      f"{fmt_num(v.med_sec, '.3f')} | {fmt_num(v.med_thr)} | "
                      f"{fmt_num(v.peak_max)} | {v.conns} | {v.errors - v.wrong} | {v.wrong} | "
