@@ -83,9 +83,22 @@ typedef struct {
   GMutex lock;       /* guards `all` */
   GPtrArray *all;    /* of PsHandle */
   guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
+  guint take_pause_ms; /* POOLSHIM_TEST_TAKE_PAUSE_MS (test library only) */
+  char *take_pause_file; /* POOLSHIM_TEST_TAKE_PAUSE_FILE: made when a pause starts */
   guint generation;  /* forks this process descends from (written in the child alone) */
+  /* Owners that find their handle TAKING sleep on `cond` until the taker ends it
+   * (ps_handle_end_taking). One for every handle: such waits are few and short (at most a
+   * take's one query), and a taker wakes nobody unless `sleepers` (atomic) says someone
+   * sleeps. A leaf lock like `lock`; both are held across fork(). */
+  GMutex park_lock;
+  GCond park;
+  gint sleepers;
 } PsHandleRegistry;
 extern PsHandleRegistry ps_handles; /* handle.c's; the library's own (poolshim.map) */
+
+/* The taker's end of TAKING (to BUSY: the owner keeps its connection; or TAKEN): wakes
+ * an owner waiting it out. h may be freed by its owner from here on. */
+void ps_handle_end_taking(PsHandle *h, gint state);
 
 /* handle_take.c, for the owner's side. */
 void ps_handle_take_out(PsHandle *h);

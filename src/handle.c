@@ -6,16 +6,19 @@
  *   BUSY -> TAKEABLE        owner: after a command's final reply, nothing pins the session
  *   TAKEABLE -> BUSY        owner: at its next command or close (compare-and-swap)
  *   TAKEABLE -> TAKING      taker: compare-and-swap under the registry's lock
- *   TAKING -> TAKEN         taker: the session moved out, what it differs by recorded (release)
+ *   TAKING -> TAKEN         taker: the session moved out, what it differs by recorded
+ *   TAKING -> BUSY          taker: it could not be moved out (the owner keeps it)
+ *   TAKING -> TAKEN, lost   fork(), in the child: a take the parent's thread had under way
  *   TAKEN -> BUSY           owner: at its next command, after borrowing and restoring
- * The owner waits out TAKING. A taker does no I/O in it but one query on the taken
- * connection when the handle's LAST_INSERT_ID() or user variables may have changed since
- * they were last known (what the watch cannot name), and, handing the connection straight
- * to a re-borrowing handle (take_for), the one write that sets the other's database and
- * LAST_INSERT_ID(). A taker is a connect or re-borrow that found no connection (or the
+ * The owner waits out TAKING asleep (wait_out_taking). A taker does no I/O in it but one
+ * query on the taken connection when the handle's LAST_INSERT_ID() or user variables may
+ * have changed since they were last known (what the watch cannot name), and, handing the
+ * connection straight to a re-borrowing handle (take_for), the one write that sets the
+ * other's database and LAST_INSERT_ID(). A taker is a connect or re-borrow that found no connection (or the
  * owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
  * reads it while it holds TAKING. Lock order: the registry's lock is a leaf (no other lock
- * is taken under it, no I/O is done). */
+ * is taken under it, no I/O is done), and so is the lock owners sleep with (park_lock), but
+ * for fork(), whose handler takes it under the registry's. */
 #include "handle-state.h"
 
 #include <errmsg.h>
@@ -62,6 +65,15 @@ ps_handle_setup(const PsHandleOps *ops)
     pct = 0;
   }
   ps_handles.force_take = (guint)pct;
+  const char *pause = g_getenv("POOLSHIM_TEST_TAKE_PAUSE_MS");
+  if (pause && (!ps_config_parse_uint(pause, &pct) || pct > 60000)) {
+    ps_warn("POOLSHIM_TEST_TAKE_PAUSE_MS=\"%.20s\" is not valid (expected 0 to 60000); "
+            "using 0", pause);
+    pct = 0;
+  }
+  ps_handles.take_pause_ms = pause ? (guint)pct : 0;
+  g_free(ps_handles.take_pause_file);
+  ps_handles.take_pause_file = g_strdup(g_getenv("POOLSHIM_TEST_TAKE_PAUSE_FILE"));
 #endif
 }
 
@@ -75,14 +87,58 @@ void
 ps_handle_lock_for_fork(void)
 {
   g_mutex_lock(&ps_handles.lock);
+  g_mutex_lock(&ps_handles.park_lock);
 }
 
 void
 ps_handle_unlock_after_fork(gboolean child)
 {
-  if (child)
+  if (child) {
     ps_handles.generation++;
+    ps_handles.sleepers = 0; /* the parent's other threads */
+    /* A take under way in another of the parent's threads: that thread is not in the
+     * child, which would wait for it for good. The handle's session was being moved out
+     * of the parent's connection, and what it held is not known here: the child's next
+     * command on it fails as lost (2006), as with a connection whose server went away. */
+    for (guint i = 0; ps_handles.all && i < ps_handles.all->len; i++) {
+      PsHandle *h = ps_handles.all->pdata[i];
+      if (h->state != H_TAKING)
+        continue;
+      h->p = NULL;
+      h->lost = TRUE;
+      h->state = H_TAKEN;
+    }
+  }
+  g_mutex_unlock(&ps_handles.park_lock);
   g_mutex_unlock(&ps_handles.lock);
+}
+
+/* The owner finds its handle TAKING: sleeps until the taker ends it (ps_handle_end_taking)
+ * or for 100 ms, then looks again. */
+static void
+wait_out_taking(PsHandle *h)
+{
+  gint64 until = g_get_monotonic_time() + 100 * G_TIME_SPAN_MILLISECOND;
+  g_mutex_lock(&ps_handles.park_lock);
+  __atomic_add_fetch(&ps_handles.sleepers, 1, __ATOMIC_SEQ_CST);
+  while (__atomic_load_n(&h->state, __ATOMIC_SEQ_CST) == H_TAKING &&
+         g_cond_wait_until(&ps_handles.park, &ps_handles.park_lock, until))
+    ;
+  __atomic_sub_fetch(&ps_handles.sleepers, 1, __ATOMIC_SEQ_CST);
+  g_mutex_unlock(&ps_handles.park_lock);
+}
+
+void
+ps_handle_end_taking(PsHandle *h, gint state)
+{
+  /* Sequentially consistent with wait_out_taking's count and look: either the owner sees
+   * the new state, or this sees it counted and wakes it under the lock it sleeps with. */
+  __atomic_store_n(&h->state, state, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&ps_handles.sleepers, __ATOMIC_SEQ_CST)) {
+    g_mutex_lock(&ps_handles.park_lock);
+    g_cond_broadcast(&ps_handles.park);
+    g_mutex_unlock(&ps_handles.park_lock);
+  }
 }
 
 /* ---- the owner's side ---- */
@@ -332,7 +388,7 @@ enter(PsHandle *h, gboolean reborrow)
     }
     if (s == H_TAKING) {
       ps_gil_release();
-      g_usleep(50);
+      wait_out_taking(h);
       continue;
     }
     /* TAKEN: the owner's alone again. */

@@ -113,11 +113,11 @@ ps_handle_take_out(PsHandle *h)
   MYSQL *m = h->m;
   if (!p->shell && !(p->shell = ps_conn_shell_new(5))) {
     /* No struct to move it into: the owner keeps it. */
-    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    ps_handle_end_taking(h, H_BUSY);
     return;
   }
   if (!ps_conn_copy_out(p->shell, m)) {
-    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    ps_handle_end_taking(h, H_BUSY);
     return;
   }
   p->shell->methods = ps_watch_methods(p->watch);
@@ -134,7 +134,7 @@ ps_handle_take_out(PsHandle *h)
   h->lost = !ok;
   h->p = NULL;
   __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
-  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
+  ps_handle_end_taking(h, H_TAKEN);
   /* h is the owner's again: not touched from here on. */
   if (ok)
     ps_handles.ops.give_back(p);
@@ -227,15 +227,32 @@ ps_handle_any_takeable(PsPoolKey *pk)
   return any;
 }
 
+#ifdef PS_TEST_HOOKS
+/* POOLSHIM_TEST_TAKE_PAUSE_MS: a taker that claimed a handle waits this long in TAKING
+ * (after making POOLSHIM_TEST_TAKE_PAUSE_FILE, if set), so that a test can act meanwhile. */
+static void
+test_pause(void)
+{
+  if (!ps_handles.take_pause_ms)
+    return;
+  if (ps_handles.take_pause_file)
+    g_file_set_contents(ps_handles.take_pause_file, "", 0, NULL);
+  g_usleep((gulong)ps_handles.take_pause_ms * 1000);
+}
+#else
+#define test_pause() ((void)0)
+#endif
+
 gboolean
 ps_handle_take(PsPoolKey *pk, gint64 *next_us, gpointer waiter)
 {
   PsHandle *found = claim(pk, NULL, next_us);
-  if (found)
-    ps_handles.ops.claimed(pk, waiter);
-  if (found)
-    ps_handle_take_out(found);
-  return found != NULL;
+  if (!found)
+    return FALSE;
+  ps_handles.ops.claimed(pk, waiter);
+  test_pause();
+  ps_handle_take_out(found);
+  return TRUE;
 }
 
 /* Each setup statement's variable (its PsVar bit; 0 for a character set statement), read
@@ -353,7 +370,7 @@ take_for(PsHandle *h, PsHandle *t)
   if ((!p->shell && !(p->shell = ps_conn_shell_new(5))) || !ps_conn_copy_out(p->shell, m)) {
     g_ptr_array_free(send, TRUE);
     g_free(defaults);
-    __atomic_store_n(&h->state, H_BUSY, __ATOMIC_RELEASE);
+    ps_handle_end_taking(h, H_BUSY);
     return NULL;
   }
   MYSQL *s = p->shell;
@@ -388,7 +405,7 @@ take_for(PsHandle *h, PsHandle *t)
   t->lid_prefix = !swap && h->lid != t->lid;
   h->p = NULL;
   __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
-  __atomic_store_n(&h->state, H_TAKEN, __ATOMIC_RELEASE);
+  ps_handle_end_taking(h, H_TAKEN);
   /* h is the owner's again: not touched from here on. */
   if (!ok) {
     ps_handles.ops.discard(p, "lost while being handed from an idle handle to another");
@@ -417,8 +434,10 @@ ps_handle_direct(gpointer data, gint64 arrived_us, gint64 *next_us, gpointer wai
     return NULL;
   }
   PsHandle *h = claim(t->pk, t, next_us);
-  if (h)
+  if (h) {
     ps_handles.ops.claimed(t->pk, waiter);
+    test_pause();
+  }
   PsPhys *p = h ? take_for(h, t) : NULL;
   t->handed = p != NULL;
   return p;

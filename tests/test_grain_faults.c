@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -301,6 +302,7 @@ in_child(MYSQL *m, const char *sql, gboolean close_it)
   pid_t pid = fork();
   cr_assert_geq(pid, 0);
   if (pid == 0) {
+    alarm(30); /* a child that hangs fails the test, it does not stop it */
     close(fds[0]);
     long long v;
     if (mysql_query(m, sql) != 0) {
@@ -365,6 +367,114 @@ Test(grain_faults, a_child_gets_its_own_connection_for_an_inherited_taken_handle
   cr_assert_eq(conn_id(a), a_id);
   g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   cr_assert_str_eq(tz, "+07:00");
+  mysql_close(a);
+}
+
+/* A take held open by the test hook: a thread connects to a full pool of one, takes the
+ * idle handle's connection and stays in the take for POOLSHIM_TEST_TAKE_PAUSE_MS, its
+ * start announced by POOLSHIM_TEST_TAKE_PAUSE_FILE; then it asks its connection's id and
+ * closes it. */
+typedef struct {
+  pthread_t thread;
+  char *file;
+  long long id;
+  unsigned int err;
+} Taker;
+
+static void *
+take_by_connecting(void *arg)
+{
+  Taker *t = arg;
+  MYSQL *m = mysql_init(NULL);
+  if (!mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                          pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"), pst_port(),
+                          NULL, 0)) {
+    t->err = mysql_errno(m);
+  } else if (mysql_query(m, "SELECT CONNECTION_ID()") != 0) {
+    t->err = mysql_errno(m);
+  } else {
+    MYSQL_RES *r = mysql_store_result(m);
+    MYSQL_ROW row = r ? mysql_fetch_row(r) : NULL;
+    t->id = row && row[0] ? atoll(row[0]) : -1;
+    if (r)
+      mysql_free_result(r);
+  }
+  mysql_close(m);
+  return NULL;
+}
+
+/* Sets the hook's variables (before the first connect) and makes the table. */
+static void
+paused_take_env(Taker *t)
+{
+  t->file = g_strdup_printf("%s/grain-take-%d", g_get_tmp_dir(), (int)getpid());
+  unlink(t->file);
+  g_setenv("POOLSHIM_TEST_TAKE_PAUSE_MS", "1500", TRUE);
+  g_setenv("POOLSHIM_TEST_TAKE_PAUSE_FILE", t->file, TRUE);
+  grain_env_sized("0", "1");
+}
+
+/* Starts the taker and returns once it is inside the take. */
+static void
+start_paused_take(Taker *t)
+{
+  pthread_create(&t->thread, NULL, take_by_connecting, t);
+  for (int i = 0; i < 400 && !g_file_test(t->file, G_FILE_TEST_EXISTS); i++)
+    g_usleep(25 * 1000);
+  cr_assert(g_file_test(t->file, G_FILE_TEST_EXISTS), "no take started within 10 s");
+}
+
+static void
+end_paused_take(Taker *t, long long expect_id)
+{
+  pthread_join(t->thread, NULL);
+  cr_assert_eq(t->err, 0, "the taker's connect or query failed: %u", t->err);
+  cr_assert_eq(t->id, expect_id, "the taker did not get the handle's connection");
+  unlink(t->file);
+  g_free(t->file);
+}
+
+/* The owner's command while another thread takes its connection: it waits for the take
+ * asleep (the take can last a query), then re-borrows. */
+Test(grain_faults, an_owner_waits_out_a_take_of_its_handle_asleep)
+{
+  Taker t = {0};
+  paused_take_env(&t);
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  long long a_id = conn_id(a); /* takeable */
+  start_paused_take(&t);
+  struct rusage before, after;
+  getrusage(RUSAGE_THREAD, &before);
+  /* Waits for the take (1.5 s), then for the taker's close: the pool's one connection. */
+  long long id = conn_id(a);
+  getrusage(RUSAGE_THREAD, &after);
+  end_paused_take(&t, a_id);
+  cr_assert_eq(id, a_id, "the owner ran on another connection than the pool's one");
+  /* Asleep, not polling: a few wake-ups (the take's end, a 100 ms bound, the pool's
+   * queue, the query), where sleeps of 50 us made thousands. */
+  long switches = after.ru_nvcsw - before.ru_nvcsw;
+  cr_log_info("the owner's thread switched %ld times while it waited", switches);
+  cr_assert_lt(switches, 200, "the owner woke %ld times while it waited", switches);
+  mysql_close(a);
+}
+
+/* fork() while another thread of the parent is inside a take of a handle: that thread is
+ * not in the child. The child's command on the handle fails as lost, at once, instead of
+ * waiting for good; the parent's take ends as without the fork. */
+Test(grain_faults, a_child_forked_during_a_take_of_its_handle_gets_an_error_not_a_hang)
+{
+  Taker t = {0};
+  paused_take_env(&t);
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  long long a_id = conn_id(a); /* takeable */
+  start_paused_take(&t);
+  long long v = in_child(a, "SELECT CONNECTION_ID()", TRUE);
+  cr_assert(v < 0 && lost((unsigned int)-v),
+            "the child's statement on a handle taken meanwhile: %lld (want a lost "
+            "connection's error)", v);
+  end_paused_take(&t, a_id);
+  /* The parent's handle re-borrows the connection the taker gave back. */
+  cr_assert_eq(conn_id(a), a_id);
   mysql_close(a);
 }
 
