@@ -322,7 +322,11 @@ Test(auto_reset, a_mysqldb_borrower_without_autocommit_costs_one_rollback)
   cr_assert_eq(mysql_autocommit(m, 0), 0);
   pst_exec(m, "SELECT COUNT(*) FROM auto_t");
   mysql_close(m);
+  /* Counted inside the next borrow, which sends nothing: its lend has read the reply to
+   * the ROLLBACK that return sent (pipelined, it may otherwise run after the count). */
+  m = pst_connect_app();
   Counters before = snap();
+  mysql_close(m);
   for (int i = 0; i < 10; i++) {
     m = pst_connect_app();
     cr_assert_eq(mysql_set_character_set(m, "utf8mb3"), 0);
@@ -335,9 +339,8 @@ Test(auto_reset, a_mysqldb_borrower_without_autocommit_costs_one_rollback)
   cr_assert_eq(pst_scalar(m, "SELECT COUNT(*) FROM auto_t"), 0);
   mysql_close(m);
   Counters after = snap();
-  /* The ROLLBACK of the borrow before the loop may reach the server after the count. */
-  cr_assert(after.rollback - before.rollback == 10 || after.rollback - before.rollback == 11,
-            "ROLLBACK ran %lld times", after.rollback - before.rollback);
+  cr_assert_eq(after.rollback - before.rollback, 10, "ROLLBACK ran %lld times for 10 returns",
+               after.rollback - before.rollback);
   /* The first borrow after the loop, which sent no setup, paid the restore. */
   cr_assert_leq(after.set_option - before.set_option, 4, "%lld SET statements",
                 after.set_option - before.set_option);
