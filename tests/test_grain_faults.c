@@ -403,25 +403,23 @@ take_by_connecting(void *arg)
   return NULL;
 }
 
-/* Sets the hook's variables (before the first connect) and makes the table. */
-static void
-paused_take_env(Taker *t)
+/* A handle `a` (its connection's id in *a_id) left takeable, and the taker started: returns
+ * once the taker is inside the take of a's connection. */
+static MYSQL *
+paused_take_of_a_handle(Taker *t, long long *a_id)
 {
   t->file = g_strdup_printf("%s/grain-take-%d", g_get_tmp_dir(), (int)getpid());
   unlink(t->file);
   g_setenv("POOLSHIM_TEST_TAKE_PAUSE_MS", "1500", TRUE);
   g_setenv("POOLSHIM_TEST_TAKE_PAUSE_FILE", t->file, TRUE);
-  grain_env_sized("0", "1");
-}
-
-/* Starts the taker and returns once it is inside the take. */
-static void
-start_paused_take(Taker *t)
-{
+  grain_env_sized("0", "1"); /* before the first connect: no forced take, a pool of one */
+  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
+  *a_id = conn_id(a);
   pthread_create(&t->thread, NULL, take_by_connecting, t);
   for (int i = 0; i < 400 && !g_file_test(t->file, G_FILE_TEST_EXISTS); i++)
     g_usleep(25 * 1000);
   cr_assert(g_file_test(t->file, G_FILE_TEST_EXISTS), "no take started within 10 s");
+  return a;
 }
 
 static void
@@ -439,10 +437,8 @@ end_paused_take(Taker *t, long long expect_id)
 Test(grain_faults, an_owner_waits_out_a_take_of_its_handle_asleep)
 {
   Taker t = {0};
-  paused_take_env(&t);
-  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
-  long long a_id = conn_id(a); /* takeable */
-  start_paused_take(&t);
+  long long a_id;
+  MYSQL *a = paused_take_of_a_handle(&t, &a_id);
   struct rusage before, after;
   getrusage(RUSAGE_THREAD, &before);
   /* Waits for the take (1.5 s), then for the taker's close: the pool's one connection. */
@@ -464,10 +460,8 @@ Test(grain_faults, an_owner_waits_out_a_take_of_its_handle_asleep)
 Test(grain_faults, a_child_forked_during_a_take_of_its_handle_gets_an_error_not_a_hang)
 {
   Taker t = {0};
-  paused_take_env(&t);
-  MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
-  long long a_id = conn_id(a); /* takeable */
-  start_paused_take(&t);
+  long long a_id;
+  MYSQL *a = paused_take_of_a_handle(&t, &a_id);
   long long v = in_child(a, "SELECT CONNECTION_ID()", TRUE);
   cr_assert(v < 0 && lost((unsigned int)-v),
             "the child's statement on a handle taken meanwhile: %lld (want a lost "
