@@ -14,6 +14,7 @@
  *   5. PsPool.lock       (pool.c; its ready/match callbacks take no lock)
  *   6. hostslots.c's registry_lock
  *   7. handle.c's registry lock (a leaf otherwise)
+ *   8. handle.c's park_lock (owners waiting out a take; a leaf otherwise)
  * log.c's lock is a leaf: messages may be written under any of them. */
 #include "broker.h"
 

@@ -83,10 +83,10 @@ typedef struct {
   GMutex lock;       /* guards `all` */
   GPtrArray *all;    /* of PsHandle */
   guint force_take;  /* POOLSHIM_TEST_FORCE_TAKE (test library only), percent */
-  guint take_pause_ms; /* POOLSHIM_TEST_TAKE_PAUSE_MS (test library only) */
-  char *take_pause_file; /* POOLSHIM_TEST_TAKE_PAUSE_FILE: made when a pause starts */
+  guint take_pause_ms; /* POOLSHIM_TEST_TAKE_PAUSE_MS (test library only; atomic) */
+  char *take_pause_file; /* POOLSHIM_TEST_TAKE_PAUSE_FILE */
   guint generation;  /* forks this process descends from (written in the child alone) */
-  /* Owners that find their handle TAKING sleep on `cond` until the taker ends it
+  /* Owners that find their handle TAKING sleep on `park` until the taker ends it
    * (ps_handle_end_taking). One for every handle: such waits are few and short (at most a
    * take's one query), and a taker wakes nobody unless `sleepers` (atomic) says someone
    * sleeps. A leaf lock like `lock`; both are held across fork(). */

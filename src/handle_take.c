@@ -6,6 +6,7 @@
 
 #include <errmsg.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "log.h"
@@ -228,16 +229,25 @@ ps_handle_any_takeable(PsPoolKey *pk)
 }
 
 #ifdef PS_TEST_HOOKS
-/* POOLSHIM_TEST_TAKE_PAUSE_MS: a taker that claimed a handle waits this long in TAKING
- * (after making POOLSHIM_TEST_TAKE_PAUSE_FILE, if set), so that a test can act meanwhile. */
+/* POOLSHIM_TEST_TAKE_PAUSE_MS: the process's first take stays in TAKING, once it has
+ * claimed the handle, for that long or until the test removes POOLSHIM_TEST_TAKE_PAUSE_FILE,
+ * which it makes then (and removes when the time is up): a test acts meanwhile. */
 static void
 test_pause(void)
 {
-  if (!ps_handles.take_pause_ms)
+  guint ms = __atomic_exchange_n(&ps_handles.take_pause_ms, 0, __ATOMIC_RELAXED);
+  if (!ms)
     return;
-  if (ps_handles.take_pause_file)
-    g_file_set_contents(ps_handles.take_pause_file, "", 0, NULL);
-  g_usleep((gulong)ps_handles.take_pause_ms * 1000);
+  const char *file = ps_handles.take_pause_file;
+  if (!file) {
+    g_usleep((gulong)ms * 1000);
+    return;
+  }
+  g_file_set_contents(file, "", 0, NULL);
+  gint64 until = g_get_monotonic_time() + (gint64)ms * 1000;
+  while (g_get_monotonic_time() < until && g_file_test(file, G_FILE_TEST_EXISTS))
+    g_usleep(5 * 1000);
+  unlink(file);
 }
 #else
 #define test_pause() ((void)0)

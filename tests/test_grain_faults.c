@@ -371,15 +371,23 @@ Test(grain_faults, a_child_gets_its_own_connection_for_an_inherited_taken_handle
 }
 
 /* A take held open by the test hook: a thread connects to a full pool of one, takes the
- * idle handle's connection and stays in the take for POOLSHIM_TEST_TAKE_PAUSE_MS, its
- * start announced by POOLSHIM_TEST_TAKE_PAUSE_FILE; then it asks its connection's id and
- * closes it. */
+ * idle handle's connection and stays in the take (POOLSHIM_TEST_TAKE_PAUSE_MS) until the
+ * test removes the file the hook makes then (POOLSHIM_TEST_TAKE_PAUSE_FILE) or the time is
+ * up; then it asks its connection's id and closes it. */
 typedef struct {
   pthread_t thread;
-  char *file;
   long long id;
   unsigned int err;
 } Taker;
+
+static char *pause_file; /* removed by the tests' .fini too, whatever they asserted */
+
+static void
+remove_pause_file(void)
+{
+  if (pause_file)
+    unlink(pause_file);
+}
 
 static void *
 take_by_connecting(void *arg)
@@ -404,50 +412,55 @@ take_by_connecting(void *arg)
 }
 
 /* A handle `a` (its connection's id in *a_id) left takeable, and the taker started: returns
- * once the taker is inside the take of a's connection. */
+ * once the taker is inside the take of a's connection, which lasts at most pause_ms. */
 static MYSQL *
-paused_take_of_a_handle(Taker *t, long long *a_id)
+paused_take_of_a_handle(Taker *t, long long *a_id, const char *pause_ms)
 {
-  t->file = g_strdup_printf("%s/grain-take-%d", g_get_tmp_dir(), (int)getpid());
-  unlink(t->file);
-  g_setenv("POOLSHIM_TEST_TAKE_PAUSE_MS", "1500", TRUE);
-  g_setenv("POOLSHIM_TEST_TAKE_PAUSE_FILE", t->file, TRUE);
+  pause_file = g_strdup_printf("%s/grain-take-%d", g_get_tmp_dir(), (int)getpid());
+  unlink(pause_file);
+  g_setenv("POOLSHIM_TEST_TAKE_PAUSE_MS", pause_ms, TRUE);
+  g_setenv("POOLSHIM_TEST_TAKE_PAUSE_FILE", pause_file, TRUE);
   grain_env_sized("0", "1"); /* before the first connect: no forced take, a pool of one */
   MYSQL *a = connect_to(pst_port(), FALSE, FALSE);
   *a_id = conn_id(a);
   pthread_create(&t->thread, NULL, take_by_connecting, t);
-  for (int i = 0; i < 400 && !g_file_test(t->file, G_FILE_TEST_EXISTS); i++)
+  for (int i = 0; i < 400 && !g_file_test(pause_file, G_FILE_TEST_EXISTS); i++)
     g_usleep(25 * 1000);
-  cr_assert(g_file_test(t->file, G_FILE_TEST_EXISTS), "no take started within 10 s");
+  cr_assert(g_file_test(pause_file, G_FILE_TEST_EXISTS), "no take started within 10 s");
   return a;
 }
 
+/* Ends the take (if it still lasts) and checks that the taker got a's connection. */
 static void
-end_paused_take(Taker *t, long long expect_id)
+end_paused_take(Taker *t, long long a_id)
 {
+  unlink(pause_file);
   pthread_join(t->thread, NULL);
   cr_assert_eq(t->err, 0, "the taker's connect or query failed: %u", t->err);
-  cr_assert_eq(t->id, expect_id, "the taker did not get the handle's connection");
-  unlink(t->file);
-  g_free(t->file);
+  cr_assert_eq(t->id, a_id, "the taker did not get the handle's connection");
 }
 
 /* The owner's command while another thread takes its connection: it waits for the take
  * asleep (the take can last a query), then re-borrows. */
-Test(grain_faults, an_owner_waits_out_a_take_of_its_handle_asleep)
+Test(grain_faults, an_owner_waits_out_a_take_of_its_handle_asleep, .fini = remove_pause_file)
 {
   Taker t = {0};
   long long a_id;
-  MYSQL *a = paused_take_of_a_handle(&t, &a_id);
+  MYSQL *a = paused_take_of_a_handle(&t, &a_id, "2000");
   struct rusage before, after;
   getrusage(RUSAGE_THREAD, &before);
-  /* Waits for the take (1.5 s), then for the taker's close: the pool's one connection. */
+  cr_assert(g_file_test(pause_file, G_FILE_TEST_EXISTS),
+            "the take ended before the owner's command was sent (this thread was held up "
+            "for 2 s)");
+  /* Waits for the take to end by itself, then for the taker's close: the pool's one
+   * connection. */
   long long id = conn_id(a);
   getrusage(RUSAGE_THREAD, &after);
   end_paused_take(&t, a_id);
   cr_assert_eq(id, a_id, "the owner ran on another connection than the pool's one");
-  /* Asleep, not polling: a few wake-ups (the take's end, a 100 ms bound, the pool's
-   * queue, the query), where sleeps of 50 us made thousands. */
+  /* Asleep, not polling: a few wake-ups (the take's end, the pool's queue, the query),
+   * where sleeps of 50 us made thousands. (The test library's owner waits without a bound:
+   * a missed wake-up would hang this test.) */
   long switches = after.ru_nvcsw - before.ru_nvcsw;
   cr_log_info("the owner's thread switched %ld times while it waited", switches);
   cr_assert_lt(switches, 200, "the owner woke %ld times while it waited", switches);
@@ -457,11 +470,12 @@ Test(grain_faults, an_owner_waits_out_a_take_of_its_handle_asleep)
 /* fork() while another thread of the parent is inside a take of a handle: that thread is
  * not in the child. The child's command on the handle fails as lost, at once, instead of
  * waiting for good; the parent's take ends as without the fork. */
-Test(grain_faults, a_child_forked_during_a_take_of_its_handle_gets_an_error_not_a_hang)
+Test(grain_faults, a_child_forked_during_a_take_of_its_handle_gets_an_error_not_a_hang,
+     .fini = remove_pause_file)
 {
   Taker t = {0};
   long long a_id;
-  MYSQL *a = paused_take_of_a_handle(&t, &a_id);
+  MYSQL *a = paused_take_of_a_handle(&t, &a_id, "30000"); /* until the test ends it */
   long long v = in_child(a, "SELECT CONNECTION_ID()", TRUE);
   cr_assert(v < 0 && lost((unsigned int)-v),
             "the child's statement on a handle taken meanwhile: %lld (want a lost "
