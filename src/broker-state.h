@@ -13,6 +13,8 @@
 #include "pool.h"
 
 typedef struct {
+  GMutex init_lock;      /* the process's first call (init_once); first in the lock order */
+  gboolean inited;       /* atomic: init_once is done */
   GMutex lock;           /* guards `pool`, `forked` and `host_slots` */
   PsConfig config;
   gboolean active;

@@ -7,6 +7,8 @@
  * Lock order (a thread that holds one may take only those after it; ps_broker_before_fork in
  * broker_fork.c takes them all in this order; ThreadSanitizer's deadlock detector checks it
  * in the tsan pass):
+ *   0. B.init_lock       (the first call, init_once), then interpose.c's resolve lock and
+ *                        gil.c's lock (each a leaf otherwise)
  *   1. B.house_lock      (house_busy only)
  *   2. B.stats_lock      (one statistics writer; held while the file is written)
  *   3. B.lock            (B.pool, B.forked, B.host_slots)
@@ -140,11 +142,18 @@ is_active(void)
 }
 
 static void
-init_once(void)
+init(void)
 {
-  static gsize done = 0;
-  if (!g_once_init_enter(&done))
-    return;
+#ifdef PS_TEST_HOOKS
+  /* POOLSHIM_TEST_INIT_PAUSE_FILE: the first call makes the file and stays here until the
+   * test removes it, 2 s at most: the test forks meanwhile. */
+  const char *pause = g_getenv("POOLSHIM_TEST_INIT_PAUSE_FILE");
+  if (pause && g_file_set_contents(pause, "", 0, NULL)) {
+    for (int i = 0; i < 400 && g_file_test(pause, G_FILE_TEST_EXISTS); i++)
+      g_usleep(5 * 1000);
+    unlink(pause);
+  }
+#endif
   /* Warnings about the configuration go where it says messages go. */
   ps_log_hold();
   ps_config_from_environ(&B.config);
@@ -164,7 +173,6 @@ init_once(void)
   } else {
     ps_phys_setup(&phys_ops, (int)MIN(B.config.reset_timeout_us / 1000, 5000));
     B.pool = ps_broker_new_pool();
-    pthread_atfork(ps_broker_before_fork, ps_broker_after_fork_parent, ps_broker_after_fork_child);
     /* Registered after the client library initialised itself (and its TLS library), so it
      * runs before their exit handlers tear them down. */
     atexit(exit_drain);
@@ -181,7 +189,22 @@ init_once(void)
     __atomic_store_n(&B.active, TRUE, __ATOMIC_RELEASE); /* read by is_active() */
     ps_house_start();
   }
-  g_once_init_leave(&done, 1);
+}
+
+/* Not g_once: a child forked while another thread was inside it would wait for that thread
+ * for good. fork() takes init_lock first (ps_broker_before_fork), so a child finds the
+ * first call done or not begun. */
+static void
+init_once(void)
+{
+  if (__atomic_load_n(&B.inited, __ATOMIC_ACQUIRE))
+    return;
+  g_mutex_lock(&B.init_lock);
+  if (!B.inited) {
+    init();
+    __atomic_store_n(&B.inited, TRUE, __ATOMIC_RELEASE);
+  }
+  g_mutex_unlock(&B.init_lock);
 }
 
 gboolean

@@ -3,6 +3,7 @@
  * which gives it a pool of its own. No I/O inside fork(); no other pool policy (broker.c). */
 #include "broker-state.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #include "gil.h"
@@ -13,18 +14,30 @@
 #include "phys.h"
 #include "pool.h"
 
+/* Every pool: the process's own and those it inherited from its parents (a grandchild
+ * closes handles of those too). Under B.lock: the list changes only under it. */
+static void
+pools_for_fork(void (*fn)(PsPool *pool))
+{
+  if (B.pool)
+    fn(B.pool);
+  for (GSList *l = B.inherited; l; l = l->next)
+    fn(l->data);
+}
+
 /* fork() takes every lock in the lock order (top of broker.c), so that a child never
  * inherits one held by another thread. None is held across network I/O, so fork() waits
  * for memory work only, whatever the server does (the housekeeper's connects hold none). */
 void
 ps_broker_before_fork(void)
 {
+  g_mutex_lock(&B.init_lock);
+  ps_gil_lock_for_fork();
   g_mutex_lock(&B.house_lock);
   g_mutex_lock(&B.stats_lock);
   g_mutex_lock(&B.lock);
   ps_phys_lock_for_fork();
-  if (B.pool)
-    ps_pool_lock_for_fork(B.pool);
+  pools_for_fork(ps_pool_lock_for_fork);
   ps_host_slots_before_fork();
   ps_handle_lock_for_fork();
 }
@@ -34,12 +47,13 @@ ps_broker_after_fork_parent(void)
 {
   ps_handle_unlock_after_fork(FALSE);
   ps_host_slots_after_fork(FALSE);
-  if (B.pool)
-    ps_pool_unlock_after_fork(B.pool);
+  pools_for_fork(ps_pool_unlock_after_fork);
   ps_phys_unlock_after_fork();
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
   g_mutex_unlock(&B.house_lock);
+  ps_gil_unlock_after_fork();
+  g_mutex_unlock(&B.init_lock);
 }
 
 void
@@ -49,10 +63,12 @@ ps_broker_after_fork_child(void)
   /* The parent's host-wide slots are the parent's: the child's copies of their descriptors
    * are closed (never unlocked) so that they die with the parent. */
   ps_host_slots_after_fork(TRUE);
-  if (B.pool)
-    ps_pool_unlock_after_fork(B.pool);
+  pools_for_fork(ps_pool_unlock_after_fork);
   ps_phys_unlock_after_fork();
-  B.forked = TRUE; /* the real work waits for the child's first call: no I/O in here */
+  /* The real work waits for the child's first call: no I/O in here. A parent that never
+   * made its first call has no pool: the child makes its own at its first call. */
+  if (B.pool)
+    B.forked = TRUE;
   g_mutex_unlock(&B.lock);
   g_mutex_unlock(&B.stats_lock);
   /* The parent's housekeeper may be inside a connect: no thread of the child is. The
@@ -61,6 +77,17 @@ ps_broker_after_fork_child(void)
    * first call (ps_broker_adopt_fork). */
   B.house_busy = FALSE;
   g_mutex_unlock(&B.house_lock);
+  ps_gil_unlock_after_fork();
+  g_mutex_unlock(&B.init_lock);
+}
+
+/* Registered when the library is loaded, not at the first call: a fork() during another
+ * thread's first call must wait for it (init_lock). They cost a process that never pools
+ * a few uncontended locks per fork(). */
+__attribute__((constructor)) static void
+register_fork_handlers(void)
+{
+  pthread_atfork(ps_broker_before_fork, ps_broker_after_fork_parent, ps_broker_after_fork_child);
 }
 
 /* In a forked child: the inherited connections carry the parent's sessions. Close ours

@@ -345,3 +345,15 @@ ps_gil_adopt(const void *caller, const void *client_lib)
   }
   g_mutex_unlock(&G.lock);
 }
+
+void
+ps_gil_lock_for_fork(void)
+{
+  g_mutex_lock(&G.lock);
+}
+
+void
+ps_gil_unlock_after_fork(void)
+{
+  g_mutex_unlock(&G.lock);
+}

@@ -37,3 +37,7 @@ void ps_gil_adopt(const void *caller, const void *client_lib);
 void ps_gil_counts(guint64 *kept, guint64 *released);
 /* A forked child's counters are its own (ps_broker_adopt_fork). */
 void ps_gil_counts_clear(void);
+
+/* Held across fork() (ps_broker_before_fork): the lock under which a new caller is adopted. */
+void ps_gil_lock_for_fork(void);
+void ps_gil_unlock_after_fork(void);

@@ -6,6 +6,7 @@
 #include <link.h>
 #include <mysql.h>
 #include <mariadb_rpl.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "broker.h"
@@ -29,6 +30,27 @@ static struct {
   guint ntext;
   int (*rpl_open)(MARIADB_RPL *);
 } R;
+
+/* fork() waits for a resolve under way in another thread: a child that inherited R.lock
+ * held would wait for it for good at its first call. (A leaf: nothing else is taken under
+ * it, so these handlers may run in any order with the broker's.) */
+static void
+lock_for_fork(void)
+{
+  g_mutex_lock(&R.lock);
+}
+
+static void
+unlock_after_fork(void)
+{
+  g_mutex_unlock(&R.lock);
+}
+
+__attribute__((constructor)) static void
+register_fork_handlers(void)
+{
+  pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
+}
 
 static void *
 find_symbol(const char *name)

@@ -681,8 +681,11 @@ ps_pool_new_item(PsPool *pool, PsItem *item, PsPoolKey *key, gpointer conn, gint
   item->idle_since_us = now;
   gint64 lifetime = key->settings.max_lifetime_us;
   if (lifetime > 0) {
-    /* Up to 2.5% earlier, so connections opened together do not all expire together. */
-    gint64 jitter = g_random_int_range(0, 1000) * (lifetime / 40000);
+    /* Up to 2.5% earlier, so connections opened together do not all expire together:
+     * spread by a Fibonacci hash of the count opened, not g_random (its global lock, held
+     * by another thread at fork(), would stop a child's first connect for good). */
+    guint spread = (guint)(pool->counts.opened * 2654435761u) % 1000;
+    gint64 jitter = spread * (lifetime / 40000);
     item->expires_us = now + lifetime - jitter;
   } else {
     item->expires_us = G_MAXINT64;
