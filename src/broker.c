@@ -23,7 +23,6 @@
 #include <errno.h>
 #include <execinfo.h>
 #include <unistd.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errmsg.h>
