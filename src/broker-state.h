@@ -70,6 +70,8 @@ void ps_broker_trace_note(PsPoolKey *pk, gint64 started, const PsConnectTrace *t
 /* broker_fork.c: the pthread_atfork handlers, and the child's pool of its own (a no-op
  * unless this process forked since the last call). */
 void ps_broker_before_fork(void);
+/* broker_init.c: the first call's set-up, once (B.inited, under B.init_lock). */
+void ps_broker_init_first(void) __attribute__((noinline, cold));
 void ps_broker_after_fork_parent(void);
 void ps_broker_after_fork_child(void);
 void ps_broker_adopt_fork(void);
