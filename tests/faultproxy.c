@@ -12,6 +12,9 @@
  *      are still accepted (and connected to TARGET), exactly like a server that stopped
  *      answering: every peer waits                                   -> "frozen"
  *   t  thaw: forwarding resumes, buffered bytes flow                 -> "thawed"
+ *   g  greeting only: from now on, a new connection gets the server's first bytes (its
+ *      greeting) and then stalls for good, both directions, like a server that stopped
+ *      answering in the middle of a handshake; `t` ends the mode for new ones -> "greeting only"
  *   c  cut: close every proxied connection now, both sides           -> "cut N"
  *   s  status                                                        -> "conns N frozen F"
  * End of stdin ends the proxy: it never outlives the test that started it. With
@@ -53,11 +56,14 @@ typedef struct Conn {
   int fd[2]; /* 0 = client, 1 = target */
   Dir d[2];  /* d[i]: from side i to side 1 - i */
   int dead;
+  int greeting_only; /* accepted in `g` mode: stalls once the greeting is through */
+  int stalled;
   struct Conn *next;
 } Conn;
 
 static Conn *conns;
 static int frozen;
+static int greeting_only;
 static struct pollfd *pfds; /* rebuilt before every poll(); global, so reachable at exit */
 static Conn **owners;       /* the connection of each entry of pfds */
 static struct sockaddr_storage target;
@@ -142,6 +148,7 @@ accept_all(int lfd)
       die("calloc");
     k->fd[0] = c;
     k->fd[1] = t;
+    k->greeting_only = greeting_only;
     k->next = conns;
     conns = k;
   }
@@ -166,6 +173,8 @@ flush_dir(Conn *k, int from)
   }
   if (d->len == 0)
     d->off = 0;
+  if (d->len == 0 && from == 1 && k->greeting_only)
+    k->stalled = 1; /* the greeting is through: nothing more flows */
 }
 
 static void
@@ -247,7 +256,12 @@ command(char c)
     break;
   case 't':
     frozen = 0;
+    greeting_only = 0;
     say("thawed");
+    break;
+  case 'g':
+    greeting_only = 1;
+    say("greeting only");
     break;
   case 'c':
     say("cut %d", cut_all());
@@ -318,6 +332,8 @@ main(int argc, char **argv)
     pfds[n++] = (struct pollfd){.fd = use_stdin ? STDIN_FILENO : -1, .events = POLLIN};
     /* Frozen: the connections are not polled at all, not even for a peer's close. */
     for (Conn *k = frozen ? NULL : conns; k; k = k->next) {
+      if (k->stalled)
+        continue;
       for (int i = 0; i < 2; i++) {
         short ev = 0;
         if (k->d[i].len == 0 && !k->d[i].eof)

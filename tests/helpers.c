@@ -408,6 +408,13 @@ pst_proxy_freeze(PstProxy *p)
 }
 
 void
+pst_proxy_greeting_only(PstProxy *p)
+{
+  g_autofree char *a = proxy_cmd(p, 'g');
+  cr_assert_str_eq(a, "greeting only");
+}
+
+void
 pst_proxy_thaw(PstProxy *p)
 {
   g_autofree char *a = proxy_cmd(p, 't');

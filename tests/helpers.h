@@ -80,6 +80,9 @@ PstProxy *pst_proxy_start(void);
 unsigned int pst_proxy_port(const PstProxy *p);
 void pst_proxy_freeze(PstProxy *p);
 void pst_proxy_thaw(PstProxy *p);
+/* New connections get the server's greeting, then stall for good (pst_proxy_thaw ends the
+ * mode for new ones). */
+void pst_proxy_greeting_only(PstProxy *p);
 /* Closes every proxied connection; returns how many there were. */
 int pst_proxy_cut(PstProxy *p);
 /* Proxied connections open right now. */

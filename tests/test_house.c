@@ -275,6 +275,36 @@ setup_min_idle(void)
   setenv("POOLSHIM_MIN_IDLE", "1", 1);
 }
 
+/* The housekeeper's connect gets the server's greeting, then the server stalls: the
+ * program, which bounds none of its reads, exits (mysql_library_end: the drain waits for the
+ * housekeeper's tick). A background open's whole handshake is bounded by its connect
+ * timeout (the program's 3 s here; 10 s at most, also when the program sets none), which
+ * the client library applies to the authentication's reads too: the drain ends. */
+Test(house, the_exit_drain_ends_while_a_server_stalls_in_the_housekeepers_handshake,
+     .init = setup_min_idle)
+{
+  PstProxy *p = pst_proxy_start();
+  MYSQL *lent = pst_connect_via(p, 3, 0); /* no read or write timeout */
+  gint64 deadline = now_ms() + 5000;
+  poolshim_stats_t s;
+  for (pst_stats(&s); s.idle < 1 && now_ms() < deadline; pst_stats(&s))
+    g_usleep(20 * 1000);
+  cr_assert_eq(s.idle, 1, "the housekeeper filled the pool");
+  pst_proxy_greeting_only(p);
+  /* Taking the idle one makes the housekeeper open another: it gets the greeting only. */
+  MYSQL *second = pst_connect_via(p, 3, 0);
+  deadline = now_ms() + 5000;
+  while (pst_proxy_conns(p) < 3 && now_ms() < deadline)
+    g_usleep(20 * 1000);
+  cr_assert_eq(pst_proxy_conns(p), 3, "the housekeeper is connecting");
+  mysql_close(second);
+  mysql_close(lent);
+  gint64 t = now_ms();
+  mysql_library_end(); /* a hang here ends the test at its timeout */
+  cr_log_info("the drain took %lld ms", (long long)(now_ms() - t));
+  pst_proxy_stop(p);
+}
+
 Test(house, fork_returns_at_once_while_the_housekeeper_waits_for_a_frozen_server,
      .init = setup_min_idle)
 {
