@@ -275,6 +275,30 @@ setup_min_idle(void)
   setenv("POOLSHIM_MIN_IDLE", "1", 1);
 }
 
+/* With setup_min_idle, through proxy p (the program's timeouts given): a connection lent,
+ * the idle one the housekeeper opens for POOLSHIM_MIN_IDLE lent too, and the housekeeper
+ * inside the connect of the next one, which `stall` (pst_proxy_freeze: nothing at all;
+ * pst_proxy_greeting_only: the greeting, then nothing) leaves unanswered. */
+static void
+housekeeper_stalled(PstProxy *p, unsigned int connect_timeout, unsigned int rw_timeout,
+                    void (*stall)(PstProxy *p), MYSQL **lent, MYSQL **second)
+{
+  *lent = pst_connect_via(p, connect_timeout, rw_timeout);
+  gint64 deadline = now_ms() + 5000;
+  poolshim_stats_t s;
+  for (pst_stats(&s); s.idle < 1 && now_ms() < deadline; pst_stats(&s))
+    g_usleep(20 * 1000);
+  cr_assert_eq(s.idle, 1, "the housekeeper filled the pool");
+  cr_assert_eq(pst_proxy_conns(p), 2);
+  stall(p);
+  /* Taking the idle one makes the housekeeper open another, into the stalled server. */
+  *second = pst_connect_via(p, connect_timeout, rw_timeout);
+  deadline = now_ms() + 5000;
+  while (pst_proxy_conns(p) < 3 && now_ms() < deadline)
+    g_usleep(20 * 1000);
+  cr_assert_eq(pst_proxy_conns(p), 3, "the housekeeper is connecting");
+}
+
 /* The housekeeper's connect gets the server's greeting, then the server stalls: the
  * program, which bounds none of its reads, exits (mysql_library_end: the drain waits for the
  * housekeeper's tick). A background open's whole handshake is bounded by its connect
@@ -284,19 +308,9 @@ Test(house, the_exit_drain_ends_while_a_server_stalls_in_the_housekeepers_handsh
      .init = setup_min_idle)
 {
   PstProxy *p = pst_proxy_start();
-  MYSQL *lent = pst_connect_via(p, 3, 0); /* no read or write timeout */
-  gint64 deadline = now_ms() + 5000;
-  poolshim_stats_t s;
-  for (pst_stats(&s); s.idle < 1 && now_ms() < deadline; pst_stats(&s))
-    g_usleep(20 * 1000);
-  cr_assert_eq(s.idle, 1, "the housekeeper filled the pool");
-  pst_proxy_greeting_only(p);
-  /* Taking the idle one makes the housekeeper open another: it gets the greeting only. */
-  MYSQL *second = pst_connect_via(p, 3, 0);
-  deadline = now_ms() + 5000;
-  while (pst_proxy_conns(p) < 3 && now_ms() < deadline)
-    g_usleep(20 * 1000);
-  cr_assert_eq(pst_proxy_conns(p), 3, "the housekeeper is connecting");
+  MYSQL *lent, *second;
+  /* No read or write timeout of the program's. */
+  housekeeper_stalled(p, 3, 0, pst_proxy_greeting_only, &lent, &second);
   mysql_close(second);
   mysql_close(lent);
   gint64 t = now_ms();
@@ -309,21 +323,8 @@ Test(house, fork_returns_at_once_while_the_housekeeper_waits_for_a_frozen_server
      .init = setup_min_idle)
 {
   PstProxy *p = pst_proxy_start();
-  MYSQL *lent = pst_connect_via(p, 10, 10);
-  /* The housekeeper opens the one idle connection POOLSHIM_MIN_IDLE asks for. */
-  gint64 deadline = now_ms() + 5000;
-  poolshim_stats_t s;
-  for (pst_stats(&s); s.idle < 1 && now_ms() < deadline; pst_stats(&s))
-    g_usleep(20 * 1000);
-  cr_assert_eq(s.idle, 1, "the housekeeper filled the pool");
-  cr_assert_eq(pst_proxy_conns(p), 2);
-  pst_proxy_freeze(p);
-  /* Taking the idle one makes the housekeeper open another: into the frozen server. */
-  MYSQL *second = pst_connect_via(p, 10, 10);
-  deadline = now_ms() + 5000;
-  while (pst_proxy_conns(p) < 3 && now_ms() < deadline)
-    g_usleep(20 * 1000);
-  cr_assert_eq(pst_proxy_conns(p), 3, "the housekeeper is connecting");
+  MYSQL *lent, *second;
+  housekeeper_stalled(p, 10, 10, pst_proxy_freeze, &lent, &second);
   g_usleep(200 * 1000);
   for (int i = 0; i < 5; i++) {
     gint64 t = now_ms();
