@@ -48,11 +48,8 @@ init(void)
   /* POOLSHIM_TEST_INIT_PAUSE_FILE: the first call makes the file and stays here until the
    * test removes it, 2 s at most: the test forks meanwhile. */
   const char *pause = g_getenv("POOLSHIM_TEST_INIT_PAUSE_FILE");
-  if (pause && g_file_set_contents(pause, "", 0, NULL)) {
-    for (int i = 0; i < 400 && g_file_test(pause, G_FILE_TEST_EXISTS); i++)
-      g_usleep(5 * 1000);
-    unlink(pause);
-  }
+  if (pause)
+    ps_handle_test_pause(pause, 2000);
 #endif
   /* Warnings about the configuration go where it says messages go. */
   ps_log_hold();

@@ -14,8 +14,8 @@
  * query on the taken connection when the handle's LAST_INSERT_ID() or user variables may
  * have changed since they were last known (what the watch cannot name), and, handing the
  * connection straight to a re-borrowing handle (take_for), the one write that sets the
- * other's database and LAST_INSERT_ID(). A taker is a connect or re-borrow that found no connection (or the
- * owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
+ * other's database and LAST_INSERT_ID(). A taker is a connect or re-borrow that found no
+ * connection (or the owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
  * reads it while it holds TAKING. Lock order: the registry's lock is a leaf (no other lock
  * is taken under it, no I/O is done), and so is the lock owners sleep with (park_lock), but
  * for fork(), whose handler takes it under the registry's. */
@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "conn.h"
@@ -82,6 +83,23 @@ handle_of(MYSQL *m)
 {
   return (PsHandle *)((char *)m->methods - offsetof(PsHandle, methods));
 }
+
+#ifdef PS_TEST_HOOKS
+void
+ps_handle_test_pause(const char *file, guint ms)
+{
+  if (!file) {
+    g_usleep((gulong)ms * 1000);
+    return;
+  }
+  if (!g_file_set_contents(file, "", 0, NULL))
+    return;
+  gint64 until = g_get_monotonic_time() + (gint64)ms * 1000;
+  while (g_get_monotonic_time() < until && g_file_test(file, G_FILE_TEST_EXISTS))
+    g_usleep(5 * 1000);
+  unlink(file);
+}
+#endif
 
 void
 ps_handle_lock_for_fork(void)

@@ -61,6 +61,13 @@ typedef struct {
 
 void ps_handle_setup(const PsHandleOps *ops);
 
+#ifdef PS_TEST_HOOKS
+/* A test hook's pause (test library only; here with the grain's own hooks, also for
+ * broker_init.c's): makes `file` and waits until the test removes it or `ms` pass, then
+ * removes it; without a file, sleeps `ms`. */
+void ps_handle_test_pause(const char *file, guint ms);
+#endif
+
 /* p was just lent into m (LENT, its watch in auto mode): m's commands go through a handle
  * record from now on; pk is a hold the record keeps until the handle closes. FALSE (no
  * record, pk not kept) when the connection is not watched. */

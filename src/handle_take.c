@@ -6,7 +6,6 @@
 
 #include <errmsg.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "conn.h"
 #include "log.h"
@@ -236,18 +235,8 @@ static void
 test_pause(void)
 {
   guint ms = __atomic_exchange_n(&ps_handles.take_pause_ms, 0, __ATOMIC_RELAXED);
-  if (!ms)
-    return;
-  const char *file = ps_handles.take_pause_file;
-  if (!file) {
-    g_usleep((gulong)ms * 1000);
-    return;
-  }
-  g_file_set_contents(file, "", 0, NULL);
-  gint64 until = g_get_monotonic_time() + (gint64)ms * 1000;
-  while (g_get_monotonic_time() < until && g_file_test(file, G_FILE_TEST_EXISTS))
-    g_usleep(5 * 1000);
-  unlink(file);
+  if (ms)
+    ps_handle_test_pause(ps_handles.take_pause_file, ms);
 }
 #else
 #define test_pause() ((void)0)
