@@ -219,4 +219,5 @@ const PsHandleOps ps_broker_grain_ops = {
   .give_back = grain_give_back,
   .discard = grain_discard,
   .adopt = grain_adopt,
+  .io_timeout_s = ps_broker_reset_timeout_s,
 };

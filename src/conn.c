@@ -347,6 +347,35 @@ poll_idle(MYSQL *m, short events, short *revents)
   return r;
 }
 
+static int
+bounded_ms(int ms, unsigned int timeout_s)
+{
+  int bound = (int)MIN(timeout_s, G_MAXINT / 1000) * 1000;
+  return ms > 0 && ms < bound ? ms : bound;
+}
+
+void
+ps_conn_io_bound(MYSQL *m, unsigned int timeout_s, PsIoBound *saved)
+{
+  MARIADB_PVIO *pvio = m->net.pvio;
+  saved->read_ms = pvio ? pvio->timeout[PVIO_READ_TIMEOUT] : 0;
+  saved->write_ms = pvio ? pvio->timeout[PVIO_WRITE_TIMEOUT] : 0;
+  if (!pvio || !timeout_s)
+    return;
+  pvio->timeout[PVIO_READ_TIMEOUT] = bounded_ms(saved->read_ms, timeout_s);
+  pvio->timeout[PVIO_WRITE_TIMEOUT] = bounded_ms(saved->write_ms, timeout_s);
+}
+
+void
+ps_conn_io_unbound(MYSQL *m, const PsIoBound *saved)
+{
+  MARIADB_PVIO *pvio = m->net.pvio;
+  if (!pvio)
+    return;
+  pvio->timeout[PVIO_READ_TIMEOUT] = saved->read_ms;
+  pvio->timeout[PVIO_WRITE_TIMEOUT] = saved->write_ms;
+}
+
 gboolean
 ps_conn_idle_closed(MYSQL *m, gboolean replies_pending)
 {

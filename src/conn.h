@@ -211,6 +211,20 @@ PsProof ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
  * the replies. */
 gboolean ps_conn_replies_arrived(MYSQL *m, int pending);
 
+/* The pool's own round trips on a connection that an application's handle held (a take's
+ * query and restore): each read and write waits at most timeout_s seconds, whatever the
+ * application's socket timeouts (none by default), without a system call. The socket
+ * layer reads and writes with MSG_DONTWAIT and waits in poll() for pvio->timeout[] (ms;
+ * plugins/pvio/pvio_socket.c), TLS for the options of the struct the pvio points to (the
+ * take's shell, already bounded). A shorter timeout of the application's stays.
+ * ps_conn_io_unbound puts back what `saved` holds, which the socket's own options (set by
+ * setsockopt) still match. */
+typedef struct {
+  int read_ms, write_ms;
+} PsIoBound;
+void ps_conn_io_bound(MYSQL *m, unsigned int timeout_s, PsIoBound *saved);
+void ps_conn_io_unbound(MYSQL *m, const PsIoBound *saved);
+
 /* Whether the server has closed an idle connection, without waiting or reading: with reset
  * replies still unread, only a closed socket counts. */
 gboolean ps_conn_idle_closed(MYSQL *m, gboolean replies_pending);

@@ -47,9 +47,11 @@ grain_env(const char *force_take)
 }
 
 /* Connects as the application user to host:port; unpooled: with an (empty) option file,
- * which the pool never takes; reconnect: MYSQL_OPT_RECONNECT. */
+ * which the pool never takes; reconnect: MYSQL_OPT_RECONNECT; rw_timeout_s: the read and
+ * write timeouts (0: none, the client library's default). */
 static MYSQL *
-connect_to(unsigned int port, gboolean unpooled, gboolean reconnect)
+connect_timed(unsigned int port, gboolean unpooled, gboolean reconnect,
+              unsigned int rw_timeout_s)
 {
   MYSQL *m = mysql_init(NULL);
   cr_assert_not_null(m);
@@ -58,14 +60,21 @@ connect_to(unsigned int port, gboolean unpooled, gboolean reconnect)
   my_bool on = 1;
   if (reconnect)
     mysql_options(m, MYSQL_OPT_RECONNECT, &on);
-  unsigned int timeout = 10;
-  mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &timeout);
-  mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
+  if (rw_timeout_s) {
+    mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &rw_timeout_s);
+    mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &rw_timeout_s);
+  }
   cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
                                         pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
                                         port, NULL, 0),
                      "connect failed: %u %s", mysql_errno(m), mysql_error(m));
   return m;
+}
+
+static MYSQL *
+connect_to(unsigned int port, gboolean unpooled, gboolean reconnect)
+{
+  return connect_timed(port, unpooled, reconnect, 10);
 }
 
 static long long
@@ -667,6 +676,62 @@ Test(grain_faults, a_connection_that_fails_to_open_for_a_taken_handle_is_tried_a
   g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
   cr_assert_str_eq(tz, "+10:00");
   mysql_close(a);
+  pst_proxy_stop(proxy);
+}
+
+/* A take reads what the watch cannot know (here the handle's user variables) from the
+ * connection it takes, with the pool's own bound on each read (POOLSHIM_RESET_TIMEOUT),
+ * not the application's socket timeouts (none here, the client library's default): a
+ * server that stops answering holds the taker, a connect, for about that long, not until
+ * it answers again. The handle whose session could not be read then gets 2006. */
+static gint thawed; /* atomic: the test thawed the proxy itself */
+
+static void *
+thaw_later(void *arg)
+{
+  for (int i = 0; i < 400 && !g_atomic_int_get(&thawed); i++)
+    g_usleep(50 * 1000);
+  pst_proxy_thaw(arg); /* the old code's connect waits until here: 20 s */
+  return NULL;
+}
+
+Test(grain_faults, a_take_from_a_server_that_stopped_answering_ends_within_the_reset_timeout)
+{
+  g_setenv("POOLSHIM_RESET_TIMEOUT", "1s", TRUE);
+  grain_env_sized("0", "1");
+  g_setenv("POOLSHIM_TIMEOUT", "3s", TRUE);
+  PstProxy *proxy = pst_proxy_start();
+  MYSQL *a = connect_timed(pst_proxy_port(proxy), FALSE, FALSE, 0);
+  pst_exec(a, "SET @v = 7"); /* a take must read it */
+  pst_proxy_freeze(proxy);
+  pthread_t t;
+  pthread_create(&t, NULL, thaw_later, proxy);
+  gint64 start = g_get_monotonic_time();
+  MYSQL *b = mysql_init(NULL); /* the pool's one connection is a's: b's connect takes it */
+  unsigned int timeout = 2;
+  mysql_options(b, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+  MYSQL *got = mysql_real_connect(b, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                  pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                  pst_proxy_port(proxy), NULL, 0);
+  gint64 ms = (g_get_monotonic_time() - start) / 1000;
+  unsigned int eb = got ? 0 : mysql_errno(b);
+  g_atomic_int_set(&thawed, 1);
+  pst_proxy_thaw(proxy);
+  pthread_join(t, NULL);
+  cr_log_info("b's connect: %" G_GINT64_FORMAT " ms, error %u", ms, eb);
+  /* Coarse on purpose: the take's read gives up after 1 s, then the connect opens a new
+   * connection (through the frozen proxy: its connect timeout) within POOLSHIM_TIMEOUT. */
+  cr_assert_lt(ms, 12000, "b's connect took %" G_GINT64_FORMAT " ms (error %u): the take "
+               "waited for the frozen server", ms, eb);
+  unsigned int ea = try_query(a, "SELECT @v");
+  cr_assert(lost(ea), "a's session could not be read, yet its command gave %u %s", ea,
+            mysql_error(a));
+  mysql_close(a);
+  mysql_close(b);
+  /* The server answers again: the pool serves a new connect. */
+  MYSQL *c = connect_to(pst_proxy_port(proxy), FALSE, FALSE);
+  cr_assert_eq(pst_scalar(c, "SELECT 1"), 1);
+  mysql_close(c);
   pst_proxy_stop(proxy);
 }
 
