@@ -94,7 +94,8 @@ static const PsVar vars[] = {
   {"POOLSHIM_RESET_TIMEOUT", PS_T_DURATION, "5s", 1000 * 1000, US(3600), NULL,
    G_STRUCT_OFFSET(PsConfig, reset_timeout_us), FILE_ONLY,
    "Bound on each server round trip of a reset: mysql_close never hangs on a stalled server; "
-   "a reset that times out closes the connection."},
+   "a reset that times out closes the connection. Also bounds each read and write of a "
+   "transaction-grain take's query and restore."},
   {"POOLSHIM_REVALIDATE", PS_T_DURATION, "60s", 0, US(86400), NULL,
    G_STRUCT_OFFSET(PsConfig, revalidate_us), FILE_ONLY,
    "The longest a pool lends connections on credentials the server has not accepted again: "
