@@ -354,26 +354,41 @@ bounded_ms(int ms, unsigned int timeout_s)
   return ms > 0 && ms < bound ? ms : bound;
 }
 
+/* Stores ms (a stored value: > 0, or -1 for none) as type's timeout; with `kernel`, on
+ * the socket too (set_timeout takes seconds; stored values are whole seconds). */
+static void
+set_io_timeout(MARIADB_PVIO *pvio, enum enum_pvio_timeout type, int ms, gboolean kernel)
+{
+  if (pvio->timeout[type] == ms)
+    return;
+  if (kernel)
+    pvio->methods->set_timeout(pvio, type, ms > 0 ? ms / 1000 : 0);
+  else
+    pvio->timeout[type] = ms;
+}
+
 void
 ps_conn_io_bound(MYSQL *m, unsigned int timeout_s, PsIoBound *saved)
 {
   MARIADB_PVIO *pvio = m->net.pvio;
   saved->read_ms = pvio ? pvio->timeout[PVIO_READ_TIMEOUT] : 0;
   saved->write_ms = pvio ? pvio->timeout[PVIO_WRITE_TIMEOUT] : 0;
-  if (!pvio || !timeout_s)
+  saved->kernel = pvio && pvio->ctls && pvio->methods && pvio->methods->set_timeout;
+  if (!pvio || !timeout_s || (pvio->ctls && !saved->kernel))
     return;
-  pvio->timeout[PVIO_READ_TIMEOUT] = bounded_ms(saved->read_ms, timeout_s);
-  pvio->timeout[PVIO_WRITE_TIMEOUT] = bounded_ms(saved->write_ms, timeout_s);
+  set_io_timeout(pvio, PVIO_READ_TIMEOUT, bounded_ms(saved->read_ms, timeout_s), saved->kernel);
+  set_io_timeout(pvio, PVIO_WRITE_TIMEOUT, bounded_ms(saved->write_ms, timeout_s),
+                 saved->kernel);
 }
 
 void
 ps_conn_io_unbound(MYSQL *m, const PsIoBound *saved)
 {
   MARIADB_PVIO *pvio = m->net.pvio;
-  if (!pvio)
+  if (!pvio || (pvio->ctls && !saved->kernel))
     return;
-  pvio->timeout[PVIO_READ_TIMEOUT] = saved->read_ms;
-  pvio->timeout[PVIO_WRITE_TIMEOUT] = saved->write_ms;
+  set_io_timeout(pvio, PVIO_READ_TIMEOUT, saved->read_ms, saved->kernel);
+  set_io_timeout(pvio, PVIO_WRITE_TIMEOUT, saved->write_ms, saved->kernel);
 }
 
 gboolean

@@ -211,16 +211,18 @@ PsProof ps_conn_reauthenticate(MYSQL *m, PsConnProfile *profile, PsWatch *watch,
  * the replies. */
 gboolean ps_conn_replies_arrived(MYSQL *m, int pending);
 
-/* The pool's own round trips on a connection that an application's handle held (a take's
- * query and restore): each read and write waits at most timeout_s seconds, whatever the
- * application's socket timeouts (none by default), without a system call. The socket
- * layer reads and writes with MSG_DONTWAIT and waits in poll() for pvio->timeout[] (ms;
- * plugins/pvio/pvio_socket.c), TLS for the options of the struct the pvio points to (the
- * take's shell, already bounded). A shorter timeout of the application's stays.
- * ps_conn_io_unbound puts back what `saved` holds, which the socket's own options (set by
- * setsockopt) still match. */
+/* The pool's own round trips on a connection whose socket has an application's timeouts
+ * (a take's query and restore, a re-borrow's restore): each read and write waits at most
+ * timeout_s seconds, whatever those are (none by default); a shorter one of the
+ * application's stays. Plain sockets need no system call: the socket layer reads and
+ * writes with MSG_DONTWAIT and waits in poll() for pvio->timeout[] (ms;
+ * plugins/pvio/pvio_socket.c). TLS does: OpenSSL reads the blocking socket itself, which
+ * only the socket's own timeouts (setsockopt) end (secure/openssl.c), so those are set
+ * and put back, through the pvio's set_timeout, which stores both. ps_conn_io_unbound puts
+ * back what `saved` holds; the socket's options match pvio->timeout[] again then. */
 typedef struct {
   int read_ms, write_ms;
+  gboolean kernel; /* set with setsockopt (TLS) */
 } PsIoBound;
 void ps_conn_io_bound(MYSQL *m, unsigned int timeout_s, PsIoBound *saved);
 void ps_conn_io_unbound(MYSQL *m, const PsIoBound *saved);

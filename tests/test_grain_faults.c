@@ -31,13 +31,19 @@ TestSuite(grain_faults, .timeout = 120);
 /* Before the process's first connect (the library reads its variables then), the root
  * connection's included. */
 static void
-grain_env_sized(const char *force_take, const char *pool_size)
+grain_env_timed(const char *force_take, const char *pool_size, const char *timeout)
 {
   g_setenv("POOLSHIM_GRAIN", "transaction", TRUE);
   g_setenv("POOLSHIM_POOL_SIZE", pool_size, TRUE);
   g_setenv("POOLSHIM_TEST_FORCE_TAKE", force_take, TRUE);
-  g_setenv("POOLSHIM_TIMEOUT", "10s", TRUE);
+  g_setenv("POOLSHIM_TIMEOUT", timeout, TRUE);
   make_table();
+}
+
+static void
+grain_env_sized(const char *force_take, const char *pool_size)
+{
+  grain_env_timed(force_take, pool_size, "10s");
 }
 
 static void
@@ -47,11 +53,9 @@ grain_env(const char *force_take)
 }
 
 /* Connects as the application user to host:port; unpooled: with an (empty) option file,
- * which the pool never takes; reconnect: MYSQL_OPT_RECONNECT; rw_timeout_s: the read and
- * write timeouts (0: none, the client library's default). */
+ * which the pool never takes; reconnect: MYSQL_OPT_RECONNECT. */
 static MYSQL *
-connect_timed(unsigned int port, gboolean unpooled, gboolean reconnect,
-              unsigned int rw_timeout_s)
+connect_to(unsigned int port, gboolean unpooled, gboolean reconnect)
 {
   MYSQL *m = mysql_init(NULL);
   cr_assert_not_null(m);
@@ -60,21 +64,14 @@ connect_timed(unsigned int port, gboolean unpooled, gboolean reconnect,
   my_bool on = 1;
   if (reconnect)
     mysql_options(m, MYSQL_OPT_RECONNECT, &on);
-  if (rw_timeout_s) {
-    mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &rw_timeout_s);
-    mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &rw_timeout_s);
-  }
+  unsigned int timeout = 10;
+  mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &timeout);
+  mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
   cr_assert_not_null(mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
                                         pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
                                         port, NULL, 0),
                      "connect failed: %u %s", mysql_errno(m), mysql_error(m));
   return m;
-}
-
-static MYSQL *
-connect_to(unsigned int port, gboolean unpooled, gboolean reconnect)
-{
-  return connect_timed(port, unpooled, reconnect, 10);
 }
 
 static long long
@@ -683,56 +680,86 @@ Test(grain_faults, a_connection_that_fails_to_open_for_a_taken_handle_is_tried_a
  * connection it takes, with the pool's own bound on each read (POOLSHIM_RESET_TIMEOUT),
  * not the application's socket timeouts (none here, the client library's default): a
  * server that stops answering holds the taker, a connect, for about that long, not until
- * it answers again. The handle whose session could not be read then gets 2006. */
-static gint thawed; /* atomic: the test thawed the proxy itself */
+ * it answers again. The handle whose session could not be read then gets 2006. Over TLS
+ * OpenSSL reads the socket itself: only the socket's own timeouts bound it. */
+static gint thawed; /* atomic: 1 once a thread has claimed the proxy's one thaw */
 
 static void *
 thaw_later(void *arg)
 {
   for (int i = 0; i < 400 && !g_atomic_int_get(&thawed); i++)
     g_usleep(50 * 1000);
-  pst_proxy_thaw(arg); /* the old code's connect waits until here: 20 s */
+  if (g_atomic_int_compare_and_exchange(&thawed, 0, 1))
+    pst_proxy_thaw(arg); /* the old code's connect waits until here: 20 s */
   return NULL;
 }
 
-Test(grain_faults, a_take_from_a_server_that_stopped_answering_ends_within_the_reset_timeout)
+/* A connect through the proxy without read or write timeouts; NULL with *err set. */
+static MYSQL *
+connect_untimed(PstProxy *proxy, gboolean tls, unsigned int *err)
+{
+  MYSQL *m = mysql_init(NULL);
+  cr_assert_not_null(m);
+  unsigned int timeout = 2;
+  mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+  if (tls)
+    pst_require_tls(m);
+  MYSQL *got = mysql_real_connect(m, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
+                                  pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
+                                  pst_proxy_port(proxy), NULL, 0);
+  *err = got ? 0 : mysql_errno(m);
+  return m;
+}
+
+static void
+take_from_a_frozen_server(gboolean tls)
 {
   g_setenv("POOLSHIM_RESET_TIMEOUT", "1s", TRUE);
-  grain_env_sized("0", "1");
-  g_setenv("POOLSHIM_TIMEOUT", "3s", TRUE);
+  grain_env_timed("0", "1", "3s");
   PstProxy *proxy = pst_proxy_start();
-  MYSQL *a = connect_timed(pst_proxy_port(proxy), FALSE, FALSE, 0);
+  unsigned int ea;
+  MYSQL *a = connect_untimed(proxy, tls, &ea);
+  cr_assert_eq(ea, 0, "a's connect: %u %s", ea, mysql_error(a));
+  if (tls)
+    cr_assert_not_null(mysql_get_ssl_cipher(a), "a is not on TLS");
   pst_exec(a, "SET @v = 7"); /* a take must read it */
   pst_proxy_freeze(proxy);
   pthread_t t;
   pthread_create(&t, NULL, thaw_later, proxy);
   gint64 start = g_get_monotonic_time();
-  MYSQL *b = mysql_init(NULL); /* the pool's one connection is a's: b's connect takes it */
-  unsigned int timeout = 2;
-  mysql_options(b, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
-  MYSQL *got = mysql_real_connect(b, pst_env("PS_TEST_HOST"), pst_env("PS_TEST_USER"),
-                                  pst_env("PS_TEST_PASSWORD"), pst_env("PS_TEST_DB"),
-                                  pst_proxy_port(proxy), NULL, 0);
+  unsigned int eb; /* the pool's one connection is a's: b's connect takes it */
+  MYSQL *b = connect_untimed(proxy, tls, &eb);
   gint64 ms = (g_get_monotonic_time() - start) / 1000;
-  unsigned int eb = got ? 0 : mysql_errno(b);
-  g_atomic_int_set(&thawed, 1);
-  pst_proxy_thaw(proxy);
-  pthread_join(t, NULL);
+  gboolean mine = g_atomic_int_compare_and_exchange(&thawed, 0, 1);
+  pthread_join(t, NULL); /* one thread talks to the proxy at a time */
+  if (mine)
+    pst_proxy_thaw(proxy);
   cr_log_info("b's connect: %" G_GINT64_FORMAT " ms, error %u", ms, eb);
   /* Coarse on purpose: the take's read gives up after 1 s, then the connect opens a new
    * connection (through the frozen proxy: its connect timeout) within POOLSHIM_TIMEOUT. */
   cr_assert_lt(ms, 12000, "b's connect took %" G_GINT64_FORMAT " ms (error %u): the take "
                "waited for the frozen server", ms, eb);
-  unsigned int ea = try_query(a, "SELECT @v");
+  ea = try_query(a, "SELECT @v");
   cr_assert(lost(ea), "a's session could not be read, yet its command gave %u %s", ea,
             mysql_error(a));
   mysql_close(a);
   mysql_close(b);
   /* The server answers again: the pool serves a new connect. */
-  MYSQL *c = connect_to(pst_proxy_port(proxy), FALSE, FALSE);
+  MYSQL *c = connect_untimed(proxy, tls, &ea);
+  cr_assert_eq(ea, 0, "c's connect: %u %s", ea, mysql_error(c));
   cr_assert_eq(pst_scalar(c, "SELECT 1"), 1);
   mysql_close(c);
   pst_proxy_stop(proxy);
+}
+
+Test(grain_faults, a_take_from_a_server_that_stopped_answering_ends_within_the_reset_timeout)
+{
+  take_from_a_frozen_server(FALSE);
+}
+
+Test(grain_faults, a_take_over_tls_from_a_server_that_stopped_answering_ends_in_time_too)
+{
+  take_from_a_frozen_server(TRUE);
 }
 
 /* ---- ids and KILL (point 4) ---- */
