@@ -676,12 +676,10 @@ Test(grain_faults, a_connection_that_fails_to_open_for_a_taken_handle_is_tried_a
   pst_proxy_stop(proxy);
 }
 
-/* A take reads what the watch cannot know (here the handle's user variables) from the
- * connection it takes, with the pool's own bound on each read (POOLSHIM_RESET_TIMEOUT),
- * not the application's socket timeouts (none here, the client library's default): a
- * server that stops answering holds the taker, a connect, for about that long, not until
- * it answers again. The handle whose session could not be read then gets 2006. Over TLS
- * OpenSSL reads the socket itself: only the socket's own timeouts bound it. */
+/* The pool's round trips on a connection with an application's socket timeouts (none here)
+ * wait at most POOLSHIM_RESET_TIMEOUT each: a take reading the handle's user variables (the
+ * taker, a connect, goes on; the handle gets 2006), and a re-borrow's restore on a
+ * connection returned with nothing to reset (its command fails; the session survives). */
 static gint thawed; /* atomic: 1 once a thread has claimed the proxy's one thaw */
 
 static void *
@@ -690,11 +688,11 @@ thaw_later(void *arg)
   for (int i = 0; i < 400 && !g_atomic_int_get(&thawed); i++)
     g_usleep(50 * 1000);
   if (g_atomic_int_compare_and_exchange(&thawed, 0, 1))
-    pst_proxy_thaw(arg); /* the old code's connect waits until here: 20 s */
+    pst_proxy_thaw(arg); /* the old code waits until here: 20 s */
   return NULL;
 }
 
-/* A connect through the proxy without read or write timeouts; NULL with *err set. */
+/* A connect through the proxy without read or write timeouts; *err: 0 or its error. */
 static MYSQL *
 connect_untimed(PstProxy *proxy, gboolean tls, unsigned int *err)
 {
@@ -712,40 +710,47 @@ connect_untimed(PstProxy *proxy, gboolean tls, unsigned int *err)
 }
 
 static void
-take_from_a_frozen_server(gboolean tls)
+frozen_server(gboolean tls, gboolean reborrow)
 {
   g_setenv("POOLSHIM_RESET_TIMEOUT", "1s", TRUE);
   grain_env_timed("0", "1", "3s");
   PstProxy *proxy = pst_proxy_start();
-  unsigned int ea;
-  MYSQL *a = connect_untimed(proxy, tls, &ea);
+  unsigned int ea, eb = 0;
+  MYSQL *a = connect_untimed(proxy, tls, &ea), *b = NULL;
   cr_assert_eq(ea, 0, "a's connect: %u %s", ea, mysql_error(a));
-  if (tls)
-    cr_assert_not_null(mysql_get_ssl_cipher(a), "a is not on TLS");
-  pst_exec(a, "SET @v = 7"); /* a take must read it */
+  cr_assert(!tls || mysql_get_ssl_cipher(a), "a is not on TLS");
+  pst_exec(a, reborrow ? "SET time_zone = '+05:00'" : "SET @v = 7");
+  if (reborrow) /* b takes a's connection; b's close returns it with nothing to reset */
+    mysql_close(connect_untimed(proxy, tls, &eb));
+  cr_assert_eq(eb, 0, "b's connect: %u", eb);
   pst_proxy_freeze(proxy);
   pthread_t t;
   pthread_create(&t, NULL, thaw_later, proxy);
   gint64 start = g_get_monotonic_time();
-  unsigned int eb; /* the pool's one connection is a's: b's connect takes it */
-  MYSQL *b = connect_untimed(proxy, tls, &eb);
+  if (reborrow)
+    eb = try_query(a, "SELECT 1"); /* its re-borrow restores the time zone */
+  else
+    b = connect_untimed(proxy, tls, &eb); /* the pool's one connection is a's: taken */
   gint64 ms = (g_get_monotonic_time() - start) / 1000;
   gboolean mine = g_atomic_int_compare_and_exchange(&thawed, 0, 1);
   pthread_join(t, NULL); /* one thread talks to the proxy at a time */
   if (mine)
     pst_proxy_thaw(proxy);
-  cr_log_info("b's connect: %" G_GINT64_FORMAT " ms, error %u", ms, eb);
-  /* Coarse on purpose: the take's read gives up after 1 s, then the connect opens a new
-   * connection (through the frozen proxy: its connect timeout) within POOLSHIM_TIMEOUT. */
-  cr_assert_lt(ms, 12000, "b's connect took %" G_GINT64_FORMAT " ms (error %u): the take "
-               "waited for the frozen server", ms, eb);
-  ea = try_query(a, "SELECT @v");
-  cr_assert(lost(ea), "a's session could not be read, yet its command gave %u %s", ea,
-            mysql_error(a));
+  cr_log_info("%s: %" G_GINT64_FORMAT " ms, error %u", reborrow ? "a" : "b", ms, eb);
+  cr_assert_lt(ms, 12000, "%" G_GINT64_FORMAT " ms (error %u): waited for the frozen server",
+               ms, eb);
+  cr_assert_neq(eb, 0, "nothing failed: the proxy was not frozen?");
+  if (reborrow) {
+    g_autofree char *tz = pst_scalar_str(a, "SELECT @@session.time_zone");
+    cr_assert_str_eq(tz, "+05:00");
+  } else {
+    ea = try_query(a, "SELECT @v");
+    cr_assert(lost(ea), "a's session could not be read, yet its command gave %u %s", ea,
+              mysql_error(a));
+    mysql_close(b);
+  }
   mysql_close(a);
-  mysql_close(b);
-  /* The server answers again: the pool serves a new connect. */
-  MYSQL *c = connect_untimed(proxy, tls, &ea);
+  MYSQL *c = connect_untimed(proxy, tls, &ea); /* the server answers again */
   cr_assert_eq(ea, 0, "c's connect: %u %s", ea, mysql_error(c));
   cr_assert_eq(pst_scalar(c, "SELECT 1"), 1);
   mysql_close(c);
@@ -754,12 +759,17 @@ take_from_a_frozen_server(gboolean tls)
 
 Test(grain_faults, a_take_from_a_server_that_stopped_answering_ends_within_the_reset_timeout)
 {
-  take_from_a_frozen_server(FALSE);
+  frozen_server(FALSE, FALSE);
 }
 
 Test(grain_faults, a_take_over_tls_from_a_server_that_stopped_answering_ends_in_time_too)
 {
-  take_from_a_frozen_server(TRUE);
+  frozen_server(TRUE, FALSE);
+}
+
+Test(grain_faults, a_reborrows_restore_on_a_server_that_stopped_answering_ends_in_time)
+{
+  frozen_server(FALSE, TRUE);
 }
 
 /* ---- ids and KILL (point 4) ---- */
