@@ -349,7 +349,9 @@ reattach(PsHandle *h)
      * the connection's last borrower left on its socket (a return with nothing to reset
      * leaves them). */
     PsIoBound saved;
-    ps_conn_io_bound(s, ps_handles.ops.io_timeout_s(), &saved);
+    gboolean io = !h->handed || h->lid_prefix; /* a restore, or DO LAST_INSERT_ID */
+    if (io)
+      ps_conn_io_bound(s, ps_handles.ops.io_timeout_s(), &saved);
     gboolean ok = h->handed || ps_watch_settle(s, q->watch);
     if (ok && !h->handed) {
       /* The difference from a fresh session, in one write, its replies read: the database,
@@ -377,7 +379,8 @@ reattach(PsHandle *h)
       ps_watch_set_bypass(q->watch, FALSE);
       ps_watch_mark_full(q->watch);
     }
-    ps_conn_io_unbound(s, &saved);
+    if (io)
+      ps_conn_io_unbound(s, &saved);
     if (!ok) {
       unsigned int e = s->net.last_errno;
       gboolean conn_error = e >= CR_MIN_ERROR && e <= CR_MAX_ERROR;

@@ -57,8 +57,9 @@ typedef struct {
   /* In a forked child: the child's own key (held, in *pool) for a key of the parent's pool
    * (a handle taken before fork), with the same digest, settings and connection profile. */
   PsPoolKey *(*adopt)(PsPoolKey *inherited, PsPool **pool);
-  /* Seconds that bound each read and write of a take's own round trips (its query, its
-   * restore): POOLSHIM_RESET_TIMEOUT, as for a reset. */
+  /* Seconds that bound each read and write of the pool's own round trips in a take (its
+   * query, a hand-over's restore) and a re-borrow's restore: POOLSHIM_RESET_TIMEOUT, as
+   * for a reset. */
   unsigned int (*io_timeout_s)(void);
 } PsHandleOps;
 

@@ -125,15 +125,17 @@ ps_handle_take_out(PsHandle *h)
   /* Setup statements run ahead that the handle did not send: their replies are read
    * before any query (their effect goes with the full reset that follows). */
   gboolean ok = TRUE;
-  PsIoBound saved;
-  ps_conn_io_bound(p->shell, ps_handles.ops.io_timeout_s(), &saved);
-  if (ps_watch_unmatched(p->watch) && (h->lid_unknown || ps_watch_uservars_used(p->watch))) {
-    ok = ps_watch_settle(p->shell, p->watch);
-    ps_watch_mark_full(p->watch);
+  if (h->lid_unknown || ps_watch_uservars_used(p->watch)) { /* the take reads */
+    PsIoBound saved;
+    ps_conn_io_bound(p->shell, ps_handles.ops.io_timeout_s(), &saved);
+    if (ps_watch_unmatched(p->watch)) {
+      ok = ps_watch_settle(p->shell, p->watch);
+      ps_watch_mark_full(p->watch);
+    }
+    ok = ok && (!h->lid_unknown || read_lid(h, p->shell, p->watch)) &&
+         (!ps_watch_uservars_used(p->watch) || read_uservars(h, p->shell, p->watch));
+    ps_conn_io_unbound(p->shell, &saved);
   }
-  ok = ok && (!h->lid_unknown || read_lid(h, p->shell, p->watch)) &&
-                (!ps_watch_uservars_used(p->watch) || read_uservars(h, p->shell, p->watch));
-  ps_conn_io_unbound(p->shell, &saved);
   h->lost = !ok;
   h->p = NULL;
   __atomic_fetch_add(&h->counts->takes, 1, __ATOMIC_RELAXED);
@@ -386,15 +388,18 @@ take_for(PsHandle *h, PsHandle *t)
   g_snprintf(lid, sizeof lid, "SELECT LAST_INSERT_ID(), LAST_INSERT_ID(%" G_GUINT64_FORMAT ")",
              t->lid);
   ps_watch_set_bypass(p->watch, TRUE);
+  const char *db = g_strcmp0(h->db, t->db) != 0 ? t->db : NULL;
+  gboolean io = swap || db || send->len; /* the restore has round trips */
   PsIoBound saved;
-  ps_conn_io_bound(s, ps_handles.ops.io_timeout_s(), &saved);
+  if (io)
+    ps_conn_io_bound(s, ps_handles.ops.io_timeout_s(), &saved);
   /* Closed by the server while idle in h (KILL, restart, wait_timeout): not t's to fail
    * on; one poll, since t's command may be the first thing written to it. */
   gboolean ok = !ps_conn_idle_closed(s, FALSE) &&
-                ps_conn_run_pipeline(s, swap ? lid : NULL, &value,
-                                     g_strcmp0(h->db, t->db) != 0 ? t->db : NULL,
+                ps_conn_run_pipeline(s, swap ? lid : NULL, &value, db,
                                      (const char *const *)send->pdata, send->len);
-  ps_conn_io_unbound(s, &saved);
+  if (io)
+    ps_conn_io_unbound(s, &saved);
   g_ptr_array_free(send, TRUE);
   g_free(defaults);
   ps_watch_set_bypass(p->watch, FALSE);
