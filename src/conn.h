@@ -218,8 +218,9 @@ gboolean ps_conn_replies_arrived(MYSQL *m, int pending);
  * writes with MSG_DONTWAIT and waits in poll() for pvio->timeout[] (ms;
  * plugins/pvio/pvio_socket.c). TLS does: OpenSSL reads the blocking socket itself, which
  * only the socket's own timeouts (setsockopt) end (secure/openssl.c), so those are set
- * and put back, through the pvio's set_timeout, which stores both. ps_conn_io_unbound puts
- * back what `saved` holds; the socket's options match pvio->timeout[] again then. */
+ * and put back, through the pvio's set_timeout, which stores both. timeout_s 0 bounds
+ * nothing. ps_conn_io_unbound puts back what `saved` holds (nothing when nothing was
+ * changed); the socket's options match pvio->timeout[] again then. */
 typedef struct {
   int read_ms, write_ms;
   gboolean kernel; /* set with setsockopt (TLS) */

@@ -15,10 +15,12 @@
  * have changed since they were last known (what the watch cannot name), and, handing the
  * connection straight to a re-borrowing handle (take_for), the one write that sets the
  * other's database and LAST_INSERT_ID(). A taker is a connect or re-borrow that found no
- * connection (or the owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's struct; a taker
- * reads it while it holds TAKING. Lock order: the registry's lock is a leaf (no other lock
- * is taken under it, no I/O is done), and so is the lock owners sleep with (park_lock), but
- * for fork(), whose handler takes it under the registry's. */
+ * connection (or the owner, POOLSHIM_TEST_FORCE_TAKE). Only the owner writes the handle's
+ * struct; a taker reads it while it holds TAKING. Lock order: the registry's lock is a
+ * leaf (no other lock is taken under it, no I/O is done), and so is the lock owners sleep
+ * with (park_lock), but for fork(), whose handler takes it under the registry's. Each
+ * round trip a take or a re-borrow's restore makes waits at most POOLSHIM_RESET_TIMEOUT
+ * (ps_conn_io_bound), whatever socket timeouts the application left. */
 #include "handle-state.h"
 
 #include <errmsg.h>
@@ -348,10 +350,9 @@ reattach(PsHandle *h)
     /* The restore's round trips are the pool's: bounded like a take's, whatever timeouts
      * the connection's last borrower left on its socket (a return with nothing to reset
      * leaves them). */
-    PsIoBound saved;
-    gboolean io = !h->handed || h->lid_prefix; /* a restore, or DO LAST_INSERT_ID */
-    if (io)
-      ps_conn_io_bound(s, ps_handles.ops.io_timeout_s(), &saved);
+    PsIoBound saved; /* a restore, or DO LAST_INSERT_ID: round trips to bound */
+    ps_conn_io_bound(s, !h->handed || h->lid_prefix ? ps_handles.ops.io_timeout_s() : 0,
+                     &saved);
     gboolean ok = h->handed || ps_watch_settle(s, q->watch);
     if (ok && !h->handed) {
       /* The difference from a fresh session, in one write, its replies read: the database,
@@ -379,8 +380,7 @@ reattach(PsHandle *h)
       ps_watch_set_bypass(q->watch, FALSE);
       ps_watch_mark_full(q->watch);
     }
-    if (io)
-      ps_conn_io_unbound(s, &saved);
+    ps_conn_io_unbound(s, &saved);
     if (!ok) {
       unsigned int e = s->net.last_errno;
       gboolean conn_error = e >= CR_MIN_ERROR && e <= CR_MAX_ERROR;

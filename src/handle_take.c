@@ -389,17 +389,14 @@ take_for(PsHandle *h, PsHandle *t)
              t->lid);
   ps_watch_set_bypass(p->watch, TRUE);
   const char *db = g_strcmp0(h->db, t->db) != 0 ? t->db : NULL;
-  gboolean io = swap || db || send->len; /* the restore has round trips */
-  PsIoBound saved;
-  if (io)
-    ps_conn_io_bound(s, ps_handles.ops.io_timeout_s(), &saved);
+  PsIoBound saved; /* round trips to bound when the restore sends anything */
+  ps_conn_io_bound(s, swap || db || send->len ? ps_handles.ops.io_timeout_s() : 0, &saved);
   /* Closed by the server while idle in h (KILL, restart, wait_timeout): not t's to fail
    * on; one poll, since t's command may be the first thing written to it. */
   gboolean ok = !ps_conn_idle_closed(s, FALSE) &&
                 ps_conn_run_pipeline(s, swap ? lid : NULL, &value, db,
                                      (const char *const *)send->pdata, send->len);
-  if (io)
-    ps_conn_io_unbound(s, &saved);
+  ps_conn_io_unbound(s, &saved);
   g_ptr_array_free(send, TRUE);
   g_free(defaults);
   ps_watch_set_bypass(p->watch, FALSE);
